@@ -1,0 +1,101 @@
+/* tetrapipe raw record layouts: the one contract between the kernel programs and the decoder.
+ *
+ * Every record written into the BPF ring buffer starts with struct tp_header. Numbers are
+ * little-endian, structs are packed. The Python mirror is bpf/records.py; the layout id that
+ * ships with every batch is a hash of this file, so a change here is a new layout.
+ *
+ * Variable-length strings follow the fixed part, in the order the *_len fields are listed.
+ * Limits (a longer value is cut and its TP_F_TRUNC_* flag set):
+ *   TP_PATH_MAX   4096 bytes for binary, cwd and file paths
+ *   TP_ARGS_MAX   4096 bytes of NUL-separated arguments (argv[0] included)
+ *   TP_CGNAME_MAX  128 bytes of the leaf cgroup name
+ *   TP_PATH_DEPTH   32 path components walked for cwd and file paths
+ */
+#ifndef TETRAPIPE_RECORDS_H
+#define TETRAPIPE_RECORDS_H
+
+#define TP_PATH_MAX 4096
+#define TP_ARGS_MAX 4096
+#define TP_CGNAME_MAX 128
+#define TP_PATH_DEPTH 32
+#define TP_NS_COUNT 10
+
+/* record kinds */
+#define TP_REC_EXEC 1    /* sched:sched_process_exec */
+#define TP_REC_EXIT 2    /* sched:sched_process_exit, last thread of the group */
+#define TP_REC_FORK 3    /* raw tracepoint sched_process_fork, new thread group only */
+#define TP_REC_PROCFS 4  /* made by the collector from /proc at start: same body as EXEC */
+#define TP_REC_HOOK 5    /* a policy hook fired (syscall tracepoint, tracepoint, ...) */
+
+/* exec flags */
+#define TP_F_TRUNC_FILENAME (1 << 0)
+#define TP_F_TRUNC_ARGS (1 << 1)
+#define TP_F_TRUNC_CWD (1 << 2)
+#define TP_F_ERR_ARGS (1 << 3)
+#define TP_F_ERR_CWD (1 << 4)
+#define TP_F_ROOT_CWD (1 << 5)
+#define TP_F_ERR_FILENAME (1 << 6)
+#define TP_F_NO_MM (1 << 7)
+
+/* namespace order in tp_exec.ns[] */
+#define TP_NS_UTS 0
+#define TP_NS_IPC 1
+#define TP_NS_MNT 2
+#define TP_NS_PID 3
+#define TP_NS_PID_FOR_CHILDREN 4
+#define TP_NS_NET 5
+#define TP_NS_TIME 6
+#define TP_NS_TIME_FOR_CHILDREN 7
+#define TP_NS_CGROUP 8
+#define TP_NS_USER 9
+
+struct tp_header {
+    __u16 kind;
+    __u16 version;   /* 1 */
+    __u32 size;      /* bytes of the whole record, header included */
+    __u32 pid;       /* thread group id, host pid namespace */
+    __u32 tid;
+    __u64 ktime;     /* bpf_ktime_get_ns() when the record was made */
+} __attribute__((packed));
+
+struct tp_exec {
+    struct tp_header h;
+    __u32 ppid;
+    __u32 flags;
+    __u64 start_time;          /* task->start_time (fork time, ns since boot) */
+    __u64 parent_start_time;
+    __u64 cgroup_id;
+    __u32 uid, gid, euid, egid, suid, sgid, fsuid, fsgid;
+    __u32 auid;
+    __u32 securebits;
+    __u64 cap_permitted, cap_effective, cap_inheritable;
+    __u32 ns[TP_NS_COUNT];
+    __u32 user_ns_level;       /* 0 = initial user namespace */
+    __u32 nspid;               /* pid inside the task's own pid namespace */
+    __u64 exe_ino;
+    __u32 exe_nlink;
+    __u32 exe_mode;
+    char comm[16];
+    __u16 filename_len;
+    __u16 args_len;
+    __u16 cwd_len;
+    __u16 cgroup_name_len;
+    /* then: filename, args (NUL separated), cwd, leaf cgroup name */
+} __attribute__((packed));
+
+struct tp_exit {
+    struct tp_header h;
+    __u32 exit_code;           /* task->exit_code: status << 8 | signal */
+    __u32 ppid;
+    __u64 start_time;
+} __attribute__((packed));
+
+struct tp_fork {
+    struct tp_header h;        /* pid/tid = the new child */
+    __u32 ppid;                /* the parent's thread group id */
+    __u32 flags;
+    __u64 start_time;          /* child start_time */
+    __u64 cgroup_id;
+} __attribute__((packed));
+
+#endif

@@ -1,0 +1,210 @@
+"""Python mirror of ``records.h``: decode (enricher) and encode (collector's /proc bootstrap).
+
+The layout id is a hash of ``records.h``; ``tests/test_records_layout.py`` compiles the header
+with the C compiler and checks every offset below against ``offsetof``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEADER_FILE = Path(__file__).with_name("records.h")
+
+REC_EXEC = 1
+REC_EXIT = 2
+REC_FORK = 3
+REC_PROCFS = 4
+REC_HOOK = 5
+
+F_TRUNC_FILENAME = 1 << 0
+F_TRUNC_ARGS = 1 << 1
+F_TRUNC_CWD = 1 << 2
+F_ERR_ARGS = 1 << 3
+F_ERR_CWD = 1 << 4
+F_ROOT_CWD = 1 << 5
+F_ERR_FILENAME = 1 << 6
+F_NO_MM = 1 << 7
+
+NS_NAMES = (
+    "uts", "ipc", "mnt", "pid", "pid_for_children",
+    "net", "time", "time_for_children", "cgroup", "user",
+)
+
+PATH_MAX = 4096
+ARGS_MAX = 4096
+CGNAME_MAX = 128
+
+HEADER = struct.Struct("<HHIIIQ")
+EXEC_FIXED = struct.Struct("<IIQQQ" + "I" * 10 + "QQQ" + "I" * 10 + "IIQII16sHHHH")
+EXIT_BODY = struct.Struct("<IIQ")
+FORK_BODY = struct.Struct("<IIQQ")
+
+EXEC_SIZE = HEADER.size + EXEC_FIXED.size
+EXIT_SIZE = HEADER.size + EXIT_BODY.size
+FORK_SIZE = HEADER.size + FORK_BODY.size
+
+
+def layout_id() -> str:
+    """16 hex digits naming this layout; shipped with every raw batch."""
+    text = b"\n".join(line.rstrip() for line in HEADER_FILE.read_bytes().splitlines())
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+class RecordError(ValueError):
+    """A raw record that does not match the layout."""
+
+
+@dataclass(slots=True)
+class Header:
+    kind: int
+    version: int
+    size: int
+    pid: int
+    tid: int
+    ktime: int
+
+
+@dataclass(slots=True)
+class ExecRecord:
+    header: Header
+    ppid: int
+    flags: int
+    start_time: int
+    parent_start_time: int
+    cgroup_id: int
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    suid: int
+    sgid: int
+    fsuid: int
+    fsgid: int
+    auid: int
+    securebits: int
+    cap_permitted: int
+    cap_effective: int
+    cap_inheritable: int
+    ns: tuple[int, ...]
+    user_ns_level: int
+    nspid: int
+    exe_ino: int
+    exe_nlink: int
+    exe_mode: int
+    comm: bytes
+    filename: bytes
+    args: bytes
+    cwd: bytes
+    cgroup_name: bytes
+
+
+@dataclass(slots=True)
+class ExitRecord:
+    header: Header
+    exit_code: int
+    ppid: int
+    start_time: int
+
+
+@dataclass(slots=True)
+class ForkRecord:
+    header: Header
+    ppid: int
+    flags: int
+    start_time: int
+    cgroup_id: int
+
+
+@dataclass(slots=True)
+class HookRecord:
+    """A policy hook record: its body is decoded by the policy's own argument layout."""
+
+    header: Header
+    body: bytes = field(repr=False)
+
+
+Record = ExecRecord | ExitRecord | ForkRecord | HookRecord
+
+
+def decode(buf: bytes) -> Record:
+    """Decode one record; raises RecordError on anything that does not fit the layout."""
+    if len(buf) < HEADER.size:
+        raise RecordError(f"record of {len(buf)} bytes is shorter than the header")
+    h = Header(*HEADER.unpack_from(buf, 0))
+    if h.size != len(buf):
+        raise RecordError(f"header says {h.size} bytes, record has {len(buf)}")
+    if h.version != 1:
+        raise RecordError(f"record version {h.version} is not 1")
+    if h.kind in (REC_EXEC, REC_PROCFS):
+        return _decode_exec(h, buf)
+    if h.kind == REC_EXIT:
+        _need(buf, EXIT_SIZE, "exit")
+        return ExitRecord(h, *EXIT_BODY.unpack_from(buf, HEADER.size))
+    if h.kind == REC_FORK:
+        _need(buf, FORK_SIZE, "fork")
+        return ForkRecord(h, *FORK_BODY.unpack_from(buf, HEADER.size))
+    if h.kind == REC_HOOK:
+        return HookRecord(h, bytes(buf[HEADER.size:]))
+    raise RecordError(f"unknown record kind {h.kind}")
+
+
+def _need(buf: bytes, size: int, what: str) -> None:
+    if len(buf) != size:
+        raise RecordError(f"{what} record has {len(buf)} bytes, layout needs {size}")
+
+
+def _decode_exec(h: Header, buf: bytes) -> ExecRecord:
+    if len(buf) < EXEC_SIZE:
+        raise RecordError(f"exec record has {len(buf)} bytes, layout needs at least {EXEC_SIZE}")
+    v = EXEC_FIXED.unpack_from(buf, HEADER.size)
+    flen, alen, clen, glen = v[-4:]
+    if EXEC_SIZE + flen + alen + clen + glen != len(buf):
+        raise RecordError("exec record string lengths do not add up to its size")
+    o = EXEC_SIZE
+    filename = bytes(buf[o:o + flen])
+    o += flen
+    args = bytes(buf[o:o + alen])
+    o += alen
+    cwd = bytes(buf[o:o + clen])
+    o += clen
+    cgname = bytes(buf[o:o + glen])
+    return ExecRecord(
+        h, *v[0:18], tuple(v[18:28]), *v[28:33],
+        v[33].split(b"\0", 1)[0], filename, args, cwd, cgname,
+    )
+
+
+def encode_exec(rec: ExecRecord) -> bytes:
+    """Pack an exec/procfs record (the collector's /proc bootstrap uses this)."""
+    filename = rec.filename[: PATH_MAX - 1]
+    args = rec.args[: ARGS_MAX - 1]
+    cwd = rec.cwd[: PATH_MAX - 1]
+    cgname = rec.cgroup_name[: CGNAME_MAX - 1]
+    size = EXEC_SIZE + len(filename) + len(args) + len(cwd) + len(cgname)
+    h = rec.header
+    return (
+        HEADER.pack(h.kind, 1, size, h.pid, h.tid, h.ktime)
+        + EXEC_FIXED.pack(
+            rec.ppid, rec.flags, rec.start_time, rec.parent_start_time, rec.cgroup_id,
+            rec.uid, rec.gid, rec.euid, rec.egid, rec.suid, rec.sgid, rec.fsuid, rec.fsgid,
+            rec.auid, rec.securebits, rec.cap_permitted, rec.cap_effective, rec.cap_inheritable,
+            *rec.ns, rec.user_ns_level, rec.nspid, rec.exe_ino, rec.exe_nlink, rec.exe_mode,
+            rec.comm[:16], len(filename), len(args), len(cwd), len(cgname),
+        )
+        + filename + args + cwd + cgname
+    )
+
+
+def encode_exit(pid: int, tid: int, ktime: int, exit_code: int, ppid: int, start_time: int) -> bytes:
+    return HEADER.pack(REC_EXIT, 1, EXIT_SIZE, pid, tid, ktime) + EXIT_BODY.pack(
+        exit_code, ppid, start_time
+    )
+
+
+def encode_fork(pid: int, ktime: int, ppid: int, start_time: int, cgroup_id: int = 0) -> bytes:
+    return HEADER.pack(REC_FORK, 1, FORK_SIZE, pid, pid, ktime) + FORK_BODY.pack(
+        ppid, 0, start_time, cgroup_id
+    )

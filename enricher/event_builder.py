@@ -1,0 +1,230 @@
+"""Builds Tetragon-shaped events (schemas/event.avsc) from decoded records and the process cache.
+
+Field meanings follow Tetragon's api/v1/tetragon: ``uid`` is the effective uid, ``arguments`` is
+one string (argv[1:], quoted where an argument holds a space), ``flags`` is Tetragon's
+space-separated debug string, ``exec_id`` is base64("<node>:<ktime>:<pid>").
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signal_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpf import records as r
+from enricher.process_cache import Entry, ProcessCache, exec_id
+
+CAP_NAMES = [
+    "CAP_CHOWN", "DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
+# Tetragon's proto enum names CAP_DAC_OVERRIDE "DAC_OVERRIDE" (api/v1/tetragon/capabilities.proto)
+
+S_ISUID = 0o4000
+S_ISGID = 0o2000
+INIT_NS_INUMS = (0xEFFFFFFE, 0xEFFFFFFF, 0, 0xEFFFFFFC, 0xEFFFFFFC, 0, 0xEFFFFFFA, 0xEFFFFFFA,
+                 0xEFFFFFFB, 0xEFFFFFFD)
+
+
+def cap_names(mask: int) -> list[str]:
+    return [CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP_{i}" for i in range(64) if mask >> i & 1]
+
+
+def text(b: bytes) -> str:
+    """Kernel bytes as a string: invalid UTF-8 is kept visible as \\xNN escapes."""
+    return b.decode("utf-8", "backslashreplace")
+
+
+def join_args(raw: bytes) -> str:
+    """argv[1:] joined by spaces; an argument with a space (or empty) is double-quoted."""
+    parts = raw.split(b"\0")
+    if parts and parts[-1] == b"" and raw.endswith(b"\0"):
+        parts.pop()
+    out = []
+    for p in parts[1:]:
+        s = text(p)
+        out.append(f'"{s}"' if (" " in s or s == "") else s)
+    return " ".join(out)
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal_mod.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+EXEC_FLAG_ORDER = [
+    (r.F_TRUNC_FILENAME, "truncFilename"), (r.F_TRUNC_ARGS, "truncArgs"),
+    (r.F_ERR_FILENAME, "errorFilename"), (r.F_ERR_ARGS, "errorArgs"),
+    (r.F_ROOT_CWD, "rootcwd"), (r.F_ERR_CWD, "errorCWD"), (r.F_TRUNC_CWD, "truncCWD"),
+]
+
+
+@dataclass
+class EventBuilder:
+    """Keeps the process cache and turns records into events (dicts of schemas/event.avsc)."""
+
+    cache: ProcessCache
+    ancestors_for: frozenset[str] = frozenset()
+    pod_resolver: Callable[[Entry], dict[str, Any] | None] | None = None
+    node_labels: dict[str, str] = field(default_factory=dict)
+    cluster_name: str = ""
+
+    # ---- records → events ---------------------------------------------------------------
+    def on_record(self, rec: r.Record, node: str, boot_ns: int, host_ns: list[int]) -> dict[str, Any] | None:
+        if isinstance(rec, r.ExecRecord):
+            return self._exec(rec, node, boot_ns, host_ns)
+        if isinstance(rec, r.ExitRecord):
+            return self._exit(rec, node, boot_ns)
+        if isinstance(rec, r.ForkRecord):
+            self._fork(rec, node, boot_ns)
+            return None
+        return None
+
+    def envelope(self, node: str, ts_ns: int, **body: Any) -> dict[str, Any]:
+        ev: dict[str, Any] = {"node_name": node, "time": ts_ns, **body}
+        if self.cluster_name:
+            ev["cluster_name"] = self.cluster_name
+        if self.node_labels:
+            ev["node_labels"] = dict(self.node_labels)
+        return ev
+
+    def _exec(self, rec: r.ExecRecord, node: str, boot_ns: int, host_ns: list[int]) -> dict[str, Any]:
+        h = rec.header
+        procfs = h.kind == r.REC_PROCFS
+        eid = exec_id(node, h.ktime, h.pid)
+        parent = self.cache.current(rec.ppid, "parent") if rec.ppid else None
+        prev = self.cache.by_pid.get(h.pid)
+        flags = ["procFS"] if procfs else ["execve"]
+        flags += [name for bit, name in EXEC_FLAG_ORDER if rec.flags & bit]
+        if not procfs and prev is not None and "clone" in prev.process.get("flags", "").split():
+            flags.append("clone")
+        cwd = text(rec.cwd)
+        binary = text(rec.filename)
+        if binary and not binary.startswith(("/", "[")) and cwd:
+            binary = os.path.normpath(os.path.join(cwd, binary))
+        hns = host_ns or list(INIT_NS_INUMS)
+        ns = {name: {"inum": inum, "is_host": bool(inum) and inum == hns[i]}
+              for i, (name, inum) in enumerate(zip(r.NS_NAMES, rec.ns, strict=False)) if inum}
+        caps = {"permitted": cap_names(rec.cap_permitted), "effective": cap_names(rec.cap_effective),
+                "inheritable": cap_names(rec.cap_inheritable)}
+        process: dict[str, Any] = {
+            "exec_id": eid,
+            "pid": h.pid,
+            "uid": rec.euid,
+            "cwd": cwd,
+            "binary": binary,
+            "arguments": join_args(rec.args),
+            "flags": " ".join(flags),
+            "start_time": boot_ns + h.ktime,
+            "auid": rec.auid,
+            "parent_exec_id": parent.exec_id if parent else "",
+            "cap": caps,
+            "ns": ns,
+            "tid": h.tid,
+            "process_credentials": {
+                "uid": rec.uid, "gid": rec.gid, "euid": rec.euid, "egid": rec.egid,
+                "suid": rec.suid, "sgid": rec.sgid, "fsuid": rec.fsuid, "fsgid": rec.fsgid,
+            },
+        }
+        props = self._binary_properties(rec, binary)
+        if props:
+            process["binary_properties"] = props
+        entry = Entry(eid, h.pid, h.ktime, rec.start_time, process,
+                      parent.exec_id if parent else "", rec.cgroup_id, text(rec.cgroup_name),
+                      rec.nspid, rec.ns, (rec.cap_permitted, rec.cap_effective, rec.cap_inheritable))
+        self.cache.add(entry)
+        self._attach_pod(entry)
+        body: dict[str, Any] = {"process": dict(process)}
+        if parent is not None:
+            body["parent"] = dict(parent.process)
+        if "exec" in self.ancestors_for or "base" in self.ancestors_for:
+            body["ancestors"] = self._ancestors(parent)
+        return self.envelope(node, boot_ns + h.ktime, process_exec=body)
+
+    def _binary_properties(self, rec: r.ExecRecord, binary: str) -> dict[str, Any] | None:
+        setuid = bool(rec.exe_mode & S_ISUID)
+        setgid = bool(rec.exe_mode & S_ISGID)
+        if not (setuid or setgid or (rec.exe_ino and rec.exe_nlink == 0)):
+            return None
+        changed = []
+        if setuid and rec.euid != rec.uid:
+            changed.append("PRIVILEGES_RAISED_EXEC_FILE_SETUID")
+        if setgid and rec.egid != rec.gid:
+            changed.append("PRIVILEGES_RAISED_EXEC_FILE_SETGID")
+        props: dict[str, Any] = {
+            "privileges_changed": changed,
+            "file": {"inode": {"number": rec.exe_ino, "links": rec.exe_nlink}, "path": binary},
+        }
+        if setuid:
+            props["setuid"] = rec.euid
+        if setgid:
+            props["setgid"] = rec.egid
+        return props
+
+    def _fork(self, rec: r.ForkRecord, node: str, boot_ns: int) -> None:
+        h = rec.header
+        parent = self.cache.current(rec.ppid, "parent")
+        if parent is None:
+            return
+        eid = exec_id(node, rec.start_time, h.pid)
+        process = dict(parent.process)
+        process.update(exec_id=eid, pid=h.pid, tid=h.tid, start_time=boot_ns + rec.start_time,
+                       parent_exec_id=parent.exec_id, flags="clone", refcnt=1)
+        process.pop("binary_properties", None)
+        entry = Entry(eid, h.pid, rec.start_time, rec.start_time, process, parent.exec_id,
+                      rec.cgroup_id or parent.cgroup_id, parent.cgroup_name, 0, parent.ns, parent.caps)
+        self.cache.add(entry)
+
+    def _exit(self, rec: r.ExitRecord, node: str, boot_ns: int) -> dict[str, Any] | None:
+        h = rec.header
+        entry = self.cache.current(h.pid, "exit")
+        if entry is None:
+            return None
+        parent = self.cache.get(entry.parent_exec_id)
+        code = rec.exit_code
+        sig = code & 0x7F
+        body: dict[str, Any] = {"process": dict(entry.process), "time": boot_ns + h.ktime}
+        if sig:
+            body["signal"] = signal_name(sig)
+        else:
+            body["status"] = (code >> 8) & 0xFF
+        if parent is not None:
+            body["parent"] = dict(parent.process)
+        if "exit" in self.ancestors_for or "base" in self.ancestors_for:
+            body["ancestors"] = self._ancestors(parent)
+        self.cache.exit(entry)
+        body["process"]["refcnt"] = max(entry.refcnt, 0)
+        return self.envelope(node, boot_ns + h.ktime, process_exit=body)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _ancestors(self, parent: Entry | None, limit: int = 64) -> list[dict[str, Any]]:
+        out = []
+        cur = self.cache.get(parent.parent_exec_id) if parent else None
+        while cur is not None and len(out) < limit:
+            out.append(dict(cur.process))
+            cur = self.cache.get(cur.parent_exec_id)
+        return out
+
+    def _attach_pod(self, entry: Entry) -> None:
+        if self.pod_resolver is None:
+            return
+        pod = self.pod_resolver(entry)
+        if pod:
+            entry.process["pod"] = pod
+            cid = pod.get("container", {}).get("id", "")
+            if cid:
+                entry.process["docker"] = cid.split("://")[-1][:15]
+
+    def process_for(self, pid: int) -> Entry | None:
+        """The current incarnation of pid (policy events attach their process with it)."""
+        return self.cache.current(pid, "event")

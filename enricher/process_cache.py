@@ -1,0 +1,108 @@
+"""The process cache: one entry per exec (or clone), found by exec_id or by the pid's latest
+incarnation. Reference counts follow Tetragon: a process holds one reference on itself and one on
+its parent while alive; an entry leaves the cache when its count reaches zero. The cache is
+bounded: past ``capacity`` the oldest exited (then oldest) entries are evicted and counted."""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+CACHE_SIZE = Gauge("tetrapipe_process_cache_size", "Entries in the enricher's process cache")
+CACHE_CAPACITY = Gauge("tetrapipe_process_cache_capacity", "Capacity of the process cache")
+CACHE_EVICTIONS = Counter("tetrapipe_process_cache_evictions", "Entries evicted for capacity")
+CACHE_MISSES = Counter("tetrapipe_process_cache_misses", "Lookups that found no entry", ["operation"])
+
+
+def exec_id(node: str, ktime: int, pid: int) -> str:
+    """Tetragon's exec id: base64("<node>:<ktime>:<pid>")."""
+    return base64.b64encode(f"{node}:{ktime}:{pid}".encode()).decode()
+
+
+@dataclass(slots=True)
+class Entry:
+    exec_id: str
+    pid: int
+    ktime: int
+    start_time: int                  # kernel task start (fork) time, ns since boot
+    process: dict[str, Any]          # the Avro Process record
+    parent_exec_id: str
+    cgroup_id: int = 0
+    cgroup_name: str = ""
+    nspid: int = 0
+    ns: tuple[int, ...] = ()
+    caps: tuple[int, int, int] = (0, 0, 0)
+    refcnt: int = 1
+    exited: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProcessCache:
+    def __init__(self, capacity: int = 65536) -> None:
+        self.capacity = capacity
+        self.by_exec_id: OrderedDict[str, Entry] = OrderedDict()
+        self.by_pid: dict[int, Entry] = {}
+        CACHE_CAPACITY.set(capacity)
+
+    def __len__(self) -> int:
+        return len(self.by_exec_id)
+
+    def get(self, eid: str) -> Entry | None:
+        return self.by_exec_id.get(eid)
+
+    def current(self, pid: int, operation: str = "pid") -> Entry | None:
+        e = self.by_pid.get(pid)
+        if e is None:
+            CACHE_MISSES.labels(operation=operation).inc()
+        return e
+
+    def add(self, entry: Entry) -> None:
+        """A new incarnation of entry.pid (exec or clone). The previous incarnation of the pid
+        stays until its references are gone: the exec of a clone drops the clone's self ref."""
+        prev = self.by_pid.get(entry.pid)
+        parent = self.by_exec_id.get(entry.parent_exec_id)
+        if parent is not None:
+            parent.refcnt += 1
+            parent.process["refcnt"] = parent.refcnt
+        self.by_exec_id[entry.exec_id] = entry
+        self.by_pid[entry.pid] = entry
+        if prev is not None and prev.exec_id != entry.exec_id and not prev.exited:
+            prev.exited = True
+            self._unref(prev)
+        entry.process["refcnt"] = entry.refcnt
+        self._bound()
+        CACHE_SIZE.set(len(self.by_exec_id))
+
+    def exit(self, entry: Entry) -> None:
+        """The process exited: drop its self reference and its reference on the parent."""
+        if entry.exited:
+            return
+        entry.exited = True
+        self._unref(entry)
+        CACHE_SIZE.set(len(self.by_exec_id))
+
+    def _unref(self, entry: Entry) -> None:
+        entry.refcnt -= 1
+        entry.process["refcnt"] = max(entry.refcnt, 0)
+        if entry.refcnt <= 0:
+            self._remove(entry)
+            parent = self.by_exec_id.get(entry.parent_exec_id)
+            if parent is not None:
+                self._unref(parent)
+
+    def _remove(self, entry: Entry) -> None:
+        self.by_exec_id.pop(entry.exec_id, None)
+        if self.by_pid.get(entry.pid) is entry:
+            del self.by_pid[entry.pid]
+
+    def _bound(self) -> None:
+        while len(self.by_exec_id) > self.capacity:
+            victim = next((e for e in self.by_exec_id.values() if e.exited), None)
+            if victim is None:
+                victim = next(iter(self.by_exec_id.values()))
+            self._remove(victim)
+            CACHE_EVICTIONS.inc()

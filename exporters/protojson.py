@@ -1,0 +1,149 @@
+"""Avro event dict ⇄ Tetragon's protojson form (what ``tetra getevents -o json`` and Tetragon's
+export file hold): snake_case names, zero values omitted, wrapper and oneof fields kept even when
+zero, 64-bit integers as strings, timestamps as RFC 3339 with nanoseconds, bytes as base64.
+
+The rules come from the ``proto`` attribute of each field in schemas/event.avsc, compiled once
+into a tree of small functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from schemas import codec
+
+Render = Callable[[Any], Any]
+_EMPTY = object()
+
+
+def rfc3339(ns: int) -> str:
+    """As Go's protojson prints a Timestamp: 0, 3, 6 or 9 fraction digits, whichever is exact."""
+    secs, frac = divmod(int(ns), 1_000_000_000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac == 0:
+        return base + "Z"
+    if frac % 1_000_000 == 0:
+        return f"{base}.{frac // 1_000_000:03d}Z"
+    if frac % 1_000 == 0:
+        return f"{base}.{frac // 1_000:06d}Z"
+    return f"{base}.{frac:09d}Z"
+
+
+def parse_rfc3339(s: str) -> int:
+    """RFC 3339 (Z or offset, any fraction digits) → ns since the epoch."""
+    import calendar
+    import re
+
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", s)
+    if not m:
+        raise ValueError(f"not an RFC 3339 timestamp: {s!r}")
+    y, mo, d, hh, mm, ss, frac, tz = m.groups()
+    secs = calendar.timegm((int(y), int(mo), int(d), int(hh), int(mm), int(ss), 0, 0, 0))
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return secs * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def _is_zero(v: Any) -> bool:
+    return v is None or v == 0 or v == "" or v is False or v == [] or v == {} or v == b""
+
+
+def _compile(avro_type: Any, named: dict[str, Any], proto: str) -> tuple[Render, Render]:
+    """(to_json, from_json) for one Avro type with the field's proto hints."""
+    hints = set(proto.split(",")) if proto else set()
+    if isinstance(avro_type, list):  # ["null", T]
+        inner = next(t for t in avro_type if t != "null")
+        return _compile(inner, named, proto)
+    if isinstance(avro_type, str) and avro_type in named:
+        return _record(named[avro_type], named)
+    if isinstance(avro_type, str) or (isinstance(avro_type, dict) and avro_type["type"] in (
+            "string", "long", "int", "boolean", "bytes")):
+        t = avro_type if isinstance(avro_type, str) else avro_type["type"]
+        if "timestamp" in hints:
+            return rfc3339, lambda s: parse_rfc3339(s) if isinstance(s, str) else int(s)
+        if t == "long" and "int64" in hints:
+            return str, int
+        if t == "bytes":
+            return (lambda b: base64.b64encode(b).decode()), base64.b64decode
+        if t in ("long", "int"):
+            return int, int
+        return (lambda v: v), (lambda v: v)
+    kind = avro_type["type"]
+    if kind == "record":
+        named[avro_type["name"]] = avro_type
+        return _record(avro_type, named)
+    if kind == "array":
+        to_item, from_item = _compile(avro_type["items"], named, "")
+        return (lambda xs: [to_item(x) for x in xs]), (lambda xs: [from_item(x) for x in xs])
+    if kind == "map":
+        to_v, from_v = _compile(avro_type["values"], named, "")
+        return (lambda m: {k: to_v(v) for k, v in m.items()}), (lambda m: {k: from_v(v) for k, v in m.items()})
+    raise TypeError(f"unsupported Avro type {avro_type!r}")
+
+
+_records: dict[str, tuple[Render, Render]] = {}
+
+
+def _record(rec: dict[str, Any], named: dict[str, Any]) -> tuple[Render, Render]:
+    name = rec["name"]
+    if name in _records:
+        return _records[name]
+    fields: list[tuple[str, bool, Render, Render]] = []
+
+    def to_json(d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for fname, keep_zero, to_f, _ in fields:
+            v = d.get(fname)
+            if v is None or (not keep_zero and _is_zero(v)):
+                continue
+            out[fname] = to_f(v)
+        return out
+
+    def from_json(d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for fname, _, _, from_f in fields:
+            if fname in d and d[fname] is not None:
+                out[fname] = from_f(d[fname])
+        return out
+
+    _records[name] = (to_json, from_json)
+    for f in rec["fields"]:
+        proto = f.get("proto", "")
+        keep_zero = "wrapper" in proto or "oneof" in proto
+        to_f, from_f = _compile(f["type"], named, proto)
+        fields.append((f["name"], keep_zero, to_f, from_f))
+    return to_json, from_json
+
+
+@cache
+def _event_renderers() -> tuple[Render, Render]:
+    return _compile(codec.schema("event").raw, {}, "")
+
+
+def to_protojson(event: dict[str, Any]) -> dict[str, Any]:
+    """Avro event dict → protojson dict."""
+    return _event_renderers()[0](event)
+
+
+def from_protojson(doc: dict[str, Any]) -> dict[str, Any]:
+    """protojson dict (a Tetragon export line) → Avro event dict (missing fields stay absent)."""
+    return _event_renderers()[1](doc)
+
+
+def dumps(event: dict[str, Any]) -> str:
+    """One export line (no newline)."""
+    return json.dumps(to_protojson(event), ensure_ascii=False, separators=(",", ":"))
+
+
+def event_type(event: dict[str, Any]) -> str:
+    """The set oneof: process_exec, process_exit, ... (works on Avro and protojson dicts)."""
+    for k, v in event.items():
+        if k.startswith(("process_", "rate_limit_info")) and v:
+            return k
+    return "unknown"

@@ -1,0 +1,24 @@
+"""Which sink a ``tetrapipe export NAME`` runs: a stage function per sink name."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from exporters.worker import run_sink
+from tetrapipe.config import Config
+
+Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
+
+
+async def _json(cfg: Config, stop: asyncio.Event) -> None:
+    from exporters.json_file import JsonFileSink
+
+    await run_sink(cfg, JsonFileSink(cfg.export_filename, int(cfg.export_file_perm, 8)), stop)
+
+
+STAGES: dict[str, Stage] = {"json": _json}
+
+
+def stage_for(name: str) -> Stage:
+    return STAGES[name]

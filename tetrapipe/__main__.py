@@ -1,0 +1,5 @@
+import sys
+
+from tetrapipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Kafka helpers shared by every stage: client settings, topic creation, producer start with
+idempotence detection, and the dead-letter writer."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tetrapipe.config import Config
+from tetrapipe.metrics import DEAD_LETTERS
+
+log = logging.getLogger("tetrapipe.kafka")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def client_settings(cfg: Config) -> dict[str, Any]:
+    """Connection settings common to producers, consumers and the admin client."""
+    s: dict[str, Any] = {
+        "bootstrap_servers": cfg.kafka or "127.0.0.1:9092",
+        "security_protocol": cfg.kafka_security_protocol,
+    }
+    if cfg.kafka_sasl_mechanism:
+        s["sasl_mechanism"] = cfg.kafka_sasl_mechanism
+        s["sasl_plain_username"] = cfg.kafka_sasl_username
+        s["sasl_plain_password"] = cfg.kafka_sasl_password
+    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile or None)
+        s["ssl_context"] = ctx
+    return s
+
+
+async def ensure_topics(cfg: Config, topics: list[str]) -> None:
+    """Create the topics that do not exist yet (tetrapipe never relies on auto-creation)."""
+    admin = AIOKafkaAdminClient(**client_settings(cfg))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=cfg.topic_partitions, replication_factor=1)
+                     for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(missing))
+    finally:
+        await admin.close()
+
+
+async def start_producer(cfg: Config, **extra: Any) -> AIOKafkaProducer:
+    """A started producer with acks=all; idempotent where the broker supports it.
+
+    The embedded broker refuses InitProducerId: then the producer falls back to a plain one and
+    the consumers' sequence audit drops duplicates."""
+    base = dict(client_settings(cfg), acks="all", max_request_size=MAX_MESSAGE_BYTES,
+                linger_ms=5, request_timeout_ms=30000)
+    base.update(extra)
+    producer = AIOKafkaProducer(enable_idempotence=True, **base)
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    level = sender_log.level
+    sender_log.setLevel(logging.CRITICAL)  # the refusal is expected on some brokers
+    try:
+        await producer.start()
+        return producer
+    except KafkaError as exc:
+        log.info("broker refused an idempotent producer (%s): using acks=all without it", exc)
+        await producer.stop()
+    finally:
+        sender_log.setLevel(level)
+    producer = AIOKafkaProducer(**base)
+    await producer.start()
+    return producer
+
+
+def make_consumer(cfg: Config, group: str, topics: list[str], **extra: Any) -> AIOKafkaConsumer:
+    settings = dict(client_settings(cfg), group_id=group, enable_auto_commit=False,
+                    auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                    fetch_max_bytes=4 * MAX_MESSAGE_BYTES)
+    settings.update(extra)
+    return AIOKafkaConsumer(*topics, **settings)
+
+
+async def send_dead_letter(producer: AIOKafkaProducer, cfg: Config, stage: str, value: bytes,
+                           error: str, key: bytes | None = None, source: str = "") -> None:
+    """Keep a bad message: original bytes, the error in headers. Counted per stage."""
+    headers = [("tetrapipe-error", error.encode("utf-8", "replace")[:4096]),
+               ("tetrapipe-stage", stage.encode()),
+               ("tetrapipe-source", source.encode("utf-8", "replace"))]
+    await producer.send_and_wait(cfg.deadletter_topic, value, key=key, headers=headers)
+    DEAD_LETTERS.labels(stage=stage).inc()

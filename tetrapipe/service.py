@@ -1,0 +1,38 @@
+"""Runs one stage as a process: logging, uvloop, the metrics server, SIGTERM/SIGINT → a clean
+stop (flush, commit), exit code 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from tetrapipe import logs, metrics
+from tetrapipe.config import Config
+
+Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
+
+
+def run_stage(cfg: Config, stage: Stage, name: str) -> int:
+    logs.setup(cfg.log_level, name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        metrics.serve(cfg.metrics_host_port)
+        await stage(cfg, stop)
+
+    run_async(main())
+    return 0
+
+
+def run_async(coro: Awaitable[None]) -> None:
+    """Run on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    uvloop.run(coro)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from bpf import records
 from collector import capabilities, loader, procfs
 from collector.batcher import Batcher
 from collector.drain import RecordQueue, RingBufferDrain
-from tetrapipe import kafka
+from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
 log = logging.getLogger("tetrapipe.collector")
@@ -58,6 +58,8 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
     producer = await kafka.start_producer(cfg)
     key = cfg.node_name.encode()
     inflight: set[asyncio.Future] = set()
+    metrics.set_ready()
+    log.info("collector ready: producing to %s", cfg.raw_topic)
 
     def done(fut: asyncio.Future) -> None:
         inflight.discard(fut)

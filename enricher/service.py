@@ -17,7 +17,7 @@ from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
 from schemas import codec
-from tetrapipe import kafka
+from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
 log = logging.getLogger("tetrapipe.enricher")
@@ -98,6 +98,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     producer = await kafka.start_producer(cfg)
     consumer = kafka.make_consumer(cfg, GROUP, [cfg.raw_topic])
     await consumer.start()
+    metrics.set_ready()
     log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
     try:
         while not stop.is_set():

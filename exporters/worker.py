@@ -14,7 +14,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from schemas import codec
-from tetrapipe import kafka
+from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 from tetrapipe.metrics import CONSUMER_LAG
 
@@ -49,6 +49,7 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
     producer = await kafka.start_producer(cfg)
     await consumer.start()
     await sink.start()
+    metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2
     try:

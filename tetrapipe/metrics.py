@@ -31,10 +31,16 @@ CONSUMER_LAG = Gauge(
 )
 
 _health_checks: dict[str, Callable[[], bool]] = {}
+_ready = {"ready": False}
 
 
 def add_health_check(name: str, check: Callable[[], bool]) -> None:
     _health_checks[name] = check
+
+
+def set_ready(ready: bool = True) -> None:
+    """A stage calls this once it is fully started; /healthz answers 503 "starting" until then."""
+    _ready["ready"] = ready
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,6 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, body, CONTENT_TYPE_LATEST)
         elif self.path.startswith("/healthz"):
             bad = [n for n, c in _health_checks.items() if not c()]
+            if not _ready["ready"]:
+                bad.insert(0, "starting")
             self._reply(503 if bad else 200, ("unhealthy: " + ",".join(bad) if bad else "ok").encode())
         else:
             self._reply(404, b"not found")

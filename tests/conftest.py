@@ -1,0 +1,65 @@
+"""Shared fixtures: one embedded broker per session, BPF availability, the service harness.
+
+A kernel test may skip only where BPF truly cannot load here; with CI=true that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Pipeline  # noqa: E402
+
+from tetrapipe.broker import EmbeddedBroker  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose real dependency is missing; under CI=true, fail instead."""
+    if IN_CI:
+        pytest.fail(f"CI=true: cannot skip: {reason}")
+    pytest.skip(reason)
+
+
+def bpf_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "not root: loading BPF programs needs CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "no BTF at /sys/kernel/btf/vmlinux: cannot generate kernel types for bcc"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return f"bcc is not importable ({exc}); run scripts/setup.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf_ok() -> None:
+    reason = bpf_unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Kafka-compatible broker (Tansu) for the whole session."""
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+@pytest.fixture
+def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
+    p = Pipeline(broker.bootstrap, tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()

@@ -1,0 +1,175 @@
+"""Test harness: the real services as subprocesses (``python -m tetrapipe ...``) against a real
+broker, each test with its own topics, node name, files and metrics ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tetrapipe.broker import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "tetrapipe", *self.argv], env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Service:
+        def ready() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            return http_get(f"http://127.0.0.1:{self.metrics_port}/healthz")[0] == 200
+        wait_until(ready, timeout, what=f"{self.name} ready")
+        return self
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            mname, _, lab = head.partition("{")
+            if mname != name:
+                continue
+            if all(f'{k}="{v}"' in lab for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Pipeline:
+    """Services of one test. ``settings`` become TETRAPIPE_* variables of every service."""
+
+    bootstrap: str
+    tmp: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.node_name = f"node-{tag}"
+        self.base = {
+            "kafka": self.bootstrap,
+            "node_name": self.node_name,
+            "raw_topic": f"t{tag}.raw",
+            "events_topic": f"t{tag}.events",
+            "deadletter_topic": f"t{tag}.deadletter",
+            "export_filename": str(self.tmp / "events.log"),
+            "control_socket": str(self.tmp / "tetrapipe.sock"),
+            "state_dir": str(self.tmp / "state"),
+            "cache_dir": "/var/cache/tetrapipe",
+            "log_level": "info",
+        }
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
+        for k, v in {**self.base, **self.settings, **(extra or {})}.items():
+            env["TETRAPIPE_" + k.upper()] = str(v)
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def start(self, name: str, *argv: str, extra: dict[str, str] | None = None,
+              wait: bool = True) -> Service:
+        port = free_port()
+        env = self.env({**(extra or {}), "metrics_address": f"127.0.0.1:{port}"})
+        svc = Service(name, list(argv), env, self.tmp / f"{name}.log", port).start()
+        self.services[name] = svc
+        if wait:
+            svc.wait_ready()
+        return svc
+
+    def start_all(self, exporters: tuple[str, ...] = ("json",)) -> None:
+        self.start("enricher", "enricher")
+        for e in exporters:
+            self.start(f"export-{e}", "export", e)
+        self.start("collector", "collector")
+
+    @property
+    def export_file(self) -> Path:
+        return Path(self.base["export_filename"])
+
+    def exported(self) -> list[dict[str, Any]]:
+        try:
+            text = self.export_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        for svc in reversed(list(self.services.values())):
+            svc.stop()
+
+
+def body(ev: dict[str, Any]) -> dict[str, Any]:
+    return next(v for k, v in ev.items() if k.startswith(("process_", "rate_limit")))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records as r
+from enricher import loader_events, network_events
 from enricher.process_cache import Entry, ProcessCache, exec_id
 
 CAP_NAMES = [
@@ -88,6 +89,10 @@ class EventBuilder:
         if isinstance(rec, r.ForkRecord):
             self._fork(rec, node, boot_ns)
             return None
+        if isinstance(rec, r.SockRecord):
+            return network_events.build(self, rec, node, boot_ns)
+        if isinstance(rec, r.LoaderRecord):
+            return loader_events.build(self, rec, node, boot_ns)
         return None
 
     def envelope(self, node: str, ts_ns: int, **body: Any) -> dict[str, Any]:

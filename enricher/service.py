@@ -32,7 +32,8 @@ KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook",
+              records.REC_SOCK: "sock", records.REC_LOADER: "loader"}
 
 
 def event_type(event: dict[str, Any]) -> str:

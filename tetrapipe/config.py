@@ -67,6 +67,10 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    enable_network_events: bool = _opt(False, "network sensor: TCP connect/accept/close events "
+                                       "(process_kprobe tcp_connect, inet_csk_accept, tcp_close)")
+    enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
+                                      "a process maps executable (shared libraries)")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -93,8 +93,7 @@ static __always_inline void ldr_send(struct ldr_pending *p)
         size = sizeof(struct ldr_buf);
     if (size < sizeof(struct tp_loader))
         return;
-    if (events.ringbuf_output(&p->b, size, 0) < 0)
-        tp_count_drop();
+    tp_sensor_output(&p->b, size);
 }
 
 /* Sends the pending record of this thread, after one more try at the build id. */

@@ -116,8 +116,7 @@ static __always_inline void net_report(struct sock *sk, u8 op)
     struct net_owner o = {.pid = s.h.pid, .tid = s.h.tid};
     u64 key = (u64)sk;
     net_owner.update(&key, &o);
-    if (events.ringbuf_output(&s, sizeof(s), 0) < 0)
-        tp_count_drop();
+    tp_sensor_output(&s, sizeof(s));
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
@@ -185,7 +184,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     tp_fill_header(&s.h, TP_REC_SOCK, sizeof(s));
     s.h.pid = owner.pid;
     s.h.tid = owner.tid;
-    if (events.ringbuf_output(&s, sizeof(s), 0) < 0)
-        tp_count_drop();
+    tp_sensor_output(&s, sizeof(s));
     return 0;
 }

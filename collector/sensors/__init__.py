@@ -41,6 +41,9 @@ def enabled(cfg: Config) -> list[Sensor]:
 def program_text(base: str, sensors: list[Sensor]) -> str:
     """The process program's text with the sensors' C appended."""
     parts = [base]
+    if sensors:
+        parts.append("\n/* ---- sensors: bpf/sensor_common.c ---- */\n")
+        parts.append((BPF_DIR / "sensor_common.c").read_text())
     for s in sensors:
         parts.append(f"\n/* ---- sensor {s.name}: bpf/{s.source} ---- */\n")
         parts.append((BPF_DIR / s.source).read_text())

@@ -36,6 +36,9 @@ BUFFER_DROPPED_CHUNKS = Counter("tetrapipe_fluentd_buffer_dropped_chunks",
 BUFFER_DROPPED_EVENTS = Counter("tetrapipe_fluentd_buffer_dropped_events",
                                 "Events in chunk files dropped from the disk buffer", ["reason"])
 
+BUFFER_DROPPED_CHUNKS.labels(reason="unreadable")
+BUFFER_DROPPED_EVENTS.labels(reason="unreadable")
+
 _SUFFIX = ".chunk"
 
 

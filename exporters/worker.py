@@ -49,6 +49,8 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
     producer = await kafka.start_producer(cfg)
     await consumer.start()
     await sink.start()
+    for counter in (EXPORTED, EXPORTED_BYTES, EXPORT_ERRORS):
+        counter.labels(sink=sink.name)  # exported as 0 from the start, so dashboards see the series
     metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2

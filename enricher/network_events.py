@@ -12,6 +12,7 @@ to attribute a close to the process that connected or accepted, even after that 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -99,3 +100,21 @@ def build(builder: EventBuilder, rec: r.SockRecord, node: str, boot_ns: int) -> 
     else:  # a process the cache never saw: what the kernel told us
         body["process"] = {"pid": h.pid, "tid": h.tid, "flags": "miss"}
     return builder.envelope(node, boot_ns + h.ktime, process_kprobe=body)
+
+
+# struct tp_sockinfo (collector/sock_hooks.py), a policy hook's sock argument (TP_ARG_SOCK)
+SOCKINFO = struct.Struct("<HHHBBHHIIIQ16s16s")
+
+
+def sock_arg_from_bytes(data: bytes) -> dict[str, Any]:
+    """A policy hook's serialised sock argument → Tetragon's ``sock_arg``."""
+    if len(data) != SOCKINFO.size:
+        raise r.RecordError(f"sock argument of {len(data)} bytes, layout has {SOCKINFO.size}")
+    fam, typ, proto, state, _pad, sport, dport, mark, prio, _netns, cookie, sa, da = \
+        SOCKINFO.unpack(data)
+    return {
+        "family": FAMILY.get(fam, str(fam)), "type": SOCK_TYPE.get(typ, str(typ)),
+        "protocol": PROTOCOL.get(proto, str(proto)), "mark": mark, "priority": prio,
+        "saddr": address(fam, sa), "daddr": address(fam, da), "sport": sport, "dport": dport,
+        "cookie": cookie & COOKIE_MASK, "state": TCP_STATE.get(state, str(state)),
+    }

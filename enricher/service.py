@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from bpf import records
 from enricher.event_builder import EventBuilder
+from enricher.policy_events import PolicyEventError, PolicyEvents
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
@@ -32,7 +33,7 @@ KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -49,6 +50,7 @@ class Enricher:
         self.builder = EventBuilder(ProcessCache(cfg.process_cache_size), ancestors_for=ancestors,
                                     cluster_name=cfg.cluster_name)
         self.audit = SequenceAudit(STAGE)
+        self.policy_events = PolicyEvents()
 
     def handle_batch(self, batch: Batch) -> tuple[list[dict[str, Any]], list[tuple[bytes, str]]]:
         """(events, bad records with their error) for one decoded batch."""
@@ -56,16 +58,34 @@ class Enricher:
         bad: list[tuple[bytes, str]] = []
         if batch.ringbuf_lost:
             KERNEL_LOST.labels(node_name=batch.node_name).inc(batch.ringbuf_lost)
+        decoded: list[tuple[bytes, records.Record]] = []
         for raw in batch.raw_records:
             try:
-                rec = records.decode(raw)
+                decoded.append((raw, records.decode(raw)))
             except records.RecordError as exc:
                 HANDLER_ERRORS.labels(error="decode").inc()
                 bad.append((raw, str(exc)))
-                continue
+        # the kernel programs drain through several ring buffers: restore the kernel's order
+        decoded.sort(key=lambda d: d[1].header.ktime)
+        deferred: list[tuple[bytes, records.HookRecord]] = []
+        for raw, rec in decoded:
             RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
             try:
-                ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+                if isinstance(rec, records.HookRecord):
+                    if self.policy_events.wants_later(rec, self.builder):
+                        deferred.append((raw, rec))
+                        continue
+                    ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
+                elif isinstance(rec, records.PolicyRecord):
+                    ev = self.policy_events.on_catalog(rec, batch.node_name)
+                else:
+                    if isinstance(rec, records.ExitRecord):
+                        self.policy_events.note_exit(rec, self.builder)
+                    ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
+                continue
             except Exception as exc:  # a record the builder cannot handle must not stop the stream
                 log.exception("record of kind %d failed", rec.header.kind)
                 HANDLER_ERRORS.labels(error="event_handler_failed").inc()
@@ -73,6 +93,13 @@ class Enricher:
                 continue
             if ev is not None:
                 events.append(ev)
+        for raw, hook_rec in deferred:  # hooks at an exec: built after the exec record of the batch
+            try:
+                events.append(self.policy_events.on_hook(hook_rec, batch.node_name, batch.boot_time_ns,
+                                                         self.builder))
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
         return events, bad
 
 

@@ -270,7 +270,9 @@ class PolicyManager:
     def tick(self) -> None:
         """Re-send the catalog now and then (a late enricher learns it) and export counters."""
         now = time.monotonic()
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return  # a load is compiling (seconds): never stall the produce loop for it
+        try:
             for lp in self.loaded.values():
                 self._collect_counts(lp)
             if now - self._last_catalog >= CATALOG_EVERY_S:
@@ -279,6 +281,8 @@ class PolicyManager:
                     self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
                 if self.loaded:
                     self.queue.wake()
+        finally:
+            self._lock.release()
 
     def _collect_counts(self, lp: Loaded) -> None:
         try:
@@ -306,8 +310,14 @@ class PolicyManager:
                                         selector_index=str(s if s < len(ch.hook.selectors) else -1)).inc(delta)
 
     def kernel_lost_delta(self) -> int:
-        with self._lock:
+        """Kernel-side drops of the policy ring buffers since the last call (0 while a load runs;
+        they are counted at the next call)."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
             return sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values())
+        finally:
+            self._lock.release()
 
     def _update_gauge(self) -> None:
         counts = dict.fromkeys(STATES, 0)

@@ -52,6 +52,9 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
              _root_copy(SEED / "exec-policy-example.yaml", tmp)]
     p = Pipeline(broker.bootstrap, tmp)
     p.settings["tracing_policy"] = ",".join(str(f) for f in files)
+    watched = tmp / "policies.d"
+    watched.mkdir(mode=0o755)
+    p.settings["tracing_policy_dir"] = str(watched)
     try:
         p.start_all()
         yield p
@@ -164,3 +167,130 @@ def test_exec_policy_kills_cap_sys_admin_in_a_new_pid_namespace(seeded: Pipeline
                timeout=30, what="SIGKILL exit of the touch")
     assert not any(str(host) in (e.get("process_tracepoint") or {}).get("process", {}).get("arguments", "")
                    for e in seeded.exported())
+
+
+BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: broken
+spec:
+  kprobes:
+  - call: "sys_write"
+    syscall: true
+    args:
+    - index: 0
+      type: "fd"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefx"
+        values:
+        - "/tmp/"
+"""
+
+
+@pytest.mark.kernel
+def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_path: Path) -> None:
+    ls = ctl(seeded, "list")
+    assert ls.returncode == 0, ls.stderr
+    assert "deny-tmp-forbidden-write" in ls.stdout and "exec-policy-example" in ls.stdout
+    assert oct(os.stat(seeded.base["control_socket"]).st_mode & 0o777) == "0o600"
+    col = seeded.services["collector"]
+    assert col.metric("tetrapipe_tracingpolicy_loaded", state="enabled") == 2
+    assert col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
+                      policy="deny-tmp-forbidden-write") >= 1
+    enr = seeded.services["enricher"]
+    assert enr.metric("tetrapipe_policy_events_total", policy="deny-tmp-forbidden-write") >= 3
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(BAD_OPERATOR)
+    r = ctl(seeded, "add", str(bad))
+    assert r.returncode == 1
+    assert f'{bad}:15: spec.kprobes[0].selectors[0].matchArgs[0].operator: unknown operator "Prefx"' in r.stderr
+    six = tmp_path / "six.yaml"
+    six.write_text(BAD_OPERATOR.replace("    - matchArgs:\n      - index: 0\n        operator: \"Prefx\"\n"
+                                        "        values:\n        - \"/tmp/\"\n",
+                                        "    - matchActions:\n      - action: Post\n" * 6))
+    r = ctl(seeded, "add", str(six))
+    assert r.returncode == 1 and "spec.kprobes[0].selectors: 6 selectors: at most 5 per hook" in r.stderr
+    hook = tmp_path / "hook.yaml"
+    hook.write_text(BAD_OPERATOR.replace('"sys_write"\n    syscall: true', '"vfs_write"').replace("Prefx", "Prefix"))
+    r = ctl(seeded, "add", str(hook))
+    assert r.returncode == 1 and "kernel function 'vfs_write' cannot be served" in r.stderr
+    # the loaded policies still act
+    proc = write_forbidden(tmp_path / "other")
+    assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
+
+
+@pytest.mark.kernel
+def test_watched_dir_and_file_ownership(seeded: Pipeline, tmp_path: Path) -> None:
+    watched = Path(seeded.settings["tracing_policy_dir"])
+    tag = uuid.uuid4().hex[:8]
+    target = Path(f"/tmp/tp-watch-{tag}")
+    target.mkdir()
+    text = f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: watch-{tag}
+spec:
+  kprobes:
+  - call: "sys_openat"
+    syscall: true
+    args:
+    - index: 1
+      type: "string"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Prefix"
+        values:
+        - "{target}/"
+"""
+    # not root-owned: refused, with the reason in `list`
+    stranger = watched / "stranger.yaml"
+    stranger.write_text(text.replace(f"watch-{tag}", f"stranger-{tag}"))
+    os.chown(stranger, 65534, 65534)
+    os.chmod(stranger, 0o644)
+    wait_until(lambda: "owned by uid 65534, not root" in ctl(seeded, "list").stdout, timeout=30,
+               what="refusal of the stranger's policy file")
+    good = watched / "good.yaml"
+    good.write_text(text)
+    os.chmod(good, 0o644)
+    wait_until(lambda: f"watch-{tag}" in ctl(seeded, "list").stdout, timeout=60, what="watched policy loaded")
+    (target / "a").write_text("x")
+    ev = wait_until(lambda: next((e["process_kprobe"] for e in seeded.exported()
+                                  if (e.get("process_kprobe") or {}).get("policy_name") == f"watch-{tag}"), None),
+                    timeout=30, what="event of the watched policy")
+    assert ev["args"][0]["string_arg"] == f"{target}/a" and ev["function_name"] == "sys_openat"
+    good.unlink()
+    wait_until(lambda: f"watch-{tag}" not in ctl(seeded, "list").stdout, timeout=30, what="policy unloaded")
+    stranger.unlink()
+    shutil.rmtree(target)
+
+
+@pytest.mark.kernel
+def test_monitor_mode_reports_and_does_not_kill(seeded: Pipeline, tmp_path: Path) -> None:
+    r = ctl(seeded, "delete", "deny-tmp-forbidden-write")
+    assert r.returncode == 0, r.stderr
+    src = _root_copy(SEED / "deny-tmp-forbidden-write.yaml", tmp_path)
+    r = ctl(seeded, "add", str(src), "--mode", "monitor")
+    assert r.returncode == 0, r.stderr
+    assert "monitor mode" in r.stdout and "FollowFD is served" in r.stdout
+    other = tmp_path / "other"
+    try:
+        proc = write_forbidden(other)
+        assert proc.returncode == 0, proc                    # not killed
+        assert Path(f"{other}.2").read_text() == "survived\n"
+        pid = _pid_of_shell(seeded, str(other))
+        ev = wait_until(lambda: next((k["process_kprobe"] for k in kprobes(seeded, pid)
+                                      if k["process_kprobe"]["function_name"] == "__x64_sys_write"), None),
+                        timeout=30, what="monitor-mode write event")
+        assert ev["action"] == "KPROBE_ACTION_SIGKILL"         # what it would have done
+        assert "policy-mode:monitor" in ev["tags"]
+        col = seeded.services["collector"]
+        wait_until(lambda: col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="monitor_sigkill",
+                                      policy="deny-tmp-forbidden-write") >= 1, timeout=10, what="monitor metric")
+        assert (x := exit_of(seeded, pid)) is None or "signal" not in x
+    finally:
+        FORBIDDEN.write_bytes(ORIGINAL)   # allowed: the policy only monitors now
+        ctl(seeded, "delete", "deny-tmp-forbidden-write")

@@ -114,11 +114,12 @@ static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v,
     if (how == 0 && n != slen)
         return 0;
     u32 start = how == 2 ? slen - n : 0;
+    n = TP_BOUND(n, 0x1ff);  /* opaque to clang, so it keeps the i < TP_STR_MAX bound */
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < TP_STR_MAX; i++) {
         if (i >= n)
             break;
-        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i])
+        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
             return 0;
     }
     return 1;

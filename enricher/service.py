@@ -116,9 +116,12 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
 class StateRestorer(ConsumerRebalanceListener):
     """Before raw partitions are consumed, replay their process-cache state (enricher/state.py)."""
 
-    def __init__(self, cfg: Config, enricher: Enricher) -> None:
+    def __init__(self, cfg: Config, enricher: Enricher, producer: AIOKafkaProducer) -> None:
         self.cfg = cfg
         self.enricher = enricher
+        self.producer = producer
+        self.idle = asyncio.Event()  # cleared while a replay runs: records wait for it
+        self.idle.set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         return None
@@ -128,12 +131,14 @@ class StateRestorer(ConsumerRebalanceListener):
         if journal is None or not assigned:
             return
         parts = sorted({tp.partition % journal.partitions for tp in assigned})
+        self.idle.clear()
         try:
-            entries = await state.replay(self.cfg, parts)
+            entries = await state.replay(self.cfg, parts, self.producer)
+            self.enricher.builder.cache.restore(entries)
         except Exception:  # the stream must go on: without state, parents of old processes miss
             log.exception("state replay of %s failed: going on without it", self.cfg.state_topic)
-            return
-        self.enricher.builder.cache.restore(entries)
+        finally:
+            self.idle.set()
 
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:
@@ -149,7 +154,8 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
     consumer = kafka.make_consumer(cfg, GROUP, [])
-    consumer.subscribe([cfg.raw_topic], listener=StateRestorer(cfg, enricher))
+    restorer = StateRestorer(cfg, enricher, producer)
+    consumer.subscribe([cfg.raw_topic], listener=restorer)
     await consumer.start()
     metrics.set_ready()
     log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
@@ -158,6 +164,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     try:
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=200, max_records=50)
+            await restorer.idle.wait()  # records of a partition are handled after its state replay
             out: list[dict[str, Any]] = []
             for tp, msgs in got.items():
                 for m in msgs:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -37,6 +38,7 @@ STATE_RESTORED = Counter("tetrapipe_state_restored_entries", "Process-cache entr
 STATE_REPLAY_SECONDS = Gauge("tetrapipe_state_replay_seconds", "Duration of the last state replay")
 VERSION = 1
 REPLAY_TIMEOUT_S = 120.0
+MARKER_KEY = b"\x00replay-marker"  # not an exec_id; compaction keeps only the latest marker
 
 
 def entry_to_json(e: Entry) -> bytes:
@@ -114,10 +116,16 @@ async def ensure_state_topic(cfg: Config) -> None:
         await admin.close()
 
 
-async def replay(cfg: Config, partitions: list[int]) -> list[Entry]:
+async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer) -> list[Entry]:
     """The latest entry of every exec_id in the given state partitions (tombstoned ones left
-    out), read from the beginning up to the end offsets seen when the replay started."""
+    out), read from the beginning up to a marker this replay wrote at each partition's end.
+
+    A marker rather than the end offsets: the embedded broker (Tansu 0.6) reports a high
+    watermark that lags when one produce request carried several records."""
     t0 = time.monotonic()
+    token = uuid.uuid4().hex.encode()
+    marks = [await producer.send(cfg.state_topic, token, key=MARKER_KEY, partition=p) for p in partitions]
+    end = {TopicPartition(cfg.state_topic, p): (await m).offset for p, m in zip(partitions, marks, strict=True)}
     consumer = AIOKafkaConsumer(**kafka.client_settings(cfg), group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=kafka.MAX_MESSAGE_BYTES)
     await consumer.start()
@@ -126,19 +134,19 @@ async def replay(cfg: Config, partitions: list[int]) -> list[Entry]:
     try:
         tps = [TopicPartition(cfg.state_topic, p) for p in partitions]
         consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        todo = {tp for tp in tps if end.get(tp, 0) > 0}
+        todo = set(tps)
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         while todo and time.monotonic() < deadline:
             got = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
             for tp, msgs in got.items():
                 for m in msgs:
+                    if m.key == MARKER_KEY:
+                        if m.value == token:
+                            todo.discard(tp)
+                        continue
                     if m.offset < end[tp] and m.key is not None:
                         latest[m.key.decode(errors="replace")] = m.value
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
         if todo:
             log.error("state replay stopped after %.0fs with partitions %s unfinished: "
                       "processes started before may lack parent and pod", REPLAY_TIMEOUT_S,
@@ -157,6 +165,7 @@ async def replay(cfg: Config, partitions: list[int]) -> list[Entry]:
         log.warning("state replay skipped %d unreadable entries", bad)
     STATE_RESTORED.inc(len(entries))
     STATE_REPLAY_SECONDS.set(time.monotonic() - t0)
-    log.info("state replay: %d live process entries (%d keys) from %s partitions %s in %.2fs",
-             len(entries), len(latest), cfg.state_topic, partitions, time.monotonic() - t0)
+    log.info("state replay: %d live process entries (%d keys, end offsets %s) from %s partitions %s "
+             "in %.2fs", len(entries), len(latest), {tp.partition: o for tp, o in end.items()},
+             cfg.state_topic, partitions, time.monotonic() - t0)
     return entries

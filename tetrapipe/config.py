@@ -67,6 +67,7 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -67,6 +67,10 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    fluentd_buffer_dir: str = _opt("", "fluentd exporter's disk buffer; empty = <state_dir>/fluentd-buffer")
+    fluentd_buffer_max_bytes: int = _opt(256 * 1024 * 1024, "fluentd disk buffer bound in bytes")
+    fluentd_ack_timeout: int = _opt(10, "seconds to wait for fluentd's ack of a chunk before resending")
+    fluentd_compress: bool = _opt(False, "send CompressedPackedForward (gzip) to fluentd")
     export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
 
     # ---- derived -----------------------------------------------------------------------

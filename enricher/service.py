@@ -16,7 +16,7 @@ from enricher.event_builder import EventBuilder
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -82,11 +82,13 @@ def event_key(ev: dict[str, Any]) -> bytes:
     return (proc.get("exec_id") or "").encode()
 
 
-async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]]) -> None:
+async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
+                  serializer: registry.EventSerializer | None = None) -> None:
     """Send and wait until the broker acknowledged all of them."""
     futures = []
     for ev in events:
-        futures.append(await producer.send(cfg.events_topic, codec.encode("event", ev), key=event_key(ev)))
+        value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
+        futures.append(await producer.send(cfg.events_topic, value, key=event_key(ev)))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
     if futures:
         await asyncio.gather(*futures)
@@ -95,6 +97,12 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
     enricher = Enricher(cfg)
+    serializer = registry.serializer_for(cfg)  # Confluent framing when schema_registry_url is set
+    try:
+        if not await serializer.ready(stop):
+            return
+    except registry.RegistryError as exc:  # refused, e.g. incompatible with the subject's versions
+        raise SystemExit(f"tetrapipe enricher: {exc}") from None
     producer = await kafka.start_producer(cfg)
     consumer = kafka.make_consumer(cfg, GROUP, [cfg.raw_topic])
     await consumer.start()
@@ -118,7 +126,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                     events, bad = enricher.handle_batch(batch)
                     for raw, err in bad:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
-                    await publish(producer, cfg, events)
+                    await publish(producer, cfg, events, serializer)
             if got:
                 await consumer.commit()
     finally:

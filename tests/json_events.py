@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -49,6 +50,8 @@ def kprobe_event(pid: int = 13604, binary: str = "/usr/bin/vi", function: str = 
     body = doc.pop("process_exec")
     doc["process_kprobe"] = {"process": {**body["process"], "pid": pid, "binary": binary},
                              "parent": body["parent"], "function_name": function, "policy_name": policy,
-                             "args": [{"file_arg": {"path": path}}, {"size_arg": str(size)}],
+                             "args": [{"file_arg": {"path": path}},
+                                      {"bytes_arg": base64.b64encode(b"x" * size).decode()},
+                                      {"size_arg": str(size)}],
                              "action": "KPROBE_ACTION_POST"}
     return protojson.from_protojson(doc)

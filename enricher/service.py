@@ -23,7 +23,7 @@ from enricher.policy_events import PolicyEventError, PolicyEvents
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -132,11 +132,13 @@ def event_key(ev: dict[str, Any]) -> bytes:
     return (proc.get("exec_id") or "").encode()
 
 
-async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]]) -> None:
+async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
+                  serializer: registry.EventSerializer | None = None) -> None:
     """Send and wait until the broker acknowledged all of them."""
     futures = []
     for ev in events:
-        futures.append(await producer.send(cfg.events_topic, codec.encode("event", ev), key=event_key(ev)))
+        value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
+        futures.append(await producer.send(cfg.events_topic, value, key=event_key(ev)))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
     if futures:
         await asyncio.gather(*futures)
@@ -173,6 +175,12 @@ class StateRestorer(ConsumerRebalanceListener):
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
     enricher = Enricher(cfg)
+    serializer = registry.serializer_for(cfg)  # Confluent framing when schema_registry_url is set
+    try:
+        if not await serializer.ready(stop):
+            return
+    except registry.RegistryError as exc:  # refused, e.g. incompatible with the subject's versions
+        raise SystemExit(f"tetrapipe enricher: {exc}") from None
     producer = await kafka.start_producer(cfg)
     if enricher.journal is not None:
         await state.ensure_state_topic(cfg)
@@ -215,9 +223,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
                     out.extend(events)
             out.extend(enricher.poll_pending(time.monotonic()))
-            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed)
+            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
+                                      serializer)
         out = enricher.pending.drain()
-        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed)
+        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer)
     finally:
         if watcher_task is not None:
             watcher_task.cancel()
@@ -227,13 +236,13 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
 
 async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
                               events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
-                              committed: dict[TopicPartition, int]) -> None:
+                              committed: dict[TopicPartition, int], serializer: Any) -> None:
     """Events and state writes acknowledged first, then raw offsets committed, never past an
     event still held for pod metadata."""
     futures: list[asyncio.Future] = []
     if enricher.journal is not None:
         futures.extend(await enricher.journal.flush(producer))
-    await publish(producer, cfg, events)
+    await publish(producer, cfg, events, serializer)
     if futures:
         await asyncio.gather(*futures)
     floor = enricher.pending.floor()

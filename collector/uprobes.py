@@ -13,8 +13,8 @@ Pieces, for the policy engine (collector/policy/) to call, and usable alone:
 - :func:`entry_probe_c` is the uprobe entry in the engine's convention (``u64 a[6]`` from the
   registers, then ``tp_hook_<id>(ctx, a, 0, 0)``, which applies selectors and writes the record);
 - :func:`capture_program` is a complete program for hooks without selectors: it captures the
-  arguments itself and writes REC_HOOK records (the layout of the policy engine's struct tp_hook
-  with struct tp_arg arguments), so a policy of uprobes with Post only needs nothing else;
+  arguments itself and writes REC_HOOK records (bpf/records.h struct tp_hook with struct tp_arg
+  arguments), so a policy of uprobes with Post only needs nothing else;
 - :class:`UprobeProgram` loads, attaches, drains; :func:`catalog_hook` is the hook's entry for
   the policy catalog (``kind: uprobe``, ``path``, ``symbol``, ``offset``) the enricher reads.
 
@@ -191,27 +191,8 @@ _PROLOGUE = """
 #define UP_DATA 2048
 #define UP_SLACK 512
 
-struct up_hook {                   /* = the policy engine's struct tp_hook */
-    struct tp_header h;
-    u32 policy_id;
-    u16 hook_id;
-    u8 selector;
-    u8 action;
-    u8 flags;
-    u8 nargs;
-    u16 data_len;
-    s64 ret;
-} __attribute__((packed));
-
-struct up_arg {                    /* = struct tp_arg */
-    u8 type;
-    u8 flags;
-    u16 len;
-    u32 orig_size;
-} __attribute__((packed));
-
 struct up_buf {
-    struct up_hook e;
+    struct tp_hook e;
     char data[UP_DATA + UP_SLACK];
 };
 
@@ -222,27 +203,27 @@ BPF_PERCPU_ARRAY(drops, u64, 1);
 static __always_inline u32 up_put_u64(struct up_buf *b, u32 off, u8 type, u64 v)
 {
     off &= (UP_DATA - 1);
-    struct up_arg *ah = (struct up_arg *)&b->data[off];
+    struct tp_arg *ah = (struct tp_arg *)&b->data[off];
     ah->type = type;
     ah->flags = 0;
     ah->len = 8;
     ah->orig_size = 8;
-    __builtin_memcpy(&b->data[off + sizeof(struct up_arg)], &v, 8);
+    __builtin_memcpy(&b->data[off + sizeof(struct tp_arg)], &v, 8);
     b->e.nargs++;
-    return off + sizeof(struct up_arg) + 8;
+    return off + sizeof(struct tp_arg) + 8;
 }
 
 static __always_inline u32 up_put_str(struct up_buf *b, u32 off, u64 ptr)
 {
     off &= (UP_DATA - 1);
-    struct up_arg *ah = (struct up_arg *)&b->data[off];
-    long n = bpf_probe_read_user_str(&b->data[off + sizeof(struct up_arg)], UP_STRING_MAX,
+    struct tp_arg *ah = (struct tp_arg *)&b->data[off];
+    long n = bpf_probe_read_user_str(&b->data[off + sizeof(struct tp_arg)], UP_STRING_MAX,
                                      (void *)ptr);
-    ah->type = 5;
+    ah->type = TP_ARG_STRING;
     ah->flags = 0;
     if (n <= 0) {
         n = 0;
-        ah->flags = 2;             /* TP_ARGF_ERROR */
+        ah->flags = TP_ARGF_ERROR;
     } else {
         n -= 1;                    /* without the NUL */
     }
@@ -250,27 +231,27 @@ static __always_inline u32 up_put_str(struct up_buf *b, u32 off, u64 ptr)
     ah->len = n;
     ah->orig_size = n;
     b->e.nargs++;
-    return off + sizeof(struct up_arg) + n;
+    return off + sizeof(struct tp_arg) + n;
 }
 
 static __always_inline u32 up_put_buf(struct up_buf *b, u32 off, u64 ptr, s64 size)
 {
     off &= (UP_DATA - 1);
-    struct up_arg *ah = (struct up_arg *)&b->data[off];
+    struct tp_arg *ah = (struct tp_arg *)&b->data[off];
     u32 n = size < 0 ? 0 : (size > UP_BUF_MAX ? UP_BUF_MAX : (u32)size);
-    ah->type = 6;
-    ah->flags = size > UP_BUF_MAX ? 1 : 0;     /* TP_ARGF_TRUNC */
+    ah->type = TP_ARG_BYTES;
+    ah->flags = size > UP_BUF_MAX ? TP_ARGF_TRUNC : 0;
     ah->orig_size = size < 0 ? 0 : (u32)size;
     n &= (UP_BUF_MAX * 2 - 1);
     if (n > UP_BUF_MAX)
         n = UP_BUF_MAX;
-    if (n && bpf_probe_read_user(&b->data[off + sizeof(struct up_arg)], n, (void *)ptr) < 0) {
+    if (n && bpf_probe_read_user(&b->data[off + sizeof(struct tp_arg)], n, (void *)ptr) < 0) {
         n = 0;
-        ah->flags = 2;
+        ah->flags = TP_ARGF_ERROR;
     }
     ah->len = n;
     b->e.nargs++;
-    return off + sizeof(struct up_arg) + n;
+    return off + sizeof(struct tp_arg) + n;
 }
 
 static __always_inline int up_emit(struct up_buf *b, u32 policy_id, u16 hook_id, u32 off)
@@ -284,12 +265,12 @@ static __always_inline int up_emit(struct up_buf *b, u32 policy_id, u16 hook_id,
     b->e.h.ktime = bpf_ktime_get_ns();
     b->e.policy_id = policy_id;
     b->e.hook_id = hook_id;
-    b->e.selector = 255;
+    b->e.selector = TP_HOOK_NO_SELECTOR;
     b->e.action = 1;               /* Post */
     b->e.flags = 0;
     b->e.ret = 0;
     b->e.data_len = off;
-    u32 size = sizeof(struct up_hook) + off;
+    u32 size = sizeof(struct tp_hook) + off;
     b->e.h.size = size;
     if (size > sizeof(struct up_buf))
         return 0;

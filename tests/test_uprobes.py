@@ -93,13 +93,13 @@ def test_traced_by_symbol_and_offset(bpf_ok: None, target: Path) -> None:
         prog.close()
     assert len(mine) == 4, f"expected 3 calls by symbol and 1 by offset, got {len(mine)}"
     assert len(got) == 4  # uprobes on the test's own file fire in no other process
-    hits = [uprobe_events.decode(x) for x in mine]
+    hits = [r.decode_hook(x) for x in mine]
     assert [h.policy_id for h in hits] == [4242] * 4
     calls = [h for h in hits if h.hook_id == 0]
     assert [catalog[0]["symbol"], catalog[1]["symbol"], catalog[1]["offset"]] == [
         "tp_check_password", "", other_off]
     b = EventBuilder(ProcessCache(16))
-    events = [uprobe_events.build(b, x, catalog[uprobe_events.decode(x).hook_id], "watch-login",
+    events = [uprobe_events.build(b, x, catalog[r.decode_hook(x).hook_id], "watch-login",
                                   "node-a", 0) for x in mine]
     docs = [protojson.to_protojson(codec.decode("event", codec.encode("event", ev))) for ev in events]
     login = [d["process_uprobe"] for d in docs if d["process_uprobe"].get("symbol") == "tp_check_password"]

@@ -169,9 +169,15 @@ def library(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
     # an include tree of its own: other worktrees regenerating the shared cache mid-compile
     # made single policies fail to compile (missing header) at random
     p.settings["cache_dir"] = str(tmp / "cache")
+    # the whole machine's exec/exit fill 10 MB in under a minute: no rotation under the test
+    p.settings["export_file_max_size_mb"] = "2000"
     p.settings["tracing_policy"] = ",".join(str(f) for f in files)
     try:
-        p.start_all()
+        p.start("enricher", "enricher")
+        p.start("export-json", "export", "json")
+        # seven policies compile one after the other before the collector says ready: on the
+        # shared 2-core machine that took 20 s idle and over 60 s under load
+        p.start("collector", "collector", wait=False).wait_ready(240)
         yield Library(p, tmp, helper_ok, helper_other, refused)
     finally:
         p.stop()

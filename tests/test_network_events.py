@@ -126,7 +126,7 @@ def test_connect_accept_close_loopback_and_netns(bpf_ok: None, pipeline: Pipelin
     assert _sock(cl)["cookie"] == s["cookie"] and _sock(cl)["state"] == "TCP_CLOSE"
     assert (_sock(cl)["dport"], _sock(cl)["sport"]) == (port, cport)
     line = compact.render({"node_name": pipeline.node_name, "process_kprobe": conn})
-    assert line.startswith("🔌 connect") and line.endswith(f"127.0.0.1:{port}")
+    assert line.startswith("🔌 connect") and f"tcp 127.0.0.1:{cport} -> 127.0.0.1:{port}" in line
 
     # 2. IPv6 loopback
     spid6, cpid6, port6, _ = _pair("::1")
@@ -167,7 +167,7 @@ def test_sock_record_to_event_and_back() -> None:
     assert s["daddr"] == "192.0.2.7" and s["saddr"] == "::1" and s["family"] == "AF_INET6"
     assert s["cookie"] == str(cookie & ((1 << 63) - 1)) and s["state"] == "TCP_SYN_SENT"
     assert doc["process_kprobe"]["process"] == {"pid": 4242, "tid": 4242, "flags": "miss"}
-    assert compact.render(doc) == "🔌 connect n1  192.0.2.7:443"
+    assert compact.render(doc) == "🔌 connect n1  tcp ::1:40000 -> 192.0.2.7:443"
     with pytest.raises(r.RecordError):
         r.decode(raw[:-1])
 

@@ -120,6 +120,7 @@ struct tp_fork {
 #define TP_ARG_BYTES 6
 #define TP_ARG_FILE 7
 #define TP_ARG_PATH 8
+#define TP_ARG_SOCK 9              /* struct tp_sockinfo (collector/sock_hooks.py) */
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */

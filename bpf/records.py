@@ -310,6 +310,7 @@ HOOK_MONITOR = 1 << 0
 HOOK_RETURN = 1 << 1
 HOOK_NO_SELECTOR = 255
 ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
+ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO layout
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
 

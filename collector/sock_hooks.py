@@ -19,6 +19,8 @@ API for the compiler:
   ``struct tp_sockinfo *``; :class:`SockFilterError` with the reason when it cannot be served;
 - :func:`put_sock_c` — serialises the argument (TP_ARG_SOCK, :data:`SOCKINFO` layout), which
   enricher/network_events.py ``sock_arg_from_bytes`` turns into Tetragon's ``sock_arg``.
+A selector of such a hook with Sigkill/Override can also be enforced before the connection with
+collector/connect_deny.py (cgroup/connect4/6, EPERM).
 """
 
 from __future__ import annotations
@@ -297,7 +299,15 @@ def sock_cond(si: str, operator: str, values: Sequence[str]) -> str:
     return f"!({expr})" if neg else f"({expr})"
 
 
-def put_sock_c(buf_write: str, si: str) -> str:
-    """C that serialises the sock argument: ``buf_write`` is a macro/function name taking
-    (type, pointer, length), e.g. the engine's byte-argument writer."""
-    return f"{buf_write}({TP_ARG_SOCK}, {si}, sizeof(struct tp_sockinfo));"
+def put_sock_c(index: int) -> str:
+    """C that serialises the sock argument ``a[index]`` (a struct tp_sockinfo pointer) into the
+    policy engine's hook record (bpf/policy.h tp_put_hdr; TP_ARG_SOCK, SOCKINFO layout)."""
+    return (f"if (off <= TP_DATA_SIZE - 96) {{\n"
+            f"    off = tp_put_hdr(b, off, {TP_ARG_SOCK}, 0, sizeof(struct tp_sockinfo), "
+            f"sizeof(struct tp_sockinfo));\n"
+            f"    bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), sizeof(struct tp_sockinfo), "
+            f"(void *)a[{index}]);\n"
+            f"    b->e.nargs++;\n    off += sizeof(struct tp_sockinfo);\n}}")
+
+
+SOCK_ARG_TYPES = frozenset({"sock"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -90,9 +91,24 @@ class Library:
         self.helper_other = helper_other    # the same program elsewhere: not on them
         self.refused = refused              # policy name → the engine's reason
 
+    def exported(self) -> list[dict[str, Any]]:
+        """The export file's events; the exporter may be mid-line at the end of the file."""
+        try:
+            lines = self.p.export_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:
+                    raise
+        return out
+
     def events(self, policy: str, pid: int) -> list[dict[str, Any]]:
         out = []
-        for e in self.p.exported():
+        for e in self.exported():
             for k, v in e.items():
                 if k.startswith("process_") and isinstance(v, dict) and v.get("policy_name") == policy \
                         and v.get("process", {}).get("pid") == pid:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector import sock_hooks
 from collector.policy.model import (
     ACTION_NUMBERS,
     CAPABILITIES,
@@ -175,6 +176,7 @@ class _Gen:
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
         self.pending_maps: list[str] = []
         self.exec_state = False
+        self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -225,6 +227,17 @@ class _Gen:
             tp = f"{hook.subsystem}:{hook.event}"
             return (_Source("tracepoint", fields, attach_enter=tp), hook.call or hook.event,
                     f"tracepoint {tp}")
+        if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
+            sh = sock_hooks.SOCK_HOOKS[hook.call]
+            for a in hook.args:
+                if a.index != 0 or a.type not in sock_hooks.SOCK_ARG_TYPES:
+                    raise self.fail(f"{a.path}.index", f"{hook.call} is served with one argument: "
+                                                       "index 0, type sock")
+            if hook.return_:
+                raise self.fail(f"{p}.return", f"{hook.call} is served without a return value")
+            self.sock = True
+            return (_Source("sock", [Field("sk", "struct sock *")], attach_exit=list(sh.tracepoints)),
+                    hook.call, sh.how)
         name = syscall_name(hook.call)
         fields = tracepoint_fields("syscalls", f"sys_enter_{name}", self.tracefs)
         is_sys = hook.syscall or hook.call != name
@@ -322,6 +335,8 @@ class _Gen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.sock:
+            out.append(sock_hooks.SOCK_HELPERS_C)
         out += [
             "",
             "static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }",
@@ -475,6 +490,12 @@ class _HookGen:
             return [f"if (ok) ok = is_ret && {self.int_cond('ret', f, path)};"]
         arg = self.hook.arg(f.index)
         assert arg is not None
+        if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+            try:
+                cond = sock_hooks.sock_cond(f"((struct tp_sockinfo *)a[{f.index}])", f.operator, f.values)
+            except sock_hooks.SockFilterError as exc:
+                raise self.fail(f"{path}.operator", str(exc)) from None
+            return [f"if (ok) ok = {cond};"]
         if f.operator not in INT_OPERATORS | STRING_OPERATORS:
             raise self.fail(f"{path}.operator", f"operator {f.operator} is not supported by tetrapipe")
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:
@@ -659,6 +680,9 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         out = []
         for arg in self.hook.args:
             f = self._field(arg.index)
+            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+                out.append(sock_hooks.put_sock_c(arg.index))
+                continue
             if arg.type in INT_ARG_KIND:
                 out.append(f"off = tp_put_u64(b, off, {INT_ARG_KIND[arg.type]}, a[{arg.index}]);")
             elif self.is_stringy(arg):
@@ -687,7 +711,13 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         n = len(src.fields)
         loads = "\n".join(f"a[{i}] = (u64)args->{'data_loc_' if f.is_data_loc else ''}{f.name};"
                           for i, f in enumerate(src.fields[:6]))
-        if src.kind in ("syscall", "tracepoint"):
+        if src.kind == "sock":
+            if self.hook.call == "tcp_connect":
+                self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, u32, 16384);")
+            for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
+                                               f"pending_{hid}").items():
+                self.g.probes.setdefault(tp, []).append(stmt)
+        elif src.kind in ("syscall", "tracepoint"):
             self.g.probes.setdefault(src.attach_enter, []).append(
                 f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
         elif src.kind == "open":

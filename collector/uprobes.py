@@ -172,6 +172,14 @@ def entry_probe_c(hook_id: int, fn_name: str) -> str:
             f"    tp_hook_{hook_id}(ctx, a, 0, 0);\n    return 0;\n}}\n")
 
 
+def attach(bpf: Any, target: Target, fn_name: str) -> None:
+    """Attach ``fn_name`` of a loaded program at a target (by symbol when there is one)."""
+    if target.symbol:
+        bpf.attach_uprobe(name=target.path.encode(), sym=target.symbol.encode(), fn_name=fn_name.encode())
+    else:
+        bpf.attach_uprobe(name=target.path.encode(), addr=target.offset, fn_name=fn_name.encode())
+
+
 def catalog_hook(hook_id: int, spec: UprobeSpec, target: Target) -> dict[str, Any]:
     """The hook's entry in the policy catalog (REC_POLICY's "hooks" list)."""
     return {
@@ -336,12 +344,7 @@ class UprobeProgram:
                                                    "UP_BUF_MAX": BUF_MAX}, text=text)
         try:
             for h in self.hooks:
-                if h.target.symbol:
-                    self.bpf.attach_uprobe(name=h.target.path.encode(), sym=h.target.symbol.encode(),
-                                           fn_name=h.fn_name.encode())
-                else:
-                    self.bpf.attach_uprobe(name=h.target.path.encode(), addr=h.target.offset,
-                                           fn_name=h.fn_name.encode())
+                attach(self.bpf, h.target, h.fn_name)
         except Exception:
             self.bpf.cleanup()
             raise

@@ -188,6 +188,10 @@ class PolicyEvents:
                              binary=process.get("binary", ""), namespace=pod.get("namespace", ""),
                              pod=pod.get("name", ""), workload=pod.get("workload", ""), node_name=node).inc()
         ts = boot_ns + h.ktime
+        if hook.get("kind") == "uprobe":
+            return builder.envelope(node, ts, process_uprobe={
+                **common, "path": hook.get("path", ""), "symbol": hook.get("symbol", ""),
+                "offset": int(hook.get("offset", 0))})
         if hook.get("kind") == "tracepoint":
             return builder.envelope(node, ts, process_tracepoint={
                 **common, "subsys": hook.get("subsys", ""), "event": hook.get("event", "")})

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector import sock_hooks
+from collector import sock_hooks, uprobes
 from collector.policy.model import (
     ACTION_NUMBERS,
     CAPABILITIES,
@@ -81,6 +81,8 @@ class CompiledHook:
     attach: list[str]            # "subsys:event" tracepoints it uses
     function_name: str           # as events name it (Tetragon's call name)
     serve: str                   # how it is served, said at load
+    uprobe: uprobes.Target | None = None   # uprobes: where the manager attaches ``uprobe_fn``
+    uprobe_fn: str = ""
 
 
 @dataclass
@@ -133,10 +135,11 @@ class _Fail:
 class _Source:
     """Where a hook's arguments come from."""
 
-    kind: str                    # "syscall", "syscall_ret", "open", "tracepoint"
+    kind: str                    # "syscall", "syscall_ret", "open", "tracepoint", "sock", "uprobe"
     fields: list[Field]
     attach_enter: str = ""
     attach_exit: list[str] = field(default_factory=list)
+    target: uprobes.Target | None = None
 
 
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
@@ -177,6 +180,7 @@ class _Gen:
         self.pending_maps: list[str] = []
         self.exec_state = False
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
+        self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -212,6 +216,8 @@ class _Gen:
             raise self.fail(hook.path, f"the hook needs {h.nslots} string values (paths, strings, binaries); "
                                        f"at most {MAX_SLOTS} per hook")
         self.max_slots = max(self.max_slots, h.nslots)
+        if src.kind == "uprobe":
+            return CompiledHook(hid, hook, [], fname, serve, src.target, f"tp_uprobe_{hid}")
         return CompiledHook(hid, hook, attach, fname, serve)
 
     def _source(self, hook: Hook, kprobes: bool) -> tuple[_Source, str, str]:
@@ -227,6 +233,8 @@ class _Gen:
             tp = f"{hook.subsystem}:{hook.event}"
             return (_Source("tracepoint", fields, attach_enter=tp), hook.call or hook.event,
                     f"tracepoint {tp}")
+        if hook.kind == "uprobe":
+            return self._uprobe_source(hook)
         if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
             sh = sock_hooks.SOCK_HOOKS[hook.call]
             for a in hook.args:
@@ -278,6 +286,28 @@ class _Gen:
                "(fentry), so kernel functions cannot be hooked" if not kprobes else
                "tetrapipe attaches kernel functions only through syscall tracepoints so far")
         raise self.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {why}")
+
+    def _uprobe_source(self, hook: Hook) -> tuple[_Source, str, str]:
+        """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
+        p = hook.path
+        spec = uprobes.UprobeSpec(hook.binary, [hook.call] if hook.call else [],
+                                  [hook.offset] if hook.offset >= 0 else [], where=p)
+        try:
+            if not Path(hook.binary).is_file():
+                raise uprobes.UprobeError(f"{p}.path", f"{hook.binary} does not exist or is not a file")
+            (target,) = uprobes.resolve(spec)
+        except uprobes.UprobeError as exc:
+            raise self.fail(exc.path, exc.reason) from None
+        for a in hook.args:
+            if a.type not in uprobes.ARG_TYPES:
+                raise self.fail(f"{a.path}.type", f"type {a.type} is not supported for uprobes (one of "
+                                                  f"{', '.join(sorted(uprobes.ARG_TYPES))})")
+        pointer = {a.index for a in hook.args if a.type in ("string", "char_buf")}
+        fields = [Field(f"arg{i}", "char *" if i in pointer else "u64") for i in range(uprobes.MAX_ARGS)]
+        self._check_indexes(hook, fields, f"uprobe {target.symbol or hex(target.offset)}")
+        where = f"{target.path}:{target.symbol}" if target.symbol else f"{target.path}"
+        return (_Source("uprobe", fields, target=target), target.symbol,
+                f"uprobe {where}+{target.offset:#x}")
 
     def _check_indexes(self, hook: Hook, fields: list[Field], what: str) -> None:
         names = ", ".join(f.name for f in fields) or "none"
@@ -349,6 +379,7 @@ class _Gen:
             out.append(EXEC_STATE_FN)
             self.probes.setdefault("sched:sched_process_exec", []).insert(0, "tp_exec_state_save();")
         out += self.functions
+        out += self.uprobe_entries
         for tp, stmts in self.probes.items():
             subsys, event = tp.split(":")
             out.append(f"TRACEPOINT_PROBE({subsys}, {event})\n{{\n" + "\n".join(
@@ -711,6 +742,9 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         n = len(src.fields)
         loads = "\n".join(f"a[{i}] = (u64)args->{'data_loc_' if f.is_data_loc else ''}{f.name};"
                           for i, f in enumerate(src.fields[:6]))
+        if src.kind == "uprobe":
+            self.g.uprobe_entries.append(uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
+            return
         if src.kind == "sock":
             if self.hook.call == "tcp_connect":
                 self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, u32, 16384);")

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import loader
+from collector import loader, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import compiler, parser
 from collector.policy.model import Policy, PolicyError
@@ -94,6 +94,8 @@ class Loaded:
                 "message": h.message, "tags": h.tags,
                 "selectors": [[a.action for a in s.match_actions] or ["Post"] for s in h.selectors],
             })
+            if ch.uprobe is not None:
+                hooks[-1].update(path=ch.uprobe.path, symbol=ch.uprobe.symbol, offset=ch.uprobe.offset)
         return {"policy_id": self.policy_id, "name": p.name, "namespace": p.namespace, "mode": p.mode,
                 "state": state, "hooks": hooks}
 
@@ -165,6 +167,13 @@ class PolicyManager:
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
         bpf = loader.load_program(f"policy {p.name}", text=comp.text)
+        try:
+            for ch in comp.hooks:
+                if ch.uprobe is not None:
+                    uprobes.attach(bpf, ch.uprobe, ch.uprobe_fn)
+        except Exception as exc:
+            bpf.cleanup()
+            raise loader.LoadError(f"policy {p.name}: uprobe did not attach: {exc}") from exc
         strs = bpf["strs"]
         for i, raw in enumerate(comp.strings):
             v = strs.Leaf()

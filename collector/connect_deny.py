@@ -44,6 +44,17 @@ SOCK_OPERATORS = frozenset({"DAddr", "NotDAddr", "DPort", "NotDPort", "DPortPriv
                             "Protocol", "Family"})
 
 
+def _link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """libbpf's bpf_link_create (in libbcc): the link fd, or -errno."""
+    from bcc.libbcc import lib
+
+    fn = lib.bpf_link_create
+    fn.restype = ct.c_int
+    fn.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
+    r = fn(prog_fd, target_fd, attach_type, None)
+    return r if r >= 0 else -(ct.get_errno() or -r)
+
+
 class RuleError(ValueError):
     """A selector that cannot become a connect rule, with the reason."""
 
@@ -201,40 +212,36 @@ class ConnectDeny:
                                        attach_type=ATTACH_INET4_CONNECT)
         self._fn6 = self.bpf.load_func("cd_connect6", BPF.CGROUP_SOCK_ADDR,
                                        attach_type=ATTACH_INET6_CONNECT)
-        self._attached: dict[str, int] = {}
+        self._attached: dict[str, list[int]] = {}
         self.rules: list[ConnectRule] = []
 
     def attach(self, cgroup: str | Path) -> None:
-        """Enforce on the processes of a cgroup v2 directory and its descendants."""
-        from bcc import BPF
+        """Enforce on the processes of a cgroup v2 directory and its descendants.
 
+        Attached through BPF links: the attachment lives only as long as this process holds
+        the link descriptors, so a crashed collector never leaves connects refused behind it."""
         key = str(cgroup)
         if key in self._attached:
             return
         fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+        links: list[int] = []
         try:
-            BPF.attach_func(self._fn4, fd, ATTACH_INET4_CONNECT, flags=2)  # BPF_F_ALLOW_MULTI
-            try:
-                BPF.attach_func(self._fn6, fd, ATTACH_INET6_CONNECT, flags=2)
-            except Exception:
-                BPF.detach_func(self._fn4, fd, ATTACH_INET4_CONNECT)
-                raise
+            for fn, kind in ((self._fn4, ATTACH_INET4_CONNECT), (self._fn6, ATTACH_INET6_CONNECT)):
+                link = _link_create(fn.fd, fd, kind)
+                if link < 0:
+                    raise OSError(-link, f"BPF link to {key}: {os.strerror(-link)}")
+                links.append(link)
         except Exception:
-            os.close(fd)
+            for link in links:
+                os.close(link)
             raise
-        self._attached[key] = fd
-
-    def detach(self, cgroup: str | Path) -> None:
-        from bcc import BPF
-
-        fd = self._attached.pop(str(cgroup), None)
-        if fd is None:
-            return
-        try:
-            BPF.detach_func(self._fn4, fd, ATTACH_INET4_CONNECT)
-            BPF.detach_func(self._fn6, fd, ATTACH_INET6_CONNECT)
         finally:
             os.close(fd)
+        self._attached[key] = links
+
+    def detach(self, cgroup: str | Path) -> None:
+        for link in self._attached.pop(str(cgroup), []):
+            os.close(link)
 
     def set_rules(self, rules: Sequence[ConnectRule]) -> None:
         """Replace the rules. Checked first: on a RuleError the loaded rules stay as they were."""

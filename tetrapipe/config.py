@@ -67,6 +67,10 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    spool_max_mb: int = _opt(512, "collector spool (raw batches waiting for Kafka) size limit, MiB")
+    spool_memory_batches: int = _opt(16, "raw batches kept in memory before they go to the spool")
+    spool_send_timeout_s: int = _opt(5, "a raw batch not acknowledged within this is spooled, retried")
+    spool_flush_timeout_s: int = _opt(5, "at SIGTERM, time to deliver waiting batches (rest stays spooled)")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -9,6 +9,8 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from bpf import records
@@ -19,6 +21,8 @@ from enricher.sequence_audit import SequenceAudit
 from schemas import codec
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
+from tetrapipe.metrics import COMMIT_FAILURES, PUBLISH_RETRIES
+from tetrapipe.sequence import Stamper
 
 log = logging.getLogger("tetrapipe.enricher")
 
@@ -30,6 +34,8 @@ HANDLER_ERRORS = Counter("tetrapipe_handler_errors", "Records that could not be 
 BATCHES_IN = Counter("tetrapipe_enricher_batches", "Raw batches consumed")
 KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
+
+_partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the producer would pick
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
               records.REC_PROCFS: "procfs", records.REC_HOOK: "hook"}
@@ -82,20 +88,51 @@ def event_key(ev: dict[str, Any]) -> bytes:
     return (proc.get("exec_id") or "").encode()
 
 
-async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]]) -> None:
-    """Send and wait until the broker acknowledged all of them."""
-    futures = []
+async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
+                  stamper: Stamper | None = None, origin: str = "") -> None:
+    """Send and wait until the broker acknowledged all of them. Each event is stamped with
+    (enricher instance, per-partition seq) headers for the exporters' sequence audit; what the
+    broker did not acknowledge is sent again, same stamp, until it is (or the task is cancelled)."""
+    msgs = []
+    parts = sorted(await producer.partitions_for(cfg.events_topic)) if stamper else []
     for ev in events:
-        futures.append(await producer.send(cfg.events_topic, codec.encode("event", ev), key=event_key(ev)))
+        key = event_key(ev)
+        part = _partitioner(key, parts, parts) if stamper else None
+        headers = stamper.stamp(part, origin) if stamper and part is not None else None
+        msgs.append((codec.encode("event", ev), key, part, headers))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
-    if futures:
-        await asyncio.gather(*futures)
+    backoff = 0.2
+    while msgs:
+        futures = [await producer.send(cfg.events_topic, v, key=k, partition=p, headers=h)
+                   for v, k, p, h in msgs]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [m for m, r in zip(msgs, results, strict=True) if isinstance(r, Exception)]
+        if not failed:
+            return
+        errors = {type(r).__name__ for r in results if isinstance(r, Exception)}
+        log.warning("%d events not acknowledged (%s): sending again in %.1fs", len(failed),
+                    ",".join(sorted(errors)), backoff)
+        PUBLISH_RETRIES.labels(stage=STAGE).inc(len(failed))
+        msgs = failed
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+async def commit(consumer: Any, group: str) -> None:
+    """Commit the consumed offsets; a refused commit (rebalance, broker away) is counted and the
+    messages are read again later: duplicates, never loss."""
+    try:
+        await consumer.commit()
+    except KafkaError as exc:
+        COMMIT_FAILURES.labels(group=group).inc()
+        log.warning("offset commit refused (%s): these messages will be read again", exc)
 
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
     enricher = Enricher(cfg)
     producer = await kafka.start_producer(cfg)
+    stamper = Stamper()
     consumer = kafka.make_consumer(cfg, GROUP, [cfg.raw_topic])
     await consumer.start()
     metrics.set_ready()
@@ -118,9 +155,9 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                     events, bad = enricher.handle_batch(batch)
                     for raw, err in bad:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
-                    await publish(producer, cfg, events)
+                    await publish(producer, cfg, events, stamper, f"{batch.instance_id}:{batch.seq}")
             if got:
-                await consumer.commit()
+                await commit(consumer, GROUP)
     finally:
         await consumer.stop()
         await producer.stop()

@@ -10,13 +10,15 @@ import logging
 import time
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from schemas import codec
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
-from tetrapipe.metrics import CONSUMER_LAG
+from tetrapipe.metrics import COMMIT_FAILURES, CONSUMER_LAG
+from tetrapipe.sequence import SequenceAudit, read_stamp
 
 log = logging.getLogger("tetrapipe.export")
 
@@ -52,6 +54,7 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
     metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2
+    audit = SequenceAudit(f"export-{sink.name}")
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=max_records)
@@ -61,6 +64,10 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
             events: list[dict[str, Any]] = []
             for msgs in batch.values():
                 for m in msgs:
+                    stamp = read_stamp(m.headers)
+                    if stamp is not None and not audit.accept((stamp[0], m.partition), stamp[1],
+                                                              label=stamp[0]):
+                        continue  # an event this exporter already handed to its sink
                     try:
                         events.append(codec.decode("event", m.value))
                     except codec.CodecError as exc:
@@ -85,7 +92,11 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                     except TimeoutError:
                         pass
                     backoff = min(backoff * 2, 10.0)
-            await consumer.commit()
+            try:
+                await consumer.commit()
+            except KafkaError as exc:  # rebalance or broker away: read again, duplicates only
+                COMMIT_FAILURES.labels(group=group).inc()
+                log.warning("offset commit refused (%s): these events will be read again", exc)
     finally:
         await sink.stop()
         await consumer.stop()

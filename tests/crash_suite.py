@@ -156,6 +156,8 @@ class Suite:
         self.collector_windows: dict[str, tuple[float, float]] = {}
         self.spool_written = 0.0
         self.notes: dict[str, str] = {}
+        self.audit: dict[str, float] = {}
+        self.torn = 0
 
     def say(self, msg: str) -> None:
         if self.log_enabled:
@@ -251,6 +253,20 @@ class Suite:
             pass  # reported below as loss
         events, torn = read_export(self.pipe.export_file)
         seen = exported_idents(events, self.run_id)
+        svc = self.pipe.services
+        self.audit = {
+            "enricher raw batches missing": svc["enricher"].metric("tetrapipe_sequence_missing"),
+            "enricher raw batches duplicated": svc["enricher"].metric(
+                "tetrapipe_sequence_duplicates_total"),
+            "collector spool drops": svc["collector"].metric("tetrapipe_spool_batches_dropped_total"),
+            "collector ring-buffer lost": svc["collector"].metric(
+                "tetrapipe_observer_ringbuf_events_lost_total"),
+        }
+        for e in EXPORTERS:
+            m = svc[f"export-{e}"].metric
+            self.audit[f"export-{e} events missing"] = m("tetrapipe_sequence_missing")
+            self.audit[f"export-{e} events duplicated (skipped)"] = m(
+                "tetrapipe_sequence_duplicates_total")
         self.torn = torn
         results = []
         for phase in phases:
@@ -269,7 +285,7 @@ class Suite:
         return results
 
 
-def print_report(results: list[FaultResult], torn: int) -> None:
+def print_report(results: list[FaultResult], torn: int, audit: dict[str, float] | None = None) -> None:
     print(HEADER)
     for r in results:
         print(r.row())
@@ -282,6 +298,8 @@ def print_report(results: list[FaultResult], torn: int) -> None:
         tot.collector_restart_loss += r.collector_restart_loss
     print(tot.row())
     print(f"torn lines in the JSON export: {torn}")
+    for k, v in (audit or {}).items():
+        print(f"sequence audit (last processes): {k}: {v:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(tmp, args.outage, args.rate, args.settle, args.rounds,
                   [f for f in args.faults.split(",") if f])
     results = suite.run()
-    print_report(results, suite.torn)
+    print_report(results, suite.torn, suite.audit)
     print(f"logs and export in {tmp}")
     bad = sum(r.lost for r in results) or suite.torn
     return 1 if bad else 0

@@ -20,11 +20,11 @@ def test_crash_suite(bpf_ok: None, tmp_path: Path, capsys: pytest.CaptureFixture
     suite = Suite(tmp_path, outage=outage, rate=20, settle=60, rounds=1,
                   faults=["collector", "enricher", "export-json", "broker"], log=True)
     results = suite.run()
-    print_report(results, suite.torn)
+    print_report(results, suite.torn, suite.audit)
     by = {r.fault: r for r in results}
     with capsys.disabled():
         print()
-        print_report(results, suite.torn)
+        print_report(results, suite.torn, suite.audit)
     assert set(by) == {"warmup", "collector", "enricher", "export-json", "broker", "after"}
     for r in results:
         assert r.generated > 0, r
@@ -32,5 +32,9 @@ def test_crash_suite(bpf_ok: None, tmp_path: Path, capsys: pytest.CaptureFixture
     assert suite.torn == 0
     # the outage really went through the spool, and it was replayed (checked inside the suite)
     assert suite.spool_written > 0
+    # the sequence audit agrees: nothing missing between collector and enricher, enricher and sink
+    assert suite.audit["enricher raw batches missing"] == 0
+    assert suite.audit["export-json events missing"] == 0
+    assert suite.audit["collector spool drops"] == 0
     # outside the collector's restart, nothing may be missing at all
     assert sum(r.collector_restart_loss for r in results if r.fault != "collector") == 0

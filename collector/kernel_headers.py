@@ -9,7 +9,10 @@ BTF, so we synthesise a tree bcc accepts:
   ``NAME___vmlinux`` (struct/union/enum tags found in both, plus every
   enumerator of a clashing enum and any other enumerator defined in both).
   The clash set is computed by parsing the ``bpf.h`` text embedded in libbcc,
-  so it follows whatever bcc version is installed.
+  so it follows whatever bcc version is installed.  Two layout fixes keep the
+  offsets bcc's code generator uses equal to BTF's (checked for all ~57k
+  non-bitfield members of named structs): a ``T: 0;`` after each ``long: 64;``
+  padding bitfield (see split_bitfield_runs) and ``mode(..)`` on 1-byte enums.
 * ``include/linux/types.h`` pulls in vmlinux.h (bcc's ``bpf.h`` includes it
   first) plus ``tetrapipe/kernel_macros.h``: the ``#define`` constants that BTF
   cannot carry (PAGE_SIZE, PF_KTHREAD, AF_*, errno, S_IF*).
@@ -23,10 +26,12 @@ Member access chains such as ``task->real_parent->tgid`` work because bcc
 rewrites them into ``bpf_probe_read_kernel`` calls; offsets are exact since the
 types come from this kernel's BTF, so CO-RE (preserve_access_index) is off.
 
-Trees are cached per kernel in ``<cache>/<release>-<sha256(btf)[:16]>``, written
-to a temp dir and renamed into place.  Measured on Linux 6.18 / bcc 0.26
-(2 vCPU): cold generation ~0.35 s, warm reuse ~10 ms, bcc compile+load of a
-small tracepoint program against the tree ~1.5 s.
+Trees are cached per kernel in ``<cache>/<release>-<sha256(btf)[:16]>`` (3 MB),
+written to a temp dir and renamed into place; a stamp file also records the
+tree format and bcc's bpf.h, so a bcc upgrade rebuilds it.  Measured on Linux
+6.18 / bcc 0.26 / 2 vCPU: cold generation 1.3-1.7 s (bpftool dumps ~0.7 s),
+warm reuse ~8 ms, bcc compile+load of a small tracepoint program ~1.4 s
+(1.15 s of it parsing vmlinux.h, paid by every BPF() call).
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ import re
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path("/var/cache/tetrapipe/kernel-headers")
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 CONFIG_GZ = Path("/proc/config.gz")
 TRACEFS = Path("/sys/kernel/tracing")
-TREE_FORMAT = "1"  # bump when the generated layout changes
+TREE_FORMAT = "2"  # bump when the generated files change
 _STAMP = ".tetrapipe-tree"
 _LIBBCC_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -85,8 +92,7 @@ def _btf_sha() -> str:
 
 def _bpftool() -> str:
     found = shutil.which("bpftool") or next(
-        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool", "/usr/local/sbin/bpftool")
-         if os.access(p, os.X_OK)),
+        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool", "/usr/local/sbin/bpftool") if os.access(p, os.X_OK)),
         None,
     )
     if not found:
@@ -97,15 +103,18 @@ def _bpftool() -> str:
 def _dump_btf() -> tuple[str, str]:
     """(``format c`` dump, raw dump); the raw one carries enum sizes the C dump drops."""
     base = [_bpftool(), "btf", "dump", "file", str(BTF_PATH)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in ([*base, "format", "c"], base)]
-    outs = [p.communicate() for p in procs]
-    for proc, (out, err) in zip(procs, outs, strict=True):
-        if proc.returncode != 0 or not out:
-            raise KernelHeadersError(f"{' '.join(map(str, proc.args))} failed: {err.strip()[:500]}")
-    if "struct task_struct {" not in outs[0][0]:
+    with ThreadPoolExecutor(2) as pool:
+        procs = list(
+            pool.map(
+                partial(subprocess.run, capture_output=True, text=True, check=False), ([*base, "format", "c"], base)
+            )
+        )
+    for proc in procs:
+        if proc.returncode != 0 or not proc.stdout:
+            raise KernelHeadersError(f"{' '.join(proc.args)} failed: {proc.stderr.strip()[:500]}")
+    if "struct task_struct {" not in procs[0].stdout:
         raise KernelHeadersError("bpftool's vmlinux.h dump has no struct task_struct")
-    return outs[0][0], outs[1][0]
+    return procs[0].stdout, procs[1].stdout
 
 
 def _libbcc_path() -> Path:
@@ -168,18 +177,14 @@ def clashing_names(vmlinux_h: str, bcc_bpf_h: str) -> tuple[set[str], set[str]]:
     return tags, enumerators
 
 
+_TAG_USE = re.compile(r"\b((?:struct|union|enum)\s+)(\w+)\b")
+_ENUMERATOR_DEF = re.compile(r"^(\t+)(\w+)(?= = |,$|$)", re.M)
+
+
 def rename_clashes(vmlinux_h: str, tags: set[str], enumerators: set[str]) -> str:
     """Rename clashing tags (every use) and enumerators (definitions) to NAME___vmlinux."""
-    if tags:
-        tag_re = re.compile(r"\b(struct|union|enum)(\s+)(" + "|".join(sorted(tags)) + r")\b")
-        vmlinux_h = tag_re.sub(r"\1\2\3___vmlinux", vmlinux_h)
-    if enumerators:
-        enum_re = re.compile(r"^(\t)(" + "|".join(sorted(enumerators)) + r")\b(?= = |,|$)", re.M)
-        vmlinux_h = enum_re.sub(r"\1\2___vmlinux", vmlinux_h)
-    return vmlinux_h
-
-
-_FULL_WIDTH_PAD = re.compile(r"^(\s+)(long: 64|int: 32|short: 16|char: 8);$", re.M)
+    vmlinux_h = _TAG_USE.sub(lambda m: f"{m[1]}{m[2]}___vmlinux" if m[2] in tags else m[0], vmlinux_h)
+    return _ENUMERATOR_DEF.sub(lambda m: f"{m[1]}{m[2]}___vmlinux" if m[2] in enumerators else m[0], vmlinux_h)
 
 
 _RAW_ENUM = re.compile(r"^\[\d+\] ENUM(?:64)? '(\w+)' encoding=\w+ size=(\d+) ", re.M)
@@ -195,6 +200,9 @@ def fix_enum_sizes(vmlinux_h: str, raw_btf: str) -> str:
         return vmlinux_h
     enum_re = re.compile(r"^(enum (" + "|".join(sorted(sizes)) + r") \{\n[^}]*\})(;)$", re.M)
     return enum_re.sub(lambda m: f"{m[1]} __attribute__((mode({_MODES[sizes[m[2]]]}))){m[3]}", vmlinux_h)
+
+
+_FULL_WIDTH_PAD = re.compile(r"^(\s+)(long: 64|int: 32|short: 16|char: 8);$", re.M)
 
 
 def split_bitfield_runs(vmlinux_h: str) -> str:
@@ -288,7 +296,11 @@ _LOG2_H = """\
 #ifndef __TETRAPIPE_LOG2_H
 #define __TETRAPIPE_LOG2_H
 #define is_power_of_2(n) ((n) != 0 && (((n) & ((n) - 1)) == 0))
-#define ilog2(n) (63 - __builtin_clzll((unsigned long long)(n)))
+/* constant-foldable: bcc's BPF_STACK_TRACE sizes its map with roundup_pow_of_two() */
+#define ilog2(n) ((int)(63 - __builtin_clzll((unsigned long long)(n))))
+#define roundup_pow_of_two(n) ((n) <= 1 ? 1UL : 1UL << (ilog2((n) - 1) + 1))
+#define rounddown_pow_of_two(n) (1UL << ilog2(n))
+#define order_base_2(n) ((n) > 1 ? ilog2((n) - 1) + 1 : 0)
 #endif
 """
 
@@ -370,17 +382,73 @@ def kernel_macros_h(page_size: int) -> str:
         "MINORMASK": "((1U << MINORBITS) - 1)",
         "MAJOR(dev)": "((unsigned int)((dev) >> MINORBITS))",
         "MINOR(dev)": "((unsigned int)((dev) & MINORMASK))",
+        "NULL": "((void *)0)",
+        "offsetof(type, member)": "__builtin_offsetof(type, member)",
+        "container_of(ptr, type, member)": "((type *)((char *)(ptr) - offsetof(type, member)))",
+        "ARRAY_SIZE(arr)": "(sizeof(arr) / sizeof((arr)[0]))",
+        "likely(x)": "__builtin_expect(!!(x), 1)",
+        "unlikely(x)": "__builtin_expect(!!(x), 0)",
+        "__always_inline": "inline __attribute__((always_inline))",
     }
-    errnos = ("EPERM ENOENT ESRCH EINTR EIO ENXIO E2BIG ENOEXEC EBADF ECHILD EAGAIN "
-              "ENOMEM EACCES EFAULT ENOTBLK EBUSY EEXIST EXDEV ENODEV ENOTDIR EISDIR "
-              "EINVAL ENFILE EMFILE ENOTTY ETXTBSY EFBIG ENOSPC ESPIPE EROFS EMLINK EPIPE")
+    errnos = (
+        "EPERM ENOENT ESRCH EINTR EIO ENXIO E2BIG ENOEXEC EBADF ECHILD EAGAIN "
+        "ENOMEM EACCES EFAULT ENOTBLK EBUSY EEXIST EXDEV ENODEV ENOTDIR EISDIR "
+        "EINVAL ENFILE EMFILE ENOTTY ETXTBSY EFBIG ENOSPC ESPIPE EROFS EMLINK EPIPE"
+    )
     defs.update({name: str(i) for i, name in enumerate(errnos.split(), start=1)})
     body = "\n".join(f"#ifndef {k.split('(')[0]}\n#define {k} {v}\n#endif" for k, v in defs.items())
     return f"#ifndef __TETRAPIPE_KERNEL_MACROS_H\n#define __TETRAPIPE_KERNEL_MACROS_H\n{body}\n#endif\n"
 
 
 # Headers bcc programs commonly include; every type is already in vmlinux.h.
-_STUB_HEADERS = ["linux/sched.h", "linux/fs.h", "linux/fs_struct.h", "linux/dcache.h", "linux/path.h", "linux/mount.h", "linux/cred.h", "linux/mm_types.h", "linux/nsproxy.h", "linux/pid_namespace.h", "linux/pid.h", "linux/utsname.h", "linux/cgroup.h", "linux/kernel.h", "linux/errno.h", "linux/string.h", "linux/ptrace.h", "linux/binfmts.h", "linux/file.h", "linux/stat.h", "linux/bpf.h", "linux/socket.h", "linux/in.h", "linux/in6.h", "linux/ip.h", "linux/ipv6.h", "linux/tcp.h", "linux/udp.h", "linux/skbuff.h", "linux/netdevice.h", "linux/if_ether.h", "linux/blkdev.h", "linux/security.h", "net/sock.h", "net/inet_sock.h", "net/net_namespace.h", "uapi/linux/ptrace.h", "uapi/linux/if_ether.h", "uapi/linux/if_packet.h", "uapi/linux/in.h", "uapi/linux/in6.h", "uapi/linux/bpf.h", "uapi/linux/ip.h", "uapi/linux/tcp.h", "uapi/linux/udp.h", "uapi/linux/limits.h"]
+_STUB_HEADERS = [
+    "linux/sched.h",
+    "linux/fs.h",
+    "linux/fs_struct.h",
+    "linux/dcache.h",
+    "linux/path.h",
+    "linux/mount.h",
+    "linux/cred.h",
+    "linux/mm_types.h",
+    "linux/nsproxy.h",
+    "linux/pid_namespace.h",
+    "linux/pid.h",
+    "linux/utsname.h",
+    "linux/cgroup.h",
+    "linux/kernel.h",
+    "linux/errno.h",
+    "linux/string.h",
+    "linux/ptrace.h",
+    "linux/binfmts.h",
+    "linux/file.h",
+    "linux/stat.h",
+    "linux/bpf.h",
+    "linux/socket.h",
+    "linux/in.h",
+    "linux/in6.h",
+    "linux/ip.h",
+    "linux/ipv6.h",
+    "linux/tcp.h",
+    "linux/udp.h",
+    "linux/skbuff.h",
+    "linux/netdevice.h",
+    "linux/if_ether.h",
+    "linux/blkdev.h",
+    "linux/security.h",
+    "net/sock.h",
+    "net/inet_sock.h",
+    "net/net_namespace.h",
+    "uapi/linux/ptrace.h",
+    "uapi/linux/if_ether.h",
+    "uapi/linux/if_packet.h",
+    "uapi/linux/in.h",
+    "uapi/linux/in6.h",
+    "uapi/linux/bpf.h",
+    "uapi/linux/ip.h",
+    "uapi/linux/tcp.h",
+    "uapi/linux/udp.h",
+    "uapi/linux/limits.h",
+]
 
 
 def _tree_files(vmlinux_h: str, config: str, release: str) -> dict[str, str]:
@@ -394,7 +462,7 @@ def _tree_files(vmlinux_h: str, config: str, release: str) -> dict[str, str]:
         "include/linux/log2.h": _LOG2_H,
         "include/linux/bpf_common.h": _BPF_COMMON_H,
         "include/tetrapipe/kernel_macros.h": kernel_macros_h(os.sysconf("SC_PAGE_SIZE")),
-        "arch/x86/include/asm/page.h": _PAGE_H,
+        "include/asm/page.h": _PAGE_H,  # arch-neutral: bcc also passes -Iinclude
     }
     for name in _STUB_HEADERS:
         files.setdefault(f"include/{name}", "#pragma once\n#include <linux/types.h>\n")
@@ -445,13 +513,15 @@ def kernel_include_tree(cache_dir: Path | None = None) -> KernelTree:
         )
         (tmp / _STAMP).write_text(stamp)
         tmp.chmod(0o755)
+        if _read_stamp(final) == stamp:  # a concurrent builder finished first
+            return KernelTree(final, release, btf_sha, generated=False)
         if final.exists():  # stale tree (older format or another bcc): move it aside
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=root))
             final.rename(old / "tree")
             shutil.rmtree(old, ignore_errors=True)
         try:
             tmp.rename(final)
-        except OSError:  # a concurrent builder won the race
+        except OSError:  # lost the race between the check above and the rename
             if _read_stamp(final) != stamp:
                 raise
             return KernelTree(final, release, btf_sha, generated=False)
@@ -483,8 +553,9 @@ def prepare_bcc_environment(cache_dir: Path | None = None) -> KernelTree:
 def ensure_tracefs() -> Path:
     """Mount tracefs at /sys/kernel/tracing if needed (bcc reads tracepoint formats there)."""
     if not (TRACEFS / "events").is_dir():
-        proc = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0 or not (TRACEFS / "events").is_dir():
             raise KernelHeadersError(f"cannot mount tracefs at {TRACEFS}: {proc.stderr.strip()}")
     return TRACEFS

@@ -51,18 +51,27 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
     producer = await kafka.start_producer(cfg)
     await consumer.start()
     await sink.start()
+    for counter in (EXPORTED, EXPORTED_BYTES, EXPORT_ERRORS):
+        counter.labels(sink=sink.name)  # exported as 0 from the start, so dashboards see the series
     metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2
     audit = SequenceAudit(f"export-{sink.name}")
+    deferred = hasattr(sink, "committable")  # the sink acknowledges later (fluentd)
+    committed: dict[str, int] = {}
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=max_records)
             if not batch:
                 await _update_lag(consumer, group)
+                if deferred:
+                    await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
                 continue
             events: list[dict[str, Any]] = []
-            for msgs in batch.values():
+            positions: dict[str, int] = {}
+            for tp, msgs in batch.items():
+                if msgs:
+                    positions[f"{tp.topic}/{tp.partition}"] = msgs[-1].offset + 1
                 for m in msgs:
                     stamp = read_stamp(m.headers)
                     if stamp is not None and not audit.accept((stamp[0], m.partition), stamp[1],
@@ -73,12 +82,16 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                     except codec.CodecError as exc:
                         await kafka.send_dead_letter(producer, cfg, f"export-{sink.name}", m.value,
                                                      str(exc), m.key, f"{m.topic}/{m.partition}/{m.offset}")
-            while events:
+            while events or deferred:
                 try:
-                    n = await sink.write(events)
-                    EXPORTED.labels(sink=sink.name).inc(len(events))
-                    EXPORTED_BYTES.labels(sink=sink.name).inc(n)
-                    LAST_EXPORT.labels(sink=sink.name).set(time.time())
+                    if deferred:
+                        # buffered, not yet delivered: counted as exported once acknowledged
+                        await sink.put(events, positions)  # type: ignore[attr-defined]
+                    else:
+                        n = await sink.write(events)
+                        EXPORTED.labels(sink=sink.name).inc(len(events))
+                        EXPORTED_BYTES.labels(sink=sink.name).inc(n)
+                        LAST_EXPORT.labels(sink=sink.name).set(time.time())
                     backoff = 0.2
                     break
                 except asyncio.CancelledError:
@@ -92,15 +105,51 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                     except TimeoutError:
                         pass
                     backoff = min(backoff * 2, 10.0)
-            try:
-                await consumer.commit()
-            except KafkaError as exc:  # rebalance or broker away: read again, duplicates only
-                COMMIT_FAILURES.labels(group=group).inc()
-                log.warning("offset commit refused (%s): these events will be read again", exc)
+            if deferred:
+                await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
+            else:
+                try:
+                    await consumer.commit()
+                except KafkaError as exc:  # rebalance or broker away: read again, duplicates only
+                    COMMIT_FAILURES.labels(group=group).inc()
+                    log.warning("offset commit refused (%s): these events will be read again", exc)
     finally:
         await sink.stop()
+        if deferred:
+            await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
         await consumer.stop()
         await producer.stop()
+
+
+class DeferredSink(Protocol):
+    """A sink that accepts a batch before its destination acknowledged it (fluentd): ``put``
+    buffers the batch with the Kafka position after it; ``committable`` returns, per
+    ``"topic/partition"``, the position up to which every event was acknowledged."""
+
+    name: str
+
+    async def put(self, events: list[dict[str, Any]], positions: dict[str, int]) -> int: ...
+
+    def committable(self) -> dict[str, int]: ...
+
+
+async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, int], group: str) -> None:
+    """Commit what the sink says is acknowledged, never moving an offset back."""
+    todo: dict[TopicPartition, int] = {}
+    for key, off in sink.committable().items():
+        if off > committed.get(key, -1):
+            topic, _, part = key.rpartition("/")
+            todo[TopicPartition(topic, int(part))] = off
+    if not todo:
+        return
+    try:
+        await consumer.commit(todo)
+    except Exception as exc:  # e.g. a partition moved to another member: it re-reads, at least once
+        COMMIT_FAILURES.labels(group=group).inc()
+        log.warning("commit of acknowledged offsets failed (%s); they are read again", exc)
+        return
+    for tp, off in todo.items():
+        committed[f"{tp.topic}/{tp.partition}"] = off
 
 
 async def _update_lag(consumer: Any, group: str) -> None:
@@ -116,4 +165,4 @@ async def _update_lag(consumer: Any, group: str) -> None:
         return
 
 
-__all__ = ["Sink", "run_sink", "group_for", "TopicPartition"]
+__all__ = ["Sink", "DeferredSink", "run_sink", "group_for", "TopicPartition"]

@@ -71,6 +71,10 @@ class Config:
     spool_memory_batches: int = _opt(16, "raw batches kept in memory before they go to the spool")
     spool_send_timeout_s: int = _opt(5, "a raw batch not acknowledged within this is spooled, retried")
     spool_flush_timeout_s: int = _opt(5, "at SIGTERM, time to deliver waiting batches (rest stays spooled)")
+    fluentd_buffer_dir: str = _opt("", "fluentd exporter's disk buffer; empty = <state_dir>/fluentd-buffer")
+    fluentd_buffer_max_bytes: int = _opt(256 * 1024 * 1024, "fluentd disk buffer bound in bytes")
+    fluentd_ack_timeout: int = _opt(10, "seconds to wait for fluentd's ack of a chunk before resending")
+    fluentd_compress: bool = _opt(False, "send CompressedPackedForward (gzip) to fluentd")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -19,9 +19,13 @@ from tetrapipe.config import Config
 
 log = logging.getLogger("tetrapipe.run")
 
-# metrics ports of the children when run together (each service alone uses --metrics-address)
-PORTS = {"collector": 2112, "enricher": 2113, "export-json": 2114, "export-prometheus": 2115,
-         "export-fluentd": 2116}
+# metrics ports of the children when run together: the configured metrics port (default 2112)
+# plus this offset (each service alone uses --metrics-address as it is)
+PORT_OFFSETS = {"collector": 0, "enricher": 1, "export-json": 2, "export-prometheus": 3,
+                "export-fluentd": 4}
+DEFAULT_METRICS_PORT = 2112
+# the ports with the default --metrics-address (docker-compose.yml uses the same)
+PORTS = {name: DEFAULT_METRICS_PORT + off for name, off in PORT_OFFSETS.items()}
 
 
 def child_env(cfg: Config, metrics_port: int) -> dict[str, str]:
@@ -81,7 +85,9 @@ class Supervisor:
         plan = [("collector", ["collector"]), ("enricher", ["enricher"])]
         plan += [(f"export-{e}", ["export", e]) for e in self.exporters]
         for name, argv in plan:
-            c = Child(name, argv, child_env(self.cfg, PORTS.get(name, 0)))
+            base = self.cfg.metrics_host_port[1] if self.cfg.metrics_host_port else 0
+            port = base + PORT_OFFSETS.get(name, 5) if base else 0
+            c = Child(name, argv, child_env(self.cfg, port))
             c.start(self.log_dir)
             self.children.append(c)
 

@@ -1,0 +1,68 @@
+"""`tetrapipe run` as a user runs it: embedded broker, all services, live compact lines for
+commands run in another shell, JSON export written; Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import REPO, http_get, wait_until
+
+from tetrapipe.broker import free_port
+
+
+@pytest.mark.kernel
+def test_run_shows_commands_live(bpf_ok: None, tmp_path: Path) -> None:
+    base_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "tetrapipe", "run", "--log-dir", str(tmp_path),
+           "--export-filename", str(tmp_path / "events.log"), "--metrics-address",
+           f"127.0.0.1:{base_port}", "--state-dir", str(tmp_path / "state"),
+           "--control-socket", str(tmp_path / "tetrapipe.sock")]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
+                           start_new_session=True)
+    lines: list[tuple[float, str]] = []
+
+    def reader() -> None:
+        assert run.stdout is not None
+        for raw in run.stdout:
+            lines.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{base_port}/healthz")[0] == 200, 90,
+                   what="collector ready")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{base_port + 2}/healthz")[0] == 200, 30,
+                   what="json exporter ready")
+        time.sleep(1.0)  # the live view joins the topic at its end
+        marker = f"tp-{uuid.uuid4().hex[:10]}"
+        subprocess.run(["/bin/sh", "-c", f"/bin/echo {marker} > /dev/null"], check=True)
+        started = time.monotonic()
+        wait_until(lambda: any(marker in text and text.startswith("💥 exit") for _, text in lines), 30,
+                   what=f"compact lines for {marker}")
+        mine = [(t, text) for t, text in lines if marker in text]
+        assert any(text.startswith("🚀 process") and f"/bin/echo {marker}" in text for _, text in mine)
+        exit_line = next(text for _, text in mine if text.startswith("💥 exit"))
+        assert exit_line.endswith(" 0")
+        print(f"\ncompact line latency: {mine[0][0] - started:.3f}s")
+        wait_until(lambda: marker in (tmp_path / "events.log").read_text(errors="replace"), 10,
+                   what="event in the JSON export")
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        try:
+            run.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 0, "\n".join(t for _, t in lines[-30:])
+    # every child is gone: their metrics servers no longer answer
+    for port in (base_port, base_port + 1, base_port + 2):
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 0

@@ -19,7 +19,8 @@ Runs on its own broker (so pausing it disturbs no one) and needs root (it loads 
     sudo .venv/bin/python tests/crash_suite.py --outage 15     # CI length
     sudo .venv/bin/python tests/crash_suite.py --rounds 5 --rate 50   # longer soak
 
-The fluentd exporter is not on this branch yet: only the JSON export is checked.
+Every event is looked for in the JSON export and at a Forward Protocol receiver fed by the
+fluentd exporter (tests/fluent_receiver.py); a result row per fault and destination.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fluent_receiver import FluentReceiver  # noqa: E402
 from harness import Pipeline, wait_until  # noqa: E402
 
 from tetrapipe.broker import EmbeddedBroker  # noqa: E402
 
 GEN_BINARY = "/bin/true"
-EXPORTERS = ("json",)
+EXPORTERS = ("json", "fluentd")
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Generator:
 @dataclass
 class FaultResult:
     fault: str
+    sink: str = "json"
     generated: int = 0
     exported: int = 0
     duplicated: int = 0
@@ -103,11 +106,11 @@ class FaultResult:
     notes: str = ""
 
     def row(self) -> str:
-        return (f"{self.fault:<14} {self.generated:>9} {self.exported:>8} {self.duplicated:>10} "
+        return (f"{self.fault:<14} {self.sink:<8} {self.generated:>9} {self.exported:>8} {self.duplicated:>10} "
                 f"{self.lost:>5} {self.collector_restart_loss:>22}  {self.notes}")
 
 
-HEADER = (f"{'fault':<14} {'generated':>9} {'exported':>8} {'duplicated':>10} {'lost':>5} "
+HEADER = (f"{'fault':<14} {'sink':<8} {'generated':>9} {'exported':>8} {'duplicated':>10} {'lost':>5} "
           f"{'collector_restart_loss':>22}  notes")
 
 
@@ -151,6 +154,7 @@ class Suite:
         self.run_id = uuid.uuid4().hex[:8]
         self.gen = Generator(self.run_id, rate)
         self.broker = EmbeddedBroker(log_path=tmp / "broker.log")
+        self.fluent = FluentReceiver()
         self.pipe: Pipeline | None = None
         # phase -> (t_kill, t_ready) of the collector fault
         self.collector_windows: dict[str, tuple[float, float]] = {}
@@ -206,9 +210,12 @@ class Suite:
     # ---- run ----------------------------------------------------------------------------
     def run(self) -> list[FaultResult]:
         self.broker.start()
-        self.say(f"broker on {self.broker.bootstrap}; run id {self.run_id}")
+        self.fluent.start()
+        self.say(f"broker on {self.broker.bootstrap}, fluentd receiver on {self.fluent.address}; "
+                 f"run id {self.run_id}")
         self.pipe = Pipeline(self.broker.bootstrap, self.tmp,
-                             settings={"procfs_bootstrap": "false", "spool_send_timeout_s": "3"})
+                             settings={"procfs_bootstrap": "false", "spool_send_timeout_s": "3",
+                                       "fluentd_address": self.fluent.address})
         try:
             self.pipe.start_all(exporters=EXPORTERS)
             self.gen.start()
@@ -234,6 +241,7 @@ class Suite:
             if self.pipe:
                 self.pipe.stop()
             self.broker.stop()
+            self.fluent.stop()
 
     def collect(self, phases: list[str]) -> list[FaultResult]:
         assert self.pipe is not None
@@ -245,14 +253,16 @@ class Suite:
 
         def all_in() -> bool:
             events, _ = read_export(self.pipe.export_file)  # type: ignore[union-attr]
-            return wanted <= set(exported_idents(events, self.run_id))
+            return (wanted <= set(exported_idents(events, self.run_id))
+                    and wanted <= set(exported_idents(self.fluent_records(), self.run_id)))
 
         try:
             wait_until(all_in, timeout=self.settle, interval=0.5, what="every event exported")
         except AssertionError:
             pass  # reported below as loss
         events, torn = read_export(self.pipe.export_file)
-        seen = exported_idents(events, self.run_id)
+        seen_by = {"json": exported_idents(events, self.run_id),
+                   "fluentd": exported_idents(self.fluent_records(), self.run_id)}
         svc = self.pipe.services
         self.audit = {
             "enricher raw batches missing": svc["enricher"].metric("tetrapipe_sequence_missing"),
@@ -271,32 +281,41 @@ class Suite:
         results = []
         for phase in phases:
             gen = [g for g in self.gen.events if g.phase == phase]
-            res = FaultResult(phase, generated=len(gen), notes=self.notes.get(phase, ""))
-            for g in gen:
-                n = seen.get(g.ident, 0)
-                if n:
-                    res.exported += 1
-                    res.duplicated += n - 1
-                elif in_collector_window(g):
-                    res.collector_restart_loss += 1
-                else:
-                    res.lost += 1
-            results.append(res)
+            for sink, seen in seen_by.items():
+                res = FaultResult(phase, sink, generated=len(gen), notes=self.notes.get(phase, ""))
+                for g in gen:
+                    n = seen.get(g.ident, 0)
+                    if n:
+                        res.exported += 1
+                        res.duplicated += n - 1
+                    elif in_collector_window(g):
+                        res.collector_restart_loss += 1
+                    else:
+                        res.lost += 1
+                results.append(res)
         return results
+
+    def fluent_records(self) -> list[dict]:
+        """What reached the fluentd receiver, in the JSON export's shape (the record is the
+        event's protojson)."""
+        return [r.record for r in self.fluent.snapshot()]
 
 
 def print_report(results: list[FaultResult], torn: int, audit: dict[str, float] | None = None) -> None:
     print(HEADER)
     for r in results:
         print(r.row())
-    tot = FaultResult("total")
-    for r in results:
-        tot.generated += r.generated
-        tot.exported += r.exported
-        tot.duplicated += r.duplicated
-        tot.lost += r.lost
-        tot.collector_restart_loss += r.collector_restart_loss
-    print(tot.row())
+    for sink in dict.fromkeys(r.sink for r in results):
+        tot = FaultResult("total", sink)
+        for r in results:
+            if r.sink != sink:
+                continue
+            tot.generated += r.generated
+            tot.exported += r.exported
+            tot.duplicated += r.duplicated
+            tot.lost += r.lost
+            tot.collector_restart_loss += r.collector_restart_loss
+        print(tot.row())
     print(f"torn lines in the JSON export: {torn}")
     for k, v in (audit or {}).items():
         print(f"sequence audit (last processes): {k}: {v:.0f}")

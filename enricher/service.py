@@ -15,6 +15,7 @@ from prometheus_client import Counter
 
 from bpf import records
 from enricher.event_builder import EventBuilder
+from enricher.input_audit import audit_exec
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
@@ -70,6 +71,8 @@ class Enricher:
                 bad.append((raw, str(exc)))
                 continue
             RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
+            if isinstance(rec, records.ExecRecord):
+                audit_exec(rec)
             try:
                 ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
             except Exception as exc:  # a record the builder cannot handle must not stop the stream

@@ -147,9 +147,15 @@ def render(doc: dict[str, Any]) -> str:
     return ""
 
 
+# control characters of event data (a file name with a newline or a terminal escape) are shown
+# escaped, so one event stays one line and cannot drive the terminal
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _line(emoji: str, name: str, *parts: str, keep_empty: bool = False) -> str:
     """Tetragon joins with single spaces, so an empty field leaves two spaces (exit lines)."""
     head = f"{emoji} {name:<7}"
+    parts = tuple(p.translate(_ESCAPES) for p in parts)
     if keep_empty:
         return " ".join([head, *parts])
     return " ".join([head, *parts]).rstrip()

@@ -155,3 +155,14 @@ def test_atheris_decoders_short_run(tmp_path: Path) -> None:
                            cwd=tmp_path)
         assert r.returncode == 0, f"{target}:\n{r.stderr[-3000:]}"
         assert "Done" in r.stderr or "DONE" in r.stderr, r.stderr[-2000:]
+
+
+@FAST
+@given(st.text(), st.text(), st.sampled_from(["process_exec", "process_exit"]))
+def test_compact_view_is_one_line_without_control_characters(binary: str, args: str, kind: str) -> None:
+    """Event data on the terminal (the live view, getevents -o compact): one line, no control
+    character that could move the cursor, rewrite the title or fake another event."""
+    from exporters import compact
+
+    line = compact.render({kind: {"process": {"binary": binary, "arguments": args}}, "node_name": "n"})
+    assert line and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line), repr(line)

@@ -52,11 +52,12 @@ class Service:
     log_path: Path
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
+    wrap: list[str] = field(default_factory=list)  # e.g. setpriv ... : runs the service through it
 
     def start(self) -> Service:
         out = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "tetrapipe", *self.argv], env=self.env,
-                                     stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "tetrapipe", *self.argv],
+                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Service:
@@ -140,10 +141,10 @@ class Pipeline:
         return env
 
     def start(self, name: str, *argv: str, extra: dict[str, str] | None = None,
-              wait: bool = True) -> Service:
+              wait: bool = True, wrap: list[str] | None = None) -> Service:
         port = free_port()
         env = self.env({**(extra or {}), "metrics_address": f"127.0.0.1:{port}"})
-        svc = Service(name, list(argv), env, self.tmp / f"{name}.log", port).start()
+        svc = Service(name, list(argv), env, self.tmp / f"{name}.log", port, wrap=list(wrap or [])).start()
         self.services[name] = svc
         if wait:
             svc.wait_ready()

@@ -190,6 +190,11 @@ def render(doc: Doc) -> str:
     return line
 
 
+# control characters of event data (a file name with a newline or a terminal escape) are shown
+# escaped, so one event stays one line and cannot drive the terminal
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _join(emoji: str, name: str, *parts: str) -> str:
     """Tetragon joins with single spaces, so an empty field leaves two spaces (exit lines)."""
-    return " ".join([f"{emoji} {name:<7}", *parts])
+    return " ".join([f"{emoji} {name:<7}", *(p.translate(_ESCAPES) for p in parts)])

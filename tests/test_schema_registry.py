@@ -155,6 +155,16 @@ def test_registry_framing_end_to_end(pipeline: Pipeline) -> None:
         assert asyncio.run(read_topic(cfg, cfg.deadletter_topic, 1, timeout=2)) == []
 
 
+def test_registry_basic_auth_from_the_url() -> None:
+    with FakeSchemaRegistry(basic_auth="key:s3cr/t") as reg:
+        authed = reg.url.replace("http://", "http://key:s3cr%2Ft@")
+        assert RegistryClient(authed).register("a-value", codec.schema("event").raw) == 1
+        assert RegistryClient(authed).url == reg.url
+        with pytest.raises(RegistryError, match="HTTP 401") as err:
+            RegistryClient(reg.url).register("a-value", codec.schema("event").raw)
+        assert not err.value.unreachable
+
+
 def test_serializer_and_decoder_units() -> None:
     from json_events import exec_event
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,9 @@ def main() -> None:
     loader.prepare()
     net = [s for s in SENSORS if s.name == "network"]
     text = program_text((BPF_DIR / "process.c").read_text(), net)
+    # our programs by name (others load programs on this shared machine during the run too)
+    names = {f"tracepoint__{a}__{b}" for a, b in re.findall(r"^TRACEPOINT_PROBE\((\w+), (\w+)\)", text, re.M)}
+    names |= {f"raw_tracepoint__{a}" for a in re.findall(r"^RAW_TRACEPOINT_PROBE\((\w+)\)", text, re.M)}
     received = 0
 
     def on_record(_ctx: object, _data: object, _size: int) -> int:
@@ -94,6 +98,7 @@ def main() -> None:
         return 0
 
     base: list[float] = []
+    kernel: list[float] = []
     loaded: list[float] = []
     stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
     old_stats = stats_path.read_text().strip()
@@ -119,12 +124,17 @@ def main() -> None:
         if a.bpf_stats:
             after = prog_stats()
             stats_path.write_text(old_stats)
-            ours = {k: v for k, v in after.items() if k not in ids_before}  # loaded by us
+            ours = {k: v for k, v in after.items()
+                    if k not in ids_before and k.split(":", 1)[1] in names}  # loaded by us
+            total = 0
             for k, (ns, cnt) in sorted(ours.items()):
                 ns0, cnt0 = before.get(k, (0, 0))
                 if cnt - cnt0 > 0:
+                    total += ns - ns0
                     print(f"  {k.split(':', 1)[1]:<40} {cnt - cnt0:>8} runs "
                           f"{(ns - ns0) / (cnt - cnt0):8.0f} ns/run")
+            kernel.append(total / a.conns / 1000)
+            print(f"  kernel time of our programs: {kernel[-1]:.2f} us/connection")
         stop.set()
         t.join()
         bpf.ring_buffer_consume()
@@ -136,6 +146,9 @@ def main() -> None:
     print(f"with sensor:    {lo:.2f} us/connection (rounds {', '.join(f'{x:.2f}' for x in loaded)})")
     print(f"overhead:       {lo - b:+.2f} us/connection ({(lo - b) / b * 100:+.1f}%), "
           f"one connection = connect + accept + 2 close (3 records)")
+    if kernel:
+        print(f"kernel time:    {statistics.median(kernel):.2f} us/connection (median; runs of the "
+              f"sensor's programs, any process's connections during the round included)")
 
 
 if __name__ == "__main__":

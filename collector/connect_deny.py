@@ -200,6 +200,22 @@ def rule_from_selector(match_args: Iterable[Any], match_binaries: Iterable[Any] 
     return rule
 
 
+CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def cgroup2_root() -> Path | None:
+    """The cgroup v2 root: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        mounts = []
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "cgroup2" and parts[1] in CGROUP2_CANDIDATES:
+            return Path(parts[1])
+    return None
+
+
 class ConnectDeny:
     """The loaded connect4/connect6 programs, their rules and the cgroups they are attached to."""
 

@@ -20,10 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from collector.connect_deny import ConnectDeny, ConnectRule, RuleError, rule_from_selector
+from collector.connect_deny import ConnectDeny, ConnectRule, RuleError, cgroup2_root, rule_from_selector
 from tests.conftest import skip_or_fail
-
-CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 # child: join the cgroup, then connect to each host:port given; print "ok" or the errno name
 CHILD = r"""
@@ -41,14 +39,6 @@ for target in sys.argv[2:]:
     finally:
         s.close()
 """
-
-
-def cgroup2_root() -> Path | None:
-    for c in CGROUP2_CANDIDATES:
-        p = Path(c)
-        if (p / "cgroup.procs").exists() and (p / "cgroup.controllers").exists():
-            return p
-    return None
 
 
 @pytest.fixture(scope="module")

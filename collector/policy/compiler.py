@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector import sock_hooks, uprobes
+from collector import connect_deny, sock_hooks, uprobes
 from collector.policy.model import (
     ACTION_NUMBERS,
     CAPABILITIES,
@@ -92,6 +92,7 @@ class Compiled:
     strings: list[bytes]
     hooks: list[CompiledHook]
     notices: list[str] = field(default_factory=list)
+    connect_rules: list[connect_deny.ConnectRule] = field(default_factory=list)  # Override on tcp_connect
 
 
 def tracepoint_fields(subsys: str, event: str, tracefs: Path = TRACEFS) -> list[Field] | None:
@@ -151,7 +152,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
     for hid, hook in enumerate(policy.hooks):
         compiled.append(gen.hook(hid, hook, follow, kprobes))
     text = gen.program(ringbuf_pages)
-    return Compiled(policy, text, gen.strings, compiled, gen.notices)
+    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
 
 
 def _follow_selectors(policy: Policy) -> list[tuple[Selector, int]]:
@@ -181,6 +182,7 @@ class _Gen:
         self.exec_state = False
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
         self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
+        self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -319,9 +321,27 @@ class _Gen:
                 raise self.fail(f"{a.path}.sizeArgIndex", f"{what} has {len(fields)} arguments ({names}): "
                                                           f"sizeArgIndex {a.size_arg_index} (from 1) is out of range")
 
+    def _connect_rule(self, hook: Hook, s: Selector) -> None:
+        """Override on tcp_connect: the selector becomes a cgroup/connect4+6 rule (EPERM)."""
+        other = (s.match_pids or s.match_parent_binaries or s.match_namespaces or s.match_capabilities
+                 or s.match_namespace_changes or s.match_capability_changes or s.match_return_args)
+        if other:
+            raise self.fail(s.path, "an Override on tcp_connect is enforced by cgroup/connect4 and "
+                                    "connect6 programs, which check only socket matchArgs and matchBinaries")
+        try:
+            rule = connect_deny.rule_from_selector(s.match_args, s.match_binaries)
+        except connect_deny.RuleError as exc:
+            raise self.fail(s.path, f"Override on tcp_connect: {exc}") from None
+        self.connect_rules.append(rule)
+
     def _check_actions(self, hook: Hook) -> None:
         for s in hook.selectors:
+            if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
+                    a.action == "Override" for a in s.match_actions):
+                self._connect_rule(hook, s)
             for a in s.match_actions + s.match_return_actions:
+                if a.action == "Override" and hook.kind == "kprobe" and hook.call == "tcp_connect":
+                    continue
                 if a.action == "Override":
                     raise self.fail(f"{a.path}.action", "Override cannot be served: it needs "
                                     "bpf_override_return on a kprobe (CONFIG_BPF_KPROBE_OVERRIDE); this "

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter
 
 from bpf import records
@@ -209,11 +210,20 @@ async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Co
         await asyncio.gather(*futures)
     floor = enricher.pending.floor()
     offsets = {}
+    assigned = consumer.assignment()
+    for tp in [tp for tp in done_upto if tp not in assigned]:  # moved to another enricher
+        del done_upto[tp]
+        committed.pop(tp, None)
     for tp, upto in done_upto.items():
         held = floor.get((tp.topic, tp.partition))
         off = min(upto, held) if held is not None else upto
         if committed.get(tp) != off:
             offsets[tp] = off
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # a rebalance took partitions away: their new owner re-reads from the last commit
+            log.warning("raw offsets not committed (%s): those batches will be read again", exc)
+            return
         committed.update(offsets)

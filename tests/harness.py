@@ -165,6 +165,8 @@ class Pipeline:
             text = self.export_file.read_text(errors="replace")
         except FileNotFoundError:
             return []
+        if not text.endswith("\n"):  # the exporter is writing the last line right now
+            text = text[: text.rfind("\n") + 1]
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def stop(self) -> None:

@@ -16,7 +16,6 @@ from prometheus_client import Counter
 from bpf import records
 from enricher import state
 from enricher.event_builder import EventBuilder
-from enricher.metadata.kubernetes import PodWatcher
 from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
@@ -151,6 +150,8 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
     watcher_task = None
     if enricher.pods is not None:
+        from enricher.metadata.kubernetes import PodWatcher  # 1.6 s of imports: only when enabled
+
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")

@@ -34,6 +34,9 @@ def test_cgroup_formats() -> None:
         # Docker, systemd and cgroupfs
         (f"docker-{CID}.scope", "system.slice"): (CID, "docker", ""),
         (CID, "docker"): (CID, "docker", ""),
+        (f"libpod-{CID}",): (CID, "podman", ""),
+        (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}",): (CID, "containerd", UID),
+        (f":{CID}",): (CID, "", ""),
         # a container that made cgroups of its own below its cgroup
         ("init.scope", f"cri-containerd-{CID}.scope", f"kubepods-pod{UID_}.slice"): (CID, "containerd", UID),
     }

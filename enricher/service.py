@@ -19,10 +19,11 @@ from enricher.event_builder import EventBuilder
 from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
+from enricher.policy_events import PolicyEventError, PolicyEvents
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -38,7 +39,7 @@ KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -62,6 +63,7 @@ class Enricher:
         if self.journal is not None:
             self.builder.cache.listener = self.journal
         self.audit = SequenceAudit(STAGE)
+        self.policy_events = PolicyEvents()
 
     def set_node_labels(self, labels: dict[str, str]) -> None:
         self.builder.node_labels = labels
@@ -74,20 +76,47 @@ class Enricher:
         bad: list[tuple[bytes, str]] = []
         if batch.ringbuf_lost:
             KERNEL_LOST.labels(node_name=batch.node_name).inc(batch.ringbuf_lost)
+        decoded: list[tuple[bytes, records.Record]] = []
         for raw in batch.raw_records:
             try:
-                rec = records.decode(raw)
+                decoded.append((raw, records.decode(raw)))
             except records.RecordError as exc:
                 HANDLER_ERRORS.labels(error="decode").inc()
                 bad.append((raw, str(exc)))
-                continue
+        # the kernel programs drain through several ring buffers: restore the kernel's order
+        decoded.sort(key=lambda d: d[1].header.ktime)
+        deferred: list[tuple[bytes, records.HookRecord]] = []
+        for raw, rec in decoded:
             RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
             try:
-                ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+                if isinstance(rec, records.HookRecord):
+                    if self.policy_events.wants_later(rec, self.builder):
+                        deferred.append((raw, rec))
+                        continue
+                    ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
+                elif isinstance(rec, records.PolicyRecord):
+                    ev = self.policy_events.on_catalog(rec, batch.node_name)
+                else:
+                    if isinstance(rec, records.ExitRecord):
+                        self.policy_events.note_exit(rec, self.builder)
+                    ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
+                continue
             except Exception as exc:  # a record the builder cannot handle must not stop the stream
                 log.exception("record of kind %d failed", rec.header.kind)
                 HANDLER_ERRORS.labels(error="event_handler_failed").inc()
                 bad.append((raw, f"event_handler_failed: {exc}"))
+                continue
+            if ev is not None:
+                events.extend(self.pending.offer(ev, event_type(ev), source))
+        for raw, hook_rec in deferred:  # hooks at an exec: built after the exec record of the batch
+            try:
+                ev = self.policy_events.on_hook(hook_rec, batch.node_name, batch.boot_time_ns, self.builder)
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
                 continue
             if ev is not None:
                 events.extend(self.pending.offer(ev, event_type(ev), source))
@@ -103,11 +132,13 @@ def event_key(ev: dict[str, Any]) -> bytes:
     return (proc.get("exec_id") or "").encode()
 
 
-async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]]) -> None:
+async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
+                  serializer: registry.EventSerializer | None = None) -> None:
     """Send and wait until the broker acknowledged all of them."""
     futures = []
     for ev in events:
-        futures.append(await producer.send(cfg.events_topic, codec.encode("event", ev), key=event_key(ev)))
+        value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
+        futures.append(await producer.send(cfg.events_topic, value, key=event_key(ev)))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
     if futures:
         await asyncio.gather(*futures)
@@ -144,6 +175,12 @@ class StateRestorer(ConsumerRebalanceListener):
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
     enricher = Enricher(cfg)
+    serializer = registry.serializer_for(cfg)  # Confluent framing when schema_registry_url is set
+    try:
+        if not await serializer.ready(stop):
+            return
+    except registry.RegistryError as exc:  # refused, e.g. incompatible with the subject's versions
+        raise SystemExit(f"tetrapipe enricher: {exc}") from None
     producer = await kafka.start_producer(cfg)
     if enricher.journal is not None:
         await state.ensure_state_topic(cfg)
@@ -188,9 +225,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
                     out.extend(events)
             out.extend(enricher.poll_pending(time.monotonic()))
-            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed)
+            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
+                                      serializer)
         out = enricher.pending.drain()
-        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed)
+        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer)
     finally:
         if watcher_task is not None:
             watcher_task.cancel()
@@ -200,13 +238,13 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
 
 async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
                               events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
-                              committed: dict[TopicPartition, int]) -> None:
+                              committed: dict[TopicPartition, int], serializer: Any) -> None:
     """Events and state writes acknowledged first, then raw offsets committed, never past an
     event still held for pod metadata."""
     futures: list[asyncio.Future] = []
     if enricher.journal is not None:
         futures.extend(await enricher.journal.flush(producer))
-    await publish(producer, cfg, events)
+    await publish(producer, cfg, events, serializer)
     if futures:
         await asyncio.gather(*futures)
     floor = enricher.pending.floor()

@@ -79,6 +79,7 @@ class Config:
     event_cache_size: int = _opt(10000, "events held for pod metadata at most")
     state_topic: str = _opt("tetrapipe.state", "compacted topic of the enricher's process cache; "
                             "empty = no restart state")
+    export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
 
     # ---- derived -----------------------------------------------------------------------
     @property

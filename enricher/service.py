@@ -192,12 +192,13 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
-    consumer = kafka.make_consumer(cfg, GROUP, [])
+    group = cfg.enricher_group or GROUP
+    consumer = kafka.make_consumer(cfg, group, [])
     restorer = StateRestorer(cfg, enricher, producer)
     consumer.subscribe([cfg.raw_topic], listener=restorer)
     await consumer.start()
     metrics.set_ready()
-    log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
+    log.info("enricher consuming %s as group %s", cfg.raw_topic, group)
     done_upto: dict[TopicPartition, int] = {}   # next offset after the last handled message
     committed: dict[TopicPartition, int] = {}
     try:

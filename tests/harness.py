@@ -126,6 +126,7 @@ class Pipeline:
             "events_topic": f"t{tag}.events",
             "deadletter_topic": f"t{tag}.deadletter",
             "state_topic": f"t{tag}.state",
+            "enricher_group": f"t{tag}-enricher",  # tests share one broker: no shared group
             "export_filename": str(self.tmp / "events.log"),
             "control_socket": str(self.tmp / "tetrapipe.sock"),
             "state_dir": str(self.tmp / "state"),

@@ -81,6 +81,7 @@ class Config:
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
     event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never")
     event_cache_size: int = _opt(10000, "events held for pod metadata at most")
+    enricher_group: str = _opt("tetrapipe-enricher", "consumer group of the enrichers (one per pipeline)")
     state_topic: str = _opt("tetrapipe.state", "compacted topic of the enricher's process cache; "
                             "empty = no restart state")
     export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")

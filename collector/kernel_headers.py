@@ -26,7 +26,7 @@ Member access chains such as ``task->real_parent->tgid`` work because bcc
 rewrites them into ``bpf_probe_read_kernel`` calls; offsets are exact since the
 types come from this kernel's BTF, so CO-RE (preserve_access_index) is off.
 
-Trees are cached per kernel in ``<cache>/<release>-<sha256(btf)[:16]>`` (3 MB),
+Trees are cached per kernel in ``<cache>/<release>-<sha256(btf)[:16]>-<sha256(stamp)[:8]>`` (3 MB),
 written to a temp dir and renamed into place; a stamp file also records the
 tree format and bcc's bpf.h, so a bcc upgrade rebuilds it.  Measured on Linux
 6.18 / bcc 0.26 / 2 vCPU: cold generation 1.3-1.7 s (bpftool dumps ~0.7 s),
@@ -491,7 +491,9 @@ def kernel_include_tree(cache_dir: Path | None = None) -> KernelTree:
     bcc_bpf_h = _bcc_builtin_bpf_h()
     stamp = _stamp(bcc_bpf_h)
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    final = root / f"{release}-{btf_sha}"
+    # the stamp (tree format + bcc's bpf.h) is part of the name: two tetrapipe versions on one
+    # machine keep separate trees instead of replacing the other's while it compiles from it
+    final = root / f"{release}-{btf_sha}-{hashlib.sha256(stamp.encode()).hexdigest()[:8]}"
     if _read_stamp(final) == stamp:
         return KernelTree(final, release, btf_sha, generated=False)
 

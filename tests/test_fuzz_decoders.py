@@ -149,8 +149,8 @@ def test_atheris_decoders_short_run(tmp_path: Path) -> None:
     """Coverage-guided run of every decoder target (a few seconds each); longer runs:
     tests/fuzz_atheris.py TARGET -max_total_time=SECONDS."""
     script = Path(__file__).with_name("fuzz_atheris.py")
-    for target in ("records", "framing", "raw_batch", "event"):
-        r = subprocess.run([sys.executable, str(script), target, "-runs=20000", "-max_total_time=8",
+    for target in ("records", "framing", "raw_batch", "event", "policy", "filters"):
+        r = subprocess.run([sys.executable, str(script), target, "-runs=20000", "-max_total_time=5",
                             "-rss_limit_mb=1024"], capture_output=True, text=True, timeout=120,
                            cwd=tmp_path)
         assert r.returncode == 0, f"{target}:\n{r.stderr[-3000:]}"

@@ -26,6 +26,7 @@ fluentd exporter (tests/fluent_receiver.py); a result row per fault and destinat
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import signal
 import subprocess
@@ -115,19 +116,27 @@ HEADER = (f"{'fault':<14} {'sink':<8} {'generated':>9} {'exported':>8} {'duplica
 
 
 def read_export(path: Path) -> tuple[list[dict], int]:
-    """Events of the JSON export and the number of lines that are not whole JSON objects."""
+    """Events of the JSON export, rotated backups (``<stem>-<time>.log[.gz]``) included, and
+    the number of lines that are not whole JSON objects."""
     events, torn = [], 0
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    files = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}*")) + [path]
+    for f in files:
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn += 1
+            data = f.read_bytes()
+        except FileNotFoundError:
+            continue
+        if f.name.endswith(".gz"):
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError):
+                continue  # being compressed right now: its plain twin is still there
+        for line in data.decode(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                torn += 1
     return events, torn
 
 

@@ -43,6 +43,7 @@ BATCHES_IN = Counter("tetrapipe_enricher_batches", "Raw batches consumed")
 KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
+ORIGIN = "_origin"  # private key on an event dict: "<collector instance>:<raw batch seq>" (not in Avro)
 _partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the producer would pick
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
@@ -81,6 +82,7 @@ class Enricher:
         waiting for pod metadata come out of ``poll_pending`` later."""
         events: list[dict[str, Any]] = []
         bad: list[tuple[bytes, str]] = []
+        origin = f"{batch.instance_id}:{batch.seq}"
         if batch.ringbuf_lost:
             KERNEL_LOST.labels(node_name=batch.node_name).inc(batch.ringbuf_lost)
         decoded: list[tuple[bytes, records.Record]] = []
@@ -119,6 +121,7 @@ class Enricher:
                 bad.append((raw, f"event_handler_failed: {exc}"))
                 continue
             if ev is not None:
+                ev[ORIGIN] = origin
                 events.extend(self.pending.offer(ev, event_type(ev), source))
         for raw, hook_rec in deferred:  # hooks at an exec: built after the exec record of the batch
             try:
@@ -128,6 +131,7 @@ class Enricher:
                 bad.append((raw, str(exc)))
                 continue
             if ev is not None:
+                ev[ORIGIN] = origin
                 events.extend(self.pending.offer(ev, event_type(ev), source))
         return events, bad
 
@@ -142,8 +146,7 @@ def event_key(ev: dict[str, Any]) -> bytes:
 
 
 async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
-                  serializer: registry.EventSerializer | None = None, stamper: Stamper | None = None,
-                  origin: str = "") -> None:
+                  serializer: registry.EventSerializer | None = None, stamper: Stamper | None = None) -> None:
     """Send and wait until the broker acknowledged all of them. Each event is stamped with
     (enricher instance, per-partition seq) headers for the exporters' sequence audit; what the
     broker did not acknowledge is sent again, same stamp, until it is (or the task is cancelled)."""
@@ -152,7 +155,7 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
     for ev in events:
         key = event_key(ev)
         part = _partitioner(key, parts, parts) if stamper else None
-        headers = stamper.stamp(part, origin) if stamper and part is not None else None
+        headers = stamper.stamp(part, ev.get(ORIGIN, "")) if stamper and part is not None else None
         value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
         msgs.append((value, key, part, headers))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
@@ -211,7 +214,6 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     except registry.RegistryError as exc:  # refused, e.g. incompatible with the subject's versions
         raise SystemExit(f"tetrapipe enricher: {exc}") from None
     producer = await kafka.start_producer(cfg)
-    stamper = Stamper()
     if enricher.journal is not None:
         await state.ensure_state_topic(cfg)
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
@@ -220,6 +222,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
+    stamper = Stamper()
     consumer = kafka.make_consumer(cfg, GROUP, [])
     restorer = StateRestorer(cfg, enricher, producer)
     consumer.subscribe([cfg.raw_topic], listener=restorer)
@@ -256,7 +259,8 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
             await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
                                       serializer, stamper)
         out = enricher.pending.drain()
-        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer, stamper)
+        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer,
+                                  stamper)
     finally:
         if watcher_task is not None:
             watcher_task.cancel()
@@ -318,7 +322,7 @@ async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Co
     if offsets:
         try:
             await consumer.commit(offsets)
-        except KafkaError as exc:  # rebalance or broker away: read again, duplicates only
+        except KafkaError as exc:  # rebalance or broker away: read again later, duplicates only
             COMMIT_FAILURES.labels(group=GROUP).inc()
             log.warning("offset commit refused (%s): these messages will be read again", exc)
             return

@@ -26,7 +26,6 @@ fluentd exporter (tests/fluent_receiver.py); a result row per fault and destinat
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import signal
 import subprocess
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fluent_receiver import FluentReceiver  # noqa: E402
-from harness import Pipeline, wait_until  # noqa: E402
+from harness import Pipeline, export_text, wait_until  # noqa: E402
 
 from tetrapipe.broker import EmbeddedBroker  # noqa: E402
 
@@ -116,27 +115,17 @@ HEADER = (f"{'fault':<14} {'sink':<8} {'generated':>9} {'exported':>8} {'duplica
 
 
 def read_export(path: Path) -> tuple[list[dict], int]:
-    """Events of the JSON export, rotated backups (``<stem>-<time>.log[.gz]``) included, and
-    the number of lines that are not whole JSON objects."""
+    """Events of the JSON export, rotated backups included, and the number of lines that are
+    not whole JSON objects."""
     events, torn = [], 0
-    files = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}*")) + [path]
-    for f in files:
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
+    text = export_text(path)  # with the rotated backups: they are part of the export
+    for line in text.splitlines():
+        if not line.strip():
             continue
-        if f.name.endswith(".gz"):
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError):
-                continue  # being compressed right now: its plain twin is still there
-        for line in data.decode(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                torn += 1
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn += 1
     return events, torn
 
 

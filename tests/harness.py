@@ -3,6 +3,7 @@ broker, each test with its own topics, node name, files and metrics ports."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -128,6 +129,7 @@ class Pipeline:
             "deadletter_topic": f"t{tag}.deadletter",
             "state_topic": f"t{tag}.state",
             "export_filename": str(self.tmp / "events.log"),
+            "export_file_max_backups": "0",  # keep every rotated file: tests read them all
             "control_socket": str(self.tmp / "tetrapipe.sock"),
             "state_dir": str(self.tmp / "state"),
             "cache_dir": "/var/cache/tetrapipe",
@@ -161,16 +163,31 @@ class Pipeline:
     def export_file(self) -> Path:
         return Path(self.base["export_filename"])
 
+    def export_text(self) -> str:
+        """The whole JSON export: rotated backups (oldest first, gzip or plain), then the live file."""
+        return export_text(self.export_file)
+
     def exported(self) -> list[dict[str, Any]]:
-        try:
-            text = self.export_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in self.export_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
         for svc in reversed(list(self.services.values())):
             svc.stop()
+
+
+def export_text(path: Path) -> str:
+    """An export file with its rotated backups (``events-<UTC time>.log[.gz]``), oldest first."""
+    parts = []
+    for backup in sorted(path.parent.glob(f"{path.stem}-*{path.suffix}*")):
+        if backup.name.endswith(".tmp"):
+            continue
+        data = backup.read_bytes()
+        parts.append((gzip.decompress(data) if backup.name.endswith(".gz") else data).decode(errors="replace"))
+    try:
+        parts.append(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        pass
+    return "".join(parts)
 
 
 def body(ev: dict[str, Any]) -> dict[str, Any]:

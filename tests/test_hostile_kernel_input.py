@@ -162,11 +162,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pipeline
 
 
 def _exported(pipe: Pipeline) -> list[dict]:
-    try:
-        text_ = pipe.export_file.read_text()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text_.splitlines() if line.strip()]
+    return pipe.exported()
 
 
 def _proc(ev: dict) -> dict:
@@ -183,7 +179,7 @@ def _exec_of(pipe: Pipeline, pid: int) -> dict:
 @pytest.mark.kernel
 def test_export_stays_one_json_object_per_line(hostile: tuple[Pipeline, Ran]) -> None:
     pipe, _ = hostile
-    lines = [ln for ln in pipe.export_file.read_bytes().split(b"\n") if ln]
+    lines = [ln for ln in pipe.export_text().encode().split(b"\n") if ln]
     for ln in lines:
         json.loads(ln)  # raises on a torn or split line
     for name, svc in pipe.services.items():

@@ -78,3 +78,32 @@ def test_foreign_garbage_goes_to_dead_letters(pipeline: Pipeline) -> None:
         assert all(h.get("tetrapipe-error") for _, h in mine)
     for svc in (json_ex, fluent_ex):
         assert svc.proc is not None and svc.proc.poll() is None, svc.log()
+
+
+def test_dead_letter_waits_out_a_broker_outage(tmp_path, caplog) -> None:  # noqa: ANN001
+    """A dead letter written while the broker does not answer is sent again until acknowledged
+    (the exporter commits past the bad message only after that), and is counted once."""
+    from tetrapipe.broker import EmbeddedBroker
+    from tetrapipe.metrics import DEAD_LETTERS
+
+    async def run(broker: EmbeddedBroker, cfg: Config) -> list:
+        await kafka.ensure_topics(cfg, [cfg.deadletter_topic])
+        p = await kafka.start_producer(cfg, request_timeout_ms=1500)
+        try:
+            broker.pause()
+            loop = asyncio.get_running_loop()
+            loop.call_later(5.0, broker.resume)  # longer than the request timeout: refused at least once
+            before = DEAD_LETTERS.labels(stage="test")._value.get()
+            await asyncio.wait_for(kafka.send_dead_letter(p, cfg, "test", b"bad", "why", b"k", "t/0/1"), 60)
+            assert DEAD_LETTERS.labels(stage="test")._value.get() == before + 1
+        finally:
+            broker.resume()
+            await p.stop()
+        return await _dead_letters(cfg)
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        cfg = Config(kafka=broker.bootstrap, deadletter_topic="t.dl")
+        letters = asyncio.run(run(broker, cfg))
+    mine = [v for v, h in letters if h.get("tetrapipe-stage") == b"test"]
+    assert mine and set(mine) == {b"bad"}  # at least once (a timed-out request may land too)
+    assert "dead letter not acknowledged" in caplog.text  # the outage really refused it

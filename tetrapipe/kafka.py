@@ -3,6 +3,7 @@ idempotence detection, and the dead-letter writer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
@@ -12,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     AuthenticationFailedError,
     KafkaError,
+    KafkaTimeoutError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
@@ -128,5 +130,15 @@ async def send_dead_letter(producer: AIOKafkaProducer, cfg: Config, stage: str, 
     headers = [("tetrapipe-error", error.encode("utf-8", "replace")[:4096]),
                ("tetrapipe-stage", stage.encode()),
                ("tetrapipe-source", source.encode("utf-8", "replace"))]
-    await producer.send_and_wait(cfg.deadletter_topic, value, key=key, headers=headers)
+    backoff = 0.2
+    while True:  # kept until the broker acknowledged it: the caller commits past it afterwards
+        try:
+            await producer.send_and_wait(cfg.deadletter_topic, value, key=key, headers=headers)
+            break
+        except KafkaError as exc:
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                raise
+            log.warning("dead letter not acknowledged (%s): sending again in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
     DEAD_LETTERS.labels(stage=stage).inc()

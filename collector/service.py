@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter
 
 from bpf import records
-from collector import capabilities, loader, procfs
+from collector import capabilities, loader, procfs, sensors
 from collector.batcher import Batcher
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
@@ -37,11 +37,29 @@ class Collector:
         log.info("%s", self.features.summary())
         tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
         log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
-        self.bpf = loader.load_program("process.c", {"TP_RINGBUF_PAGES": cfg.ringbuf_pages})
+        self.bpf = self._load(cfg)
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         self.drain = RingBufferDrain(self.bpf, self.queue)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes)
+
+    def _load(self, cfg: Config) -> object:
+        """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""
+        defines = {"TP_RINGBUF_PAGES": cfg.ringbuf_pages}
+        enabled = sensors.enabled(cfg)
+        if enabled:
+            base = (loader.BPF_DIR / "process.c").read_text()
+            try:
+                bpf = loader.load_program("process.c", defines,
+                                          text=sensors.program_text(base, enabled))
+                sensors.setup(bpf, enabled)
+                for s in enabled:
+                    log.info("sensor %s on: %s", s.name, s.mechanism)
+                return bpf
+            except loader.LoadError as exc:
+                log.error("sensors %s did not load, running with process events only: %s",
+                          ",".join(s.name for s in enabled), exc)
+        return loader.load_program("process.c", defines)
 
     def start(self) -> None:
         self.drain.start()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
@@ -18,7 +18,6 @@ from bpf import records
 from enricher import state
 from enricher.event_builder import EventBuilder
 from enricher.input_audit import audit_exec
-from enricher.metadata.kubernetes import PodWatcher
 from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
@@ -47,7 +46,8 @@ ORIGIN = "_origin"  # private key on an event dict: "<collector instance>:<raw b
 _partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the producer would pick
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy",
+              records.REC_SOCK: "sock", records.REC_LOADER: "loader"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -219,16 +219,19 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
     watcher_task = None
     if enricher.pods is not None:
+        from enricher.metadata.kubernetes import PodWatcher  # 1.6 s of imports: only when enabled
+
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
     stamper = Stamper()
-    consumer = kafka.make_consumer(cfg, GROUP, [])
+    group = cfg.enricher_group or GROUP
+    consumer = kafka.make_consumer(cfg, group, [])
     restorer = StateRestorer(cfg, enricher, producer)
     consumer.subscribe([cfg.raw_topic], listener=restorer)
     await consumer.start()
     metrics.set_ready()
-    log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
+    log.info("enricher consuming %s as group %s", cfg.raw_topic, group)
     done_upto: dict[TopicPartition, int] = {}   # next offset after the last handled message
     committed: dict[TopicPartition, int] = {}
     try:
@@ -314,6 +317,10 @@ async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Co
     await publish(producer, cfg, events, serializer, stamper)
     floor = enricher.pending.floor()
     offsets = {}
+    assigned = consumer.assignment()
+    for tp in [tp for tp in done_upto if tp not in assigned]:  # moved to another enricher
+        del done_upto[tp]
+        committed.pop(tp, None)
     for tp, upto in done_upto.items():
         held = floor.get((tp.topic, tp.partition))
         off = min(upto, held) if held is not None else upto
@@ -322,8 +329,9 @@ async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Co
     if offsets:
         try:
             await consumer.commit(offsets)
-        except KafkaError as exc:  # rebalance or broker away: read again later, duplicates only
-            COMMIT_FAILURES.labels(group=GROUP).inc()
-            log.warning("offset commit refused (%s): these messages will be read again", exc)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # a rebalance took partitions away, or the broker is away: re-read from the last commit
+            COMMIT_FAILURES.labels(group=cfg.enricher_group or GROUP).inc()
+            log.warning("raw offsets not committed (%s): those batches will be read again", exc)
             return
         committed.update(offsets)

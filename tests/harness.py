@@ -128,6 +128,7 @@ class Pipeline:
             "events_topic": f"t{tag}.events",
             "deadletter_topic": f"t{tag}.deadletter",
             "state_topic": f"t{tag}.state",
+            "enricher_group": f"t{tag}-enricher",  # tests share one broker: no shared group
             "export_filename": str(self.tmp / "events.log"),
             "export_file_max_backups": "0",  # keep every rotated file: tests read them all
             "control_socket": str(self.tmp / "tetrapipe.sock"),
@@ -184,9 +185,12 @@ def export_text(path: Path) -> str:
         data = backup.read_bytes()
         parts.append((gzip.decompress(data) if backup.name.endswith(".gz") else data).decode(errors="replace"))
     try:
-        parts.append(path.read_text(errors="replace"))
+        live = path.read_text(errors="replace")
     except FileNotFoundError:
-        pass
+        live = ""
+    if not live.endswith("\n"):  # the exporter is writing the last line right now
+        live = live[: live.rfind("\n") + 1]
+    parts.append(live)
     return "".join(parts)
 
 

@@ -82,9 +82,14 @@ class Config:
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
     event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never")
     event_cache_size: int = _opt(10000, "events held for pod metadata at most")
+    enricher_group: str = _opt("tetrapipe-enricher", "consumer group of the enrichers (one per pipeline)")
     state_topic: str = _opt("tetrapipe.state", "compacted topic of the enricher's process cache; "
                             "empty = no restart state")
     export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
+    enable_network_events: bool = _opt(False, "network sensor: TCP connect/accept/close events "
+                                       "(process_kprobe tcp_connect, inet_csk_accept, tcp_close)")
+    enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
+                                      "a process maps executable (shared libraries)")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -161,7 +161,7 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
         EVENTS_OUT.labels(type=event_type(ev)).inc()
     backoff = 0.2
     while msgs:
-        futures = [await producer.send(cfg.events_topic, v, key=k, partition=p, headers=h)
+        futures = [await _send(producer, cfg.events_topic, v, key=k, partition=p, headers=h)
                    for v, k, p, h in msgs]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [m for m, r in zip(msgs, results, strict=True) if isinstance(r, Exception)]
@@ -271,18 +271,50 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
+async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, **kw: Any) -> asyncio.Future:
+    """producer.send, whose own refusal (its buffer full for a whole request timeout while the
+    broker is away) becomes a failed future like any other unacknowledged message."""
+    try:
+        return await producer.send(topic, value, **kw)
+    except KafkaError as exc:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut.set_exception(exc)
+        return fut
+
+
+async def _flush_journal(producer: AIOKafkaProducer, journal: Any) -> None:
+    """State writes until the broker acknowledged them all: what it refused (a broker outage
+    longer than the request timeout) is made dirty again and sent again, unless a newer write of
+    the same entry is already waiting."""
+    backoff = 0.2
+    while journal.dirty:
+        pending = dict(journal.dirty)
+        try:
+            futures = await journal.flush(producer)
+        except KafkaError:  # the producer refused to take more: all of it stays dirty, sent again
+            futures = []
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = ([k for k, r in zip(pending, results, strict=True) if isinstance(r, Exception)]
+                  if futures else list(pending))
+        if not failed:
+            return
+        for k in failed:
+            journal.dirty.setdefault(k, pending[k])
+        PUBLISH_RETRIES.labels(stage=f"{STAGE}-state").inc(len(failed))
+        log.warning("%d state writes not acknowledged: sending again in %.1fs", len(failed), backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
 async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
                               events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
                               committed: dict[TopicPartition, int], serializer: Any,
                               stamper: Stamper | None = None) -> None:
     """Events and state writes acknowledged first, then raw offsets committed, never past an
     event still held for pod metadata."""
-    futures: list[asyncio.Future] = []
     if enricher.journal is not None:
-        futures.extend(await enricher.journal.flush(producer))
+        await _flush_journal(producer, enricher.journal)
     await publish(producer, cfg, events, serializer, stamper)
-    if futures:
-        await asyncio.gather(*futures)
     floor = enricher.pending.floor()
     offsets = {}
     assigned = consumer.assignment()

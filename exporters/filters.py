@@ -105,6 +105,18 @@ def _as_list(values: Any, where: str) -> list[Any]:
     return values
 
 
+def _pids(values: Any, where: str) -> set[int]:
+    out = set()
+    for v in _as_list(values, where):
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise FilterError(f"{where}: expected process ids, got {json.dumps(v)}")
+        try:
+            out.add(int(v))
+        except ValueError:
+            raise FilterError(f"{where}: expected process ids, got {json.dumps(v)}") from None
+    return out
+
+
 def _event_set(values: Any, where: str) -> set[str]:
     out = set()
     for v in _as_list(values, where):
@@ -237,10 +249,10 @@ def _filter_predicate(obj: Doc, where: str) -> Predicate:
 
             checks.append(by_container)
         elif key == "pid":
-            pids = {int(v) for v in _as_list(val, w)}
+            pids = _pids(val, w)
             checks.append(lambda d, s=pids: process(d) is not None and int(process(d).get("pid", 0)) in s)
         elif key == "pid_set":
-            pids = {int(v) for v in _as_list(val, w)}
+            pids = _pids(val, w)
 
             def by_pid_set(d: Doc, s: set[int] = pids) -> bool:
                 procs = [process(d), parent(d), *(body(d).get("ancestors") or [])]

@@ -115,7 +115,8 @@ HEADER = (f"{'fault':<14} {'sink':<8} {'generated':>9} {'exported':>8} {'duplica
 
 
 def read_export(path: Path) -> tuple[list[dict], int]:
-    """Events of the JSON export and the number of lines that are not whole JSON objects."""
+    """Events of the JSON export, rotated backups included, and the number of lines that are
+    not whole JSON objects."""
     events, torn = [], 0
     text = export_text(path)  # with the rotated backups: they are part of the export
     for line in text.splitlines():
@@ -158,6 +159,7 @@ class Suite:
         self.spool_written = 0.0
         self.notes: dict[str, str] = {}
         self.audit: dict[str, float] = {}
+        self.dead: list[str] = []
         self.torn = 0
 
     def say(self, msg: str) -> None:
@@ -212,7 +214,10 @@ class Suite:
                  f"run id {self.run_id}")
         self.pipe = Pipeline(self.broker.bootstrap, self.tmp,
                              settings={"procfs_bootstrap": "false", "spool_send_timeout_s": "3",
-                                       "fluentd_address": self.fluent.address})
+                                       "fluentd_address": self.fluent.address,
+                                       # every process of this busy host is exported: with the
+                                       # default 10 MB x 5 backups, rotation deletes the evidence
+                                       "export_file_max_size_mb": "0"})
         try:
             self.pipe.start_all(exporters=EXPORTERS)
             self.gen.start()
@@ -261,6 +266,8 @@ class Suite:
         seen_by = {"json": exported_idents(events, self.run_id),
                    "fluentd": exported_idents(self.fluent_records(), self.run_id)}
         svc = self.pipe.services
+        # a service that died on its own (not one the suite killed and restarted) is a failure
+        self.dead = [n for n, v in svc.items() if v.proc is not None and v.proc.poll() is not None]
         self.audit = {
             "enricher raw batches missing": svc["enricher"].metric("tetrapipe_sequence_missing"),
             "enricher raw batches duplicated": svc["enricher"].metric(
@@ -334,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
                   [f for f in args.faults.split(",") if f])
     results = suite.run()
     print_report(results, suite.torn, suite.audit)
+    if suite.dead:
+        print(f"services that died on their own: {', '.join(suite.dead)}")
     print(f"logs and export in {tmp}")
-    bad = sum(r.lost for r in results) or suite.torn
+    bad = sum(r.lost for r in results) or suite.torn or suite.dead
     return 1 if bad else 0
 
 

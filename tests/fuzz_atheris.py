@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of the decoders that read outside bytes.
 
     .venv/bin/python tests/fuzz_atheris.py records -runs=200000      # or -max_total_time=600
-    targets: records, framing, raw_batch, event, all
+    targets: records, framing, raw_batch, event, policy, filters, all
 
 A target fails only if a decoder raises something other than its own error type (the services
 turn those into dead letters and counters) or crashes the interpreter. tests/test_fuzz_decoders.py
@@ -19,8 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports():
     from bpf import records
+    from collector.policy import parser as policy_parser
+    from collector.policy.model import PolicyError
     from enricher.raw_decoder import BadInput, decode_batch
     from exporters import protojson
+    from exporters.filters import ExportFilters, FilterError
     from schemas import codec
 
 
@@ -61,8 +64,24 @@ def fuzz_event(data: bytes) -> None:
     protojson.dumps(ev)  # what decodes must also render for the JSON export
 
 
+def fuzz_policy(data: bytes) -> None:
+    try:
+        policy_parser.parse_text(data.decode("utf-8", "replace"), "fuzz.yaml")
+    except PolicyError:
+        pass
+
+
+def fuzz_filters(data: bytes) -> None:
+    """The four JSON-lines options, split at NUL bytes."""
+    parts = [*data.decode("utf-8", "replace").split("\0"), "", "", "", ""][:4]
+    try:
+        ExportFilters.parse(*parts)
+    except FilterError:
+        pass
+
+
 TARGETS = {"records": fuzz_records, "framing": fuzz_framing, "raw_batch": fuzz_raw_batch,
-           "event": fuzz_event}
+           "event": fuzz_event, "policy": fuzz_policy, "filters": fuzz_filters}
 
 
 def fuzz_all(data: bytes) -> None:

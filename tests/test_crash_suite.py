@@ -1,9 +1,9 @@
 """CI run of tests/crash_suite.py: kill -9 and restart the collector, the enricher, the JSON
-and the fluentd exporter, and stop the broker for a while (15 s by default here, above the collector's 3 s send
-timeout so the spool really carries the outage; ``TETRAPIPE_CRASH_OUTAGE`` changes it), while
-events with known identities are generated. Every event must be in the JSON export and at the
-fluentd receiver; only the
-collector-restart window may miss events, and that loss is printed."""
+and the fluentd exporter, and stop the broker for 35 s (``TETRAPIPE_CRASH_OUTAGE`` changes it):
+longer than the collector's 3 s send timeout, so the spool carries the outage, and than the
+clients' 30 s request timeout, so every stage meets refused requests. Meanwhile events with known
+identities are generated. Every event must be in the JSON export and at the fluentd receiver;
+only the collector-restart window may miss events, and that loss is printed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from crash_suite import Suite, print_report
 @pytest.mark.kernel
 @pytest.mark.timeout(300)
 def test_crash_suite(bpf_ok: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    outage = float(os.environ.get("TETRAPIPE_CRASH_OUTAGE", "15"))
+    outage = float(os.environ.get("TETRAPIPE_CRASH_OUTAGE", "35"))
     suite = Suite(tmp_path, outage=outage, rate=20, settle=60, rounds=1,
                   faults=["collector", "enricher", "export-json", "export-fluentd", "broker"], log=True)
     results = suite.run()
@@ -32,6 +32,7 @@ def test_crash_suite(bpf_ok: None, tmp_path: Path, capsys: pytest.CaptureFixture
         assert r.generated > 0, r
         assert r.lost == 0, f"{r.fault}/{r.sink}: {r.lost} of {r.generated} events lost"
     assert suite.torn == 0
+    assert not suite.dead, f"services died on their own: {suite.dead}"
     # the outage really went through the spool, and it was replayed (checked inside the suite)
     assert suite.spool_written > 0
     # the sequence audit agrees: nothing missing between collector and enricher, enricher and sink

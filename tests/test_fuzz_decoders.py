@@ -19,7 +19,7 @@ from collector.batcher import Batcher
 from enricher.raw_decoder import BadInput, decode_batch
 from schemas import codec
 
-FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 cstr = st.binary(max_size=300).map(lambda b: b.replace(b"\0", b"x"))
 
@@ -149,8 +149,8 @@ def test_atheris_decoders_short_run(tmp_path: Path) -> None:
     """Coverage-guided run of every decoder target (a few seconds each); longer runs:
     tests/fuzz_atheris.py TARGET -max_total_time=SECONDS."""
     script = Path(__file__).with_name("fuzz_atheris.py")
-    for target in ("records", "framing", "raw_batch", "event"):
-        r = subprocess.run([sys.executable, str(script), target, "-runs=20000", "-max_total_time=8",
+    for target in ("records", "framing", "raw_batch", "event", "policy", "filters"):
+        r = subprocess.run([sys.executable, str(script), target, "-runs=20000", "-max_total_time=3",
                             "-rss_limit_mb=1024"], capture_output=True, text=True, timeout=120,
                            cwd=tmp_path)
         assert r.returncode == 0, f"{target}:\n{r.stderr[-3000:]}"

@@ -61,6 +61,7 @@ class EmbeddedBroker:
 
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
+    advertised_port: int = 0  # what metadata tells clients (a proxy in front); 0 = port
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -74,8 +75,9 @@ class EmbeddedBroker:
         if _port_open(self.port):
             raise BrokerError(f"port {self.port} is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         cmd = [str(broker_binary()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+               "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/",
                *self.extra_args]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))

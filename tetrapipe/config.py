@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+def _opt(default: Any, help: str, secret: bool = False) -> Any:  # noqa: A002 - argparse's word
+    """A setting; a ``secret`` one is left out of the Config's repr (so it never reaches a log)."""
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata={"help": help}, repr=not secret)
+    return field(default=default, metadata={"help": help, "secret": secret}, repr=not secret)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Config:
     kafka_security_protocol: str = _opt("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     kafka_sasl_mechanism: str = _opt("", "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN")
     kafka_sasl_username: str = _opt("", "SASL user")
-    kafka_sasl_password: str = _opt("", "SASL password (prefer the environment variable)")
+    kafka_sasl_password: str = _opt("", "SASL password (prefer the environment variable)", secret=True)
     kafka_ssl_cafile: str = _opt("", "CA bundle that signs the broker's certificate")
     cache_dir: str = _opt("/var/cache/tetrapipe", "generated kernel headers and other caches")
     state_dir: str = _opt("/var/lib/tetrapipe", "spool and state files")

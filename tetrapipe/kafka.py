@@ -3,13 +3,21 @@ idempotence detection, and the dead-letter writer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 
 from tetrapipe.config import Config
 from tetrapipe.metrics import DEAD_LETTERS
@@ -35,10 +43,38 @@ def client_settings(cfg: Config) -> dict[str, Any]:
     return s
 
 
+class KafkaAuthError(KafkaError):
+    """The broker refused our SASL login. The message names the broker, mechanism and user,
+    never the password."""
+
+
+def _auth_refused(cfg: Config, exc: BaseException) -> KafkaAuthError | None:
+    """A SASL failure, told apart from an unreachable broker. aiokafka's SCRAM client raises
+    KeyError/ValueError when the server answers its final message with an error (``e=...``)
+    or a wrong signature."""
+    if not cfg.kafka_sasl_mechanism:
+        return None
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError | UnsupportedSaslMechanismError
+                  | KeyError | ValueError):
+        why = type(exc).__name__ if isinstance(exc, KeyError | ValueError) else str(exc)
+        return KafkaAuthError(f"broker {cfg.kafka} refused the {cfg.kafka_sasl_mechanism} login of user "
+                              f"{cfg.kafka_sasl_username!r} over {cfg.kafka_security_protocol} ({why}): "
+                              f"check kafka_sasl_username / kafka_sasl_password")
+    return None
+
+
 async def ensure_topics(cfg: Config, topics: list[str]) -> None:
-    """Create the topics that do not exist yet (tetrapipe never relies on auto-creation)."""
+    """Create the topics that do not exist yet (tetrapipe never relies on auto-creation). The
+    first contact of every stage with the broker: a refused login fails here, clearly."""
     admin = AIOKafkaAdminClient(**client_settings(cfg))
-    await admin.start()
+    try:
+        await admin.start()
+    except Exception as exc:
+        await admin.close()
+        refused = _auth_refused(cfg, exc)
+        if refused is not None:
+            raise refused from None  # aiokafka's traceback says nothing more, and holds the client
+        raise
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
@@ -97,5 +133,15 @@ async def send_dead_letter(producer: AIOKafkaProducer, cfg: Config, stage: str, 
     headers = [("tetrapipe-error", error.encode("utf-8", "replace")[:4096]),
                ("tetrapipe-stage", stage.encode()),
                ("tetrapipe-source", source.encode("utf-8", "replace"))]
-    await producer.send_and_wait(cfg.deadletter_topic, value, key=key, headers=headers)
+    backoff = 0.2
+    while True:  # kept until the broker acknowledged it: the caller commits past it afterwards
+        try:
+            await producer.send_and_wait(cfg.deadletter_topic, value, key=key, headers=headers)
+            break
+        except KafkaError as exc:
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                raise
+            log.warning("dead letter not acknowledged (%s): sending again in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
     DEAD_LETTERS.labels(stage=stage).inc()

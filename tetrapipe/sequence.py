@@ -4,7 +4,7 @@ every consumer checks the numbers.
 - Raw batches carry (collector ``instance_id``, ``seq``) in the envelope; the enricher audits them.
 - Events carry Kafka headers ``tetrapipe-producer`` (enricher instance, random per start),
   ``tetrapipe-seq`` (gap-free per instance and partition of the events topic) and
-  ``tetrapipe-origin`` (``<collector instance>:<raw batch seq>`` the event came from); every
+  optionally ``tetrapipe-origin`` (``<collector instance>:<raw batch seq>``); every
   exporter audits them per (source, partition).
 
 A number above the expected one opens a gap (``tetrapipe_sequence_gaps_total``); a number that
@@ -83,8 +83,10 @@ class Stamper:
     def stamp(self, partition: int, origin: str = "") -> list[tuple[str, bytes]]:
         n = self._next.get(partition, 0)
         self._next[partition] = n + 1
-        return [(SOURCE_HEADER, self.instance.encode()), (SEQ_HEADER, str(n).encode()),
-                (ORIGIN_HEADER, origin.encode())]
+        headers = [(SOURCE_HEADER, self.instance.encode()), (SEQ_HEADER, str(n).encode())]
+        if origin:
+            headers.append((ORIGIN_HEADER, origin.encode()))
+        return headers
 
 
 def read_stamp(headers: Iterable[tuple[str, bytes]] | None) -> tuple[str, int] | None:

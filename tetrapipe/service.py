@@ -4,11 +4,13 @@ stop (flush, commit), exit code 0."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 
 from tetrapipe import logs, metrics
 from tetrapipe.config import Config
+from tetrapipe.kafka import KafkaAuthError
 
 Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
 
@@ -24,7 +26,11 @@ def run_stage(cfg: Config, stage: Stage, name: str) -> int:
         metrics.serve(cfg.metrics_host_port)
         await stage(cfg, stop)
 
-    run_async(main())
+    try:
+        run_async(main())
+    except KafkaAuthError as exc:  # a wrong credential: say so in one line and stop
+        logging.getLogger(f"tetrapipe.{name}").error("%s", exc)
+        return 2
     return 0
 
 

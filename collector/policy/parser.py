@@ -186,7 +186,12 @@ def parse_text(text: str, source: str = "", mode: str | None = None) -> list[Pol
     for node in nodes:
         if node is None:
             continue
-        doc = _Doc(node, source)
+        try:
+            doc = _Doc(node, source)
+        except yaml.YAMLError as exc:  # composed but not constructible, e.g. a bare "=" (value tag)
+            mark = getattr(exc, "problem_mark", None)
+            reason = getattr(exc, "problem", None) or str(exc)
+            raise PolicyError("", f"not valid YAML: {reason}", mark.line + 1 if mark else 0, source) from None
         policies.append(parse_document(doc, mode))
     if not policies:
         raise PolicyError("", "no policy document found", 0, source)

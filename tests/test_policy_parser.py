@@ -225,6 +225,15 @@ BROKEN = [
     pytest.param("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: x\nspec:\n  kprobes: [\n",
                  "not valid YAML", 7, False, id="bad-yaml"),
     pytest.param(policy("kprobes: []"), "spec: the policy has no hooks", 5, False, id="no-hooks"),
+    pytest.param(policy("""
+        podSelector:
+          matchLabels:
+            app: web
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector: policies scoped to pods or containers cannot be served yet", 6, True,
+        id="pod-selector-refused"),
 ]
 
 

@@ -141,6 +141,12 @@ class _Source:
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
     fail = _Fail(policy)
+    scope = ("spec.podSelector" if policy.pod_selector is not None else
+             "spec.containerSelector" if policy.container_selector is not None else
+             "kind" if policy.kind == "TracingPolicyNamespaced" else "")
+    if scope:
+        raise fail(scope, "policies scoped to pods or containers cannot be served yet: the collector has no "
+                          "pod/container to cgroup map; refused rather than applied to every process of the node")
     gen = _Gen(policy, policy_id, host_ns, fail, tracefs)
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []

@@ -8,7 +8,8 @@
  * Limits (a longer value is cut and its TP_F_TRUNC_* flag set):
  *   TP_PATH_MAX   4096 bytes for binary, cwd and file paths
  *   TP_ARGS_MAX   4096 bytes of NUL-separated arguments (argv[0] included)
- *   TP_CGNAME_MAX  128 bytes of the leaf cgroup name
+ *   TP_CGNAME_MAX  128 bytes of the leaf cgroup name, and of each ancestor name
+ *   TP_CG_ANCESTORS  3 cgroup ancestors named (parent, grandparent, great-grandparent)
  *   TP_PATH_DEPTH   32 path components walked for cwd and file paths
  */
 #ifndef TETRAPIPE_RECORDS_H
@@ -19,6 +20,7 @@
 #define TP_CGNAME_MAX 128
 #define TP_PATH_DEPTH 32
 #define TP_NS_COUNT 10
+#define TP_CG_ANCESTORS 3
 
 /* record kinds */
 #define TP_REC_EXEC 1    /* sched:sched_process_exec */
@@ -81,7 +83,9 @@ struct tp_exec {
     __u16 args_len;
     __u16 cwd_len;
     __u16 cgroup_name_len;
-    /* then: filename, args (NUL separated), cwd, leaf cgroup name */
+    __u16 cgroup_ancestors_len;
+    /* then: filename, args (NUL separated), cwd, leaf cgroup name, then the names of the leaf's
+     * ancestors, nearest first, NUL separated (pod and container ids live in these names) */
 } __attribute__((packed));
 
 struct tp_exit {

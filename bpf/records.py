@@ -37,9 +37,10 @@ NS_NAMES = (
 PATH_MAX = 4096
 ARGS_MAX = 4096
 CGNAME_MAX = 128
+CG_ANCESTORS = 3
 
 HEADER = struct.Struct("<HHIIIQ")
-EXEC_FIXED = struct.Struct("<IIQQQ" + "I" * 10 + "QQQ" + "I" * 10 + "IIQII16sHHHH")
+EXEC_FIXED = struct.Struct("<IIQQQ" + "I" * 10 + "QQQ" + "I" * 10 + "IIQII16sHHHHH")
 EXIT_BODY = struct.Struct("<IIQ")
 FORK_BODY = struct.Struct("<IIQQ")
 
@@ -100,6 +101,7 @@ class ExecRecord:
     args: bytes
     cwd: bytes
     cgroup_name: bytes
+    cgroup_ancestors: bytes = b""   # parent, grandparent, ... cgroup names, NUL separated
 
 
 @dataclass(slots=True)
@@ -171,8 +173,8 @@ def _decode_exec(h: Header, buf: bytes) -> ExecRecord:
     if len(buf) < EXEC_SIZE:
         raise RecordError(f"exec record has {len(buf)} bytes, layout needs at least {EXEC_SIZE}")
     v = EXEC_FIXED.unpack_from(buf, HEADER.size)
-    flen, alen, clen, glen = v[-4:]
-    if EXEC_SIZE + flen + alen + clen + glen != len(buf):
+    flen, alen, clen, glen, nlen = v[-5:]
+    if EXEC_SIZE + flen + alen + clen + glen + nlen != len(buf):
         raise RecordError("exec record string lengths do not add up to its size")
     o = EXEC_SIZE
     filename = bytes(buf[o:o + flen])
@@ -182,9 +184,11 @@ def _decode_exec(h: Header, buf: bytes) -> ExecRecord:
     cwd = bytes(buf[o:o + clen])
     o += clen
     cgname = bytes(buf[o:o + glen])
+    o += glen
+    ancestors = bytes(buf[o:o + nlen])
     return ExecRecord(
         h, *v[0:18], tuple(v[18:28]), *v[28:33],
-        v[33].split(b"\0", 1)[0], filename, args, cwd, cgname,
+        v[33].split(b"\0", 1)[0], filename, args, cwd, cgname, ancestors,
     )
 
 
@@ -194,7 +198,8 @@ def encode_exec(rec: ExecRecord) -> bytes:
     args = rec.args[: ARGS_MAX - 1]
     cwd = rec.cwd[: PATH_MAX - 1]
     cgname = rec.cgroup_name[: CGNAME_MAX - 1]
-    size = EXEC_SIZE + len(filename) + len(args) + len(cwd) + len(cgname)
+    ancestors = b"\0".join(n[: CGNAME_MAX - 1] for n in rec.cgroup_ancestors.split(b"\0")[:CG_ANCESTORS])
+    size = EXEC_SIZE + len(filename) + len(args) + len(cwd) + len(cgname) + len(ancestors)
     h = rec.header
     return (
         HEADER.pack(h.kind, 1, size, h.pid, h.tid, h.ktime)
@@ -203,9 +208,9 @@ def encode_exec(rec: ExecRecord) -> bytes:
             rec.uid, rec.gid, rec.euid, rec.egid, rec.suid, rec.sgid, rec.fsuid, rec.fsgid,
             rec.auid, rec.securebits, rec.cap_permitted, rec.cap_effective, rec.cap_inheritable,
             *rec.ns, rec.user_ns_level, rec.nspid, rec.exe_ino, rec.exe_nlink, rec.exe_mode,
-            rec.comm[:16], len(filename), len(args), len(cwd), len(cgname),
+            rec.comm[:16], len(filename), len(args), len(cwd), len(cgname), len(ancestors),
         )
-        + filename + args + cwd + cgname
+        + filename + args + cwd + cgname + ancestors
     )
 
 

@@ -14,7 +14,11 @@ Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
 async def _json(cfg: Config, stop: asyncio.Event) -> None:
     from exporters.json_file import JsonFileSink
 
-    await run_sink(cfg, JsonFileSink(cfg.export_filename, int(cfg.export_file_perm, 8)), stop)
+    try:
+        sink = JsonFileSink.from_config(cfg)
+    except ValueError as exc:  # a bad export option: refuse to start, say which and why
+        raise SystemExit(f"tetrapipe export json: {exc}") from None
+    await run_sink(cfg, sink, stop)
 
 
 async def _fluentd(cfg: Config, stop: asyncio.Event) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 from tetrapipe.metrics import CONSUMER_LAG
@@ -44,6 +44,7 @@ def group_for(sink_name: str) -> str:
 
 async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: int = 1000) -> None:
     group = group_for(sink.name)
+    decode = registry.decoder_for(cfg)
     await kafka.ensure_topics(cfg, [cfg.events_topic, cfg.deadletter_topic])
     consumer = kafka.make_consumer(cfg, group, [cfg.events_topic])
     producer = await kafka.start_producer(cfg)
@@ -71,7 +72,7 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                     positions[f"{tp.topic}/{tp.partition}"] = msgs[-1].offset + 1
                 for m in msgs:
                     try:
-                        events.append(codec.decode("event", m.value))
+                        events.append(await _decode_waiting(decode, m.value, stop))
                     except codec.CodecError as exc:
                         await kafka.send_dead_letter(producer, cfg, f"export-{sink.name}", m.value,
                                                      str(exc), m.key, f"{m.topic}/{m.partition}/{m.offset}")
@@ -102,6 +103,8 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                 await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
             else:
                 await consumer.commit()
+    except registry.RegistryError:
+        log.info("stopped while the schema registry was unreachable; the batch will be read again")
     finally:
         await sink.stop()
         if deferred:
@@ -138,6 +141,23 @@ async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, 
         return
     for tp, off in todo.items():
         committed[f"{tp.topic}/{tp.partition}"] = off
+
+
+async def _decode_waiting(decode: Any, data: bytes, stop: asyncio.Event) -> dict[str, Any]:
+    """Decode; while the schema registry is unreachable, wait and retry (the message is fine).
+    Stopping meanwhile raises the RegistryError: the batch stays uncommitted."""
+    backoff = 0.5
+    while True:
+        try:
+            return decode(data)
+        except registry.RegistryError as exc:
+            log.warning("%s; retrying in %.1fs", exc, backoff)
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+                raise
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 10.0)
 
 
 async def _update_lag(consumer: Any, group: str) -> None:

@@ -259,3 +259,25 @@ def test_nopost_counts_without_events(policies: tuple[PolicyManager, dict]) -> N
         assert sum(counts[ctypes.c_int(0)]) >= 1   # the selector matched (hook 0, selector 0)
     finally:
         mgr.delete("sel-nopost")
+
+
+@pytest.mark.kernel
+def test_post_rate_limit_per_process(policies: tuple[PolicyManager, dict]) -> None:
+    mgr, _ = policies
+    d = ROOT / "ratelimit"
+    d.mkdir()
+    for n in "abc":
+        (d / n).write_text("x")
+    post = "    matchActions:\n    - action: Post\n      rateLimit: 1m\n      rateLimitScope: process"
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: sel-ratelimit\nspec:\n"
+            "  kprobes:\n" + hook_yaml(Case("ratelimit", post, cat, cat)))
+    (lp,) = mgr.load_text(text, "ratelimit.yaml")
+    try:
+        three = "; ".join(f"os.close(os.open({str(d / n)!r}, os.O_RDONLY))" for n in "abc")
+        run([PY, "-c", f"import os; {three}"])   # one process, three opens: one event
+        run([PY, "-c", f"import os; {three}"])   # another process: its own event
+        time.sleep(0.3)
+        paths = hook_paths(mgr, _seen, lp.policy_id, 0)
+        assert paths == [str(d / "a"), str(d / "a")], paths
+    finally:
+        mgr.delete("sel-ratelimit")

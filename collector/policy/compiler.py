@@ -181,6 +181,7 @@ class _Gen:
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
         self.pending_maps: list[str] = []
         self.exec_state = False
+        self.ratelimit = False
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -291,8 +292,10 @@ class _Gen:
                                     "kernel has no kprobes and a syscall tracepoint cannot change a return value")
                 if a.action not in ACTION_RANK:
                     raise self.fail(f"{a.path}.action", f"action {a.action} is not supported by tetrapipe")
+            for a in s.match_actions:
                 if a.rate_limit:
-                    raise self.fail(f"{a.path}.rateLimit", "rateLimit is not supported by tetrapipe yet")
+                    self.notices.append(f"{a.path}.rateLimit: one event per {a.rate_limit} per hook, selector and "
+                                        f"{a.rate_limit_scope or 'thread'} (not per distinct argument values)")
             if s.match_return_actions:
                 raise self.fail(f"{s.path}.matchReturnActions", "matchReturnActions is not supported by tetrapipe yet")
             for b in s.match_binaries + s.match_parent_binaries:
@@ -328,6 +331,9 @@ class _Gen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.ratelimit:
+            out.append("struct tp_rl_key { u32 hook_sel; u32 scope; };")
+            out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
         out += [
             "",
             "static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }",
@@ -603,6 +609,18 @@ class _HookGen:
             sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(_indent(c) for c in conds)
                             + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
         effects = []
+        for i, s in enumerate(hook.selectors):
+            rl = next((a for a in s.match_actions if a.rate_limit), None)
+            if rl is None:
+                continue
+            self.g.ratelimit = True
+            ns = _duration_ns(rl.rate_limit)
+            scope = {"process": "id >> 32", "global": "0"}.get(rl.rate_limit_scope, "(u32)id")
+            effects.append(
+                f"if (sel == {i}) {{\n    u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();\n"
+                f"    struct tp_rl_key k = {{.hook_sel = {hid * SEL_SLOTS + i}, .scope = {scope}}};\n"
+                f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n        return 0;\n"
+                "    ratelimit.update(&k, &now);\n}")
         for i, main, sig in actions:
             stmts = []
             if sig and not self.g.monitor:
@@ -702,7 +720,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                     f"if (args->ret >= 0) {{\n    u64 a[6] = {{}};\n    a[0] = args->ret;\n    a[1] = args->ret;\n"
                     f"    tp_hook_{hid}(args, a, 0, 0);\n}}")
         else:  # syscall_ret: remember the arguments at the enter, make the event at the exit
-            self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, struct tp_pending, 16384);")
+            # LRU: an entry whose exit never came (the thread died in the call) ages out
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, pending_{hid}, 16384);')
             pre = ""
             if implicit:
                 pre = f"if (!tp_pre_{hid}(args, a))\n        return 0;\n"
@@ -741,6 +760,13 @@ static __always_inline int tp_pre_{self.hid}(void *ctx, u64 *a)
 {_indent(chr(10).join(pre))}
     return ok;
 }}"""
+
+
+def _duration_ns(text: str) -> int:
+    """Tetragon's rateLimit: "30s", "5m", "1h" (plain digits: seconds)."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "smh" else text
+    return int(digits) * unit * 1_000_000_000
 
 
 def _indent(text: str, n: int = 4) -> str:

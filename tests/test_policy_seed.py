@@ -28,6 +28,25 @@ FORBIDDEN = FORBIDDEN_DIR / "donotchange.me"
 ORIGINAL = b"original content, keep me\n"
 REPO = Path(__file__).resolve().parent.parent
 
+BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: broken
+spec:
+  kprobes:
+  - call: "sys_write"
+    syscall: true
+    args:
+    - index: 0
+      type: "fd"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefx"
+        values:
+        - "/tmp/"
+"""
+
 
 def _root_copy(src: Path, dst_dir: Path) -> Path:
     """The policy file byte for byte, root-owned and 0644 as the collector demands."""
@@ -50,6 +69,10 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     FORBIDDEN.write_bytes(ORIGINAL)  # before the policy loads: afterwards writing it is fatal
     files = [_root_copy(SEED / "deny-tmp-forbidden-write.yaml", tmp),
              _root_copy(SEED / "exec-policy-example.yaml", tmp)]
+    broken = tmp / "broken-at-start.yaml"
+    broken.write_text(BAD_OPERATOR)   # refused at start; the others load and act
+    os.chmod(broken, 0o644)
+    files.append(broken)
     p = Pipeline(broker.bootstrap, tmp)
     p.settings["tracing_policy"] = ",".join(str(f) for f in files)
     watched = tmp / "policies.d"
@@ -120,9 +143,10 @@ def test_deny_tmp_forbidden_write_kills_and_keeps_the_file(seeded: Pipeline, tmp
 
     lines = [compact.render(e) for e in seeded.exported()
              if body_pid(e) == pid]
-    assert any(ln.startswith("📬 open") and ln.endswith(str(FORBIDDEN)) for ln in lines), lines
-    assert any(ln.startswith("📝 write") and ln.endswith(f"{FORBIDDEN} 8 bytes") for ln in lines), lines
-    assert any(ln.startswith("💥 exit") and ln.endswith("SIGKILL") for ln in lines), lines
+    # (lines may end with Tetragon's capability trailer, e.g. "🛑 CAP_SYS_ADMIN")
+    assert any(ln.startswith("📬 open") and f"/bin/sh {FORBIDDEN}" in ln for ln in lines), lines
+    assert any(ln.startswith("📝 write") and f"/bin/sh {FORBIDDEN} 8 bytes" in ln for ln in lines), lines
+    assert any(ln.startswith("💥 exit") and " SIGKILL" in ln for ln in lines), lines
 
 
 def body_pid(e: dict) -> int:
@@ -169,24 +193,6 @@ def test_exec_policy_kills_cap_sys_admin_in_a_new_pid_namespace(seeded: Pipeline
                    for e in seeded.exported())
 
 
-BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: broken
-spec:
-  kprobes:
-  - call: "sys_write"
-    syscall: true
-    args:
-    - index: 0
-      type: "fd"
-    selectors:
-    - matchArgs:
-      - index: 0
-        operator: "Prefx"
-        values:
-        - "/tmp/"
-"""
 
 
 @pytest.mark.kernel
@@ -197,6 +203,9 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     assert oct(os.stat(seeded.base["control_socket"]).st_mode & 0o777) == "0o600"
     col = seeded.services["collector"]
     assert col.metric("tetrapipe_tracingpolicy_loaded", state="enabled") == 2
+    assert col.metric("tetrapipe_tracingpolicy_loaded", state="load_error") == 1
+    assert 'broken-at-start.yaml:15: spec.kprobes[0].selectors[0].matchArgs[0].operator: unknown operator "Prefx"' \
+        in ls.stdout
     assert col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
                       policy="deny-tmp-forbidden-write") >= 1
     enr = seeded.services["enricher"]

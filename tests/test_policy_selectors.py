@@ -281,3 +281,32 @@ def test_post_rate_limit_per_process(policies: tuple[PolicyManager, dict]) -> No
         assert paths == [str(d / "a"), str(d / "a")], paths
     finally:
         mgr.delete("sel-ratelimit")
+
+
+@pytest.mark.kernel
+def test_tracepoint_hook_args_by_format_index(policies: tuple[PolicyManager, dict]) -> None:
+    """``tracepoints:`` args by index of the format's non-common fields: sched_process_exec's
+    filename (a __data_loc string) and pid, filtered in the kernel by the filename's postfix."""
+    mgr, _ = policies
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: sel-tracepoint\nspec:\n"
+            "  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    args:\n"
+            "    - index: 0\n      type: string\n    - index: 1\n      type: int\n    selectors:\n"
+            "    - matchArgs:\n      - index: 0\n        operator: Postfix\n        values: [\"/cat\"]\n")
+    (lp,) = mgr.load_text(text, "tracepoint.yaml")
+    try:
+        c = subprocess.Popen([CAT, "/dev/null"])
+        h = subprocess.Popen([HEAD, "-c0", "/dev/null"])
+        c.wait(10)
+        h.wait(10)
+        time.sleep(0.3)
+        got = [(b.args[0].data.decode(), int.from_bytes(b.args[1].data, "little"))
+               for b in _drain(mgr) if b.policy_id == lp.policy_id]
+        assert (CAT, c.pid) in got
+        assert not any(pid == h.pid for _, pid in got)
+    finally:
+        mgr.delete("sel-tracepoint")
+
+
+def _drain(mgr: PolicyManager) -> list[records.HookBody]:
+    hook_paths(mgr, _seen, -1, -1)
+    return _seen

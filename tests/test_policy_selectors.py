@@ -133,6 +133,8 @@ CASES = [
     Case("binnotin", BIN_SEL.format("NotIn", CAT), head, cat),
     Case("binprefix", BIN_SEL.format("Prefix", "/usr/bin/ca"), cat, head),
     Case("binpostfix", BIN_SEL.format("Postfix", "/head"), head, cat),
+    Case("binfollow", '    matchBinaries:\n    - operator: In\n      followChildren: true\n      values: ["/usr/bin/dash"]',
+         lambda p: run(["/bin/sh", "-c", f"{CAT} {p}; true"]), cat),
     Case("parentbin", '    matchParentBinaries:\n    - operator: In\n      values: ["/usr/bin/dash"]',
          lambda p: run(["/bin/sh", "-c", f"{CAT} {p}; true"]), cat),
     # matchNamespaces

@@ -182,6 +182,7 @@ class _Gen:
         self.pending_maps: list[str] = []
         self.exec_state = False
         self.ratelimit = False
+        self.fc_filters = 0
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -298,12 +299,47 @@ class _Gen:
                                         f"{a.rate_limit_scope or 'thread'} (not per distinct argument values)")
             if s.match_return_actions:
                 raise self.fail(f"{s.path}.matchReturnActions", "matchReturnActions is not supported by tetrapipe yet")
-            for b in s.match_binaries + s.match_parent_binaries:
+            for b in s.match_parent_binaries:
                 if b.follow_children:
-                    raise self.fail(f"{b.path}.followChildren", "followChildren is not supported by tetrapipe yet")
+                    raise self.fail(f"{b.path}.followChildren", "followChildren applies to matchBinaries only")
+            for b in s.match_binaries:
+                if b.follow_children:
+                    self.notices.append(f"{b.path}.followChildren: descendants of processes that exec a matching "
+                                        "binary after the policy loaded are followed")
             for pf in s.match_pids:
                 if pf.follow_forks and pf.operator == "NotIn":
                     self.notices.append(f"{pf.path}: followForks with NotIn checks the process itself")
+
+    def follow_children(self, op: str, values: list[str], path: str, h: _HookGen) -> int:
+        """Register a followChildren binaries filter: exec-time marking and fork-time inheritance."""
+        fid = self.fc_filters
+        self.fc_filters += 1
+        cond = h.str_cond(0, op, values, path)
+        self.probes.setdefault("sched:sched_process_exec", []).append(f"""{{
+    int zero = 0;
+    struct tp_path_buf *pb = path_scratch.lookup(&zero);
+    struct tp_slots *s = slot_scratch.lookup(&zero);
+    u32 *on = enabled.lookup(&zero);
+    if (pb && s && on && *on) {{
+        struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+        u32 sf = 0;
+        s->slen[0] = tp_exe_path(pb, task, s->slot[0], &sf);
+        if ({cond}) {{
+            struct tp_fc_key fk = {{.filter = {fid}, .tgid = bpf_get_current_pid_tgid() >> 32}};
+            u8 one = 1;
+            fc_marks.update(&fk, &one);
+        }}
+    }}
+}}""")
+        self.probes.setdefault("sched:sched_process_fork", []).append(f"""{{
+    struct tp_fc_key fk = {{.filter = {fid}, .tgid = bpf_get_current_pid_tgid() >> 32}};
+    if (fc_marks.lookup(&fk)) {{
+        u8 one = 1;
+        fk.tgid = args->child_pid;
+        fc_marks.update(&fk, &one);
+    }}
+}}""")
+        return fid
 
     # ---- program ---------------------------------------------------------------------------
     def program(self, ringbuf_pages: int) -> str:
@@ -331,6 +367,9 @@ class _Gen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.fc_filters:
+            out.append("struct tp_fc_key { u32 filter; u32 tgid; };")
+            out.append("BPF_TABLE(\"lru_hash\", struct tp_fc_key, u8, fc_marks, 65536);")
         if self.ratelimit:
             out.append("struct tp_rl_key { u32 hook_sel; u32 scope; };")
             out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
@@ -525,7 +564,20 @@ class _HookGen:
             for bf in getattr(s, key):
                 ensure, k = self.ensure_exe_slot(parent)
                 op = {"In": "Equal", "NotIn": "NotEqual"}.get(bf.operator, bf.operator)
-                lines.append(f"if (ok) {{\n{_indent(ensure)}\n    ok = {self.str_cond(k, op, bf.values, bf.path)};\n}}")
+                if not bf.follow_children:
+                    cond = self.str_cond(k, op, bf.values, bf.path)
+                    lines.append(f"if (ok) {{\n{_indent(ensure)}\n    ok = {cond};\n}}")
+                    continue
+                # followChildren: a mark per process, set at an exec of a matching binary and
+                # inherited at fork; the selector matches a marked process or a direct match
+                positive = op.removeprefix("Not")
+                neg = "!" if op.startswith("Not") else ""
+                fid = self.g.follow_children(positive, bf.values, bf.path, self)
+                lines.append(
+                    f"if (ok) {{\n    struct tp_fc_key fk = {{.filter = {fid}, "
+                    ".tgid = bpf_get_current_pid_tgid() >> 32};\n"
+                    f"    int m = fc_marks.lookup(&fk) != 0;\n    if (!m) {{\n{_indent(ensure, 8)}\n"
+                    f"        m = {self.str_cond(k, positive, bf.values, bf.path)};\n    }}\n    ok = {neg}m;\n}}")
         for nf in s.match_namespaces:
             idx = NS_INDEX[nf.namespace]
             inums = []

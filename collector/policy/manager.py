@@ -39,6 +39,7 @@ SELECTOR_ACTIONS = Counter(
 LOAD_ERRORS = Counter("tetrapipe_tracingpolicy_load_errors", "Policies refused at load", ["reason"])
 STATES = ("enabled", "disabled", "load_error", "error")
 CATALOG_EVERY_S = 30.0
+COUNTS_EVERY_S = 1.0
 POLICY_RINGBUF_PAGES = 256
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -110,6 +111,7 @@ class PolicyManager:
         self.dir_files: dict[str, tuple[float, list[str]]] = {}  # watched file → (mtime, names)
         self._lock = threading.RLock()
         self._last_catalog = 0.0
+        self._last_counts = 0.0
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -273,8 +275,10 @@ class PolicyManager:
         if not self._lock.acquire(blocking=False):
             return  # a load is compiling (seconds): never stall the produce loop for it
         try:
-            for lp in self.loaded.values():
-                self._collect_counts(lp)
+            if now - self._last_counts >= COUNTS_EVERY_S:
+                self._last_counts = now
+                for lp in self.loaded.values():
+                    self._collect_counts(lp)
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():

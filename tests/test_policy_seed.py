@@ -149,6 +149,42 @@ def test_deny_tmp_forbidden_write_kills_and_keeps_the_file(seeded: Pipeline, tmp
     assert any(ln.startswith("💥 exit") and " SIGKILL" in ln for ln in lines), lines
 
 
+@pytest.mark.kernel
+def test_vim_editing_the_forbidden_file_is_killed(seeded: Pipeline, tmp_path: Path) -> None:
+    """The seed's story: `vi /tmp/forbidden/donotchange.me`, edit, `:wq` → Killed, content kept
+    (vim dies writing its swap file next to the file, before it touches the file itself)."""
+    vim = shutil.which("vim") or shutil.which("vi")
+    if vim is None:
+        pytest.skip("vim is not installed")
+    try:
+        proc = subprocess.run([vim, "-es", "-N", "-c", "normal Ahello", "-c", "wq", str(FORBIDDEN)],
+                              cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert proc.returncode == -9, proc
+        assert FORBIDDEN.read_bytes() == ORIGINAL
+        ex = wait_until(lambda: next((e["process_exit"] for e in seeded.exported() if "process_exit" in e
+                                      and e["process_exit"]["process"]["pid"] == proc_pid(seeded, vim)), None),
+                        timeout=30, what="exit of vim")
+        assert ex["signal"] == "SIGKILL"
+        pid = ex["process"]["pid"]
+        writes = [k["process_kprobe"] for k in kprobes(seeded, pid)
+                  if k["process_kprobe"]["function_name"] == "__x64_sys_write"]
+        assert writes and writes[-1]["action"] == "KPROBE_ACTION_SIGKILL"
+        assert writes[-1]["args"][0]["file_arg"]["path"].startswith(str(FORBIDDEN_DIR) + "/")
+    finally:
+        for swap in FORBIDDEN_DIR.glob(".donotchange.me.sw*"):
+            swap.unlink()
+
+
+def proc_pid(p: Pipeline, binary: str) -> int:
+    names = {binary, os.path.realpath(binary)}
+    for e in p.exported():
+        if "process_exec" in e:
+            proc = e["process_exec"]["process"]
+            if proc.get("binary") in names and "Ahello" in proc.get("arguments", ""):
+                return proc["pid"]
+    return -1
+
+
 def body_pid(e: dict) -> int:
     for k, v in e.items():
         if k.startswith("process_") and isinstance(v, dict):

@@ -151,7 +151,14 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []
     for hid, hook in enumerate(policy.hooks):
-        compiled.append(gen.hook(hid, hook, follow, kprobes))
+        try:
+            compiled.append(gen.hook(hid, hook, follow, kprobes))
+        except PolicyError as exc:
+            if not (hook.ignore_call_not_found and exc.path == f"{hook.path}.call"):
+                raise
+            gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
+    if not compiled:
+        raise fail("spec", "no hook of the policy can be served")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices)
 

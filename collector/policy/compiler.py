@@ -628,6 +628,8 @@ class _HookGen:
             inner: list[str] = []
             for f in s.match_args:
                 if f.index != name_idx:
+                    self.g.notices.append(f"{f.path}: a filter on fd_install's fd number does not carry over "
+                                          "to the followed files of other hooks")
                     continue
                 if f.operator not in STRING_OPERATORS:
                     raise self.fail(f.path, f"operator {f.operator} cannot filter the followed file's path")

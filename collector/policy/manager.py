@@ -167,13 +167,17 @@ class PolicyManager:
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
         bpf = loader.load_program(f"policy {p.name}", text=comp.text)
-        strs = bpf["strs"]
-        for i, raw in enumerate(comp.strings):
-            v = strs.Leaf()
-            v.len = len(raw)
-            v.s = raw
-            strs[ctypes.c_int(i)] = v
-        drain = RingBufferDrain(bpf, self.queue)
+        try:
+            strs = bpf["strs"]
+            for i, raw in enumerate(comp.strings):
+                v = strs.Leaf()
+                v.len = len(raw)
+                v.s = raw
+                strs[ctypes.c_int(i)] = v
+            drain = RingBufferDrain(bpf, self.queue)
+        except Exception:
+            bpf.cleanup()  # attached but never enabled: detach before giving up
+            raise
         lp = Loaded(p, comp, pid, bpf, drain)
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
         drain.start()

@@ -7,6 +7,7 @@ ones keep acting). One collector for the whole module: each compile+load costs s
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ FORBIDDEN_DIR = Path("/tmp/forbidden")
 FORBIDDEN = FORBIDDEN_DIR / "donotchange.me"
 ORIGINAL = b"original content, keep me\n"
 REPO = Path(__file__).resolve().parent.parent
+LOCK_PATH = "/tmp/tetrapipe-seed-policy-tests.lock"
 
 BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -48,6 +50,14 @@ spec:
 """
 
 
+def restore_forbidden() -> None:
+    """Write the forbidden file from a child process: if a policy still guards it, the child
+    dies, not the test runner."""
+    r = subprocess.run([sys.executable, "-c", f"open({str(FORBIDDEN)!r}, 'wb').write({ORIGINAL!r})"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, f"cannot write {FORBIDDEN} (another collector guarding it?): {r}"
+
+
 def _root_copy(src: Path, dst_dir: Path) -> Path:
     """The policy file byte for byte, root-owned and 0644 as the collector demands."""
     dst = dst_dir / src.name
@@ -63,10 +73,14 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     reason = bpf_unavailable_reason()
     if reason:
         skip_or_fail(reason)
+    # The seed policy names a fixed path and kills every writer on the machine: copies of this
+    # module (other worktrees, CI) must not run at the same time. Held until teardown.
+    lock = open(LOCK_PATH, "a+")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     tmp = tmp_path_factory.mktemp("policy-seed")
     os.chmod(tmp, 0o755)
     FORBIDDEN_DIR.mkdir(exist_ok=True)
-    FORBIDDEN.write_bytes(ORIGINAL)  # before the policy loads: afterwards writing it is fatal
+    restore_forbidden()  # before the policy loads: afterwards writing it is fatal
     files = [_root_copy(SEED / "deny-tmp-forbidden-write.yaml", tmp),
              _root_copy(SEED / "exec-policy-example.yaml", tmp)]
     broken = tmp / "broken-at-start.yaml"
@@ -83,6 +97,7 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
         yield p
     finally:
         p.stop()
+        lock.close()
 
 
 def kprobes(p: Pipeline, pid: int) -> list[dict]:
@@ -337,5 +352,5 @@ def test_monitor_mode_reports_and_does_not_kill(seeded: Pipeline, tmp_path: Path
                                       policy="deny-tmp-forbidden-write") >= 1, timeout=10, what="monitor metric")
         assert (x := exit_of(seeded, pid)) is None or "signal" not in x
     finally:
-        FORBIDDEN.write_bytes(ORIGINAL)   # allowed: the policy only monitors now
+        restore_forbidden()   # allowed: the policy only monitors now
         ctl(seeded, "delete", "deny-tmp-forbidden-write")

@@ -115,8 +115,11 @@ class PolicyManager:
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
-    def load_text(self, text: str, source: str = "", mode: str | None = None) -> list[Loaded]:
-        """Parse, compile and load every policy in ``text``: all of them or none."""
+    def load_text(self, text: str, source: str = "", mode: str | None = None,
+                  remember_error: bool = False) -> list[Loaded]:
+        """Parse, compile and load every policy in ``text``: all of them or none. Errors of files
+        the collector reads itself are remembered for ``list``; the control socket answers its
+        client instead."""
         try:
             policies = parser.parse_text(text, source, mode)
             with self._lock:
@@ -134,15 +137,18 @@ class PolicyManager:
                     raise
         except PolicyError as exc:
             LOAD_ERRORS.labels(reason="invalid").inc()
-            self.errors[source or "<control>"] = str(exc)
+            if remember_error:
+                self.errors[source] = str(exc)
             self._update_gauge()
             raise
         except loader.LoadError as exc:
             LOAD_ERRORS.labels(reason="kernel").inc()
-            self.errors[source or "<control>"] = str(exc)
+            err = PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source)
+            if remember_error:
+                self.errors[source] = str(err)
             self._update_gauge()
-            raise PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source) from exc
-        self.errors.pop(source or "<control>", None)
+            raise err from exc
+        self.errors.pop(source, None)
         self._update_gauge()
         return done
 
@@ -160,7 +166,7 @@ class PolicyManager:
             self.errors[path] = f"{path}: {exc}"
             self._update_gauge()
             raise PolicyError("", f"cannot read: {exc}", 0, path) from exc
-        return self.load_text(text, path, mode)
+        return self.load_text(text, path, mode, remember_error=True)
 
     def _load(self, p: Policy) -> Loaded:
         pid = random.getrandbits(31) | 1

@@ -282,6 +282,18 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     # the loaded policies still act
     proc = write_forbidden(tmp_path / "other")
     assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
+    # disable / enable without unloading (the write goes to a scratch copy: the policy is off)
+    r = ctl(seeded, "disable", "deny-tmp-forbidden-write")
+    assert r.returncode == 0, r.stderr
+    assert "disabled" in ctl(seeded, "list").stdout
+    assert col.metric("tetrapipe_tracingpolicy_loaded", state="disabled") == 1
+    same = ORIGINAL.decode().strip()
+    off = subprocess.run(["/bin/sh", "-c", f"exec 3<>{FORBIDDEN}; echo '{same}' >&3"], capture_output=True, timeout=30)
+    assert off.returncode == 0 and FORBIDDEN.read_bytes() == ORIGINAL  # the write (of the same bytes) ran
+    r = ctl(seeded, "enable", "deny-tmp-forbidden-write")
+    assert r.returncode == 0, r.stderr
+    proc = write_forbidden(tmp_path / "other2")
+    assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
 
 
 @pytest.mark.kernel

@@ -64,6 +64,7 @@ class Loaded:
     bpf: Any
     drain: RingBufferDrain
     loaded_at: float = field(default_factory=time.time)
+    enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
     lost_seen: int = 0
 
@@ -74,7 +75,8 @@ class Loaded:
     def info(self) -> dict[str, Any]:
         p = self.policy
         return {
-            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode, "state": "enabled",
+            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode,
+            "state": "enabled" if self.enabled else "disabled",
             "id": self.policy_id, "source": p.source,
             "hooks": [{"function_name": h.function_name, "serve": h.serve} for h in self.compiled.hooks],
             "notices": p.notices + self.compiled.notices,
@@ -202,6 +204,17 @@ class PolicyManager:
             if lp is None:
                 raise PolicyError("", f"no policy named {name!r} is loaded")
             self._unload(lp)
+        self._update_gauge()
+
+    def set_enabled(self, name: str, on: bool) -> None:
+        """Disable (hooks stay attached and return at once) or enable a loaded policy."""
+        with self._lock:
+            lp = self.loaded.get(name)
+            if lp is None:
+                raise PolicyError("", f"no policy named {name!r} is loaded")
+            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
+            lp.enabled = on
+            log.info("policy %s %s", name, "enabled" if on else "disabled")
         self._update_gauge()
 
     def _unload(self, lp: Loaded) -> None:
@@ -335,7 +348,8 @@ class PolicyManager:
 
     def _update_gauge(self) -> None:
         counts = dict.fromkeys(STATES, 0)
-        counts["enabled"] = len(self.loaded)
+        counts["enabled"] = sum(1 for lp in self.loaded.values() if lp.enabled)
+        counts["disabled"] = len(self.loaded) - counts["enabled"]
         counts["load_error"] = len(self.errors)
         for s, n in counts.items():
             LOADED.labels(state=s).set(n)

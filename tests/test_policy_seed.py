@@ -180,7 +180,7 @@ def test_vim_editing_the_forbidden_file_is_killed(seeded: Pipeline, tmp_path: Pa
         assert FORBIDDEN.read_bytes() == ORIGINAL
         ex = wait_until(lambda: next((e["process_exit"] for e in seeded.exported() if "process_exit" in e
                                       and e["process_exit"]["process"]["pid"] == proc_pid(seeded, vim)), None),
-                        timeout=30, what="exit of vim")
+                        timeout=60, what="exit of vim")
         assert ex["signal"] == "SIGKILL"
         pid = ex["process"]["pid"]
         writes = [k["process_kprobe"] for k in kprobes(seeded, pid)

@@ -162,6 +162,7 @@ class PolicyEvents:
             raise PolicyEventError(f"hook record of policy {entry.name!r} names unknown hook {body.hook_id}")
         h = rec.header
         proc_entry = self._process(h.pid, h.ktime, builder)
+        parent_entry = None
         if proc_entry is not None:
             process = dict(proc_entry.process)
             parent_entry = builder.cache.get(proc_entry.parent_exec_id)
@@ -183,6 +184,9 @@ class PolicyEvents:
         }
         if parent is not None:
             common["parent"] = parent
+        kind = "tracepoint" if hook.get("kind") == "tracepoint" else "kprobe"
+        if parent_entry is not None and kind in getattr(builder, "ancestors_for", ()):
+            common["ancestors"] = builder._ancestors(parent_entry)  # --enable-ancestors kprobe,tracepoint
         pod = process.get("pod") or {}
         POLICY_EVENTS.labels(policy=entry.name, hook=hook.get("function_name", ""),
                              binary=process.get("binary", ""), namespace=pod.get("namespace", ""),

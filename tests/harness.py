@@ -45,6 +45,14 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test runner dies, so a killed run leaves no collector
+    behind (one with a Sigkill policy loaded would go on killing processes machine-wide)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Service:
     name: str
@@ -58,7 +66,8 @@ class Service:
     def start(self) -> Service:
         out = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "tetrapipe", *self.argv],
-                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                     preexec_fn=_die_with_parent)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Service:

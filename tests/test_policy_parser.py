@@ -225,6 +225,15 @@ BROKEN = [
     pytest.param("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: x\nspec:\n  kprobes: [\n",
                  "not valid YAML", 7, False, id="bad-yaml"),
     pytest.param(policy("kprobes: []"), "spec: the policy has no hooks", 5, False, id="no-hooks"),
+    pytest.param(policy("""
+        podSelector:
+          matchLabels:
+            app: web
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector: policies scoped to pods or containers cannot be served yet", 6, True,
+        id="pod-selector-refused"),
 ]
 
 
@@ -273,3 +282,17 @@ def test_legacy_error_points_at_original_line() -> None:
     with pytest.raises(PolicyError) as ei:
         parser.parse_text(text, "l.yaml")
     assert ei.value.line == 9 and 'unknown operator "Inn"' in str(ei.value)
+
+
+@pytest.mark.skipif(not HAVE_TRACEFS, reason="needs tracefs syscall formats")
+def test_ignore_call_not_found_skips_the_hook_with_a_notice() -> None:
+    c = compile_text(policy("""
+        kprobes:
+        - call: security_file_open
+          ignore:
+            callNotFound: true
+        - call: sys_write
+          syscall: true
+    """))
+    assert [h.function_name for h in c.hooks] == ["sys_write"]
+    assert any("skipped (ignore.callNotFound)" in n for n in c.notices)

@@ -7,6 +7,7 @@ ones keep acting). One collector for the whole module: each compile+load costs s
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import subprocess
@@ -27,6 +28,36 @@ FORBIDDEN_DIR = Path("/tmp/forbidden")
 FORBIDDEN = FORBIDDEN_DIR / "donotchange.me"
 ORIGINAL = b"original content, keep me\n"
 REPO = Path(__file__).resolve().parent.parent
+LOCK_PATH = "/tmp/tetrapipe-seed-policy-tests.lock"
+
+BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: broken
+spec:
+  kprobes:
+  - call: "sys_write"
+    syscall: true
+    args:
+    - index: 0
+      type: "fd"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefx"
+        values:
+        - "/tmp/"
+"""
+
+
+def restore_forbidden() -> None:
+    """Write the forbidden file from a child process: if a policy still guards it, the child
+    dies, not the test runner."""
+    if FORBIDDEN.exists() and FORBIDDEN.read_bytes() == ORIGINAL:
+        return
+    r = subprocess.run([sys.executable, "-c", f"open({str(FORBIDDEN)!r}, 'wb').write({ORIGINAL!r})"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, f"cannot write {FORBIDDEN} (another collector guarding it?): {r}"
 
 
 def _root_copy(src: Path, dst_dir: Path) -> Path:
@@ -44,12 +75,20 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     reason = bpf_unavailable_reason()
     if reason:
         skip_or_fail(reason)
+    # The seed policy names a fixed path and kills every writer on the machine: copies of this
+    # module (other worktrees, CI) must not run at the same time. Held until teardown.
+    lock = open(LOCK_PATH, "a+")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     tmp = tmp_path_factory.mktemp("policy-seed")
     os.chmod(tmp, 0o755)
     FORBIDDEN_DIR.mkdir(exist_ok=True)
-    FORBIDDEN.write_bytes(ORIGINAL)  # before the policy loads: afterwards writing it is fatal
+    restore_forbidden()  # before the policy loads: afterwards writing it is fatal
     files = [_root_copy(SEED / "deny-tmp-forbidden-write.yaml", tmp),
              _root_copy(SEED / "exec-policy-example.yaml", tmp)]
+    broken = tmp / "broken-at-start.yaml"
+    broken.write_text(BAD_OPERATOR)   # refused at start; the others load and act
+    os.chmod(broken, 0o644)
+    files.append(broken)
     p = Pipeline(broker.bootstrap, tmp)
     p.settings["tracing_policy"] = ",".join(str(f) for f in files)
     watched = tmp / "policies.d"
@@ -60,6 +99,7 @@ def seeded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
         yield p
     finally:
         p.stop()
+        lock.close()
 
 
 def kprobes(p: Pipeline, pid: int) -> list[dict]:
@@ -120,9 +160,46 @@ def test_deny_tmp_forbidden_write_kills_and_keeps_the_file(seeded: Pipeline, tmp
 
     lines = [compact.render(e) for e in seeded.exported()
              if body_pid(e) == pid]
-    assert any(ln.startswith("📬 open") and ln.endswith(str(FORBIDDEN)) for ln in lines), lines
-    assert any(ln.startswith("📝 write") and ln.endswith(f"{FORBIDDEN} 8 bytes") for ln in lines), lines
-    assert any(ln.startswith("💥 exit") and ln.endswith("SIGKILL") for ln in lines), lines
+    # (lines may end with Tetragon's capability trailer, e.g. "🛑 CAP_SYS_ADMIN")
+    assert any(ln.startswith("📬 open") and f"/bin/sh {FORBIDDEN}" in ln for ln in lines), lines
+    assert any(ln.startswith("📝 write") and f"/bin/sh {FORBIDDEN} 8 bytes" in ln for ln in lines), lines
+    assert any(ln.startswith("💥 exit") and " SIGKILL" in ln for ln in lines), lines
+
+
+@pytest.mark.kernel
+def test_vim_editing_the_forbidden_file_is_killed(seeded: Pipeline, tmp_path: Path) -> None:
+    """The seed's story: `vi /tmp/forbidden/donotchange.me`, edit, `:wq` → Killed, content kept
+    (vim dies writing its swap file next to the file, before it touches the file itself)."""
+    vim = shutil.which("vim") or shutil.which("vi")
+    if vim is None:
+        pytest.skip("vim is not installed")
+    try:
+        proc = subprocess.run([vim, "-es", "-N", "-c", "normal Ahello", "-c", "wq", str(FORBIDDEN)],
+                              cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert proc.returncode == -9, proc
+        assert FORBIDDEN.read_bytes() == ORIGINAL
+        ex = wait_until(lambda: next((e["process_exit"] for e in seeded.exported() if "process_exit" in e
+                                      and e["process_exit"]["process"]["pid"] == proc_pid(seeded, vim)), None),
+                        timeout=60, what="exit of vim")
+        assert ex["signal"] == "SIGKILL"
+        pid = ex["process"]["pid"]
+        writes = [k["process_kprobe"] for k in kprobes(seeded, pid)
+                  if k["process_kprobe"]["function_name"] == "__x64_sys_write"]
+        assert writes and writes[-1]["action"] == "KPROBE_ACTION_SIGKILL"
+        assert writes[-1]["args"][0]["file_arg"]["path"].startswith(str(FORBIDDEN_DIR) + "/")
+    finally:
+        for swap in FORBIDDEN_DIR.glob(".donotchange.me.sw*"):
+            swap.unlink()
+
+
+def proc_pid(p: Pipeline, binary: str) -> int:
+    names = {binary, os.path.realpath(binary)}
+    for e in p.exported():
+        if "process_exec" in e:
+            proc = e["process_exec"]["process"]
+            if proc.get("binary") in names and "Ahello" in proc.get("arguments", ""):
+                return proc["pid"]
+    return -1
 
 
 def body_pid(e: dict) -> int:
@@ -169,24 +246,6 @@ def test_exec_policy_kills_cap_sys_admin_in_a_new_pid_namespace(seeded: Pipeline
                    for e in seeded.exported())
 
 
-BAD_OPERATOR = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: broken
-spec:
-  kprobes:
-  - call: "sys_write"
-    syscall: true
-    args:
-    - index: 0
-      type: "fd"
-    selectors:
-    - matchArgs:
-      - index: 0
-        operator: "Prefx"
-        values:
-        - "/tmp/"
-"""
 
 
 @pytest.mark.kernel
@@ -197,6 +256,9 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     assert oct(os.stat(seeded.base["control_socket"]).st_mode & 0o777) == "0o600"
     col = seeded.services["collector"]
     assert col.metric("tetrapipe_tracingpolicy_loaded", state="enabled") == 2
+    assert col.metric("tetrapipe_tracingpolicy_loaded", state="load_error") == 1
+    assert 'broken-at-start.yaml:15: spec.kprobes[0].selectors[0].matchArgs[0].operator: unknown operator "Prefx"' \
+        in ls.stdout
     assert col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
                       policy="deny-tmp-forbidden-write") >= 1
     enr = seeded.services["enricher"]
@@ -219,6 +281,18 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     assert r.returncode == 1 and "kernel function 'vfs_write' cannot be served" in r.stderr
     # the loaded policies still act
     proc = write_forbidden(tmp_path / "other")
+    assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
+    # disable / enable without unloading (the write goes to a scratch copy: the policy is off)
+    r = ctl(seeded, "disable", "deny-tmp-forbidden-write")
+    assert r.returncode == 0, r.stderr
+    assert "disabled" in ctl(seeded, "list").stdout
+    assert col.metric("tetrapipe_tracingpolicy_loaded", state="disabled") == 1
+    same = ORIGINAL.decode().strip()
+    off = subprocess.run(["/bin/sh", "-c", f"exec 3<>{FORBIDDEN}; echo '{same}' >&3"], capture_output=True, timeout=30)
+    assert off.returncode == 0 and FORBIDDEN.read_bytes() == ORIGINAL  # the write (of the same bytes) ran
+    r = ctl(seeded, "enable", "deny-tmp-forbidden-write")
+    assert r.returncode == 0, r.stderr
+    proc = write_forbidden(tmp_path / "other2")
     assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
 
 
@@ -292,5 +366,5 @@ def test_monitor_mode_reports_and_does_not_kill(seeded: Pipeline, tmp_path: Path
                                       policy="deny-tmp-forbidden-write") >= 1, timeout=10, what="monitor metric")
         assert (x := exit_of(seeded, pid)) is None or "signal" not in x
     finally:
-        FORBIDDEN.write_bytes(ORIGINAL)   # allowed: the policy only monitors now
+        restore_forbidden()   # allowed: the policy only monitors now
         ctl(seeded, "delete", "deny-tmp-forbidden-write")

@@ -48,9 +48,34 @@ def py_open(path: str, flags: str = "os.O_RDONLY", mode: int = 0o644, before: st
     return run([PY, "-c", f"import os, ctypes\n{before}\nos.close(os.open({path!r}, {flags}, {mode}))"])
 
 
+def head(path: str) -> int:
+    return run([HEAD, path])
+
+
+def creat(mode: int) -> Callable[[str], int]:
+    return lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", mode)
+
+
+def orphan_cat(path: str) -> None:
+    """cat in an orphaned subshell: by the time it opens, its parent is no descendant of ours."""
+    run(["/bin/sh", "-c", f"(sleep 0.3; exec {CAT} {path}) >/dev/null 2>&1 &"])
+    time.sleep(0.8)
+
+
 def in_this_process(path: str) -> int:
     os.close(os.open(path, os.O_RDONLY))
     return 0
+
+
+def arg(index: int, op: str, values: str) -> str:
+    """A matchArgs filter (YAML lines) on the hook's argument ``index``."""
+    return f'      - index: {index}\n        operator: "{op}"\n        values: [{values}]'
+
+
+CAPS_SEL = '    matchCapabilities:\n    - type: Effective\n      operator: {}\n      values: ["CAP_SYS_ADMIN"]'
+BIN_SEL = '    matchBinaries:\n    - operator: {}\n      values: ["{}"]'
+NS_SEL = '    matchNamespaces:\n    - namespace: Uts\n      operator: {}\n      values: ["host_ns"]'
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
 
 @dataclass
@@ -72,55 +97,52 @@ class Case:
 UNSHARE_UTS = "ctypes.CDLL(None, use_errno=True).unshare(0x04000000)"
 CASES = [
     # matchArgs, string operators on the file name
-    Case("equal", '      - index: 1\n        operator: "Equal"\n        values: ["{d}/a"]', cat, cat, "a", "ab"),
-    Case("notequal", '      - index: 1\n        operator: "NotEqual"\n        values: ["{d}/skip"]', cat, cat, "a", "skip"),
-    Case("notprefix", '      - index: 1\n        operator: "NotPrefix"\n        values: ["{d}/skip"]', cat, cat,
+    Case("equal", arg(1, "Equal", '"{d}/a"'), cat, cat, "a", "ab"),
+    Case("notequal", arg(1, "NotEqual", '"{d}/skip"'), cat, cat, "a", "skip"),
+    Case("notprefix", arg(1, "NotPrefix", '"{d}/skip"'), cat, cat,
          "a", "skipme"),
-    Case("postfix", '      - index: 1\n        operator: "Postfix"\n        values: [".log"]', cat, cat, "a.log", "a.txt"),
-    Case("notpostfix", '      - index: 1\n        operator: "NotPostfix"\n        values: [".log"]', cat, cat,
+    Case("postfix", arg(1, "Postfix", '".log"'), cat, cat, "a.log", "a.txt"),
+    Case("notpostfix", arg(1, "NotPostfix", '".log"'), cat, cat,
          "a.txt", "a.log"),
     # matchArgs, integer operators on flags (index 2) and mode (index 3: glibc passes it with O_CREAT only)
-    Case("mask", '      - index: 2\n        operator: "Mask"\n        values: ["64"]',
+    Case("mask", arg(2, "Mask", '"64"'),
          lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT"), lambda p: py_open(p)),
-    Case("intequal", '      - index: 2\n        operator: "Equal"\n        values: ["524288"]',  # O_CLOEXEC: Python adds it
+    Case("intequal", arg(2, "Equal", '"524288"'),  # O_CLOEXEC: Python adds it
          lambda p: py_open(p), lambda p: py_open(p, "os.O_WRONLY")),
-    Case("intnotequal", '      - index: 2\n        operator: "NotEqual"\n        values: ["524288"]',
+    Case("intnotequal", arg(2, "NotEqual", '"524288"'),
          lambda p: py_open(p, "os.O_WRONLY"), lambda p: py_open(p)),
-    Case("gt", '      - index: 3\n        operator: "GT"\n        values: ["400"]',
-         lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o644), lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o600)),
-    Case("lt", '      - index: 3\n        operator: "LT"\n        values: ["400"]',
-         lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o600), lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o644)),
-    Case("inrange", '      - index: 3\n        operator: "InRange"\n        values: ["400:500"]',
-         lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o644), lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o600)),
-    Case("notinrange", '      - index: 3\n        operator: "NotInRange"\n        values: ["400:500"]',
-         lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o600), lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", 0o644)),
+    Case("gt", arg(3, "GT", '"400"'),
+         creat(0o644), creat(0o600)),
+    Case("lt", arg(3, "LT", '"400"'),
+         creat(0o600), creat(0o644)),
+    Case("inrange", arg(3, "InRange", '"400:500"'),
+         creat(0o644), creat(0o600)),
+    Case("notinrange", arg(3, "NotInRange", '"400:500"'),
+         creat(0o600), creat(0o644)),
     # matchReturnArgs: the open failed
     Case("returnlt", None, cat, cat, "missing", "a", hook_extra="    return: true\n"),  # type: ignore[arg-type]
     # matchPIDs
     Case("pidin", "    matchPIDs:\n    - operator: In\n      values: [{pid}]", in_this_process, cat),
     Case("pidnotin", "    matchPIDs:\n    - operator: NotIn\n      values: [{pid}]", cat, in_this_process),
     Case("pidforks", "    matchPIDs:\n    - operator: In\n      followForks: true\n      values: [{pid}]", cat,
-         lambda p: run(["setsid", "-f", CAT, p]) or time.sleep(0.3)),
+         orphan_cat),
     Case("nspid", "    matchPIDs:\n    - operator: In\n      isNamespacePID: true\n      values: [1]",
          lambda p: run(["unshare", "--pid", "--fork", CAT, p]), cat),
     # matchBinaries / matchParentBinaries
-    Case("binin", f'    matchBinaries:\n    - operator: In\n      values: ["{CAT}"]', cat, lambda p: run([HEAD, p])),
-    Case("binnotin", f'    matchBinaries:\n    - operator: NotIn\n      values: ["{CAT}"]', lambda p: run([HEAD, p]), cat),
-    Case("binprefix", '    matchBinaries:\n    - operator: Prefix\n      values: ["/usr/bin/ca"]', cat,
-         lambda p: run([HEAD, p])),
-    Case("binpostfix", '    matchBinaries:\n    - operator: Postfix\n      values: ["/head"]', lambda p: run([HEAD, p]), cat),
+    Case("binin", BIN_SEL.format("In", CAT), cat, head),
+    Case("binnotin", BIN_SEL.format("NotIn", CAT), head, cat),
+    Case("binprefix", BIN_SEL.format("Prefix", "/usr/bin/ca"), cat, head),
+    Case("binpostfix", BIN_SEL.format("Postfix", "/head"), head, cat),
+    Case("binfollow", '    matchBinaries:\n    - operator: In\n      followChildren: true\n      values: ["/usr/bin/dash"]',
+         lambda p: run(["/bin/sh", "-c", f"{CAT} {p}; true"]), cat),
     Case("parentbin", '    matchParentBinaries:\n    - operator: In\n      values: ["/usr/bin/dash"]',
          lambda p: run(["/bin/sh", "-c", f"{CAT} {p}; true"]), cat),
     # matchNamespaces
-    Case("nsnotinhost", '    matchNamespaces:\n    - namespace: Uts\n      operator: NotIn\n      values: ["host_ns"]',
-         lambda p: run(["unshare", "--uts", CAT, p]), cat),
-    Case("nsinhost", '    matchNamespaces:\n    - namespace: Uts\n      operator: In\n      values: ["host_ns"]',
-         cat, lambda p: run(["unshare", "--uts", CAT, p])),
+    Case("nsnotinhost", NS_SEL.format("NotIn"), lambda p: run(["unshare", "--uts", CAT, p]), cat),
+    Case("nsinhost", NS_SEL.format("In"), cat, lambda p: run(["unshare", "--uts", CAT, p])),
     # matchCapabilities
-    Case("capin", '    matchCapabilities:\n    - type: Effective\n      operator: In\n      values: ["CAP_SYS_ADMIN"]',
-         cat, lambda p: run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", CAT, p])),
-    Case("capnotin", '    matchCapabilities:\n    - type: Effective\n      operator: NotIn\n      values: ["CAP_SYS_ADMIN"]',
-         lambda p: run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", CAT, p]), cat),
+    Case("capin", CAPS_SEL.format("In"), cat, lambda p: run([*NOBODY, CAT, p])),
+    Case("capnotin", CAPS_SEL.format("NotIn"), lambda p: run([*NOBODY, CAT, p]), cat),
     Case("capns", '    matchCapabilities:\n    - operator: In\n      isNamespaceCapability: true\n'
                   '      values: ["CAP_SYS_ADMIN"]',
          lambda p: run(["unshare", "--user", "--map-root-user", CAT, p]), cat),
@@ -131,7 +153,7 @@ CASES = [
                       '      values: ["CAP_SYS_ADMIN"]',
          lambda p: py_open(p, before="os.setgid(65534); os.setuid(65534)"), lambda p: py_open(p)),
     # actions
-    Case("signal", "    matchActions:\n    - action: Signal\n      argSig: 10", cat, lambda p: run([HEAD, p]),
+    Case("signal", "    matchActions:\n    - action: Signal\n      argSig: 10", cat, head,
          signal=10),
 ]
 CASES[-1].selector = ('    matchBinaries:\n    - operator: In\n      values: ["/usr/bin/cat"]\n'
@@ -144,7 +166,7 @@ def hook_yaml(c: Case) -> str:
     if c.selector is None:  # matchReturnArgs
         extra = '      matchReturnArgs:\n      - operator: "LT"\n        values: ["0"]'
         arg_filters = ""
-    elif c.selector.startswith("      - index"):
+    elif c.selector.startswith("      - index"):  # more matchArgs filters
         extra = ""
         arg_filters = "\n" + c.selector.format(d=d)
     else:
@@ -239,3 +261,54 @@ def test_nopost_counts_without_events(policies: tuple[PolicyManager, dict]) -> N
         assert sum(counts[ctypes.c_int(0)]) >= 1   # the selector matched (hook 0, selector 0)
     finally:
         mgr.delete("sel-nopost")
+
+
+@pytest.mark.kernel
+def test_post_rate_limit_per_process(policies: tuple[PolicyManager, dict]) -> None:
+    mgr, _ = policies
+    d = ROOT / "ratelimit"
+    d.mkdir()
+    for n in "abc":
+        (d / n).write_text("x")
+    post = "    matchActions:\n    - action: Post\n      rateLimit: 1m\n      rateLimitScope: process"
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: sel-ratelimit\nspec:\n"
+            "  kprobes:\n" + hook_yaml(Case("ratelimit", post, cat, cat)))
+    (lp,) = mgr.load_text(text, "ratelimit.yaml")
+    try:
+        three = "; ".join(f"os.close(os.open({str(d / n)!r}, os.O_RDONLY))" for n in "abc")
+        run([PY, "-c", f"import os; {three}"])   # one process, three opens: one event
+        run([PY, "-c", f"import os; {three}"])   # another process: its own event
+        time.sleep(0.3)
+        paths = hook_paths(mgr, _seen, lp.policy_id, 0)
+        assert paths == [str(d / "a"), str(d / "a")], paths
+    finally:
+        mgr.delete("sel-ratelimit")
+
+
+@pytest.mark.kernel
+def test_tracepoint_hook_args_by_format_index(policies: tuple[PolicyManager, dict]) -> None:
+    """``tracepoints:`` args by index of the format's non-common fields: sched_process_exec's
+    filename (a __data_loc string) and pid, filtered in the kernel by the filename's postfix."""
+    mgr, _ = policies
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: sel-tracepoint\nspec:\n"
+            "  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    args:\n"
+            "    - index: 0\n      type: string\n    - index: 1\n      type: int\n    selectors:\n"
+            "    - matchArgs:\n      - index: 0\n        operator: Postfix\n        values: [\"/cat\"]\n")
+    (lp,) = mgr.load_text(text, "tracepoint.yaml")
+    try:
+        c = subprocess.Popen([CAT, "/dev/null"])
+        h = subprocess.Popen([HEAD, "-c0", "/dev/null"])
+        c.wait(10)
+        h.wait(10)
+        time.sleep(0.3)
+        got = [(b.args[0].data.decode(), int.from_bytes(b.args[1].data, "little"))
+               for b in _drain(mgr) if b.policy_id == lp.policy_id]
+        assert (CAT, c.pid) in got
+        assert not any(pid == h.pid for _, pid in got)
+    finally:
+        mgr.delete("sel-tracepoint")
+
+
+def _drain(mgr: PolicyManager) -> list[records.HookBody]:
+    hook_paths(mgr, _seen, -1, -1)
+    return _seen

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tracingpolicy", help="manage the policies of a running collector")
     config_mod.add_arguments(s, ["control_socket", "log_level"])
-    s.add_argument("action", choices=["add", "delete", "list"])
+    s.add_argument("action", choices=["add", "delete", "list", "enable", "disable"])
     s.add_argument("target", nargs="?", help="policy file (add) or name (delete)")
     s.add_argument("--mode", choices=["enforce", "monitor"], help="policy mode at load")
     s.set_defaults(func=cmd_tracingpolicy)

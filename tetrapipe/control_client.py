@@ -1,4 +1,4 @@
-"""``tetrapipe tracingpolicy add|delete|list``: talks to a running collector over its control socket
+"""``tetrapipe tracingpolicy add|delete|enable|disable|list``: talks to a running collector over its control socket
 (JSON lines, see collector/policy/control.py). Prints what the collector answered."""
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 for n in p.get("notices", []):
                     print(f"  notice: {n}")
             return 0
-        if args.action == "delete":
+        if args.action in ("delete", "enable", "disable"):
             if not args.target:
-                print("tetrapipe tracingpolicy delete: name the policy", file=sys.stderr)
+                print(f"tetrapipe tracingpolicy {args.action}: name the policy", file=sys.stderr)
                 return 2
-            reply = request(cfg.control_socket, {"op": "delete", "name": args.target})
+            reply = request(cfg.control_socket, {"op": args.action, "name": args.target})
             if not reply.get("ok"):
-                print(f"policy not deleted: {reply.get('error')}", file=sys.stderr)
+                print(f"policy not {args.action}d: {reply.get('error')}", file=sys.stderr)
                 return 1
-            print(f"deleted {args.target}")
+            print(f"{args.action}d {args.target}")
             return 0
         reply = request(cfg.control_socket, {"op": "list"})
         print(f"{'NAME':<32} {'STATE':<11} {'MODE':<8} {'HOOKS':<5} SOURCE")

@@ -146,11 +146,24 @@ class _Source:
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
     fail = _Fail(policy)
+    scope = ("spec.podSelector" if policy.pod_selector is not None else
+             "spec.containerSelector" if policy.container_selector is not None else
+             "kind" if policy.kind == "TracingPolicyNamespaced" else "")
+    if scope:
+        raise fail(scope, "policies scoped to pods or containers cannot be served yet: the collector has no "
+                          "pod/container to cgroup map; refused rather than applied to every process of the node")
     gen = _Gen(policy, policy_id, host_ns, fail, tracefs)
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []
     for hid, hook in enumerate(policy.hooks):
-        compiled.append(gen.hook(hid, hook, follow, kprobes))
+        try:
+            compiled.append(gen.hook(hid, hook, follow, kprobes))
+        except PolicyError as exc:
+            if not (hook.ignore_call_not_found and exc.path == f"{hook.path}.call"):
+                raise
+            gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
+    if not compiled:
+        raise fail("spec", "no hook of the policy can be served")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
 
@@ -180,6 +193,8 @@ class _Gen:
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
         self.pending_maps: list[str] = []
         self.exec_state = False
+        self.ratelimit = False
+        self.fc_filters = 0
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
         self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
         self.connect_rules: list[connect_deny.ConnectRule] = []
@@ -348,16 +363,53 @@ class _Gen:
                                     "kernel has no kprobes and a syscall tracepoint cannot change a return value")
                 if a.action not in ACTION_RANK:
                     raise self.fail(f"{a.path}.action", f"action {a.action} is not supported by tetrapipe")
+            for a in s.match_actions:
                 if a.rate_limit:
-                    raise self.fail(f"{a.path}.rateLimit", "rateLimit is not supported by tetrapipe yet")
+                    self.notices.append(f"{a.path}.rateLimit: one event per {a.rate_limit} per hook, selector and "
+                                        f"{a.rate_limit_scope or 'thread'} (not per distinct argument values)")
             if s.match_return_actions:
                 raise self.fail(f"{s.path}.matchReturnActions", "matchReturnActions is not supported by tetrapipe yet")
-            for b in s.match_binaries + s.match_parent_binaries:
+            for b in s.match_parent_binaries:
                 if b.follow_children:
-                    raise self.fail(f"{b.path}.followChildren", "followChildren is not supported by tetrapipe yet")
+                    raise self.fail(f"{b.path}.followChildren", "followChildren applies to matchBinaries only")
+            for b in s.match_binaries:
+                if b.follow_children:
+                    self.notices.append(f"{b.path}.followChildren: descendants of processes that exec a matching "
+                                        "binary after the policy loaded are followed")
             for pf in s.match_pids:
                 if pf.follow_forks and pf.operator == "NotIn":
                     self.notices.append(f"{pf.path}: followForks with NotIn checks the process itself")
+
+    def follow_children(self, op: str, values: list[str], path: str, h: _HookGen) -> int:
+        """Register a followChildren binaries filter: exec-time marking and fork-time inheritance."""
+        fid = self.fc_filters
+        self.fc_filters += 1
+        cond = h.str_cond(0, op, values, path)
+        self.probes.setdefault("sched:sched_process_exec", []).append(f"""{{
+    int zero = 0;
+    struct tp_path_buf *pb = path_scratch.lookup(&zero);
+    struct tp_slots *s = slot_scratch.lookup(&zero);
+    u32 *on = enabled.lookup(&zero);
+    if (pb && s && on && *on) {{
+        struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+        u32 sf = 0;
+        s->slen[0] = tp_exe_path(pb, task, s->slot[0], &sf);
+        if ({cond}) {{
+            struct tp_fc_key fk = {{.filter = {fid}, .tgid = bpf_get_current_pid_tgid() >> 32}};
+            u8 one = 1;
+            fc_marks.update(&fk, &one);
+        }}
+    }}
+}}""")
+        self.probes.setdefault("sched:sched_process_fork", []).append(f"""{{
+    struct tp_fc_key fk = {{.filter = {fid}, .tgid = bpf_get_current_pid_tgid() >> 32}};
+    if (fc_marks.lookup(&fk)) {{
+        u8 one = 1;
+        fk.tgid = args->child_pid;
+        fc_marks.update(&fk, &one);
+    }}
+}}""")
+        return fid
 
     # ---- program ---------------------------------------------------------------------------
     def program(self, ringbuf_pages: int) -> str:
@@ -385,6 +437,12 @@ class _Gen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.fc_filters:
+            out.append("struct tp_fc_key { u32 filter; u32 tgid; };")
+            out.append("BPF_TABLE(\"lru_hash\", struct tp_fc_key, u8, fc_marks, 65536);")
+        if self.ratelimit:
+            out.append("struct tp_rl_key { u32 hook_sel; u32 scope; };")
+            out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
         if self.sock:
             out.append(sock_hooks.SOCK_HELPERS_C)
         out += [
@@ -585,7 +643,20 @@ class _HookGen:
             for bf in getattr(s, key):
                 ensure, k = self.ensure_exe_slot(parent)
                 op = {"In": "Equal", "NotIn": "NotEqual"}.get(bf.operator, bf.operator)
-                lines.append(f"if (ok) {{\n{_indent(ensure)}\n    ok = {self.str_cond(k, op, bf.values, bf.path)};\n}}")
+                if not bf.follow_children:
+                    cond = self.str_cond(k, op, bf.values, bf.path)
+                    lines.append(f"if (ok) {{\n{_indent(ensure)}\n    ok = {cond};\n}}")
+                    continue
+                # followChildren: a mark per process, set at an exec of a matching binary and
+                # inherited at fork; the selector matches a marked process or a direct match
+                positive = op.removeprefix("Not")
+                neg = "!" if op.startswith("Not") else ""
+                fid = self.g.follow_children(positive, bf.values, bf.path, self)
+                lines.append(
+                    f"if (ok) {{\n    struct tp_fc_key fk = {{.filter = {fid}, "
+                    ".tgid = bpf_get_current_pid_tgid() >> 32};\n"
+                    f"    int m = fc_marks.lookup(&fk) != 0;\n    if (!m) {{\n{_indent(ensure, 8)}\n"
+                    f"        m = {self.str_cond(k, positive, bf.values, bf.path)};\n    }}\n    ok = {neg}m;\n}}")
         for nf in s.match_namespaces:
             idx = NS_INDEX[nf.namespace]
             inums = []
@@ -629,6 +700,8 @@ class _HookGen:
             inner: list[str] = []
             for f in s.match_args:
                 if f.index != name_idx:
+                    self.g.notices.append(f"{f.path}: a filter on fd_install's fd number does not carry over "
+                                          "to the followed files of other hooks")
                     continue
                 if f.operator not in STRING_OPERATORS:
                     raise self.fail(f.path, f"operator {f.operator} cannot filter the followed file's path")
@@ -669,6 +742,18 @@ class _HookGen:
             sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(_indent(c) for c in conds)
                             + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
         effects = []
+        for i, s in enumerate(hook.selectors):
+            rl = next((a for a in s.match_actions if a.rate_limit), None)
+            if rl is None:
+                continue
+            self.g.ratelimit = True
+            ns = _duration_ns(rl.rate_limit)
+            scope = {"process": "id >> 32", "global": "0"}.get(rl.rate_limit_scope, "(u32)id")
+            effects.append(
+                f"if (sel == {i}) {{\n    u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();\n"
+                f"    struct tp_rl_key k = {{.hook_sel = {hid * SEL_SLOTS + i}, .scope = {scope}}};\n"
+                f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n        return 0;\n"
+                "    ratelimit.update(&k, &now);\n}")
         for i, main, sig in actions:
             stmts = []
             if sig and not self.g.monitor:
@@ -780,7 +865,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                     f"if (args->ret >= 0) {{\n    u64 a[6] = {{}};\n    a[0] = args->ret;\n    a[1] = args->ret;\n"
                     f"    tp_hook_{hid}(args, a, 0, 0);\n}}")
         else:  # syscall_ret: remember the arguments at the enter, make the event at the exit
-            self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, struct tp_pending, 16384);")
+            # LRU: an entry whose exit never came (the thread died in the call) ages out
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, pending_{hid}, 16384);')
             pre = ""
             if implicit:
                 pre = f"if (!tp_pre_{hid}(args, a))\n        return 0;\n"
@@ -819,6 +905,13 @@ static __always_inline int tp_pre_{self.hid}(void *ctx, u64 *a)
 {_indent(chr(10).join(pre))}
     return ok;
 }}"""
+
+
+def _duration_ns(text: str) -> int:
+    """Tetragon's rateLimit: "30s", "5m", "1h" (plain digits: seconds)."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "smh" else text
+    return int(digits) * unit * 1_000_000_000
 
 
 def _indent(text: str, n: int = 4) -> str:

@@ -4,6 +4,7 @@ Requests, one JSON object per line, each answered by one line:
   {"op": "add", "yaml": "<policy text>", "source": "<file name>", "mode": "enforce"|"monitor"|null}
       → {"ok": true, "loaded": [<policy info>]} | {"ok": false, "error": "<file>:<line>: <path>: <reason>"}
   {"op": "delete", "name": "<policy>"} → {"ok": true} | {"ok": false, "error": ...}
+  {"op": "enable"|"disable", "name": "<policy>"} → {"ok": true} | {"ok": false, "error": ...}
   {"op": "list"} → {"ok": true, "policies": [<policy info>, ...]}
 Loading compiles a BPF program (about 1.5 s); it runs off the event loop.
 """
@@ -71,11 +72,14 @@ async def handle(req: dict[str, Any], mgr: PolicyManager) -> dict[str, Any]:
         if op == "delete":
             await loop.run_in_executor(None, mgr.delete, str(req.get("name") or ""))
             return {"ok": True}
+        if op in ("enable", "disable"):
+            await loop.run_in_executor(None, mgr.set_enabled, str(req.get("name") or ""), op == "enable")
+            return {"ok": True}
         if op == "list":
             return {"ok": True, "policies": mgr.list()}
     except PolicyError as exc:
         return {"ok": False, "error": str(exc)}
-    return {"ok": False, "error": f"unknown op {op!r} (add, delete, list)"}
+    return {"ok": False, "error": f"unknown op {op!r} (add, delete, enable, disable, list)"}
 
 
 async def watch_dir(directory: str, mgr: PolicyManager, stop: asyncio.Event, every_s: float = 2.0) -> None:

@@ -39,6 +39,7 @@ SELECTOR_ACTIONS = Counter(
 LOAD_ERRORS = Counter("tetrapipe_tracingpolicy_load_errors", "Policies refused at load", ["reason"])
 STATES = ("enabled", "disabled", "load_error", "error")
 CATALOG_EVERY_S = 30.0
+COUNTS_EVERY_S = 1.0
 POLICY_RINGBUF_PAGES = 256
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -63,6 +64,7 @@ class Loaded:
     bpf: Any
     drain: RingBufferDrain
     loaded_at: float = field(default_factory=time.time)
+    enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
     lost_seen: int = 0
 
@@ -73,7 +75,8 @@ class Loaded:
     def info(self) -> dict[str, Any]:
         p = self.policy
         return {
-            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode, "state": "enabled",
+            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode,
+            "state": "enabled" if self.enabled else "disabled",
             "id": self.policy_id, "source": p.source,
             "hooks": [{"function_name": h.function_name, "serve": h.serve} for h in self.compiled.hooks],
             "notices": p.notices + self.compiled.notices,
@@ -112,12 +115,16 @@ class PolicyManager:
         self.dir_files: dict[str, tuple[float, list[str]]] = {}  # watched file → (mtime, names)
         self._lock = threading.RLock()
         self._last_catalog = 0.0
+        self._last_counts = 0.0
         self.connect_deny: connect_deny.ConnectDeny | None = None  # Override on tcp_connect
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
-    def load_text(self, text: str, source: str = "", mode: str | None = None) -> list[Loaded]:
-        """Parse, compile and load every policy in ``text``: all of them or none."""
+    def load_text(self, text: str, source: str = "", mode: str | None = None,
+                  remember_error: bool = False) -> list[Loaded]:
+        """Parse, compile and load every policy in ``text``: all of them or none. Errors of files
+        the collector reads itself are remembered for ``list``; the control socket answers its
+        client instead."""
         try:
             policies = parser.parse_text(text, source, mode)
             with self._lock:
@@ -135,15 +142,18 @@ class PolicyManager:
                     raise
         except PolicyError as exc:
             LOAD_ERRORS.labels(reason="invalid").inc()
-            self.errors[source or "<control>"] = str(exc)
+            if remember_error:
+                self.errors[source] = str(exc)
             self._update_gauge()
             raise
         except loader.LoadError as exc:
             LOAD_ERRORS.labels(reason="kernel").inc()
-            self.errors[source or "<control>"] = str(exc)
+            err = PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source)
+            if remember_error:
+                self.errors[source] = str(err)
             self._update_gauge()
-            raise PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source) from exc
-        self.errors.pop(source or "<control>", None)
+            raise err from exc
+        self.errors.pop(source, None)
         self._update_gauge()
         return done
 
@@ -161,7 +171,7 @@ class PolicyManager:
             self.errors[path] = f"{path}: {exc}"
             self._update_gauge()
             raise PolicyError("", f"cannot read: {exc}", 0, path) from exc
-        return self.load_text(text, path, mode)
+        return self.load_text(text, path, mode, remember_error=True)
 
     def _load(self, p: Policy) -> Loaded:
         pid = random.getrandbits(31) | 1
@@ -175,13 +185,17 @@ class PolicyManager:
         except Exception as exc:
             bpf.cleanup()
             raise loader.LoadError(f"policy {p.name}: uprobe did not attach: {exc}") from exc
-        strs = bpf["strs"]
-        for i, raw in enumerate(comp.strings):
-            v = strs.Leaf()
-            v.len = len(raw)
-            v.s = raw
-            strs[ctypes.c_int(i)] = v
-        drain = RingBufferDrain(bpf, self.queue)
+        try:
+            strs = bpf["strs"]
+            for i, raw in enumerate(comp.strings):
+                v = strs.Leaf()
+                v.len = len(raw)
+                v.s = raw
+                strs[ctypes.c_int(i)] = v
+            drain = RingBufferDrain(bpf, self.queue)
+        except Exception:
+            bpf.cleanup()  # attached but never enabled: detach before giving up
+            raise
         lp = Loaded(p, comp, pid, bpf, drain)
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
         drain.start()
@@ -206,6 +220,17 @@ class PolicyManager:
             if lp is None:
                 raise PolicyError("", f"no policy named {name!r} is loaded")
             self._unload(lp)
+        self._update_gauge()
+
+    def set_enabled(self, name: str, on: bool) -> None:
+        """Disable (hooks stay attached and return at once) or enable a loaded policy."""
+        with self._lock:
+            lp = self.loaded.get(name)
+            if lp is None:
+                raise PolicyError("", f"no policy named {name!r} is loaded")
+            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
+            lp.enabled = on
+            log.info("policy %s %s", name, "enabled" if on else "disabled")
         self._update_gauge()
 
     def _unload(self, lp: Loaded) -> None:
@@ -313,8 +338,10 @@ class PolicyManager:
         if not self._lock.acquire(blocking=False):
             return  # a load is compiling (seconds): never stall the produce loop for it
         try:
-            for lp in self.loaded.values():
-                self._collect_counts(lp)
+            if now - self._last_counts >= COUNTS_EVERY_S:
+                self._last_counts = now
+                for lp in self.loaded.values():
+                    self._collect_counts(lp)
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():
@@ -361,7 +388,8 @@ class PolicyManager:
 
     def _update_gauge(self) -> None:
         counts = dict.fromkeys(STATES, 0)
-        counts["enabled"] = len(self.loaded)
+        counts["enabled"] = sum(1 for lp in self.loaded.values() if lp.enabled)
+        counts["disabled"] = len(self.loaded) - counts["enabled"]
         counts["load_error"] = len(self.errors)
         for s, n in counts.items():
             LOADED.labels(state=s).set(n)

@@ -185,6 +185,7 @@ class Hook:
     selectors: list[Selector] = field(default_factory=list)
     message: str = ""
     tags: list[str] = field(default_factory=list)
+    ignore_call_not_found: bool = False
     subsystem: str = ""          # tracepoints
     event: str = ""
     path: str = ""

@@ -321,6 +321,10 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
         hook.return_arg = _arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
     if m.get("data"):
         raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
+    if m.get("returnArgAction"):
+        raise c.fail(f"{path}.returnArgAction", "returnArgAction (TrackSock/UntrackSock) is not supported by tetrapipe")
+    ign = c.mapping(m.get("ignore"), f"{path}.ignore", {"callNotFound"})
+    hook.ignore_call_not_found = c.boolean(ign.get("callNotFound"), f"{path}.ignore.callNotFound")
     return _common(c, m, hook, path)
 
 

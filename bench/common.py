@@ -1,0 +1,261 @@
+"""What every benchmark section shares: the load generator, the bpftrace peer, services of the
+real pipeline (tests/harness.py), RSS sampling and small statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness import Pipeline, Service, wait_until  # noqa: E402
+
+__all__ = ["Pipeline", "Service", "wait_until"]
+
+
+@dataclass
+class BenchPipeline(Pipeline):
+    """A harness pipeline that owns its broker: ``stop_services()`` stops the services (their
+    topics stay readable), ``stop()`` stops the services and then the broker."""
+
+    broker: Any = None
+
+    @property
+    def broker_pid(self) -> int:
+        return self.broker.proc.pid if self.broker and self.broker.proc else 0
+
+    def stop_services(self) -> None:
+        super().stop()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.broker is not None:
+                self.broker.stop()
+
+WORKLOAD_C = Path(__file__).with_name("workload.c")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a run is: ``tiny`` for the smoke test, ``full`` for figures."""
+
+    name: str
+    seconds: float          # one workload run
+    rounds: int             # interleaved repetitions of each comparison
+    rate_steps: tuple[float, ...]  # fractions of full speed run after the full-speed step
+    e2e_events: int         # events pushed through the pipeline for the throughput figure
+    cpu_events: int         # events for the Kafka-free enricher figure
+    latency_rate: int       # events/s for the latency figure
+    latency_seconds: float
+
+
+SIZES = {
+    "tiny": Size("tiny", 0.3, 1, (0.5,), 400, 400, 500, 1.0),
+    "small": Size("small", 1.0, 2, (0.5, 0.25), 5000, 5000, 5000, 4.0),
+    "full": Size("full", 2.0, 3, (0.5, 0.25, 0.1), 60000, 30000, 5000, 15.0),
+}
+
+
+# ---- load generator -------------------------------------------------------------------------
+
+def workload_binary(build_dir: Path) -> Path:
+    """bench/workload.c compiled with the system C compiler (cached by source hash)."""
+    src = WORKLOAD_C.read_bytes()
+    out = build_dir / f"workload-{hashlib.sha256(src).hexdigest()[:12]}"
+    if not out.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise RuntimeError("the load generator needs a C compiler (apt-get install gcc)")
+        tmp = out.with_suffix(".tmp")
+        subprocess.run([cc, "-O2", "-o", str(tmp), str(WORKLOAD_C)], check=True)
+        tmp.rename(out)
+    return out
+
+
+@dataclass
+class LoadRun:
+    mode: str
+    ops: int
+    seconds: float
+    pid: int
+    cpu_seconds: float   # user + sys of the generator (and its children, for exec)
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def run_load(binary: Path, mode: str, path: str, seconds: float, rate: float = 0,
+             max_ops: int = 10**12) -> LoadRun:
+    proc = subprocess.Popen([str(binary), mode, path, str(max_ops), str(seconds), str(rate)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"workload {mode} failed ({proc.returncode}): {err}")
+    ops, ns, pid = out.split()
+    return LoadRun(mode, int(ops), int(ns) / 1e9, int(pid), ru.ru_utime + ru.ru_stime)
+
+
+# ---- the peer: bpftrace -----------------------------------------------------------------------
+
+def bpftrace_path() -> str | None:
+    return shutil.which("bpftrace")
+
+
+def bpftrace_version() -> str:
+    path = bpftrace_path()
+    if not path:
+        return ""
+    r = subprocess.run([path, "--version"], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+@dataclass
+class Bpftrace:
+    """``bpftrace -e SCRIPT`` writing its output to a file; stop() with SIGINT."""
+
+    script: str
+    out_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Bpftrace:
+        path = bpftrace_path()
+        if not path:
+            raise RuntimeError("bpftrace is not installed (apt-get install bpftrace)")
+        self._out = open(self.out_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([path, "-e", self.script], stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def attached() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"bpftrace exited: {self.out_path.read_text()[-2000:]}")
+            return "Attaching" in self.out_path.read_text(errors="replace")
+        wait_until(attached, timeout, 0.05, "bpftrace attached")
+        time.sleep(0.3)  # "Attaching" is printed just before the probes are attached
+        return self
+
+    def stop(self) -> str:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+
+LOST_RE = re.compile(r"Lost (\d+) events")
+
+
+def bpftrace_lost(output: str) -> int:
+    return sum(int(m) for m in LOST_RE.findall(output))
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class RssSampler:
+    """Peak RSS of some processes, sampled in a thread while a load runs."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.2) -> None:
+        self.pids = pids
+        self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], rss_mib(pid))
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median with min/max and relative spread ((max-min)/median): the noise of one figure."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0, "noise": None}
+    med = statistics.median(vals)
+    return {"median": med, "min": min(vals), "max": max(vals), "n": len(vals),
+            "noise": (max(vals) - min(vals)) / med if med else None}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+@dataclass
+class Workspace:
+    """Temporary files of one bench run, and a reused build directory."""
+
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tetrapipe-bench-")))
+
+    def sub(self, name: str) -> Path:
+        p = self.root / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def build(self) -> Path:
+        p = Path(tempfile.gettempdir()) / "tetrapipe-bench-build"
+        p.mkdir(exist_ok=True)
+        return p
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Section 3: overhead on the workload. An exec loop and a write loop, each for a fixed time, with
+no agent, with bpftrace counting on the same tracepoints, with tetrapipe doing process monitoring
+(collector + enricher + JSON exporter), with TracingPolicies that match nothing / everything when
+the policy engine is on this branch, and with the bench-only write hook (the collector's drain
+path, not the policy engine) matching nothing / everything. Reported as cost per operation
+relative to the no-agent run of the same round (wall time and the loop's CPU time; perf cycles
+are not countable on this VM)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+BPFTRACE_COUNT = ("tracepoint:sched:sched_process_exec, tracepoint:sched:sched_process_exit, "
+                  "tracepoint:sched:sched_process_fork, tracepoint:syscalls:sys_enter_write "
+                  "{ @[probe] = count(); }")
+
+POLICY_NOTHING = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: bench-write-matches-nothing
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_write
+    args:
+    - index: 5
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 5
+        operator: Equal
+        values:
+        - "987654"
+"""
+
+POLICY_EVERYTHING = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: bench-write-matches-everything
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_write
+    args:
+    - index: 5
+      type: int
+"""
+
+
+def policy_engine_present() -> bool:
+    """True when this branch's collector loads TracingPolicies (the `policy` branch merged)."""
+    col = common.REPO / "collector"
+    return any(col.glob("polic*.py")) or (col / "policy").is_dir()
+
+
+class Agent:
+    def __init__(self, ctx: Any, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.stoppers: list[Any] = []
+
+    def start(self, rnd: int) -> None:
+        d = self.ctx.ws.sub(f"oh/{self.name}-{rnd}")
+        if self.name == "bpftrace":
+            bt = common.Bpftrace(BPFTRACE_COUNT, d / "bt.out").start()
+            self.stoppers.append(bt.stop)
+        elif self.name.startswith("tetrapipe"):
+            extra: dict[str, str] = {}
+            if self.name != "tetrapipe":
+                pol = d / "policy.yaml"
+                pol.write_text(POLICY_NOTHING if self.name.endswith("nothing") else POLICY_EVERYTHING)
+                extra["tracing_policy"] = str(pol)
+            pipe = self.ctx.new_pipeline(d, **extra)
+            self.stoppers.append(pipe.stop)
+            pipe.start("enricher", "enricher")
+            pipe.start("export-json", "export", "json")
+            pipe.start("collector", "collector")
+        elif self.name.startswith("hook-write"):
+            args = ["--hook", "write", "--tgid", "0"]
+            if self.name.endswith("everything"):
+                args.append("--match-all")
+            env = self.ctx.pipeline_env({"raw_topic": f"bench-{self.ctx.tag}-oh{rnd}-{self.name}",
+                                         "metrics_address": ""})
+            proc = subprocess.Popen([sys.executable, "-m", "bench.hook_collector", *args], env=env,
+                                    cwd=common.REPO, stdout=subprocess.PIPE,
+                                    stderr=open(d / "hook.log", "wb"))  # noqa: SIM115
+            line = proc.stdout.readline().decode().strip() if proc.stdout else ""
+            if line != "ready":
+                proc.kill()
+                raise RuntimeError(f"hook collector did not start: {(d / 'hook.log').read_text()[-1500:]}")
+
+            def stop() -> None:
+                proc.terminate()
+                proc.communicate(timeout=60)
+            self.stoppers.append(stop)
+
+    def stop(self) -> None:
+        while self.stoppers:
+            self.stoppers.pop()()
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    d = ctx.ws.sub("oh")
+    exe = d / "true-overhead"
+    shutil.copy(shutil.which("true") or "/bin/true", exe)
+    wfile = d / "write-target"
+    agents = ["none", "tetrapipe", "hook-write-nothing", "hook-write-everything"]
+    if common.bpftrace_path():
+        agents.insert(1, "bpftrace")
+    if policy_engine_present():
+        agents += ["tetrapipe+policy-nothing", "tetrapipe+policy-everything"]
+    else:
+        ctx.note("overhead: the policy engine (branch `policy`) is not on this branch yet: the "
+                 "'policy matches nothing/everything' rows are missing; the bench-only write hook "
+                 "rows (collector drain path, not the policy engine) stand in")
+    rows: dict[str, dict[str, list[float]]] = {a: {} for a in agents}
+    raw: list[dict[str, Any]] = []
+    for rnd in range(ctx.size.rounds):
+        base: dict[str, tuple[float, float]] = {}
+        order = agents[rnd % len(agents):] + agents[:rnd % len(agents)]
+        if order[0] != "none":  # the baseline goes first each round, the agents rotate
+            order.remove("none")
+            order.insert(0, "none")
+        for name in order:
+            agent = Agent(ctx, name)
+            try:
+                agent.start(rnd)
+                for mode, target in (("exec", str(exe)), ("write", str(wfile))):
+                    r = common.run_load(ctx.binary, mode, target, ctx.size.seconds)
+                    per_op = (r.seconds / r.ops, r.cpu_seconds / r.ops) if r.ops else (0.0, 0.0)
+                    raw.append({"round": rnd, "agent": name, "mode": mode, "ops": r.ops,
+                                "rate": r.rate, "cpu_s": r.cpu_seconds})
+                    if name == "none":
+                        base[mode] = per_op
+                    elif mode in base and base[mode][0]:
+                        rows[name].setdefault(f"{mode}_wall_ratio", []).append(per_op[0] / base[mode][0])
+                        if base[mode][1]:
+                            rows[name].setdefault(f"{mode}_cpu_ratio", []).append(per_op[1] / base[mode][1])
+                    rows[name].setdefault(f"{mode}_rate", []).append(r.rate)
+            except Exception as exc:  # an agent that cannot start is reported, the rest go on
+                raw.append({"round": rnd, "agent": name, "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                agent.stop()
+    return {"agents": agents, "raw": raw,
+            "summary": {a: {k: common.spread(v) for k, v in m.items()} for a, m in rows.items()}}
+
+
+__all__ = ["run", "Path"]

@@ -62,12 +62,13 @@ class Size:
     cpu_events: int         # events for the Kafka-free enricher figure
     latency_rate: int       # events/s for the latency figure
     latency_seconds: float
+    latency_low_rate: int   # events/s for a second latency figure, below the pipeline's capacity
 
 
 SIZES = {
-    "tiny": Size("tiny", 0.3, 1, (0.5,), 400, 400, 500, 1.0),
-    "small": Size("small", 1.0, 2, (0.5, 0.25), 5000, 5000, 5000, 4.0),
-    "full": Size("full", 2.0, 3, (0.5, 0.25, 0.1), 60000, 30000, 5000, 15.0),
+    "tiny": Size("tiny", 0.3, 1, (0.5,), 400, 400, 500, 1.0, 100),
+    "small": Size("small", 1.0, 2, (0.5, 0.25), 3000, 3000, 5000, 5.0, 50),
+    "full": Size("full", 2.0, 3, (0.5, 0.25, 0.1), 10000, 10000, 5000, 10.0, 50),
 }
 
 
@@ -218,6 +219,83 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
+
+
+# ---- profiling a running service ----------------------------------------------------------------
+
+def py_spy_path() -> str | None:
+    local = Path(sys.executable).with_name("py-spy")
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class PySpy:
+    """``py-spy record`` of a running process (sampling, from outside): where its time goes."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        self.pid = pid
+        self.out = out
+        self.rate = rate
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PySpy:
+        path = py_spy_path()
+        if path:
+            self.proc = subprocess.Popen([path, "record", "--pid", str(self.pid), "--rate", str(self.rate),
+                                          "--format", "raw", "--output", str(self.out), "--nonblocking"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def stop(self, top: int = 12) -> dict[str, Any] | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return summarise_stacks(self.out, top)
+
+
+def summarise_stacks(path: Path, top: int = 12) -> dict[str, Any] | None:
+    """Own and inclusive sample shares of functions in py-spy's raw (collapsed) output; idle
+    samples (the event loop waiting) are counted apart."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = idle = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        stack, _, n_s = line.rpartition(" ")
+        if not stack or not n_s.isdigit():
+            continue
+        n = int(n_s)
+        frames = [f.split(" (")[0] + _where(f) for f in stack.split(";")]
+        if frames and any(w in frames[-1] for w in ("select", "poll", "epoll_wait", "_run_once")):
+            idle += n
+            continue
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    if not total:
+        return {"busy_samples": 0, "idle_samples": idle}
+
+    def rows(d: dict[str, int]) -> list[dict[str, Any]]:
+        return [{"function": k, "share": round(v / total, 3)}
+                for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"busy_samples": total, "idle_samples": idle, "own": rows(own),
+            "inclusive": rows({k: v for k, v in incl.items() if v < total})}
+
+
+def _where(frame: str) -> str:
+    """`` (file.py)`` of a py-spy frame ``func (path/file.py:line)``."""
+    if " (" not in frame:
+        return ""
+    loc = frame.rsplit(" (", 1)[1].rstrip(")")
+    return f" ({Path(loc.rsplit(':', 1)[0]).name})"
 
 
 # ---- statistics -------------------------------------------------------------------------------

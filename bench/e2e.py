@@ -114,7 +114,7 @@ async def _produce(bootstrap: str, topic: str, per_partition: list[list[bytes]],
         await p.stop()
 
 
-def kafka_throughput(ctx: Any, n_enrichers: int) -> dict[str, Any]:
+def kafka_throughput(ctx: Any, n_enrichers: int, profile: bool = False) -> dict[str, Any]:
     size = ctx.size
     pipe = ctx.new_pipeline(ctx.ws.sub(f"tput{n_enrichers}"), topic_partitions=str(n_enrichers))
     try:
@@ -128,6 +128,11 @@ def kafka_throughput(ctx: Any, n_enrichers: int) -> dict[str, Any]:
             total += n
         pids = {s.name: s.proc.pid for s in [*enrichers, *exporters.values()] if s.proc}
         pids["broker"] = pipe.broker_pid
+        spies = {}
+        if profile:
+            for svc in [*enrichers, exporters.get("json")]:
+                if svc is not None and svc.proc:
+                    spies[svc.name] = common.PySpy(svc.proc.pid, pipe.tmp / f"{svc.name}.pyspy").start()
         t0 = time.monotonic()
         with common.RssSampler(pids) as rss:
             asyncio.run(_produce(pipe.bootstrap, pipe.base["raw_topic"], per_part,
@@ -136,7 +141,7 @@ def kafka_throughput(ctx: Any, n_enrichers: int) -> dict[str, Any]:
             first: dict[str, float] = {}
             done: dict[str, float] = {}
             cpu0 = {n: common.cpu_seconds(p) for n, p in pids.items()}
-            deadline = t_produced + max(60.0, total / 500)
+            deadline = t_produced + max(90.0, total / 100)
             while time.monotonic() < deadline and len(done) < 1 + len(exporters):
                 now = time.monotonic()
                 counts = {"enricher": _sum_metric(enrichers, "tetrapipe_enricher_events_total")}
@@ -149,9 +154,12 @@ def kafka_throughput(ctx: Any, n_enrichers: int) -> dict[str, Any]:
                         done[k] = now
                 time.sleep(0.1)
             cpu = {n: common.cpu_seconds(p) - cpu0[n] for n, p in pids.items()}
+        profiles = {name: spy.stop() for name, spy in spies.items()}
         res: dict[str, Any] = {"enrichers": n_enrichers, "events": total,
                                "produce_seconds": t_produced - t0, "peak_rss_mib": rss.peak,
                                "cpu_seconds": cpu}
+        if profile:
+            res["py_spy"] = profiles
         for k in first:
             end = done.get(k)
             res[f"{k}_events_per_s"] = (total / (end - first[k])) if end and end > first[k] else None
@@ -228,13 +236,13 @@ class Injector(threading.Thread):
             await p.stop()
 
 
-def latency(ctx: Any) -> dict[str, Any]:
+def latency(ctx: Any, rate: int) -> dict[str, Any]:
     size = ctx.size
-    d = ctx.ws.sub("latency")
+    d = ctx.ws.sub(f"latency{rate}")
     pipe = ctx.new_pipeline(d)
     target = d / "true-latency"
     shutil.copy(shutil.which("true") or "/bin/true", target)
-    kernel_exec_rate = min(200.0, size.latency_rate / 10)  # the VM execs a few hundred/s at most
+    kernel_exec_rate = min(100.0, rate / 10)  # the VM execs a few hundred/s at most
     try:
         enr = pipe.start("enricher", "enricher")
         exp = pipe.start("export-json", "export", "json")
@@ -247,7 +255,7 @@ def latency(ctx: Any) -> dict[str, Any]:
         tail.start()
         inject_node = f"bench-inject-{ctx.tag}"
         inj = Injector(pipe.bootstrap, pipe.base["raw_topic"], inject_node,
-                       size.latency_rate - 2 * kernel_exec_rate, size.latency_seconds)
+                       rate - 2 * kernel_exec_rate, size.latency_seconds)
         cpu0 = {n: common.cpu_seconds(p) for n, p in pids.items()}
         with common.RssSampler(pids) as rss:
             inj.start()
@@ -276,7 +284,7 @@ def latency(ctx: Any) -> dict[str, Any]:
                 kernel_lat.append(lat_ms)
         span = (t_last - t_first) / 1e9 if t_first and t_last and t_last > t_first else None
         return {
-            "target_events_per_s": size.latency_rate,
+            "target_events_per_s": rate,
             "exported_events_per_s": n_all / span if span else None,
             "kernel_execs": load.ops, "kernel_exec_rate": load.rate,
             "injected_events": inj.sent,
@@ -299,13 +307,16 @@ def run(ctx: Any) -> dict[str, Any]:
         ctx.note(f"sinks not built yet on this branch, not measured: {', '.join(missing)}")
     out["cpu"] = enricher_cpu(ctx.size.cpu_events)
     rounds1, rounds2 = [], []
-    for _ in range(max(1, ctx.size.rounds - 1)):  # interleaved: 1 enricher, 2 enrichers, ...
-        rounds1.append(kafka_throughput(ctx, 1))
+    if not common.py_spy_path():
+        ctx.note("py-spy is not installed (pip install py-spy): no profile of the running services")
+    for rnd in range(max(1, ctx.size.rounds - 1)):  # interleaved: 1 enricher, 2 enrichers, ...
+        rounds1.append(kafka_throughput(ctx, 1, profile=rnd == 0))
         rounds2.append(kafka_throughput(ctx, 2))
     out["kafka_1_enricher"] = rounds1
     out["kafka_2_enrichers"] = rounds2
     for key, rounds in (("one", rounds1), ("two", rounds2)):
         out[f"enricher_rate_{key}"] = common.spread([r.get("enricher_events_per_s") for r in rounds])
         out[f"json_rate_{key}"] = common.spread([r.get("json_events_per_s") for r in rounds])
-    out["latency"] = latency(ctx)
+    out["latency"] = latency(ctx, ctx.size.latency_rate)
+    out["latency_low"] = latency(ctx, ctx.size.latency_low_rate)
     return out

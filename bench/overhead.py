@@ -20,37 +20,28 @@ BPFTRACE_COUNT = ("tracepoint:sched:sched_process_exec, tracepoint:sched:sched_p
                   "tracepoint:sched:sched_process_fork, tracepoint:syscalls:sys_enter_write "
                   "{ @[probe] = count(); }")
 
-POLICY_NOTHING = """apiVersion: cilium.io/v1alpha1
+_POLICY_HEAD = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
-  name: bench-write-matches-nothing
+  name: {name}
 spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_write
+  kprobes:
+  - call: "sys_write"
+    syscall: true
     args:
-    - index: 5
-      type: int
-    selectors:
+    - index: 0
+      type: "fd"
+    - index: 2
+      type: "size_t"
+"""
+# monitor mode (no action): the first never matches, the second emits an event for every write
+POLICY_NOTHING = _POLICY_HEAD.format(name="bench-write-matches-nothing") + """    selectors:
     - matchArgs:
-      - index: 5
-        operator: Equal
-        values:
-        - "987654"
+      - index: 0
+        operator: "Prefix"
+        values: ["/nonexistent/"]
 """
-
-POLICY_EVERYTHING = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: bench-write-matches-everything
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_write
-    args:
-    - index: 5
-      type: int
-"""
+POLICY_EVERYTHING = _POLICY_HEAD.format(name="bench-write-matches-everything")
 
 
 def policy_engine_present() -> bool:

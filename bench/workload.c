@@ -1,4 +1,4 @@
-/* Load generators for the benchmarks (compiled by bench/workloads.py with the system cc).
+/* Load generators for the benchmarks (compiled by bench/common.py with the system cc).
  *
  *   workload open  PATH  MAX_OPS SECONDS RATE   open()+close() PATH in a loop
  *   workload write PATH  MAX_OPS SECONDS RATE   write() one byte to PATH (opened once) in a loop

@@ -206,6 +206,35 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->cgroup_name_len = glen;
     off += glen;
 
+    /* 5. names of up to TP_CG_ANCESTORS ancestors of that cgroup, nearest first, NUL separated:
+     * kubelet names the pod's cgroup, the runtime the container's (which may be a parent when
+     * the container made cgroups of its own). The enricher may run elsewhere: it cannot look. */
+    u32 alen2 = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < TP_CG_ANCESTORS; i++) {
+        if (!kn)
+            break;
+        struct kernfs_node *up = 0;
+        TP_RD(up, kn->__parent);
+        kn = up;
+        if (!kn)
+            break;
+        kname = 0;
+        TP_RD(kname, kn->name);
+        if (!kname)
+            break;
+        u32 at = (off + alen2) & 0x3fff;
+        int g = bpf_probe_read_kernel_str(b->data + at, TP_CGNAME_MAX, kname);
+        if (g <= 1)
+            break;
+        alen2 += g & (TP_CGNAME_MAX - 1 + TP_CGNAME_MAX); /* name + its NUL */
+    }
+    if (alen2)
+        alen2 -= 1; /* no trailing NUL */
+    alen2 &= 0x3ff;
+    e->cgroup_ancestors_len = alen2;
+    off += alen2;
+
     e->flags = flags;
     u32 size = sizeof(struct tp_exec) + (off & 0x3fff);
     if (size > sizeof(*b))

@@ -8,7 +8,8 @@
  * Limits (a longer value is cut and its TP_F_TRUNC_* flag set):
  *   TP_PATH_MAX   4096 bytes for binary, cwd and file paths
  *   TP_ARGS_MAX   4096 bytes of NUL-separated arguments (argv[0] included)
- *   TP_CGNAME_MAX  128 bytes of the leaf cgroup name
+ *   TP_CGNAME_MAX  128 bytes of the leaf cgroup name, and of each ancestor name
+ *   TP_CG_ANCESTORS  3 cgroup ancestors named (parent, grandparent, great-grandparent)
  *   TP_PATH_DEPTH   32 path components walked for cwd and file paths
  */
 #ifndef TETRAPIPE_RECORDS_H
@@ -19,6 +20,7 @@
 #define TP_CGNAME_MAX 128
 #define TP_PATH_DEPTH 32
 #define TP_NS_COUNT 10
+#define TP_CG_ANCESTORS 3
 
 /* record kinds */
 #define TP_REC_EXEC 1    /* sched:sched_process_exec */
@@ -26,6 +28,7 @@
 #define TP_REC_FORK 3    /* raw tracepoint sched_process_fork, new thread group only */
 #define TP_REC_PROCFS 4  /* made by the collector from /proc at start: same body as EXEC */
 #define TP_REC_HOOK 5    /* a policy hook fired (syscall tracepoint, tracepoint, ...) */
+#define TP_REC_POLICY 6  /* made by the collector: policy catalog (UTF-8 JSON body), see below */
 
 /* exec flags */
 #define TP_F_TRUNC_FILENAME (1 << 0)
@@ -80,7 +83,9 @@ struct tp_exec {
     __u16 args_len;
     __u16 cwd_len;
     __u16 cgroup_name_len;
-    /* then: filename, args (NUL separated), cwd, leaf cgroup name */
+    __u16 cgroup_ancestors_len;
+    /* then: filename, args (NUL separated), cwd, leaf cgroup name, then the names of the leaf's
+     * ancestors, nearest first, NUL separated (pod and container ids live in these names) */
 } __attribute__((packed));
 
 struct tp_exit {
@@ -97,5 +102,50 @@ struct tp_fork {
     __u64 start_time;          /* child start_time */
     __u64 cgroup_id;
 } __attribute__((packed));
+
+/* REC_HOOK: a policy hook fired. The body names the policy (random id per load, described by the
+ * last REC_POLICY record with that id), the hook (its position in the policy), the selector that
+ * matched (255 = the hook has no selectors) and the action taken (Tetragon's KprobeAction number;
+ * with TP_HOOK_MONITOR the action was only reported). Then nargs arguments, each a struct tp_arg
+ * followed by len bytes: TP_ARG_INT/UINT/SIZE/LONG carry 8 little-endian bytes, the others bytes. */
+#define TP_HOOK_MONITOR (1 << 0)
+#define TP_HOOK_RETURN (1 << 1)    /* ret holds the return value */
+#define TP_HOOK_NO_SELECTOR 255
+
+#define TP_ARG_INT 1
+#define TP_ARG_UINT 2
+#define TP_ARG_SIZE 3
+#define TP_ARG_LONG 4
+#define TP_ARG_STRING 5
+#define TP_ARG_BYTES 6
+#define TP_ARG_FILE 7
+#define TP_ARG_PATH 8
+
+#define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
+#define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */
+
+struct tp_hook {
+    struct tp_header h;
+    __u32 policy_id;
+    __u16 hook_id;
+    __u8 selector;
+    __u8 action;
+    __u8 flags;
+    __u8 nargs;
+    __u16 data_len;            /* bytes of arguments after this struct */
+    __s64 ret;
+} __attribute__((packed));
+
+struct tp_arg {
+    __u8 type;
+    __u8 flags;
+    __u16 len;
+    __u32 orig_size;           /* char_buf: bytes the call had; else len */
+} __attribute__((packed));
+
+/* REC_POLICY: struct tp_header (pid = tid = 0) followed by UTF-8 JSON: {"policy_id", "name",
+ * "namespace", "mode", "state" ("loaded" | "deleted"), "hooks": [{"id", "kind", "function_name",
+ * "subsys", "event", "args": [{"index", "type", "label"}], "return_arg", "message", "tags"}]}.
+ * Sent at collector start, on every load and unload, and periodically. */
 
 #endif

@@ -18,6 +18,7 @@ REC_EXIT = 2
 REC_FORK = 3
 REC_PROCFS = 4
 REC_HOOK = 5
+REC_POLICY = 6
 
 F_TRUNC_FILENAME = 1 << 0
 F_TRUNC_ARGS = 1 << 1
@@ -36,9 +37,10 @@ NS_NAMES = (
 PATH_MAX = 4096
 ARGS_MAX = 4096
 CGNAME_MAX = 128
+CG_ANCESTORS = 3
 
 HEADER = struct.Struct("<HHIIIQ")
-EXEC_FIXED = struct.Struct("<IIQQQ" + "I" * 10 + "QQQ" + "I" * 10 + "IIQII16sHHHH")
+EXEC_FIXED = struct.Struct("<IIQQQ" + "I" * 10 + "QQQ" + "I" * 10 + "IIQII16sHHHHH")
 EXIT_BODY = struct.Struct("<IIQ")
 FORK_BODY = struct.Struct("<IIQQ")
 
@@ -99,6 +101,7 @@ class ExecRecord:
     args: bytes
     cwd: bytes
     cgroup_name: bytes
+    cgroup_ancestors: bytes = b""   # parent, grandparent, ... cgroup names, NUL separated
 
 
 @dataclass(slots=True)
@@ -126,7 +129,15 @@ class HookRecord:
     body: bytes = field(repr=False)
 
 
-Record = ExecRecord | ExitRecord | ForkRecord | HookRecord
+@dataclass(slots=True)
+class PolicyRecord:
+    """A policy catalog entry made by the collector (JSON body, see records.h)."""
+
+    header: Header
+    body: bytes = field(repr=False)
+
+
+Record = ExecRecord | ExitRecord | ForkRecord | HookRecord | PolicyRecord
 
 
 def decode(buf: bytes) -> Record:
@@ -148,6 +159,8 @@ def decode(buf: bytes) -> Record:
         return ForkRecord(h, *FORK_BODY.unpack_from(buf, HEADER.size))
     if h.kind == REC_HOOK:
         return HookRecord(h, bytes(buf[HEADER.size:]))
+    if h.kind == REC_POLICY:
+        return PolicyRecord(h, bytes(buf[HEADER.size:]))
     raise RecordError(f"unknown record kind {h.kind}")
 
 
@@ -160,8 +173,8 @@ def _decode_exec(h: Header, buf: bytes) -> ExecRecord:
     if len(buf) < EXEC_SIZE:
         raise RecordError(f"exec record has {len(buf)} bytes, layout needs at least {EXEC_SIZE}")
     v = EXEC_FIXED.unpack_from(buf, HEADER.size)
-    flen, alen, clen, glen = v[-4:]
-    if EXEC_SIZE + flen + alen + clen + glen != len(buf):
+    flen, alen, clen, glen, nlen = v[-5:]
+    if EXEC_SIZE + flen + alen + clen + glen + nlen != len(buf):
         raise RecordError("exec record string lengths do not add up to its size")
     o = EXEC_SIZE
     filename = bytes(buf[o:o + flen])
@@ -171,9 +184,11 @@ def _decode_exec(h: Header, buf: bytes) -> ExecRecord:
     cwd = bytes(buf[o:o + clen])
     o += clen
     cgname = bytes(buf[o:o + glen])
+    o += glen
+    ancestors = bytes(buf[o:o + nlen])
     return ExecRecord(
         h, *v[0:18], tuple(v[18:28]), *v[28:33],
-        v[33].split(b"\0", 1)[0], filename, args, cwd, cgname,
+        v[33].split(b"\0", 1)[0], filename, args, cwd, cgname, ancestors,
     )
 
 
@@ -183,7 +198,8 @@ def encode_exec(rec: ExecRecord) -> bytes:
     args = rec.args[: ARGS_MAX - 1]
     cwd = rec.cwd[: PATH_MAX - 1]
     cgname = rec.cgroup_name[: CGNAME_MAX - 1]
-    size = EXEC_SIZE + len(filename) + len(args) + len(cwd) + len(cgname)
+    ancestors = b"\0".join(n[: CGNAME_MAX - 1] for n in rec.cgroup_ancestors.split(b"\0")[:CG_ANCESTORS])
+    size = EXEC_SIZE + len(filename) + len(args) + len(cwd) + len(cgname) + len(ancestors)
     h = rec.header
     return (
         HEADER.pack(h.kind, 1, size, h.pid, h.tid, h.ktime)
@@ -192,9 +208,9 @@ def encode_exec(rec: ExecRecord) -> bytes:
             rec.uid, rec.gid, rec.euid, rec.egid, rec.suid, rec.sgid, rec.fsuid, rec.fsgid,
             rec.auid, rec.securebits, rec.cap_permitted, rec.cap_effective, rec.cap_inheritable,
             *rec.ns, rec.user_ns_level, rec.nspid, rec.exe_ino, rec.exe_nlink, rec.exe_mode,
-            rec.comm[:16], len(filename), len(args), len(cwd), len(cgname),
+            rec.comm[:16], len(filename), len(args), len(cwd), len(cgname), len(ancestors),
         )
-        + filename + args + cwd + cgname
+        + filename + args + cwd + cgname + ancestors
     )
 
 
@@ -208,3 +224,70 @@ def encode_fork(pid: int, ktime: int, ppid: int, start_time: int, cgroup_id: int
     return HEADER.pack(REC_FORK, 1, FORK_SIZE, pid, pid, ktime) + FORK_BODY.pack(
         ppid, 0, start_time, cgroup_id
     )
+
+
+# ---- policy hooks (REC_HOOK body) and the policy catalog (REC_POLICY) ----------------------------
+
+HOOK_FIXED = struct.Struct("<IHBBBBHq")
+ARG_HDR = struct.Struct("<BBHI")
+HOOK_MONITOR = 1 << 0
+HOOK_RETURN = 1 << 1
+HOOK_NO_SELECTOR = 255
+ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
+ARGF_TRUNC = 1 << 0
+ARGF_ERROR = 1 << 1
+
+
+@dataclass(slots=True)
+class HookArg:
+    type: int
+    flags: int
+    orig_size: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class HookBody:
+    policy_id: int
+    hook_id: int
+    selector: int
+    action: int
+    flags: int
+    ret: int
+    args: list[HookArg]
+
+
+def decode_hook(rec: HookRecord) -> HookBody:
+    """The fixed part and the arguments of a REC_HOOK record; RecordError if they do not fit."""
+    b = rec.body
+    if len(b) < HOOK_FIXED.size:
+        raise RecordError(f"hook record body of {len(b)} bytes is shorter than {HOOK_FIXED.size}")
+    pid, hook, sel, action, flags, nargs, dlen, ret = HOOK_FIXED.unpack_from(b, 0)
+    if HOOK_FIXED.size + dlen != len(b):
+        raise RecordError(f"hook record says {dlen} argument bytes, has {len(b) - HOOK_FIXED.size}")
+    args = []
+    o = HOOK_FIXED.size
+    for i in range(nargs):
+        if o + ARG_HDR.size > len(b):
+            raise RecordError(f"hook record argument {i} runs past the record")
+        t, f, n, orig = ARG_HDR.unpack_from(b, o)
+        o += ARG_HDR.size
+        if o + n > len(b):
+            raise RecordError(f"hook record argument {i} ({n} bytes) runs past the record")
+        args.append(HookArg(t, f, orig, bytes(b[o:o + n])))
+        o += n
+    return HookBody(pid, hook, sel, action, flags, ret, args)
+
+
+def encode_hook(pid: int, tid: int, ktime: int, body: HookBody) -> bytes:
+    """Pack a REC_HOOK record as the kernel does (tests and benchmarks use this)."""
+    data = b"".join(ARG_HDR.pack(a.type, a.flags, len(a.data), a.orig_size) + a.data for a in body.args)
+    fixed = HOOK_FIXED.pack(body.policy_id, body.hook_id, body.selector, body.action, body.flags,
+                            len(body.args), len(data), body.ret)
+    size = HEADER.size + len(fixed) + len(data)
+    return HEADER.pack(REC_HOOK, 1, size, pid, tid, ktime) + fixed + data
+
+
+def encode_policy(ktime: int, catalog_json: bytes) -> bytes:
+    """A REC_POLICY record (the collector's policy catalog entry)."""
+    return HEADER.pack(REC_POLICY, 1, HEADER.size + len(catalog_json), 0, 0, ktime) + catalog_json

@@ -92,6 +92,12 @@ def _ns_inums(pid: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def cgroup_ancestors(cg_path: str) -> bytes:
+    """Names of the cgroup's parent, grandparent, ... (as the kernel program sends them)."""
+    parts = [p for p in cg_path.split("/") if p][:-1]
+    return b"\0".join(p.encode() for p in reversed(parts[-r.CG_ANCESTORS:]))
+
+
 def record_for(pid: int, cg_root: Path, init_user_ns: int) -> bytes | None:
     st = _status(pid)
     if not st.get("Pid"):
@@ -151,6 +157,7 @@ def record_for(pid: int, cg_root: Path, init_user_ns: int) -> bytes | None:
         exe_ino=exe_ino, exe_nlink=exe_nlink, exe_mode=exe_mode, comm=comm,
         filename=exe.encode(errors="surrogateescape"), args=args, cwd=cwd.encode(errors="surrogateescape"),
         cgroup_name=os.path.basename(cg_path).encode(),
+        cgroup_ancestors=cgroup_ancestors(cg_path),
     )
     return r.encode_exec(rec)
 

@@ -14,6 +14,8 @@ from bpf import records
 from collector import capabilities, loader, procfs
 from collector.batcher import Batcher
 from collector.drain import RecordQueue, RingBufferDrain
+from collector.policy import control as policy_control
+from collector.policy.manager import PolicyManager
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -37,6 +39,7 @@ class Collector:
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         self.drain = RingBufferDrain(self.bpf, self.queue)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
+        self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes)
 
     def start(self) -> None:
         self.drain.start()
@@ -48,8 +51,11 @@ class Collector:
             PROCFS_RECORDS.inc(n)
             self.queue.wake()
             log.info("reported %d running processes from /proc", n)
+        # policies from the configuration, before the collector reports ready
+        self.policies.load_configured(self.cfg.tracing_policy, self.cfg.tracing_policy_dir)
 
     def stop(self) -> None:
+        self.policies.stop()
         self.drain.stop()
 
 
@@ -79,8 +85,9 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
                 pass
             if len(col.queue) < cfg.batch_max_records and not stop.is_set():
                 await asyncio.sleep(cfg.batch_max_ms / 1000 / 5)
+            col.policies.tick()
             recs = col.queue.take(cfg.batch_max_records)
-            lost = col.drain.kernel_lost_delta()
+            lost = col.drain.kernel_lost_delta() + col.policies.kernel_lost_delta()
             if not recs and not lost:
                 continue
             fut = await producer.send(cfg.raw_topic, col.batcher.frame(recs, lost), key=key)
@@ -95,7 +102,14 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     col = Collector(cfg, asyncio.get_running_loop())
     col.start()
+    control = await policy_control.serve(cfg.control_socket, col.policies) if cfg.control_socket else None
+    watch = (asyncio.create_task(policy_control.watch_dir(cfg.tracing_policy_dir, col.policies, stop))
+             if cfg.tracing_policy_dir else None)
     try:
         await produce_loop(cfg, col, stop)
     finally:
+        if watch is not None:
+            watch.cancel()
+        if control is not None:
+            control.close()
         col.stop()

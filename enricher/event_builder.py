@@ -34,6 +34,16 @@ INIT_NS_INUMS = (0xEFFFFFFE, 0xEFFFFFFF, 0, 0xEFFFFFFC, 0xEFFFFFFC, 0, 0xEFFFFFF
                  0xEFFFFFFB, 0xEFFFFFFD)
 
 
+SECUREBITS = ["SecBitNoRoot", "SecBitNoRootLocked", "SecBitNoSetUidFixup",
+              "SecBitNoSetUidFixupLocked", "SecBitKeepCaps", "SecBitKeepCapsLocked",
+              "SecBitNoCapAmbientRaise", "SecBitNoCapAmbientRaiseLocked"]
+
+
+def securebits_names(bits: int) -> list[str]:
+    """Tetragon's SecureBitsType names of the set bits."""
+    return [name for i, name in enumerate(SECUREBITS) if bits >> i & 1]
+
+
 def cap_names(mask: int) -> list[str]:
     return [CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP_{i}" for i in range(64) if mask >> i & 1]
 
@@ -75,9 +85,14 @@ class EventBuilder:
 
     cache: ProcessCache
     ancestors_for: frozenset[str] = frozenset()
+    # Process fields from the process's cgroup and the pod index (docker, pod): see
+    # enricher/metadata/resolver.py
     pod_resolver: Callable[[Entry], dict[str, Any] | None] | None = None
     node_labels: dict[str, str] = field(default_factory=dict)
     cluster_name: str = ""
+    # cgroup id → (leaf name, ancestor names) learned from exec records: a fork record carries
+    # only the cgroup id
+    cgroup_names: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     # ---- records → events ---------------------------------------------------------------
     def on_record(self, rec: r.Record, node: str, boot_ns: int, host_ns: list[int]) -> dict[str, Any] | None:
@@ -134,6 +149,7 @@ class EventBuilder:
             "process_credentials": {
                 "uid": rec.uid, "gid": rec.gid, "euid": rec.euid, "egid": rec.egid,
                 "suid": rec.suid, "sgid": rec.sgid, "fsuid": rec.fsuid, "fsgid": rec.fsgid,
+                "securebits": securebits_names(rec.securebits),
             },
         }
         props = self._binary_properties(rec, binary)
@@ -141,9 +157,12 @@ class EventBuilder:
             process["binary_properties"] = props
         entry = Entry(eid, h.pid, h.ktime, rec.start_time, process,
                       parent.exec_id if parent else "", rec.cgroup_id, text(rec.cgroup_name),
-                      rec.nspid, rec.ns, (rec.cap_permitted, rec.cap_effective, rec.cap_inheritable))
+                      rec.nspid, rec.ns, (rec.cap_permitted, rec.cap_effective, rec.cap_inheritable),
+                      cgroup_ancestors=text(rec.cgroup_ancestors))
+        if rec.cgroup_id:
+            self._learn_cgroup(rec.cgroup_id, entry.cgroup_name, entry.cgroup_ancestors)
+        self._attach_pod(entry, parent)
         self.cache.add(entry)
-        self._attach_pod(entry)
         body: dict[str, Any] = {"process": dict(process)}
         if parent is not None:
             body["parent"] = dict(parent.process)
@@ -181,8 +200,17 @@ class EventBuilder:
         process.update(exec_id=eid, pid=h.pid, tid=h.tid, start_time=boot_ns + rec.start_time,
                        parent_exec_id=parent.exec_id, flags="clone", refcnt=1)
         process.pop("binary_properties", None)
+        cg_name, cg_anc = parent.cgroup_name, parent.cgroup_ancestors
+        moved = bool(rec.cgroup_id) and rec.cgroup_id != parent.cgroup_id
+        if moved and rec.cgroup_id in self.cgroup_names:
+            cg_name, cg_anc = self.cgroup_names[rec.cgroup_id]
         entry = Entry(eid, h.pid, rec.start_time, rec.start_time, process, parent.exec_id,
-                      rec.cgroup_id or parent.cgroup_id, parent.cgroup_name, 0, parent.ns, parent.caps)
+                      rec.cgroup_id or parent.cgroup_id, cg_name, 0, parent.ns, parent.caps,
+                      cgroup_ancestors=cg_anc)
+        if moved:
+            entry.process.pop("pod", None)
+            entry.process.pop("docker", None)
+            self._attach_pod(entry, parent)
         self.cache.add(entry)
 
     def _exit(self, rec: r.ExitRecord, node: str, boot_ns: int) -> dict[str, Any] | None:
@@ -215,15 +243,36 @@ class EventBuilder:
             cur = self.cache.get(cur.parent_exec_id)
         return out
 
-    def _attach_pod(self, entry: Entry) -> None:
+    def _learn_cgroup(self, cgid: int, name: str, ancestors: str) -> None:
+        if len(self.cgroup_names) >= 16384 and cgid not in self.cgroup_names:
+            self.cgroup_names.pop(next(iter(self.cgroup_names)))
+        self.cgroup_names[cgid] = (name, ancestors)
+
+    def _attach_pod(self, entry: Entry, parent: Entry | None = None) -> None:
+        """docker, pod and in_init_tree of a new entry. in_init_tree: the process is its
+        container's init (pid 1 in the container's pid namespace) or descends from it without
+        leaving the container (a ``kubectl exec`` comes from outside: not in the init tree)."""
         if self.pod_resolver is None:
             return
-        pod = self.pod_resolver(entry)
-        if pod:
-            entry.process["pod"] = pod
-            cid = pod.get("container", {}).get("id", "")
-            if cid:
-                entry.process["docker"] = cid.split("://")[-1][:15]
+        found = self.pod_resolver(entry) or {}
+        entry.process.update(found)
+        docker = found.get("docker", "")
+        if docker:
+            init = entry.nspid == 1 or (
+                parent is not None and parent.process.get("in_init_tree", False)
+                and parent.process.get("docker") == docker)
+            entry.process["in_init_tree"] = bool(init)
+
+    def refresh_pod(self, entry: Entry) -> bool:
+        """Look the pod of an entry up again (late pod metadata); True when it has one now."""
+        if self.pod_resolver is None:
+            return False
+        found = self.pod_resolver(entry) or {}
+        if "pod" in found:
+            entry.process["pod"] = found["pod"]
+            self.cache.listener.changed(entry)
+            return True
+        return False
 
     def process_for(self, pid: int) -> Entry | None:
         """The current incarnation of pid (policy events attach their process with it)."""

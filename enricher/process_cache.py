@@ -39,6 +39,15 @@ class Entry:
     refcnt: int = 1
     exited: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    cgroup_ancestors: str = ""       # parent, grandparent, ... cgroup names, NUL separated
+
+
+class CacheListener:
+    """Told about every entry that was added, changed or removed (enricher/state.py)."""
+
+    def changed(self, entry: Entry) -> None: ...
+
+    def removed(self, entry: Entry) -> None: ...
 
 
 class ProcessCache:
@@ -46,6 +55,7 @@ class ProcessCache:
         self.capacity = capacity
         self.by_exec_id: OrderedDict[str, Entry] = OrderedDict()
         self.by_pid: dict[int, Entry] = {}
+        self.listener: CacheListener = CacheListener()
         CACHE_CAPACITY.set(capacity)
 
     def __len__(self) -> int:
@@ -62,7 +72,11 @@ class ProcessCache:
 
     def add(self, entry: Entry) -> None:
         """A new incarnation of entry.pid (exec or clone). The previous incarnation of the pid
-        stays until its references are gone: the exec of a clone drops the clone's self ref."""
+        stays until its references are gone: the exec of a clone drops the clone's self ref.
+        Adding an exec_id the cache holds already (a record seen again after a restart) is a
+        no-op, so replays do not count references twice."""
+        if entry.exec_id in self.by_exec_id:
+            return
         prev = self.by_pid.get(entry.pid)
         parent = self.by_exec_id.get(entry.parent_exec_id)
         if parent is not None:
@@ -72,8 +86,10 @@ class ProcessCache:
         self.by_pid[entry.pid] = entry
         if prev is not None and prev.exec_id != entry.exec_id and not prev.exited:
             prev.exited = True
+            self.listener.changed(prev)
             self._unref(prev)
         entry.process["refcnt"] = entry.refcnt
+        self.listener.changed(entry)
         self._bound()
         CACHE_SIZE.set(len(self.by_exec_id))
 
@@ -82,6 +98,8 @@ class ProcessCache:
         if entry.exited:
             return
         entry.exited = True
+        if entry.exec_id in self.by_exec_id:
+            self.listener.changed(entry)
         self._unref(entry)
         CACHE_SIZE.set(len(self.by_exec_id))
 
@@ -95,9 +113,31 @@ class ProcessCache:
                 self._unref(parent)
 
     def _remove(self, entry: Entry) -> None:
-        self.by_exec_id.pop(entry.exec_id, None)
+        if self.by_exec_id.pop(entry.exec_id, None) is not None:
+            self.listener.removed(entry)
         if self.by_pid.get(entry.pid) is entry:
             del self.by_pid[entry.pid]
+
+    def restore(self, entries: list[Entry]) -> None:
+        """Put back entries saved before a restart. Reference counts are recomputed from the
+        tree: one for a process still alive, one per child entry present."""
+        for e in sorted(entries, key=lambda e: e.ktime):
+            if e.exec_id in self.by_exec_id:
+                continue
+            self.by_exec_id[e.exec_id] = e
+            cur = self.by_pid.get(e.pid)
+            if cur is None or cur.exited or not e.exited:
+                self.by_pid[e.pid] = e
+        for e in self.by_exec_id.values():
+            e.refcnt = 0 if e.exited else 1
+        for e in self.by_exec_id.values():
+            parent = self.by_exec_id.get(e.parent_exec_id)
+            if parent is not None:
+                parent.refcnt += 1
+        for e in self.by_exec_id.values():
+            e.process["refcnt"] = e.refcnt
+        self._bound()
+        CACHE_SIZE.set(len(self.by_exec_id))
 
     def _bound(self) -> None:
         while len(self.by_exec_id) > self.capacity:

@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import Counter
 
 from bpf import records
+from enricher import state
 from enricher.event_builder import EventBuilder
+from enricher.metadata.kubernetes import PodWatcher
+from enricher.metadata.pods import PodIndex
+from enricher.metadata.resolver import ProcessMetadata
+from enricher.pending import PendingEvents, Source
+from enricher.policy_events import PolicyEventError, PolicyEvents
 from enricher.process_cache import ProcessCache
 from enricher.raw_decoder import BadInput, Batch, decode_batch
 from enricher.sequence_audit import SequenceAudit
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -32,7 +39,7 @@ KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -46,34 +53,77 @@ class Enricher:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         ancestors = frozenset(x.strip() for x in cfg.enable_ancestors.split(",") if x.strip())
+        self.pods = PodIndex(annotations=cfg.enable_pod_annotations) if cfg.enable_k8s_api else None
+        self.metadata = ProcessMetadata(self.pods)
         self.builder = EventBuilder(ProcessCache(cfg.process_cache_size), ancestors_for=ancestors,
-                                    cluster_name=cfg.cluster_name)
+                                    cluster_name=cfg.cluster_name, pod_resolver=self.metadata)
+        self.pending = PendingEvents(self.builder, self.metadata, cfg.event_cache_hold_ms / 1000,
+                                     cfg.event_cache_size)
+        self.journal = state.StateJournal(cfg.state_topic) if cfg.state_topic else None
+        if self.journal is not None:
+            self.builder.cache.listener = self.journal
         self.audit = SequenceAudit(STAGE)
+        self.policy_events = PolicyEvents()
 
-    def handle_batch(self, batch: Batch) -> tuple[list[dict[str, Any]], list[tuple[bytes, str]]]:
-        """(events, bad records with their error) for one decoded batch."""
+    def set_node_labels(self, labels: dict[str, str]) -> None:
+        self.builder.node_labels = labels
+
+    def handle_batch(self, batch: Batch, source: Source | None = None) -> tuple[
+            list[dict[str, Any]], list[tuple[bytes, str]]]:
+        """(events to publish now, bad records with their error) for one decoded batch. Events
+        waiting for pod metadata come out of ``poll_pending`` later."""
         events: list[dict[str, Any]] = []
         bad: list[tuple[bytes, str]] = []
         if batch.ringbuf_lost:
             KERNEL_LOST.labels(node_name=batch.node_name).inc(batch.ringbuf_lost)
+        decoded: list[tuple[bytes, records.Record]] = []
         for raw in batch.raw_records:
             try:
-                rec = records.decode(raw)
+                decoded.append((raw, records.decode(raw)))
             except records.RecordError as exc:
                 HANDLER_ERRORS.labels(error="decode").inc()
                 bad.append((raw, str(exc)))
-                continue
+        # the kernel programs drain through several ring buffers: restore the kernel's order
+        decoded.sort(key=lambda d: d[1].header.ktime)
+        deferred: list[tuple[bytes, records.HookRecord]] = []
+        for raw, rec in decoded:
             RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
             try:
-                ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+                if isinstance(rec, records.HookRecord):
+                    if self.policy_events.wants_later(rec, self.builder):
+                        deferred.append((raw, rec))
+                        continue
+                    ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
+                elif isinstance(rec, records.PolicyRecord):
+                    ev = self.policy_events.on_catalog(rec, batch.node_name)
+                else:
+                    if isinstance(rec, records.ExitRecord):
+                        self.policy_events.note_exit(rec, self.builder)
+                    ev = self.builder.on_record(rec, batch.node_name, batch.boot_time_ns, batch.host_ns)
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
+                continue
             except Exception as exc:  # a record the builder cannot handle must not stop the stream
                 log.exception("record of kind %d failed", rec.header.kind)
                 HANDLER_ERRORS.labels(error="event_handler_failed").inc()
                 bad.append((raw, f"event_handler_failed: {exc}"))
                 continue
             if ev is not None:
-                events.append(ev)
+                events.extend(self.pending.offer(ev, event_type(ev), source))
+        for raw, hook_rec in deferred:  # hooks at an exec: built after the exec record of the batch
+            try:
+                ev = self.policy_events.on_hook(hook_rec, batch.node_name, batch.boot_time_ns, self.builder)
+            except (PolicyEventError, records.RecordError) as exc:
+                HANDLER_ERRORS.labels(error="policy_event").inc()
+                bad.append((raw, str(exc)))
+                continue
+            if ev is not None:
+                events.extend(self.pending.offer(ev, event_type(ev), source))
         return events, bad
+
+    def poll_pending(self, now: float | None = None) -> list[dict[str, Any]]:
+        return self.pending.poll(now)
 
 
 def event_key(ev: dict[str, Any]) -> bytes:
@@ -82,29 +132,82 @@ def event_key(ev: dict[str, Any]) -> bytes:
     return (proc.get("exec_id") or "").encode()
 
 
-async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]]) -> None:
+async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
+                  serializer: registry.EventSerializer | None = None) -> None:
     """Send and wait until the broker acknowledged all of them."""
     futures = []
     for ev in events:
-        futures.append(await producer.send(cfg.events_topic, codec.encode("event", ev), key=event_key(ev)))
+        value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
+        futures.append(await producer.send(cfg.events_topic, value, key=event_key(ev)))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
     if futures:
         await asyncio.gather(*futures)
 
 
+class StateRestorer(ConsumerRebalanceListener):
+    """Before raw partitions are consumed, replay their process-cache state (enricher/state.py)."""
+
+    def __init__(self, cfg: Config, enricher: Enricher, producer: AIOKafkaProducer) -> None:
+        self.cfg = cfg
+        self.enricher = enricher
+        self.producer = producer
+        self.idle = asyncio.Event()  # cleared while a replay runs: records wait for it
+        self.idle.set()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        journal = self.enricher.journal
+        if journal is None or not assigned:
+            return
+        parts = sorted({tp.partition % journal.partitions for tp in assigned})
+        self.idle.clear()
+        try:
+            entries = await state.replay(self.cfg, parts, self.producer)
+            self.enricher.builder.cache.restore(entries)
+        except Exception:  # the stream must go on: without state, parents of old processes miss
+            log.exception("state replay of %s failed: going on without it", self.cfg.state_topic)
+        finally:
+            self.idle.set()
+
+
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
     enricher = Enricher(cfg)
+    serializer = registry.serializer_for(cfg)  # Confluent framing when schema_registry_url is set
+    try:
+        if not await serializer.ready(stop):
+            return
+    except registry.RegistryError as exc:  # refused, e.g. incompatible with the subject's versions
+        raise SystemExit(f"tetrapipe enricher: {exc}") from None
     producer = await kafka.start_producer(cfg)
-    consumer = kafka.make_consumer(cfg, GROUP, [cfg.raw_topic])
+    if enricher.journal is not None:
+        await state.ensure_state_topic(cfg)
+        enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
+    watcher_task = None
+    if enricher.pods is not None:
+        watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
+                             backoff_max_s=cfg.k8s_retry_max_ms / 1000)
+        watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
+    consumer = kafka.make_consumer(cfg, GROUP, [])
+    restorer = StateRestorer(cfg, enricher, producer)
+    consumer.subscribe([cfg.raw_topic], listener=restorer)
     await consumer.start()
     metrics.set_ready()
     log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
+    done_upto: dict[TopicPartition, int] = {}   # next offset after the last handled message
+    committed: dict[TopicPartition, int] = {}
     try:
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=200, max_records=50)
-            for msgs in got.values():
+            await restorer.idle.wait()  # records of a partition are handled after its state replay
+            out: list[dict[str, Any]] = []
+            for tp, msgs in got.items():
                 for m in msgs:
+                    done_upto[tp] = m.offset + 1
+                    if enricher.journal is not None:
+                        enricher.journal.partition = m.partition
                     BATCHES_IN.inc()
                     where = f"{m.topic}/{m.partition}/{m.offset}"
                     try:
@@ -115,12 +218,40 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                         continue
                     if not enricher.audit.accept(batch.instance_id, batch.seq):
                         continue  # a batch seen before: at-least-once redelivery
-                    events, bad = enricher.handle_batch(batch)
+                    events, bad = enricher.handle_batch(batch, (m.topic, m.partition, m.offset))
                     for raw, err in bad:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
-                    await publish(producer, cfg, events)
-            if got:
-                await consumer.commit()
+                    out.extend(events)
+            out.extend(enricher.poll_pending(time.monotonic()))
+            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
+                                      serializer)
+        out = enricher.pending.drain()
+        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer)
     finally:
+        if watcher_task is not None:
+            watcher_task.cancel()
         await consumer.stop()
         await producer.stop()
+
+
+async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
+                              events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
+                              committed: dict[TopicPartition, int], serializer: Any) -> None:
+    """Events and state writes acknowledged first, then raw offsets committed, never past an
+    event still held for pod metadata."""
+    futures: list[asyncio.Future] = []
+    if enricher.journal is not None:
+        futures.extend(await enricher.journal.flush(producer))
+    await publish(producer, cfg, events, serializer)
+    if futures:
+        await asyncio.gather(*futures)
+    floor = enricher.pending.floor()
+    offsets = {}
+    for tp, upto in done_upto.items():
+        held = floor.get((tp.topic, tp.partition))
+        off = min(upto, held) if held is not None else upto
+        if committed.get(tp) != off:
+            offsets[tp] = off
+    if offsets:
+        await consumer.commit(offsets)
+        committed.update(offsets)

@@ -14,10 +14,26 @@ Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
 async def _json(cfg: Config, stop: asyncio.Event) -> None:
     from exporters.json_file import JsonFileSink
 
-    await run_sink(cfg, JsonFileSink(cfg.export_filename, int(cfg.export_file_perm, 8)), stop)
+    try:
+        sink = JsonFileSink.from_config(cfg)
+    except ValueError as exc:  # a bad export option: refuse to start, say which and why
+        raise SystemExit(f"tetrapipe export json: {exc}") from None
+    await run_sink(cfg, sink, stop)
 
 
-STAGES: dict[str, Stage] = {"json": _json}
+async def _fluentd(cfg: Config, stop: asyncio.Event) -> None:
+    from exporters.fluentd import FluentdSink
+
+    await run_sink(cfg, FluentdSink(cfg), stop)
+
+
+async def _prometheus(cfg: Config, stop: asyncio.Event) -> None:
+    from exporters.prometheus import PrometheusSink
+
+    await run_sink(cfg, PrometheusSink(cfg), stop)
+
+
+STAGES: dict[str, Stage] = {"json": _json, "fluentd": _fluentd, "prometheus": _prometheus}
 
 
 def stage_for(name: str) -> Stage:

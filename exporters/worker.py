@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from schemas import codec
+from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 from tetrapipe.metrics import CONSUMER_LAG
@@ -44,34 +44,48 @@ def group_for(sink_name: str) -> str:
 
 async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: int = 1000) -> None:
     group = group_for(sink.name)
+    decode = registry.decoder_for(cfg)
     await kafka.ensure_topics(cfg, [cfg.events_topic, cfg.deadletter_topic])
     consumer = kafka.make_consumer(cfg, group, [cfg.events_topic])
     producer = await kafka.start_producer(cfg)
     await consumer.start()
     await sink.start()
+    for counter in (EXPORTED, EXPORTED_BYTES, EXPORT_ERRORS):
+        counter.labels(sink=sink.name)  # exported as 0 from the start, so dashboards see the series
     metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2
+    deferred = hasattr(sink, "committable")  # the sink acknowledges later (fluentd)
+    committed: dict[str, int] = {}
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=max_records)
             if not batch:
                 await _update_lag(consumer, group)
+                if deferred:
+                    await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
                 continue
             events: list[dict[str, Any]] = []
-            for msgs in batch.values():
+            positions: dict[str, int] = {}
+            for tp, msgs in batch.items():
+                if msgs:
+                    positions[f"{tp.topic}/{tp.partition}"] = msgs[-1].offset + 1
                 for m in msgs:
                     try:
-                        events.append(codec.decode("event", m.value))
+                        events.append(await _decode_waiting(decode, m.value, stop))
                     except codec.CodecError as exc:
                         await kafka.send_dead_letter(producer, cfg, f"export-{sink.name}", m.value,
                                                      str(exc), m.key, f"{m.topic}/{m.partition}/{m.offset}")
-            while events:
+            while events or deferred:
                 try:
-                    n = await sink.write(events)
-                    EXPORTED.labels(sink=sink.name).inc(len(events))
-                    EXPORTED_BYTES.labels(sink=sink.name).inc(n)
-                    LAST_EXPORT.labels(sink=sink.name).set(time.time())
+                    if deferred:
+                        # buffered, not yet delivered: counted as exported once acknowledged
+                        await sink.put(events, positions)  # type: ignore[attr-defined]
+                    else:
+                        n = await sink.write(events)
+                        EXPORTED.labels(sink=sink.name).inc(len(events))
+                        EXPORTED_BYTES.labels(sink=sink.name).inc(n)
+                        LAST_EXPORT.labels(sink=sink.name).set(time.time())
                     backoff = 0.2
                     break
                 except asyncio.CancelledError:
@@ -85,11 +99,65 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                     except TimeoutError:
                         pass
                     backoff = min(backoff * 2, 10.0)
-            await consumer.commit()
+            if deferred:
+                await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
+            else:
+                await consumer.commit()
+    except registry.RegistryError:
+        log.info("stopped while the schema registry was unreachable; the batch will be read again")
     finally:
         await sink.stop()
+        if deferred:
+            await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
         await consumer.stop()
         await producer.stop()
+
+
+class DeferredSink(Protocol):
+    """A sink that accepts a batch before its destination acknowledged it (fluentd): ``put``
+    buffers the batch with the Kafka position after it; ``committable`` returns, per
+    ``"topic/partition"``, the position up to which every event was acknowledged."""
+
+    name: str
+
+    async def put(self, events: list[dict[str, Any]], positions: dict[str, int]) -> int: ...
+
+    def committable(self) -> dict[str, int]: ...
+
+
+async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, int]) -> None:
+    """Commit what the sink says is acknowledged, never moving an offset back."""
+    todo: dict[TopicPartition, int] = {}
+    for key, off in sink.committable().items():
+        if off > committed.get(key, -1):
+            topic, _, part = key.rpartition("/")
+            todo[TopicPartition(topic, int(part))] = off
+    if not todo:
+        return
+    try:
+        await consumer.commit(todo)
+    except Exception as exc:  # e.g. a partition moved to another member: it re-reads, at least once
+        log.warning("commit of acknowledged offsets failed (%s); they are read again", exc)
+        return
+    for tp, off in todo.items():
+        committed[f"{tp.topic}/{tp.partition}"] = off
+
+
+async def _decode_waiting(decode: Any, data: bytes, stop: asyncio.Event) -> dict[str, Any]:
+    """Decode; while the schema registry is unreachable, wait and retry (the message is fine).
+    Stopping meanwhile raises the RegistryError: the batch stays uncommitted."""
+    backoff = 0.5
+    while True:
+        try:
+            return decode(data)
+        except registry.RegistryError as exc:
+            log.warning("%s; retrying in %.1fs", exc, backoff)
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+                raise
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 10.0)
 
 
 async def _update_lag(consumer: Any, group: str) -> None:
@@ -105,4 +173,4 @@ async def _update_lag(consumer: Any, group: str) -> None:
         return
 
 
-__all__ = ["Sink", "run_sink", "group_for", "TopicPartition"]
+__all__ = ["Sink", "DeferredSink", "run_sink", "group_for", "TopicPartition"]

@@ -125,6 +125,7 @@ class Pipeline:
             "raw_topic": f"t{tag}.raw",
             "events_topic": f"t{tag}.events",
             "deadletter_topic": f"t{tag}.deadletter",
+            "state_topic": f"t{tag}.state",
             "export_filename": str(self.tmp / "events.log"),
             "control_socket": str(self.tmp / "tetrapipe.sock"),
             "state_dir": str(self.tmp / "state"),

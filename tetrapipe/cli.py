@@ -98,9 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _live_view(cfg: Config, stop: asyncio.Event) -> None:
     from exporters import compact, protojson
-    from schemas import codec
+    from schemas import codec, registry
     from tetrapipe import kafka
 
+    decode = registry.decoder_for(cfg)
     await kafka.ensure_topics(cfg, [cfg.events_topic])
     consumer = kafka.make_consumer(cfg, None, [cfg.events_topic], auto_offset_reset="latest")  # type: ignore[arg-type]
     await consumer.start()
@@ -110,8 +111,8 @@ async def _live_view(cfg: Config, stop: asyncio.Event) -> None:
             for msgs in got.values():
                 for m in msgs:
                     try:
-                        line = compact.render(protojson.to_protojson(codec.decode("event", m.value)))
-                    except codec.CodecError:
+                        line = compact.render(protojson.to_protojson(decode(m.value)))
+                    except (codec.CodecError, registry.RegistryError):
                         continue
                     if line:
                         print(line, flush=True)

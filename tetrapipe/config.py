@@ -67,6 +67,19 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    fluentd_buffer_dir: str = _opt("", "fluentd exporter's disk buffer; empty = <state_dir>/fluentd-buffer")
+    fluentd_buffer_max_bytes: int = _opt(256 * 1024 * 1024, "fluentd disk buffer bound in bytes")
+    fluentd_ack_timeout: int = _opt(10, "seconds to wait for fluentd's ack of a chunk before resending")
+    fluentd_compress: bool = _opt(False, "send CompressedPackedForward (gzip) to fluentd")
+    enable_k8s_api: bool = _opt(False, "watch this node's pods on the Kubernetes API for pod metadata")
+    k8s_kubeconfig: str = _opt("", "kubeconfig file; empty = in-cluster config, else ~/.kube/config")
+    k8s_retry_max_ms: int = _opt(30000, "longest wait between Kubernetes API retries (backoff from 0.5 s)")
+    enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
+    event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never")
+    event_cache_size: int = _opt(10000, "events held for pod metadata at most")
+    state_topic: str = _opt("tetrapipe.state", "compacted topic of the enricher's process cache; "
+                            "empty = no restart state")
+    export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -23,6 +23,9 @@ log = logging.getLogger("tetrapipe.run")
 # plus this offset (each service alone uses --metrics-address as it is)
 PORT_OFFSETS = {"collector": 0, "enricher": 1, "export-json": 2, "export-prometheus": 3,
                 "export-fluentd": 4}
+DEFAULT_METRICS_PORT = 2112
+# the ports with the default --metrics-address (docker-compose.yml uses the same)
+PORTS = {name: DEFAULT_METRICS_PORT + off for name, off in PORT_OFFSETS.items()}
 
 
 def child_env(cfg: Config, metrics_port: int) -> dict[str, str]:

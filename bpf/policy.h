@@ -1,0 +1,267 @@
+/* Shared part of every compiled TracingPolicy program (collector/policy/compiler.py generates the
+ * rest: maps sized per policy, one function per hook with its selectors spelled out as C, and
+ * the tracepoint probes that call them). Included AFTER the generated map definitions, because
+ * bcc rewrites map accesses only in the main file: the helpers here take no map.
+ *
+ * Limits (records.h has the record layout):
+ *   TP_STR_MAX      256 bytes per selector string value (longer values are refused at load)
+ *   TP_DATA_SIZE   8192 bytes of arguments per record (a last char_buf may add TP_BUF_MAX);
+ *                  arguments that do not fit are left out
+ *   TP_SLOTS          4 string values (paths, strings, binaries) per hook at most
+ *   TP_BUF_MAX     4096 bytes copied of a char_buf argument (more is reported as truncated)
+ */
+#ifndef TETRAPIPE_POLICY_H
+#define TETRAPIPE_POLICY_H
+
+#define TP_STR_MAX 256
+#define TP_DATA_SIZE 8192
+#define TP_DATA_MASK (TP_DATA_SIZE - 1)
+#define TP_BUF_MAX 4096
+#define TP_ANCESTORS 8
+
+/* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
+#define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
+
+struct tp_str {
+    u32 len;
+    char s[TP_STR_MAX];
+};
+
+struct tp_hook_buf {
+    struct tp_hook e;
+    char data[TP_DATA_SIZE * 2];   /* arguments are written below TP_DATA_SIZE + TP_BUF_MAX */
+};
+
+/* string values of one hook call, filled once each (per-CPU arrays are limited to 32 KiB) */
+struct tp_slots {
+    char slot[TP_SLOTS][TP_PATH_MAX];
+    u32 slen[TP_SLOTS];
+    u32 sflags[TP_SLOTS];
+};
+
+struct tp_pending {
+    u64 a[6];
+};
+
+struct tp_exec_state {
+    u32 ns[TP_NS_COUNT];
+    u64 caps[3];
+};
+
+static __always_inline struct file *tp_fd_file(struct task_struct *task, long fd)
+{
+    struct files_struct *files = 0;
+    struct fdtable *fdt = 0;
+    struct file **fdarr = 0;
+    struct file *f = 0;
+    unsigned int max = 0;
+    if (fd < 0)
+        return 0;
+    TP_RD(files, task->files);
+    if (!files)
+        return 0;
+    TP_RD(fdt, files->fdt);
+    if (!fdt)
+        return 0;
+    TP_RD(max, fdt->max_fds);
+    if ((unsigned long)fd >= max)
+        return 0;
+    TP_RD(fdarr, fdt->fd);
+    bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]);
+    return f;
+}
+
+/* Path of an open file, walked up to the task's root. */
+static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_struct *task,
+                                        struct file *f, char *out, u32 *flags)
+{
+    struct fs_struct *fs = 0;
+    struct path root = {}, fp = {};
+    TP_RD(fs, task->fs);
+    if (fs)
+        TP_RD(root, fs->root);
+    TP_RD(fp, f->f_path);
+    u32 pf = 0;
+    u32 n = tp_path_walk(pb, fp.dentry, fp.mnt, root.dentry, root.mnt, out, &pf);
+    if (pf & 1)
+        *flags |= TP_ARGF_TRUNC;
+    return n;
+}
+
+static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struct *task, char *out,
+                                       u32 *flags)
+{
+    struct mm_struct *mm = 0;
+    struct file *exe = 0;
+    TP_RD(mm, task->mm);
+    if (mm)
+        TP_RD(exe, mm->exe_file);
+    if (!exe) {
+        *flags |= TP_ARGF_ERROR;
+        return 0;
+    }
+    return tp_file_path(pb, task, exe, out, flags);
+}
+
+static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v, int how)
+{
+    /* how: 0 equal, 1 prefix, 2 postfix */
+    if (!v)
+        return 0;
+    u32 n = v->len;
+    if (n > slen || n > TP_STR_MAX)
+        return 0;
+    if (how == 0 && n != slen)
+        return 0;
+    u32 start = how == 2 ? slen - n : 0;
+    n = TP_BOUND(n, 0x1ff);  /* opaque to clang, so it keeps the i < TP_STR_MAX bound */
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < TP_STR_MAX; i++) {
+        if (i >= n)
+            break;
+        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
+            return 0;
+    }
+    return 1;
+}
+
+static __always_inline u32 tp_ns_pid(struct task_struct *task)
+{
+    struct task_struct *leader = 0;
+    struct pid *tp = 0;
+    unsigned int level = 0;
+    struct upid up = {};
+    TP_RD(leader, task->group_leader);
+    if (!leader)
+        leader = task;
+    TP_RD(tp, leader->thread_pid);
+    if (!tp)
+        return 0;
+    TP_RD(level, tp->level);
+    bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+    return up.nr;
+}
+
+static __always_inline u32 tp_ns_inum(struct task_struct *task, int which)
+{
+    struct nsproxy *nsp = 0;
+    u32 inum = 0;
+    TP_RD(nsp, task->nsproxy);
+    if (which == TP_NS_USER) {
+        const struct cred *cred = 0;
+        struct user_namespace *uns = 0;
+        TP_RD(cred, task->cred);
+        TP_RD(uns, cred->user_ns);
+        TP_RD(inum, uns->ns.inum);
+        return inum;
+    }
+    if (which == TP_NS_PID) {
+        struct pid *tp = 0;
+        unsigned int level = 0;
+        struct upid up = {};
+        TP_RD(tp, task->thread_pid);
+        if (!tp)
+            return 0;
+        TP_RD(level, tp->level);
+        bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+        if (up.ns)
+            TP_RD(inum, up.ns->ns.inum);
+        return inum;
+    }
+    if (!nsp)
+        return 0;
+    if (which == TP_NS_UTS) { struct uts_namespace *x = 0; TP_RD(x, nsp->uts_ns); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_IPC) { struct ipc_namespace *x = 0; TP_RD(x, nsp->ipc_ns); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_MNT) { struct mnt_namespace *x = 0; TP_RD(x, nsp->mnt_ns); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_PID_FOR_CHILDREN) { struct pid_namespace *x = 0; TP_RD(x, nsp->pid_ns_for_children); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_NET) { struct net *x = 0; TP_RD(x, nsp->net_ns); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_TIME) { struct time_namespace *x = 0; TP_RD(x, nsp->time_ns); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_TIME_FOR_CHILDREN) { struct time_namespace *x = 0; TP_RD(x, nsp->time_ns_for_children); if (x) TP_RD(inum, x->ns.inum); }
+    else if (which == TP_NS_CGROUP) { struct cgroup_namespace *x = 0; TP_RD(x, nsp->cgroup_ns); if (x) TP_RD(inum, x->ns.inum); }
+    return inum;
+}
+
+/* which: 0 effective, 1 inheritable, 2 permitted */
+static __always_inline u64 tp_caps(struct task_struct *task, int which)
+{
+    const struct cred *cred = 0;
+    u64 v = 0;
+    TP_RD(cred, task->cred);
+    if (which == 0) TP_RD(v, cred->cap_effective.val);
+    else if (which == 1) TP_RD(v, cred->cap_inheritable.val);
+    else TP_RD(v, cred->cap_permitted.val);
+    return v;
+}
+
+static __always_inline u32 tp_user_ns_level(struct task_struct *task)
+{
+    const struct cred *cred = 0;
+    struct user_namespace *uns = 0;
+    u32 level = 0;
+    TP_RD(cred, task->cred);
+    TP_RD(uns, cred->user_ns);
+    TP_RD(level, uns->level);
+    return level;
+}
+
+/* argument writers: each returns the new offset; an argument that does not fit is skipped */
+static __always_inline u32 tp_put_hdr(struct tp_hook_buf *b, u32 off, u8 type, u8 flags, u32 len,
+                                      u32 orig)
+{
+    struct tp_arg a = {.type = type, .flags = flags, .len = len, .orig_size = orig};
+    bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), sizeof(a), &a);
+    return off + sizeof(a);
+}
+
+static __always_inline u32 tp_put_u64(struct tp_hook_buf *b, u32 off, u8 type, u64 v)
+{
+    if (off > TP_DATA_SIZE - 32)
+        return off;
+    off = tp_put_hdr(b, off, type, 0, 8, 8);
+    bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), 8, &v);
+    b->e.nargs++;
+    return off + 8;
+}
+
+static __always_inline u32 tp_put_slot(struct tp_hook_buf *b, struct tp_slots *s, u32 off, u8 type,
+                                       int k)
+{
+    if (off > TP_DATA_SIZE - 32)
+        return off;
+    u32 len = s->slen[k & (TP_SLOTS - 1)] & (TP_PATH_MAX - 1);
+    if (off + 8 + len > TP_DATA_SIZE)
+        return off;
+    off = tp_put_hdr(b, off, type, s->sflags[k & (TP_SLOTS - 1)], len, len);
+    u64 n = TP_BOUND(len, 0xfff);
+    if (n)
+        bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), n, s->slot[k & (TP_SLOTS - 1)]);
+    b->e.nargs++;
+    return off + len;
+}
+
+static __always_inline u32 tp_put_user_buf(struct tp_hook_buf *b, u32 off, u64 ptr, s64 size)
+{
+    if (off > TP_DATA_SIZE - 32)
+        return off;
+    u8 flags = 0;
+    u32 orig = size > 0 ? (u32)size : 0;
+    u32 len = orig;
+    if (len > TP_BUF_MAX) {
+        len = TP_BUF_MAX;
+        flags |= TP_ARGF_TRUNC;
+    }
+    if (off + 8 + len > TP_DATA_SIZE) {
+        len = 0;
+        flags |= TP_ARGF_TRUNC;
+    }
+    u64 n = TP_BOUND(len, 0x1fff);
+    if (n && bpf_probe_read_user(b->data + TP_BOUND(off + 8, 0x1fff), n, (void *)ptr) < 0) {
+        len = 0;
+        flags |= TP_ARGF_ERROR;
+    }
+    off = tp_put_hdr(b, off, TP_ARG_BYTES, flags, len, orig);
+    b->e.nargs++;
+    return off + len;
+}
+
+#endif

@@ -1,0 +1,328 @@
+"""Policy lifecycle in the collector: load (parse → compile → bcc → strings filled → enabled →
+ring buffer drained), unload, list; files given at start, a watched directory, the control socket.
+
+A policy is loaded whole or not at all; a bad one is refused with its reason and the policies
+already loaded keep acting. Every load and unload puts a catalog record (REC_POLICY) in the raw
+stream so the enricher, which never reads policy files, can name hooks and arguments.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import random
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from bpf import records
+from collector import loader
+from collector.drain import RecordQueue, RingBufferDrain
+from collector.policy import compiler, parser
+from collector.policy.model import Policy, PolicyError
+
+log = logging.getLogger("tetrapipe.policy")
+
+LOADED = Gauge("tetrapipe_tracingpolicy_loaded", "Tracing policies by state", ["state"])
+SELECTOR_ACTIONS = Counter(
+    "tetrapipe_tracingpolicy_selector_actions",
+    "Selector matches in the kernel, by the action taken (monitor_* in monitor mode)",
+    ["action", "hook", "hook_index", "policy", "policy_namespace", "selector_index"],
+)
+LOAD_ERRORS = Counter("tetrapipe_tracingpolicy_load_errors", "Policies refused at load", ["reason"])
+STATES = ("enabled", "disabled", "load_error", "error")
+CATALOG_EVERY_S = 30.0
+POLICY_RINGBUF_PAGES = 256
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def check_file_owner(path: str) -> None:
+    """Refuse a policy file that someone other than root could have written."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError("", "not a regular file", 0, path)
+    if st.st_uid != 0:
+        raise PolicyError("", f"refused: the file is owned by uid {st.st_uid}, not root", 0, path)
+    if st.st_mode & 0o022:
+        raise PolicyError("", f"refused: the file is writable by group or others (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o})", 0, path)
+
+
+@dataclass
+class Loaded:
+    policy: Policy
+    compiled: compiler.Compiled
+    policy_id: int
+    bpf: Any
+    drain: RingBufferDrain
+    loaded_at: float = field(default_factory=time.time)
+    counts_seen: dict[int, int] = field(default_factory=dict)
+    lost_seen: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def info(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode, "state": "enabled",
+            "id": self.policy_id, "source": p.source,
+            "hooks": [{"function_name": h.function_name, "serve": h.serve} for h in self.compiled.hooks],
+            "notices": p.notices + self.compiled.notices,
+        }
+
+    def catalog(self, state: str = "loaded") -> dict[str, Any]:
+        p = self.policy
+        hooks = []
+        for ch in self.compiled.hooks:
+            h = ch.hook
+            hooks.append({
+                "id": ch.hook_id, "kind": h.kind, "function_name": ch.function_name,
+                "subsys": h.subsystem, "event": h.event, "return": h.return_,
+                "args": [{"index": a.index, "type": a.type, "label": a.label,
+                          "return_copy": a.return_copy} for a in h.args],
+                "return_arg": ({"type": h.return_arg.type, "label": h.return_arg.label}
+                               if h.return_arg else None),
+                "message": h.message, "tags": h.tags,
+                "selectors": [[a.action for a in s.match_actions] or ["Post"] for s in h.selectors],
+            })
+        return {"policy_id": self.policy_id, "name": p.name, "namespace": p.namespace, "mode": p.mode,
+                "state": state, "hooks": hooks}
+
+
+class PolicyManager:
+    def __init__(self, queue: RecordQueue, host_ns: list[int], kprobes: bool = False,
+                 ringbuf_pages: int = POLICY_RINGBUF_PAGES) -> None:
+        self.queue = queue
+        self.host_ns = host_ns
+        self.kprobes = kprobes
+        self.ringbuf_pages = ringbuf_pages
+        self.loaded: dict[str, Loaded] = {}
+        self.errors: dict[str, str] = {}       # source or name → last load error
+        self.dir_files: dict[str, tuple[float, list[str]]] = {}  # watched file → (mtime, names)
+        self._lock = threading.RLock()
+        self._last_catalog = 0.0
+        self._update_gauge()
+
+    # ---- load / unload ---------------------------------------------------------------------
+    def load_text(self, text: str, source: str = "", mode: str | None = None) -> list[Loaded]:
+        """Parse, compile and load every policy in ``text``: all of them or none."""
+        try:
+            policies = parser.parse_text(text, source, mode)
+            with self._lock:
+                for p in policies:
+                    if p.name in self.loaded:
+                        raise PolicyError("metadata.name", f"a policy named {p.name!r} is already loaded",
+                                          p.line_of("metadata.name"), source)
+                done: list[Loaded] = []
+                try:
+                    for p in policies:
+                        done.append(self._load(p))
+                except BaseException:
+                    for lp in done:
+                        self._unload(lp)
+                    raise
+        except PolicyError as exc:
+            LOAD_ERRORS.labels(reason="invalid").inc()
+            self.errors[source or "<control>"] = str(exc)
+            self._update_gauge()
+            raise
+        except loader.LoadError as exc:
+            LOAD_ERRORS.labels(reason="kernel").inc()
+            self.errors[source or "<control>"] = str(exc)
+            self._update_gauge()
+            raise PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source) from exc
+        self.errors.pop(source or "<control>", None)
+        self._update_gauge()
+        return done
+
+    def load_file(self, path: str, mode: str | None = None) -> list[Loaded]:
+        try:
+            check_file_owner(path)
+            text = Path(path).read_text(encoding="utf-8")
+        except PolicyError as exc:
+            LOAD_ERRORS.labels(reason="file").inc()
+            self.errors[path] = str(exc)
+            self._update_gauge()
+            raise
+        except (OSError, UnicodeDecodeError) as exc:
+            LOAD_ERRORS.labels(reason="file").inc()
+            self.errors[path] = f"{path}: {exc}"
+            self._update_gauge()
+            raise PolicyError("", f"cannot read: {exc}", 0, path) from exc
+        return self.load_text(text, path, mode)
+
+    def _load(self, p: Policy) -> Loaded:
+        pid = random.getrandbits(31) | 1
+        comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
+        t0 = time.monotonic()
+        bpf = loader.load_program(f"policy {p.name}", text=comp.text)
+        strs = bpf["strs"]
+        for i, raw in enumerate(comp.strings):
+            v = strs.Leaf()
+            v.len = len(raw)
+            v.s = raw
+            strs[ctypes.c_int(i)] = v
+        drain = RingBufferDrain(bpf, self.queue)
+        lp = Loaded(p, comp, pid, bpf, drain)
+        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
+        drain.start()
+        bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        self.queue.wake()
+        self.loaded[p.name] = lp
+        for n in p.notices + comp.notices:
+            log.warning("policy %s: %s", p.name, n)
+        log.info("policy %s loaded (%s mode, id %d) in %.2fs: %s", p.name, p.mode, pid,
+                 time.monotonic() - t0, "; ".join(f"{h.function_name} via {h.serve}" for h in comp.hooks))
+        return lp
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            lp = self.loaded.get(name)
+            if lp is None:
+                raise PolicyError("", f"no policy named {name!r} is loaded")
+            self._unload(lp)
+        self._update_gauge()
+
+    def _unload(self, lp: Loaded) -> None:
+        try:
+            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+        except Exception:  # noqa: BLE001 - cleanup goes on
+            pass
+        self._collect_counts(lp)
+        lp.drain.stop()
+        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
+        self.queue.wake()
+        lp.bpf.cleanup()
+        self.loaded.pop(lp.name, None)
+        log.info("policy %s unloaded", lp.name)
+
+    def stop(self) -> None:
+        with self._lock:
+            for lp in list(self.loaded.values()):
+                self._unload(lp)
+        self._update_gauge()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out = [lp.info() for lp in self.loaded.values()]
+        out += [{"name": "", "source": src, "state": "load_error", "error": err} for src, err in self.errors.items()]
+        return out
+
+    # ---- files and directory -------------------------------------------------------------------
+    def load_configured(self, files: list[str], directory: str) -> None:
+        """Policies named in the configuration; a bad one is logged and counted, the rest load."""
+        for f in files:
+            try:
+                self.load_file(f)
+            except PolicyError as exc:
+                log.error("policy not loaded: %s", exc)
+        if directory:
+            self.scan_dir(directory)
+
+    def scan_dir(self, directory: str) -> None:
+        """Load new or changed files of the watched directory, unload the policies of removed ones."""
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(POLICY_SUFFIXES))
+        except OSError as exc:
+            if directory not in self.errors:
+                log.error("watched policy directory %s: %s", directory, exc)
+            self.errors[directory] = str(exc)
+            return
+        self.errors.pop(directory, None)
+        current = {os.path.join(directory, n) for n in names}
+        for path in sorted(set(self.dir_files) - current):
+            self._drop_file(path)
+        for path in sorted(current):
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            known = self.dir_files.get(path)
+            if known and known[0] == mtime:
+                continue
+            self._drop_file(path)
+            try:
+                loaded = self.load_file(path)
+                self.dir_files[path] = (mtime, [lp.name for lp in loaded])
+            except PolicyError as exc:
+                log.error("policy not loaded: %s", exc)
+                self.dir_files[path] = (mtime, [])
+
+    def _drop_file(self, path: str) -> None:
+        known = self.dir_files.pop(path, None)
+        self.errors.pop(path, None)
+        for name in known[1] if known else []:
+            try:
+                self.delete(name)
+            except PolicyError:
+                pass
+
+    # ---- periodic ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Re-send the catalog now and then (a late enricher learns it) and export counters."""
+        now = time.monotonic()
+        if not self._lock.acquire(blocking=False):
+            return  # a load is compiling (seconds): never stall the produce loop for it
+        try:
+            for lp in self.loaded.values():
+                self._collect_counts(lp)
+            if now - self._last_catalog >= CATALOG_EVERY_S:
+                self._last_catalog = now
+                for lp in self.loaded.values():
+                    self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
+                if self.loaded:
+                    self.queue.wake()
+        finally:
+            self._lock.release()
+
+    def _collect_counts(self, lp: Loaded) -> None:
+        try:
+            table = lp.bpf["sel_counts"]
+        except Exception:  # noqa: BLE001
+            return
+        monitor = lp.policy.mode == "monitor"
+        for ch in lp.compiled.hooks:
+            for s in range(compiler.SEL_SLOTS):
+                idx = ch.hook_id * compiler.SEL_SLOTS + s
+                total = int(sum(table[ctypes.c_int(idx)]))
+                delta = total - lp.counts_seen.get(idx, 0)
+                if delta <= 0:
+                    continue
+                lp.counts_seen[idx] = total
+                if s < len(ch.hook.selectors):
+                    names = ch.hook.selectors[s].action_names() or ["Post"]
+                    action = min(names, key=lambda n: compiler.ACTION_RANK.index(n)).lower()
+                else:
+                    action = "post"
+                if monitor and action in ("sigkill", "signal", "override"):
+                    action = f"monitor_{action}"
+                SELECTOR_ACTIONS.labels(action=action, hook=ch.function_name, hook_index=str(ch.hook_id),
+                                        policy=lp.name, policy_namespace=lp.policy.namespace,
+                                        selector_index=str(s if s < len(ch.hook.selectors) else -1)).inc(delta)
+
+    def kernel_lost_delta(self) -> int:
+        """Kernel-side drops of the policy ring buffers since the last call (0 while a load runs;
+        they are counted at the next call)."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            return sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values())
+        finally:
+            self._lock.release()
+
+    def _update_gauge(self) -> None:
+        counts = dict.fromkeys(STATES, 0)
+        counts["enabled"] = len(self.loaded)
+        counts["load_error"] = len(self.errors)
+        for s, n in counts.items():
+            LOADED.labels(state=s).set(n)
+

@@ -1,0 +1,237 @@
+"""The typed TracingPolicy model the parser produces and the compiler consumes.
+
+Names follow Tetragon's CRD (pkg/k8s/apis/cilium.io/v1alpha1): a policy has hooks (``kprobes:``,
+``tracepoints:``, ``lsmhooks:``), each with typed arguments and up to five selectors; inside one
+selector every filter must match (AND), the first matching selector's actions apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_SELECTORS = 5
+
+ARG_TYPES = frozenset({
+    "int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32", "uint32",
+    "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto", "char_buf", "char_iovec",
+    "string", "const_buf", "data_loc", "fd", "file", "filename", "path", "dentry", "skb", "sock",
+    "sockaddr", "socket", "sockaddr_un", "net_device", "nop", "bpf_attr", "bpf_prog", "bpf_map",
+    "bpf_cmd", "perf_event", "user_namespace", "capability", "kernel_cap_t", "cap_inheritable",
+    "cap_permitted", "cap_effective", "cred", "kiocb", "iov_iter", "load_info", "module",
+    "syscall64", "linux_binprm",
+})
+INT_TYPES = frozenset({"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32",
+                       "uint32", "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto"})
+STRING_TYPES = frozenset({"string", "filename", "data_loc"})
+FILE_TYPES = frozenset({"fd", "file", "path"})
+
+ARG_OPERATORS = frozenset({
+    "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
+    "LessThan", "LT", "Mask", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "InMap",
+    "NotInMap", "CapabilitiesGained", "CelExpr", "FileType", "NotFileType", "SPort", "NotSPort",
+    "SPortPriv", "NotSportPriv", "NotSPortPriv", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv",
+    "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State",
+})
+SERVED_ARG_OPERATORS = frozenset({
+    "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
+    "LessThan", "LT", "Mask", "InRange", "NotInRange",
+})
+STRING_OPERATORS = frozenset({"Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
+INT_OPERATORS = frozenset({"Equal", "NotEqual", "GreaterThan", "GT", "LessThan", "LT", "Mask",
+                           "InRange", "NotInRange"})
+PID_OPERATORS = frozenset({"In", "NotIn"})
+BINARY_OPERATORS = frozenset({"In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
+SET_OPERATORS = frozenset({"In", "NotIn"})
+NAMESPACES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren",
+              "Cgroup", "User")
+CAP_TYPES = ("Effective", "Inheritable", "Permitted")
+
+ACTIONS = frozenset({
+    "Post", "Sigkill", "Override", "GetUrl", "DnsLookup", "NoPost", "Signal", "TrackSock",
+    "UntrackSock", "NotifyEnforcer", "CleanupEnforcerNotification", "Set",
+    "FollowFD", "UnfollowFD", "CopyFD",  # removed from Tetragon's CRD; accepted for compatibility
+})
+# Tetragon's KprobeAction enum numbers (api/v1/tetragon/tetragon.proto)
+ACTION_NUMBERS = {
+    "Post": 1, "FollowFD": 2, "Sigkill": 3, "UnfollowFD": 4, "Override": 5, "CopyFD": 6,
+    "GetUrl": 7, "DnsLookup": 8, "NoPost": 9, "Signal": 10, "TrackSock": 11, "UntrackSock": 12,
+    "NotifyEnforcer": 13, "CleanupEnforcerNotification": 14, "Set": 15,
+}
+ACTION_ENUM_NAMES = {
+    1: "KPROBE_ACTION_POST", 2: "KPROBE_ACTION_FOLLOWFD", 3: "KPROBE_ACTION_SIGKILL",
+    4: "KPROBE_ACTION_UNFOLLOWFD", 5: "KPROBE_ACTION_OVERRIDE", 6: "KPROBE_ACTION_COPYFD",
+    7: "KPROBE_ACTION_GETURL", 8: "KPROBE_ACTION_DNSLOOKUP", 9: "KPROBE_ACTION_NOPOST",
+    10: "KPROBE_ACTION_SIGNAL", 11: "KPROBE_ACTION_TRACKSOCK", 12: "KPROBE_ACTION_UNTRACKSOCK",
+    13: "KPROBE_ACTION_NOTIFYENFORCER", 14: "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
+    15: "KPROBE_ACTION_SET",
+}
+
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
+
+
+@dataclass
+class ArgSpec:
+    index: int
+    type: str
+    size_arg_index: int = 0      # counts from 1, as Tetragon's sizeArgIndex
+    return_copy: bool = False
+    max_data: bool = False
+    label: str = ""
+    path: str = ""               # where in the YAML, for errors
+
+
+@dataclass
+class ArgFilter:
+    index: int
+    operator: str
+    values: list[str]
+    path: str = ""
+
+
+@dataclass
+class PidFilter:
+    operator: str
+    values: list[int]
+    follow_forks: bool = False
+    is_namespace_pid: bool = False
+    path: str = ""
+
+
+@dataclass
+class BinaryFilter:
+    operator: str
+    values: list[str]
+    follow_children: bool = False
+    path: str = ""
+
+
+@dataclass
+class NamespaceFilter:
+    namespace: str
+    operator: str
+    values: list[str]            # inode numbers or "host_ns"
+    path: str = ""
+
+
+@dataclass
+class CapabilityFilter:
+    type: str
+    operator: str
+    values: list[str]
+    is_namespace_capability: bool = False
+    path: str = ""
+
+
+@dataclass
+class NamespaceChangeFilter:
+    operator: str
+    values: list[str]            # namespace names
+    path: str = ""
+
+
+@dataclass
+class Action:
+    action: str
+    arg_sig: int = 0
+    arg_error: int = 0
+    arg_fd: int = -1
+    arg_name: int = -1
+    rate_limit: str = ""
+    rate_limit_scope: str = ""
+    path: str = ""
+
+    @property
+    def number(self) -> int:
+        return ACTION_NUMBERS[self.action]
+
+
+@dataclass
+class Selector:
+    match_args: list[ArgFilter] = field(default_factory=list)
+    match_return_args: list[ArgFilter] = field(default_factory=list)
+    match_pids: list[PidFilter] = field(default_factory=list)
+    match_binaries: list[BinaryFilter] = field(default_factory=list)
+    match_parent_binaries: list[BinaryFilter] = field(default_factory=list)
+    match_namespaces: list[NamespaceFilter] = field(default_factory=list)
+    match_capabilities: list[CapabilityFilter] = field(default_factory=list)
+    match_namespace_changes: list[NamespaceChangeFilter] = field(default_factory=list)
+    match_capability_changes: list[CapabilityFilter] = field(default_factory=list)
+    match_actions: list[Action] = field(default_factory=list)
+    match_return_actions: list[Action] = field(default_factory=list)
+    path: str = ""
+
+    def action_names(self) -> list[str]:
+        return [a.action for a in self.match_actions]
+
+
+@dataclass
+class Hook:
+    kind: str                    # "kprobe", "tracepoint", "lsmhook"
+    index: int                   # position in its list (hook id inside the policy is separate)
+    call: str = ""               # kprobes: function; lsmhooks: hook name
+    syscall: bool = False
+    return_: bool = False
+    args: list[ArgSpec] = field(default_factory=list)
+    return_arg: ArgSpec | None = None
+    selectors: list[Selector] = field(default_factory=list)
+    message: str = ""
+    tags: list[str] = field(default_factory=list)
+    subsystem: str = ""          # tracepoints
+    event: str = ""
+    path: str = ""
+
+    def arg(self, index: int) -> ArgSpec | None:
+        return next((a for a in self.args if a.index == index), None)
+
+    @property
+    def function_name(self) -> str:
+        return self.call if self.kind != "tracepoint" else f"{self.subsystem}/{self.event}"
+
+
+@dataclass
+class Policy:
+    name: str
+    kind: str                    # TracingPolicy, TracingPolicyNamespaced (ExecPolicy is translated)
+    namespace: str = ""
+    mode: str = "enforce"        # enforce | monitor
+    hooks: list[Hook] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    pod_selector: dict | None = None
+    container_selector: dict | None = None
+    source: str = ""             # file the policy came from, "" for the control socket
+    lines: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def line_of(self, path: str) -> int:
+        """The YAML line of ``path`` or of its nearest ancestor (0 when unknown)."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.lines.get("", 0)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be loaded: where (YAML path and line) and why."""
+
+    def __init__(self, path: str, reason: str, line: int = 0, source: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.line = line
+        self.source = source
+        super().__init__(self.text())
+
+    def text(self) -> str:
+        where = ""
+        if self.source or self.line:
+            where = f"{self.source or '<policy>'}" + (f":{self.line}" if self.line else "") + ": "
+        return f"{where}{self.path + ': ' if self.path else ''}{self.reason}"

@@ -1,0 +1,478 @@
+"""TracingPolicy YAML → typed model, with errors that name the YAML path, the line and the reason:
+
+    policy.yaml:14: spec.kprobes[2].selectors[0].matchArgs[0].operator: unknown operator "Prefx"
+
+Several documents per file are allowed. The older ``ExecPolicy`` form and the ``matchBinarys``
+spelling are translated (collector/policy/legacy.py) with a notice. What the YAML says is checked
+here; what this kernel can serve is checked by the compiler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from collector.policy import legacy
+from collector.policy.model import (
+    ACTIONS,
+    ARG_OPERATORS,
+    ARG_TYPES,
+    BINARY_OPERATORS,
+    CAP_TYPES,
+    CAPABILITIES,
+    MAX_SELECTORS,
+    NAMESPACES,
+    PID_OPERATORS,
+    SET_OPERATORS,
+    Action,
+    ArgFilter,
+    ArgSpec,
+    BinaryFilter,
+    CapabilityFilter,
+    Hook,
+    NamespaceChangeFilter,
+    NamespaceFilter,
+    PidFilter,
+    Policy,
+    PolicyError,
+    Selector,
+)
+
+API_VERSION = "cilium.io/v1alpha1"
+KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
+SPEC_KEYS = {"kprobes", "tracepoints", "uprobes", "lsmhooks", "usdts", "fentries", "loader",
+             "podSelector", "containerSelector", "hostSelector", "nodeSelector", "lists",
+             "enforcers", "options", "selectorsMacros"}
+KPROBE_KEYS = {"call", "syscall", "return", "message", "args", "data", "returnArg", "returnArgAction",
+               "selectors", "tags", "ignore"}
+TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", "tags"}
+LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
+ARG_KEYS = {"index", "type", "resolve", "sizeArgIndex", "returnCopy", "maxData", "label", "source",
+            "btfType"}
+SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matchBinaries",
+                 "matchBinarys", "matchParentBinaries", "matchNamespaces", "matchCapabilities",
+                 "matchNamespaceChanges", "matchCapabilityChanges", "matchActions",
+                 "matchReturnActions", "matchWorkloads"}
+ACTION_KEYS = {"action", "argError", "argSig", "argUrl", "argFqdn", "argSock", "argIndex", "argValue",
+               "argRegs", "argNewSymbol", "argNewAddr", "argNewOffset", "rateLimit", "rateLimitScope",
+               "kernelStackTrace", "userStackTrace", "imaHash", "argFd", "argName"}
+MODES = ("enforce", "monitor")
+
+
+# ---- YAML with line numbers -------------------------------------------------------------------
+
+class _Doc:
+    """One YAML document as plain Python plus the line of every path in it."""
+
+    def __init__(self, node: yaml.Node, source: str) -> None:
+        self.lines: dict[str, int] = {}
+        self.source = source
+        self._loader = yaml.SafeLoader("")
+        try:
+            self.value = self._convert(node, "")
+        finally:
+            self._loader.dispose()
+
+    def _convert(self, node: yaml.Node, path: str) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for k, v in node.value:
+                key = str(k.value)
+                sub = f"{path}.{key}" if path else key
+                self.lines[sub] = k.start_mark.line + 1
+                out[key] = self._convert(v, sub)
+                self.lines[sub] = k.start_mark.line + 1  # the key's line, not the value's
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._convert(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        return self._loader.construct_object(node, deep=True)
+
+
+class _Ctx:
+    def __init__(self, doc: _Doc) -> None:
+        self.doc = doc
+        self.notices: list[str] = []
+
+    def fail(self, path: str, reason: str) -> PolicyError:
+        line = 0
+        p = path
+        while True:
+            if p in self.doc.lines:
+                line = self.doc.lines[p]
+                break
+            if not p:
+                break
+            cut = max(p.rfind("."), p.rfind("["))
+            p = p[:cut] if cut > 0 else ""
+        return PolicyError(path, reason, line, self.doc.source)
+
+    # typed getters
+    def mapping(self, v: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(v)}")
+        if allowed is not None:
+            for k in v:
+                if k not in allowed:
+                    raise self.fail(f"{path}.{k}" if path else k, f"unknown field {k!r}")
+        return v
+
+    def seq(self, v: Any, path: str) -> list[Any]:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise self.fail(path, f"expected a list, got {_kind(v)}")
+        return v
+
+    def string(self, v: Any, path: str, required: bool = False) -> str:
+        if v is None:
+            if required:
+                raise self.fail(path, "required")
+            return ""
+        if isinstance(v, bool | dict | list):
+            raise self.fail(path, f"expected a string, got {_kind(v)}")
+        return str(v)
+
+    def integer(self, v: Any, path: str, default: int | None = None) -> int:
+        if v is None:
+            if default is None:
+                raise self.fail(path, "required")
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise self.fail(path, f"expected an integer, got {_kind(v)}")
+        try:
+            return int(str(v), 0)
+        except ValueError:
+            raise self.fail(path, f"expected an integer, got {v!r}") from None
+
+    def boolean(self, v: Any, path: str) -> bool:
+        if v is None:
+            return False
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        raise self.fail(path, f"expected true or false, got {v!r}")
+
+    def choice(self, v: Any, path: str, allowed: Any, what: str) -> str:
+        s = self.string(v, path, required=True)
+        if s not in allowed:
+            raise self.fail(path, f"unknown {what} \"{s}\" (one of {', '.join(sorted(allowed))})")
+        return s
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number",
+            float: "a number", str: "a string", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+# ---- entry points ------------------------------------------------------------------------------
+
+def parse_text(text: str, source: str = "", mode: str | None = None) -> list[Policy]:
+    """Every policy document in ``text``; raises PolicyError for the first problem found."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError("", f"not valid YAML: {reason}", mark.line + 1 if mark else 0, source) from None
+    policies = []
+    for node in nodes:
+        if node is None:
+            continue
+        doc = _Doc(node, source)
+        policies.append(parse_document(doc, mode))
+    if not policies:
+        raise PolicyError("", "no policy document found", 0, source)
+    names = [p.name for p in policies]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise PolicyError("metadata.name", f"policy name {dup!r} appears twice in one file", 0, source)
+    return policies
+
+
+def parse_file(path: str, mode: str | None = None) -> list[Policy]:
+    with open(path, encoding="utf-8") as f:
+        return parse_text(f.read(), path, mode)
+
+
+def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
+    c = _Ctx(doc)
+    top = c.mapping(doc.value, "", {"apiVersion", "kind", "metadata", "spec"})
+    api = c.string(top.get("apiVersion"), "apiVersion", required=True)
+    if api != API_VERSION:
+        raise c.fail("apiVersion", f"unsupported apiVersion {api!r} (expected {API_VERSION})")
+    kind = c.string(top.get("kind"), "kind", required=True)
+    meta = c.mapping(top.get("metadata"), "metadata")
+    name = c.string(meta.get("name"), "metadata.name", required=True)
+    if not name or len(name) > 253:
+        raise c.fail("metadata.name", "must be 1 to 253 characters")
+    if kind == "ExecPolicy":
+        policy = _spec(c, legacy.exec_policy_spec(c, top.get("spec")), name, "TracingPolicy")
+    elif kind in KINDS:
+        policy = _spec(c, top.get("spec"), name, kind)
+    else:
+        raise c.fail("kind", f"unknown kind {kind!r} (TracingPolicy, TracingPolicyNamespaced or the "
+                             "legacy ExecPolicy)")
+    if kind == "TracingPolicyNamespaced":
+        policy.namespace = c.string(meta.get("namespace"), "metadata.namespace") or "default"
+    elif meta.get("namespace") and kind == "TracingPolicy":
+        c.notices.append("metadata.namespace is ignored for a cluster-wide TracingPolicy")
+    if mode is not None:
+        if mode not in MODES:
+            raise PolicyError("", f"unknown policy mode {mode!r} (enforce or monitor)", 0, doc.source)
+        policy.mode = mode
+    policy.notices = c.notices + policy.notices
+    policy.source = doc.source
+    policy.lines = doc.lines
+    return policy
+
+
+def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
+    spec = c.mapping(raw, "spec", SPEC_KEYS)
+    policy = Policy(name=name, kind=kind)
+    for key in ("uprobes", "usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
+        if spec.get(key):
+            raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
+    if spec.get("loader"):
+        raise c.fail("spec.loader", "the loader sensor is not supported by tetrapipe")
+    if spec.get("hostSelector") not in (None, {}) and kind == "TracingPolicyNamespaced":
+        raise c.fail("spec.hostSelector", "should have a null spec.hostSelector")
+    if spec.get("nodeSelector"):
+        c.notices.append("spec.nodeSelector: applied by the operator that distributes policies; "
+                         "this collector loads the policy it was given")
+    for i, opt in enumerate(c.seq(spec.get("options"), "spec.options")):
+        p = f"spec.options[{i}]"
+        o = c.mapping(opt, p, {"name", "value"})
+        oname = c.string(o.get("name"), f"{p}.name", required=True)
+        if oname == "policy-mode":
+            policy.mode = c.choice(o.get("value"), f"{p}.value", MODES, "policy mode")
+        else:
+            c.notices.append(f"{p}: option {oname!r} has no effect in tetrapipe")
+    if spec.get("podSelector") is not None:
+        policy.pod_selector = c.mapping(spec.get("podSelector"), "spec.podSelector",
+                                        {"matchLabels", "matchExpressions"})
+    if spec.get("containerSelector") is not None:
+        policy.container_selector = c.mapping(spec.get("containerSelector"), "spec.containerSelector",
+                                              {"matchLabels", "matchExpressions"})
+    for i, h in enumerate(c.seq(spec.get("kprobes"), "spec.kprobes")):
+        policy.hooks.append(_kprobe(c, h, f"spec.kprobes[{i}]", i))
+    for i, h in enumerate(c.seq(spec.get("tracepoints"), "spec.tracepoints")):
+        policy.hooks.append(_tracepoint(c, h, f"spec.tracepoints[{i}]", i))
+    for i, h in enumerate(c.seq(spec.get("lsmhooks"), "spec.lsmhooks")):
+        policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
+    if not policy.hooks:
+        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints or lsmhooks)")
+    return policy
+
+
+def _common(c: _Ctx, m: dict[str, Any], hook: Hook, path: str) -> Hook:
+    hook.path = path
+    hook.message = c.string(m.get("message"), f"{path}.message")
+    hook.tags = [c.string(t, f"{path}.tags[{i}]") for i, t in enumerate(c.seq(m.get("tags"), f"{path}.tags"))]
+    if len(hook.tags) > 16:
+        raise c.fail(f"{path}.tags", "at most 16 tags")
+    seen: set[int] = set()
+    for i, a in enumerate(c.seq(m.get("args"), f"{path}.args")):
+        arg = _arg(c, a, f"{path}.args[{i}]")
+        if arg.index in seen:
+            raise c.fail(f"{path}.args[{i}].index", f"argument index {arg.index} is listed twice")
+        seen.add(arg.index)
+        hook.args.append(arg)
+    for i, a in enumerate(hook.args):
+        if a.size_arg_index:
+            if a.type not in ("char_buf", "char_iovec"):
+                raise c.fail(f"{path}.args[{i}].sizeArgIndex", f"sizeArgIndex applies to char_buf, not {a.type}")
+            if hook.arg(a.size_arg_index - 1) is None and hook.kind != "kprobe":
+                raise c.fail(f"{path}.args[{i}].sizeArgIndex",
+                             f"sizeArgIndex {a.size_arg_index} (counted from 1) names no argument")
+    sels = c.seq(m.get("selectors"), f"{path}.selectors")
+    if len(sels) > MAX_SELECTORS:
+        raise c.fail(f"{path}.selectors", f"{len(sels)} selectors: at most {MAX_SELECTORS} per hook")
+    for i, s in enumerate(sels):
+        hook.selectors.append(_selector(c, s, f"{path}.selectors[{i}]", hook))
+    return hook
+
+
+def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
+    m = c.mapping(raw, path, KPROBE_KEYS)
+    hook = Hook(kind="kprobe", index=i)
+    hook.call = c.string(m.get("call"), f"{path}.call", required=True)
+    if not hook.call:
+        raise c.fail(f"{path}.call", "required")
+    hook.syscall = c.boolean(m.get("syscall"), f"{path}.syscall")
+    hook.return_ = c.boolean(m.get("return"), f"{path}.return")
+    if m.get("returnArg") is not None:
+        if not hook.return_:
+            raise c.fail(f"{path}.returnArg", "returnArg needs return: true")
+        hook.return_arg = _arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
+    if m.get("data"):
+        raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
+    return _common(c, m, hook, path)
+
+
+def _tracepoint(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
+    m = c.mapping(raw, path, TRACEPOINT_KEYS)
+    hook = Hook(kind="tracepoint", index=i)
+    hook.subsystem = c.string(m.get("subsystem"), f"{path}.subsystem", required=True)
+    hook.event = c.string(m.get("event"), f"{path}.event", required=True)
+    if c.boolean(m.get("raw"), f"{path}.raw"):
+        raise c.fail(f"{path}.raw", "raw tracepoints in policies are not supported by tetrapipe")
+    return _common(c, m, hook, path)
+
+
+def _lsmhook(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
+    m = c.mapping(raw, path, LSM_KEYS)
+    hook = Hook(kind="lsmhook", index=i)
+    hook.call = c.string(m.get("hook"), f"{path}.hook", required=True)
+    return _common(c, m, hook, path)
+
+
+def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
+    m = c.mapping(raw, path, ARG_KEYS)
+    idx = c.integer(m.get("index"), f"{path}.index", None if need_index else 0)
+    if idx < 0 or idx > 5 and need_index:
+        raise c.fail(f"{path}.index", f"argument index {idx} out of range (0 to 5)")
+    t = c.choice(m.get("type"), f"{path}.type", ARG_TYPES, "argument type")
+    size_idx = c.integer(m.get("sizeArgIndex"), f"{path}.sizeArgIndex", 0)
+    if size_idx < 0 or size_idx > 6:
+        raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")
+    if m.get("resolve") or m.get("btfType") or m.get("source"):
+        raise c.fail(path, "resolve/btfType/source (BTF field walks) are not supported by tetrapipe")
+    return ArgSpec(index=idx, type=t, size_arg_index=size_idx,
+                   return_copy=c.boolean(m.get("returnCopy"), f"{path}.returnCopy"),
+                   max_data=c.boolean(m.get("maxData"), f"{path}.maxData"),
+                   label=c.string(m.get("label"), f"{path}.label"), path=path)
+
+
+def _values(c: _Ctx, m: dict[str, Any], path: str) -> list[str]:
+    vals = c.seq(m.get("values"), f"{path}.values")
+    out = []
+    for i, v in enumerate(vals):
+        if isinstance(v, dict | list):
+            raise c.fail(f"{path}.values[{i}]", f"expected a scalar, got {_kind(v)}")
+        out.append(str(v).lower() if isinstance(v, bool) else str(v))
+    return out
+
+
+def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
+    m = c.mapping(raw, path, SELECTOR_KEYS)
+    s = Selector(path=path)
+    if "matchBinarys" in m:
+        c.notices.append(f"{path}.matchBinarys: read as matchBinaries (legacy spelling)")
+        if "matchBinaries" in m:
+            raise c.fail(f"{path}.matchBinarys", "both matchBinaries and matchBinarys given")
+    for key in ("matchData", "matchWorkloads"):
+        if m.get(key):
+            raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe")
+    for kind in ("matchArgs", "matchReturnArgs"):
+        for i, f in enumerate(c.seq(m.get(kind), f"{path}.{kind}")):
+            p = f"{path}.{kind}[{i}]"
+            fm = c.mapping(f, p, {"index", "operator", "values", "args"})
+            if fm.get("args"):
+                raise c.fail(f"{p}.args", "multi-argument filters are not supported by tetrapipe")
+            op = c.string(fm.get("operator"), f"{p}.operator", required=True)
+            if op not in ARG_OPERATORS:
+                raise c.fail(f"{p}.operator", f'unknown operator "{op}"')
+            idx = c.integer(fm.get("index"), f"{p}.index", 0)
+            vals = _values(c, fm, p)
+            if not vals:
+                raise c.fail(f"{p}.values", "at least one value is needed")
+            if kind == "matchArgs" and hook.arg(idx) is None:
+                declared = ", ".join(str(a.index) for a in hook.args) or "none"
+                raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
+            if kind == "matchReturnArgs" and not hook.return_:
+                raise c.fail(p, "matchReturnArgs needs return: true on the hook")
+            (s.match_args if kind == "matchArgs" else s.match_return_args).append(ArgFilter(idx, op, vals, p))
+    for i, f in enumerate(c.seq(m.get("matchPIDs"), f"{path}.matchPIDs")):
+        p = f"{path}.matchPIDs[{i}]"
+        fm = c.mapping(f, p, {"operator", "values", "followForks", "isNamespacePID"})
+        op = c.choice(fm.get("operator"), f"{p}.operator", PID_OPERATORS, "operator")
+        vals = [c.integer(v, f"{p}.values[{j}]") for j, v in enumerate(c.seq(fm.get("values"), f"{p}.values"))]
+        if not vals:
+            raise c.fail(f"{p}.values", "at least one pid is needed")
+        s.match_pids.append(PidFilter(op, vals, c.boolean(fm.get("followForks"), f"{p}.followForks"),
+                                      c.boolean(fm.get("isNamespacePID"), f"{p}.isNamespacePID"), p))
+    for key, target in (("matchBinaries", s.match_binaries), ("matchBinarys", s.match_binaries),
+                        ("matchParentBinaries", s.match_parent_binaries)):
+        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
+            p = f"{path}.{key}[{i}]"
+            fm = c.mapping(f, p, {"operator", "values", "followChildren"})
+            op = c.choice(fm.get("operator"), f"{p}.operator", BINARY_OPERATORS, "operator")
+            vals = _values(c, fm, p)
+            if not vals:
+                raise c.fail(f"{p}.values", "at least one binary is needed")
+            target.append(BinaryFilter(op, vals, c.boolean(fm.get("followChildren"), f"{p}.followChildren"), p))
+    for i, f in enumerate(c.seq(m.get("matchNamespaces"), f"{path}.matchNamespaces")):
+        p = f"{path}.matchNamespaces[{i}]"
+        fm = c.mapping(f, p, {"namespace", "operator", "values"})
+        ns = c.choice(fm.get("namespace"), f"{p}.namespace", NAMESPACES, "namespace")
+        op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
+        vals = _values(c, fm, p)
+        for j, v in enumerate(vals):
+            if v != "host_ns" and not v.isdigit():
+                raise c.fail(f"{p}.values[{j}]", f"{v!r} is neither an inode number nor host_ns")
+        s.match_namespaces.append(NamespaceFilter(ns, op, vals, p))
+    for key, target in (("matchCapabilities", s.match_capabilities),
+                        ("matchCapabilityChanges", s.match_capability_changes)):
+        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
+            p = f"{path}.{key}[{i}]"
+            fm = c.mapping(f, p, {"type", "operator", "values", "isNamespaceCapability"})
+            t = c.choice(fm.get("type") or "Effective", f"{p}.type", CAP_TYPES, "capability type")
+            op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
+            vals = _values(c, fm, p)
+            for j, v in enumerate(vals):
+                if v.upper() not in CAPABILITIES:
+                    raise c.fail(f"{p}.values[{j}]", f'unknown capability "{v}"')
+            target.append(CapabilityFilter(t, op, [v.upper() for v in vals],
+                                           c.boolean(fm.get("isNamespaceCapability"), f"{p}.isNamespaceCapability"), p))
+    for i, f in enumerate(c.seq(m.get("matchNamespaceChanges"), f"{path}.matchNamespaceChanges")):
+        p = f"{path}.matchNamespaceChanges[{i}]"
+        fm = c.mapping(f, p, {"operator", "values"})
+        op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
+        vals = _values(c, fm, p)
+        for j, v in enumerate(vals):
+            if v not in NAMESPACES:
+                raise c.fail(f"{p}.values[{j}]", f'unknown namespace "{v}" (one of {", ".join(NAMESPACES)})')
+        s.match_namespace_changes.append(NamespaceChangeFilter(op, vals, p))
+    for key, target in (("matchActions", s.match_actions), ("matchReturnActions", s.match_return_actions)):
+        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
+            target.append(_action(c, f, f"{path}.{key}[{i}]", hook))
+    return s
+
+
+def _action(c: _Ctx, raw: Any, p: str, hook: Hook) -> Action:
+    fm = c.mapping(raw, p, ACTION_KEYS)
+    name = c.string(fm.get("action"), f"{p}.action", required=True)
+    if name not in ACTIONS:
+        raise c.fail(f"{p}.action", f'unknown action "{name}"')
+    a = Action(name, path=p)
+    if name == "Signal":
+        a.arg_sig = c.integer(fm.get("argSig"), f"{p}.argSig")
+        if not 1 <= a.arg_sig <= 64:
+            raise c.fail(f"{p}.argSig", f"signal {a.arg_sig} out of range (1 to 64)")
+    if name == "Override":
+        a.arg_error = c.integer(fm.get("argError"), f"{p}.argError")
+    if name in ("FollowFD", "UnfollowFD", "CopyFD"):
+        a.arg_fd = c.integer(fm.get("argFd"), f"{p}.argFd", 0)
+        a.arg_name = c.integer(fm.get("argName"), f"{p}.argName", 0)
+        for k, v in (("argFd", a.arg_fd), ("argName", a.arg_name)):
+            if k in fm and hook.arg(v) is None:
+                raise c.fail(f"{p}.{k}", f"no argument with index {v} in args")
+    if fm.get("rateLimit") is not None:
+        a.rate_limit = c.string(fm.get("rateLimit"), f"{p}.rateLimit")
+        if name != "Post":
+            raise c.fail(f"{p}.rateLimit", "rateLimit applies to Post only")
+        import re
+        if not re.fullmatch(r"\d+[smh]?", a.rate_limit):
+            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h")
+    if fm.get("rateLimitScope") is not None:
+        a.rate_limit_scope = c.choice(fm.get("rateLimitScope"), f"{p}.rateLimitScope",
+                                      ("thread", "process", "global"), "rateLimitScope")
+    for k in ("kernelStackTrace", "userStackTrace", "imaHash"):
+        if fm.get(k):
+            raise c.fail(f"{p}.{k}", f"{k} is not supported by tetrapipe")
+    return a

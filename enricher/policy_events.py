@@ -1,0 +1,201 @@
+"""Policy hook records → ``process_kprobe`` / ``process_tracepoint`` events.
+
+The enricher never reads policy files: the collector puts a catalog record (REC_POLICY, JSON) in
+the raw stream before a policy's first hook record, on every load and unload, and periodically.
+Arguments become Tetragon's typed ``KprobeArgument`` objects (int_arg, size_arg, bytes_arg,
+truncated_bytes_arg, file_arg, path_arg, string_arg ...), the action Tetragon's enum name
+(``KPROBE_ACTION_SIGKILL``). In monitor mode the action is the one that *would* have been taken
+and the event carries the tag ``policy-mode:monitor``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from bpf import records as r
+
+log = logging.getLogger("tetrapipe.enricher")
+
+POLICY_EVENTS = Counter(
+    "tetrapipe_policy_events", "Policy events built, by policy and hook",
+    ["policy", "hook", "binary", "namespace", "pod", "workload", "node_name"],
+)
+UNKNOWN_POLICY = Counter("tetrapipe_policy_events_unknown_policy",
+                         "Hook records whose policy catalog was never seen (dead-lettered)")
+MISSING_PROCESS = Counter("tetrapipe_policy_events_missing_process_info",
+                          "Policy events whose process was not in the process cache")
+
+ACTION_NAMES = {
+    1: "KPROBE_ACTION_POST", 2: "KPROBE_ACTION_FOLLOWFD", 3: "KPROBE_ACTION_SIGKILL",
+    4: "KPROBE_ACTION_UNFOLLOWFD", 5: "KPROBE_ACTION_OVERRIDE", 6: "KPROBE_ACTION_COPYFD",
+    7: "KPROBE_ACTION_GETURL", 8: "KPROBE_ACTION_DNSLOOKUP", 9: "KPROBE_ACTION_NOPOST",
+    10: "KPROBE_ACTION_SIGNAL", 11: "KPROBE_ACTION_TRACKSOCK", 12: "KPROBE_ACTION_UNTRACKSOCK",
+    13: "KPROBE_ACTION_NOTIFYENFORCER", 14: "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
+    15: "KPROBE_ACTION_SET",
+}
+MONITOR_TAG = "policy-mode:monitor"
+
+
+class PolicyEventError(ValueError):
+    """A hook record that cannot become an event (its policy is unknown)."""
+
+
+@dataclass
+class CatalogEntry:
+    policy_id: int
+    name: str
+    namespace: str
+    mode: str
+    hooks: dict[int, dict[str, Any]]
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def typed_arg(a: r.HookArg, label: str = "") -> dict[str, Any]:
+    """One Tetragon KprobeArgument (Avro dict) from a raw hook argument."""
+    out: dict[str, Any] = {"label": label}
+    if a.type in (r.ARG_INT, r.ARG_UINT, r.ARG_SIZE, r.ARG_LONG):
+        raw = int.from_bytes(a.data[:8].ljust(8, b"\0"), "little")
+        if a.type == r.ARG_INT:
+            v = raw & 0xFFFFFFFF
+            out["int_arg"] = v - (1 << 32) if v >= 1 << 31 else v
+        elif a.type == r.ARG_UINT:
+            out["uint_arg"] = raw & 0x7FFFFFFFFFFFFFFF
+        elif a.type == r.ARG_SIZE:
+            out["size_arg"] = raw if raw < 1 << 63 else raw - (1 << 64)
+        else:
+            out["long_arg"] = raw - (1 << 64) if raw >= 1 << 63 else raw
+    elif a.type == r.ARG_BYTES:
+        if a.flags & r.ARGF_TRUNC:
+            out["truncated_bytes_arg"] = {"bytes_arg": a.data, "orig_size": a.orig_size}
+        else:
+            out["bytes_arg"] = a.data
+    elif a.type == r.ARG_FILE:
+        out["file_arg"] = {"path": _text(a.data)}
+    elif a.type == r.ARG_PATH:
+        out["path_arg"] = {"path": _text(a.data)}
+    else:
+        out["string_arg"] = _text(a.data)
+    return out
+
+
+RECENT_EXITS = 4096
+
+
+class PolicyEvents:
+    """Keeps the policy catalog per node and builds the events of hook records.
+
+    Hook records come through other ring buffers than the process records, so a batch may hold a
+    process's exit before its last hook records, or a hook at an exec before that exec: the
+    service sorts each batch by kernel time, builds hooks at an exec after the batch's other
+    records (``wants_later``), and processes that exited recently stay findable here.
+    """
+
+    def __init__(self) -> None:
+        self.catalog: dict[tuple[str, int], CatalogEntry] = {}
+        self.recent_exits: OrderedDict[int, tuple[int, Any]] = OrderedDict()  # pid → (exit ktime, entry)
+
+    def note_exit(self, rec: r.ExitRecord, builder: Any) -> None:
+        """Called before the builder sees an exit: keep the exiting process for late hook records."""
+        entry = builder.cache.by_pid.get(rec.header.pid)
+        if entry is None:
+            return
+        self.recent_exits[rec.header.pid] = (rec.header.ktime, entry)
+        self.recent_exits.move_to_end(rec.header.pid)
+        while len(self.recent_exits) > RECENT_EXITS:
+            self.recent_exits.popitem(last=False)
+
+    def wants_later(self, rec: r.HookRecord, builder: Any) -> bool:
+        """A hook record made at an exec: build it once the batch's exec record is in the cache."""
+        try:
+            body = r.decode_hook(rec)
+        except r.RecordError:
+            return False
+        for (_, pid), cat in self.catalog.items():
+            if pid == body.policy_id:
+                hook = cat.hooks.get(body.hook_id) or {}
+                return hook.get("event") == "sched_process_exec"
+        return False
+
+    def _process(self, pid: int, ktime: int, builder: Any) -> Any:
+        entry = builder.cache.by_pid.get(pid)
+        if entry is not None and entry.ktime <= ktime:
+            return entry
+        recent = self.recent_exits.get(pid)
+        if recent is not None and ktime <= recent[0]:
+            return recent[1]
+        return builder.process_for(pid)
+
+    def on_catalog(self, rec: r.PolicyRecord, node: str) -> None:
+        try:
+            doc = json.loads(rec.body)
+            pid = int(doc["policy_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PolicyEventError(f"malformed policy catalog record: {exc}") from exc
+        if doc.get("state") == "deleted":
+            self.catalog.pop((node, pid), None)
+            return
+        hooks = {int(h["id"]): h for h in doc.get("hooks", [])}
+        self.catalog[(node, pid)] = CatalogEntry(pid, doc.get("name", ""), doc.get("namespace", ""),
+                                                 doc.get("mode", "enforce"), hooks)
+
+    def on_hook(self, rec: r.HookRecord, node: str, boot_ns: int, builder: Any) -> dict[str, Any]:
+        body = r.decode_hook(rec)
+        entry = self.catalog.get((node, body.policy_id))
+        if entry is None:
+            UNKNOWN_POLICY.inc()
+            raise PolicyEventError(f"hook record of unknown policy id {body.policy_id} (no catalog seen)")
+        hook = entry.hooks.get(body.hook_id)
+        if hook is None:
+            UNKNOWN_POLICY.inc()
+            raise PolicyEventError(f"hook record of policy {entry.name!r} names unknown hook {body.hook_id}")
+        h = rec.header
+        proc_entry = self._process(h.pid, h.ktime, builder)
+        if proc_entry is not None:
+            process = dict(proc_entry.process)
+            parent_entry = builder.cache.get(proc_entry.parent_exec_id)
+            parent = dict(parent_entry.process) if parent_entry is not None else None
+        else:
+            MISSING_PROCESS.inc()
+            process = {"pid": h.pid, "tid": h.tid, "flags": "miss"}
+            parent = None
+        process["tid"] = h.tid
+        specs = hook.get("args") or []
+        args = [typed_arg(a, specs[i].get("label", "") if i < len(specs) else "")
+                for i, a in enumerate(body.args)]
+        tags = list(hook.get("tags") or [])
+        if body.flags & r.HOOK_MONITOR:
+            tags.append(MONITOR_TAG)
+        common: dict[str, Any] = {
+            "process": process, "args": args, "policy_name": entry.name,
+            "action": ACTION_NAMES.get(body.action, ""), "message": hook.get("message", ""), "tags": tags,
+        }
+        if parent is not None:
+            common["parent"] = parent
+        pod = process.get("pod") or {}
+        POLICY_EVENTS.labels(policy=entry.name, hook=hook.get("function_name", ""),
+                             binary=process.get("binary", ""), namespace=pod.get("namespace", ""),
+                             pod=pod.get("name", ""), workload=pod.get("workload", ""), node_name=node).inc()
+        ts = boot_ns + h.ktime
+        if hook.get("kind") == "tracepoint":
+            return builder.envelope(node, ts, process_tracepoint={
+                **common, "subsys": hook.get("subsys", ""), "event": hook.get("event", "")})
+        kprobe = {**common, "function_name": hook.get("function_name", "")}
+        if body.flags & r.HOOK_RETURN:
+            ret_spec = hook.get("return_arg") or {}
+            if ret_spec.get("type") in ("size_t", "uint64", "ulong"):
+                kprobe["return"] = {"label": ret_spec.get("label", ""), "size_arg": body.ret}
+            elif ret_spec.get("type") in ("long", "int64", "sint64"):
+                kprobe["return"] = {"label": ret_spec.get("label", ""), "long_arg": body.ret}
+            else:
+                ret = max(min(body.ret, 2**31 - 1), -(2**31))
+                kprobe["return"] = {"label": ret_spec.get("label", ""), "int_arg": ret}
+        return builder.envelope(node, ts, process_kprobe=kprobe)

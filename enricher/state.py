@@ -1,0 +1,171 @@
+"""Restart without amnesia: the process cache is journaled to a compacted Kafka topic
+(``state_topic``, default ``tetrapipe.state``, ``cleanup.policy=compact``), one message per
+process-cache entry keyed by exec_id, value = the entry as JSON; a tombstone (null value) when the
+entry leaves the cache. A state message goes to the state partition of the raw partition its
+process came from (raw is keyed by node name, so one node's processes share one partition).
+
+Order of work per poll: handle raw batches → send events and state writes → wait for the broker
+to acknowledge all of them → commit raw offsets. So whatever raw offset is committed, the state
+topic already holds the cache as it was after it. An enricher that is given raw partitions
+(first start, restart, or a rebalance that moves a partition to it) first replays the matching
+state partitions from the beginning to the end offset it saw, puts the entries back in its cache
+(reference counts recomputed from the tree), then consumes raw. Records seen again after the
+committed offset are applied idempotently (an exec_id already in the cache is not added twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from prometheus_client import Counter, Gauge
+
+from enricher.process_cache import CacheListener, Entry
+from tetrapipe import kafka
+from tetrapipe.config import Config
+
+log = logging.getLogger("tetrapipe.enricher.state")
+
+STATE_WRITES = Counter("tetrapipe_state_writes", "Process-cache state messages acknowledged", ["kind"])
+STATE_RESTORED = Counter("tetrapipe_state_restored_entries", "Process-cache entries replayed at start")
+STATE_REPLAY_SECONDS = Gauge("tetrapipe_state_replay_seconds", "Duration of the last state replay")
+VERSION = 1
+REPLAY_TIMEOUT_S = 120.0
+MARKER_KEY = b"\x00replay-marker"  # not an exec_id; compaction keeps only the latest marker
+
+
+def entry_to_json(e: Entry) -> bytes:
+    return json.dumps({
+        "v": VERSION, "exec_id": e.exec_id, "pid": e.pid, "ktime": e.ktime, "start_time": e.start_time,
+        "process": e.process, "parent_exec_id": e.parent_exec_id, "cgroup_id": e.cgroup_id,
+        "cgroup_name": e.cgroup_name, "cgroup_ancestors": e.cgroup_ancestors, "nspid": e.nspid,
+        "ns": list(e.ns), "caps": list(e.caps), "exited": e.exited,
+        "partition": e.extra.get("state_partition", 0),
+    }, separators=(",", ":")).encode()
+
+
+def entry_from_json(raw: bytes) -> Entry:
+    d = json.loads(raw)
+    if d.get("v") != VERSION:
+        raise ValueError(f"state entry version {d.get('v')!r} is not {VERSION}")
+    e = Entry(d["exec_id"], d["pid"], d["ktime"], d["start_time"], d["process"], d["parent_exec_id"],
+              d["cgroup_id"], d["cgroup_name"], d["nspid"], tuple(d["ns"]), tuple(d["caps"]),
+              exited=d["exited"], cgroup_ancestors=d.get("cgroup_ancestors", ""))
+    e.extra["state_partition"] = d.get("partition", 0)
+    return e
+
+
+class StateJournal(CacheListener):
+    """Collects the cache entries changed since the last flush."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.partition = 0            # raw partition of the batch being handled
+        self.partitions = 1           # of the state topic
+        self.dirty: dict[str, tuple[int, Entry | None]] = {}
+
+    def changed(self, entry: Entry) -> None:
+        p = entry.extra.setdefault("state_partition", self.partition % self.partitions)
+        self.dirty[entry.exec_id] = (p, entry)
+
+    def removed(self, entry: Entry) -> None:
+        p = entry.extra.get("state_partition", self.partition % self.partitions)
+        self.dirty[entry.exec_id] = (p, None)
+
+    async def flush(self, producer: AIOKafkaProducer) -> list[asyncio.Future]:
+        """Send the dirty entries; the caller awaits the returned futures before committing."""
+        futures = []
+        for eid, (p, entry) in self.dirty.items():
+            value = entry_to_json(entry) if entry is not None else None
+            fut = await producer.send(self.topic, value, key=eid.encode(), partition=p)
+            fut.add_done_callback(_count(entry is None))
+            futures.append(fut)
+        self.dirty.clear()
+        return futures
+
+
+def _count(tombstone: bool) -> Any:
+    def done(fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            STATE_WRITES.labels(kind="tombstone" if tombstone else "entry").inc()
+    return done
+
+
+async def ensure_state_topic(cfg: Config) -> None:
+    """Create the state topic, compacted, with as many partitions as tetrapipe gives raw."""
+    admin = AIOKafkaAdminClient(**kafka.client_settings(cfg))
+    await admin.start()
+    try:
+        if cfg.state_topic in set(await admin.list_topics()):
+            return
+        try:
+            await admin.create_topics([NewTopic(cfg.state_topic, num_partitions=cfg.topic_partitions,
+                                                replication_factor=1,
+                                                topic_configs={"cleanup.policy": "compact"})])
+            log.info("created state topic %s (cleanup.policy=compact)", cfg.state_topic)
+        except TopicAlreadyExistsError:
+            pass
+    finally:
+        await admin.close()
+
+
+async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer) -> list[Entry]:
+    """The latest entry of every exec_id in the given state partitions (tombstoned ones left
+    out), read from the beginning up to a marker this replay wrote at each partition's end.
+
+    A marker rather than the end offsets: the embedded broker (Tansu 0.6) reports a high
+    watermark that lags when one produce request carried several records."""
+    t0 = time.monotonic()
+    token = uuid.uuid4().hex.encode()
+    marks = [await producer.send(cfg.state_topic, token, key=MARKER_KEY, partition=p) for p in partitions]
+    end = {TopicPartition(cfg.state_topic, p): (await m).offset for p, m in zip(partitions, marks, strict=True)}
+    consumer = AIOKafkaConsumer(**kafka.client_settings(cfg), group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=kafka.MAX_MESSAGE_BYTES)
+    await consumer.start()
+    latest: dict[str, bytes | None] = {}
+    bad = 0
+    try:
+        tps = [TopicPartition(cfg.state_topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        todo = set(tps)
+        deadline = time.monotonic() + REPLAY_TIMEOUT_S
+        while todo and time.monotonic() < deadline:
+            got = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
+            for tp, msgs in got.items():
+                for m in msgs:
+                    if m.key == MARKER_KEY:
+                        if m.value == token:
+                            todo.discard(tp)
+                        continue
+                    if m.offset < end[tp] and m.key is not None:
+                        latest[m.key.decode(errors="replace")] = m.value
+        if todo:
+            log.error("state replay stopped after %.0fs with partitions %s unfinished: "
+                      "processes started before may lack parent and pod", REPLAY_TIMEOUT_S,
+                      sorted(tp.partition for tp in todo))
+    finally:
+        await consumer.stop()
+    entries = []
+    for value in latest.values():
+        if value is None:
+            continue
+        try:
+            entries.append(entry_from_json(value))
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("state replay skipped %d unreadable entries", bad)
+    STATE_RESTORED.inc(len(entries))
+    STATE_REPLAY_SECONDS.set(time.monotonic() - t0)
+    log.info("state replay: %d live process entries (%d keys, end offsets %s) from %s partitions %s "
+             "in %.2fs", len(entries), len(latest), {tp.partition: o for tp, o in end.items()},
+             cfg.state_topic, partitions, time.monotonic() - t0)
+    return entries

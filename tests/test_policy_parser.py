@@ -1,0 +1,275 @@
+"""Policy parsing and validation: the seeds load, broken policies give their path, line and reason.
+
+No BPF here: the compiler's checks read this kernel's tracefs formats but nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from collector.policy import compiler, manager, parser
+from collector.policy.model import PolicyError
+
+DATA = Path(__file__).parent / "data"
+SEED = DATA / "seed"
+HOST_NS = [0xEFFFFFFE, 0xEFFFFFFF, 1, 0xEFFFFFFC, 0xEFFFFFFC, 2, 0xEFFFFFFA, 0xEFFFFFFA, 0xEFFFFFFB, 0xEFFFFFFD]
+HAVE_TRACEFS = (compiler.TRACEFS / "events" / "syscalls").is_dir()
+
+
+def policy(spec: str, name: str = "p") -> str:
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+
+
+def compile_text(text: str) -> compiler.Compiled:
+    (p,) = parser.parse_text(text, "t.yaml")
+    return compiler.compile_policy(p, 7, HOST_NS)
+
+
+def test_seed_policies_parse_verbatim() -> None:
+    (deny,) = parser.parse_file(str(SEED / "deny-tmp-forbidden-write.yaml"))
+    assert deny.name == "deny-tmp-forbidden-write" and deny.mode == "enforce"
+    assert [h.call for h in deny.hooks] == ["fd_install", "__x64_sys_close", "__x64_sys_read", "__x64_sys_write"]
+    write = deny.hooks[3]
+    assert write.arg(1).size_arg_index == 3 and write.selectors[0].action_names() == ["Sigkill"]
+    assert deny.hooks[0].selectors[0].match_args[0].values == ["/tmp/forbidden/"]
+    (ex,) = parser.parse_file(str(SEED / "exec-policy-example.yaml"))
+    assert ex.kind == "TracingPolicy" and any("legacy ExecPolicy translated" in n for n in ex.notices)
+    assert any("matchBinarys" in n for n in ex.notices)
+    (hook,) = ex.hooks
+    assert (hook.subsystem, hook.event) == ("sched", "sched_process_exec")
+    (sel,) = hook.selectors  # the list items are AND-ed into one selector
+    assert sel.match_namespaces[0].values == ["host_ns"] and sel.match_namespaces[0].operator == "NotIn"
+    assert sel.match_capabilities[0].values == ["CAP_SYS_ADMIN"] and sel.match_capabilities[0].is_namespace_capability
+    assert sel.action_names() == ["Sigkill"] and not sel.match_binaries and not sel.match_pids
+
+
+@pytest.mark.skipif(not HAVE_TRACEFS, reason="needs tracefs syscall formats")
+def test_seed_policies_compile_with_notices() -> None:
+    (deny,) = parser.parse_file(str(SEED / "deny-tmp-forbidden-write.yaml"))
+    c = compiler.compile_policy(deny, 7, HOST_NS)
+    attach = {h.function_name: h.attach for h in c.hooks}
+    assert attach["__x64_sys_write"] == ["syscalls:sys_enter_write"]
+    assert "syscalls:sys_exit_openat" in attach["fd_install"]
+    assert attach["__x64_sys_read"] == ["syscalls:sys_enter_read", "syscalls:sys_exit_read"]
+    assert any("FollowFD is served by resolving file descriptors" in n for n in c.notices)
+    assert c.strings == [b"/tmp/forbidden/"]
+    assert "bpf_send_signal(9)" in c.text
+    (mon,) = parser.parse_file(str(SEED / "deny-tmp-forbidden-write.yaml"), mode="monitor")
+    mtext = compiler.compile_policy(mon, 7, HOST_NS).text
+    assert "bpf_send_signal" not in mtext and "TP_HOOK_MONITOR" in mtext
+
+
+def test_syscall_spellings_mean_the_same_syscall() -> None:
+    assert {compiler.syscall_name(n) for n in ("__x64_sys_write", "sys_write", "write")} == {"write"}
+
+
+def test_policy_mode_option() -> None:
+    (p,) = parser.parse_text(policy("""
+        options:
+        - name: policy-mode
+          value: monitor
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """))
+    assert p.mode == "monitor"
+    (p,) = parser.parse_text(policy("tracepoints:\n- subsystem: sched\n  event: sched_process_exec"), mode="monitor")
+    assert p.mode == "monitor"
+
+
+def test_several_documents_per_file() -> None:
+    tp = "tracepoints:\n- subsystem: sched\n  event: sched_process_exec"
+    ps = parser.parse_text(policy(tp, "a") + "---\n" + policy(tp, "b"))
+    assert [p.name for p in ps] == ["a", "b"]
+
+
+def test_matchbinarys_spelling_accepted_with_notice() -> None:
+    (p,) = parser.parse_text(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          selectors:
+          - matchBinarys:
+            - operator: In
+              values: ["/usr/bin/vi"]
+    """))
+    assert p.hooks[0].selectors[0].match_binaries[0].values == ["/usr/bin/vi"]
+    assert any("matchBinarys" in n for n in p.notices)
+
+
+SIX_SELECTORS = "\n".join(["kprobes:", "- call: sys_write", "  syscall: true", "  selectors:"]
+                          + ["  - matchActions:\n    - action: Post"] * 6)
+
+# (policy text, expected error text, expected line, needs the compiler)
+BROKEN = [
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args:
+          - index: 1
+            type: string
+          selectors:
+          - matchArgs:
+            - index: 1
+              operator: Prefx
+              values: ["/etc/"]
+    """), 'spec.kprobes[0].selectors[0].matchArgs[0].operator: unknown operator "Prefx"', 15, False,
+        id="bad-operator"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          args:
+          - index: 0
+            type: fd
+          selectors:
+          - matchArgs:
+            - index: 2
+              operator: Equal
+              values: ["1"]
+    """), "spec.kprobes[0].selectors[0].matchArgs[0].index: no argument with index 2 in args (declared: 0)",
+        14, False, id="matchargs-index-not-declared"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          args:
+          - index: 4
+            type: int
+    """), "spec.kprobes[0].args[0].index: syscall write has 3 arguments (fd, buf, count): index 4 is out of range",
+        10, True, id="arg-index-out-of-range"),
+    pytest.param(policy(SIX_SELECTORS), "spec.kprobes[0].selectors: 6 selectors: at most 5 per hook", 9, False,
+                 id="six-selectors"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_no_such_call
+          syscall: true
+    """), "spec.kprobes[0].call: 'sys_no_such_call' is not a syscall of this kernel", 7, True,
+        id="unknown-syscall"),
+    pytest.param(policy("""
+        kprobes:
+        - call: security_file_open
+    """), "spec.kprobes[0].call: kernel function 'security_file_open' cannot be served", 7, True,
+        id="unknown-hook-kernel-function"),
+    pytest.param(policy("""
+        tracepoints:
+        - subsystem: sched
+          event: sched_no_such_event
+    """), "spec.tracepoints[0].event: no tracepoint sched:sched_no_such_event", 8, True, id="unknown-tracepoint"),
+    pytest.param(policy("""
+        lsmhooks:
+        - hook: file_open
+    """), "spec.lsmhooks[0].hook: lsmhook 'file_open' cannot be served", 7, True, id="lsmhook-refused"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          selectors:
+          - matchActions:
+            - action: Override
+              argError: -1
+    """), "spec.kprobes[0].selectors[0].matchActions[0].action: Override cannot be served", 11, True,
+        id="override-refused"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          selectors:
+          - matchActions:
+            - action: Sigkil
+    """), 'spec.kprobes[0].selectors[0].matchActions[0].action: unknown action "Sigkil"', 11, False,
+        id="unknown-action"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          selectors:
+          - matchCapabilities:
+            - operator: In
+              values: ["CAP_SYS_ADMINN"]
+    """), 'spec.kprobes[0].selectors[0].matchCapabilities[0].values[0]: unknown capability "CAP_SYS_ADMINN"', 12,
+        False, id="unknown-capability"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscal: true
+    """), "spec.kprobes[0].syscal: unknown field 'syscal'", 8, False, id="unknown-field"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          args:
+          - index: 0
+            type: integer
+    """), 'spec.kprobes[0].args[0].type: unknown argument type "integer"', 11, False, id="unknown-arg-type"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_write
+          syscall: true
+          args:
+          - index: 0
+            type: fd
+          selectors:
+          - matchArgs:
+            - index: 0
+              operator: GT
+              values: ["/tmp"]
+    """), "spec.kprobes[0].selectors[0].matchArgs[0].values[0]: '/tmp' is not an integer", 16, True,
+        id="gt-on-path-value"),
+    pytest.param("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: x\nspec:\n  kprobes: [\n",
+                 "not valid YAML", 7, False, id="bad-yaml"),
+    pytest.param(policy("kprobes: []"), "spec: the policy has no hooks", 5, False, id="no-hooks"),
+]
+
+
+@pytest.mark.parametrize(("text", "error", "line", "compile_"), BROKEN)
+def test_broken_policies_name_path_line_and_reason(text: str, error: str, line: int, compile_: bool) -> None:
+    if compile_ and not HAVE_TRACEFS:
+        pytest.skip("needs tracefs formats")
+    with pytest.raises(PolicyError) as ei:
+        compile_text(text)
+    msg = str(ei.value)
+    assert error in msg, msg
+    assert msg.startswith(f"t.yaml:{line}: "), msg
+    assert ei.value.line == line
+
+
+def test_policy_file_ownership(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(policy("tracepoints:\n- subsystem: sched\n  event: sched_process_exec"))
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    os.chown(f, 0, 0)
+    os.chmod(f, 0o644)
+    manager.check_file_owner(str(f))
+    os.chmod(f, 0o664)
+    with pytest.raises(PolicyError, match=r"writable by group or others \(mode 0664\)"):
+        manager.check_file_owner(str(f))
+    os.chmod(f, 0o644)
+    os.chown(f, 65534, 0)
+    with pytest.raises(PolicyError, match="owned by uid 65534, not root"):
+        manager.check_file_owner(str(f))
+
+
+def test_legacy_error_points_at_original_line() -> None:
+    text = textwrap.dedent("""\
+        apiVersion: cilium.io/v1alpha1
+        kind: ExecPolicy
+        metadata:
+          name: legacy
+        spec:
+          rules:
+            selectors:
+            - matchCapabilities:
+              - operator: Inn
+                values: ["CAP_SYS_ADMIN"]
+    """)
+    with pytest.raises(PolicyError) as ei:
+        parser.parse_text(text, "l.yaml")
+    assert ei.value.line == 9 and 'unknown operator "Inn"' in str(ei.value)

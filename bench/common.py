@@ -21,9 +21,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from fluent_receiver import FluentReceiver  # noqa: E402
 from harness import Pipeline, Service, wait_until  # noqa: E402
 
-__all__ = ["Pipeline", "Service", "wait_until"]
+__all__ = ["FluentReceiver", "Pipeline", "Service", "wait_until"]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Section 1: kernel → Kafka drain. The highest sustained event rate with zero loss, for exec
-events (the real collector and bpf/process.c) and for syscall events (the collector's path fed by
-the bench-only program bench/syscall_hook.c on syscalls:sys_enter_openat), side by side with
-bpftrace printing one line per event on the same tracepoint, and the untraced loop.
+events (the real collector and bpf/process.c) and for syscall events (the real collector with a
+monitor-mode TracingPolicy on openat matching the loop's file: syscalls:sys_enter_openat), side by
+side with bpftrace printing one line per event on the same tracepoint, and the untraced loop.
 
 Loss is counted end to end: operations the generator made minus records that reached Kafka (or
 lines bpftrace printed), per step, so kernel drops, queue drops and producer failures all count.
@@ -10,19 +10,16 @@ lines bpftrace printed), per step, so kernel drops, queue drops and producer fai
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.kafka_tools import count_raw_records, read_topic
+from bench.kafka_tools import count_raw_records
+from bench.overhead import policy_engine_present
 from bpf import records
-from schemas import codec
 
 AGENTS = ("none", "bpftrace", "tetrapipe")
 
@@ -51,21 +48,45 @@ class Steps:
             if i == 0:
                 full_rate = run.rate
             out.append({"step": i, "target": target, "asked_rate": rate or None,
-                        "ops": run.ops, "rate": run.rate})
+                        "ops": run.ops, "rate": run.rate, "pid": run.pid})
         return out
+
+
+OPEN_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+  - call: "sys_openat"
+    syscall: true
+    args:
+    - index: 0
+      type: "int"
+    - index: 1
+      type: "string"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Prefix"
+        values: ["{prefix}"]
+"""
 
 
 def _openat_section(ctx: Any) -> dict[str, Any]:
     d = ctx.ws.sub("o")
-    res: dict[str, list[Any]] = {a: [] for a in AGENTS}
+    if not policy_engine_present():
+        raise RuntimeError("the open() drain needs the policy engine (collector/policy)")
+    agents = AGENTS
+    res: dict[str, list[Any]] = {a: [] for a in agents}
     for rnd in range(ctx.size.rounds):
-        for agent in _rotate(AGENTS, rnd):
+        for agent in _rotate(agents, rnd):
             tag = f"{agent[:2]}{rnd}"
 
             def target(name: str) -> str:
                 p = d / name
                 if not p.exists():
-                    os.mknod(p)  # not open(): the bench hook would see that openat
+                    os.mknod(p)  # not open(): no openat of ours on the matched files
                 return str(p)
 
             if agent == "none":
@@ -87,38 +108,37 @@ def _openat_section(ctx: Any) -> dict[str, Any]:
                     s["lost"] = s["ops"] - s["seen"]
                 res["bpftrace"].append({"steps": steps, "reported_lost": common.bpftrace_lost(out)})
             else:
-                prefix = str(d / f"{tag}-")
-                topic = f"bench-{ctx.tag}-{tag}.raw"
-                env = ctx.pipeline_env({"raw_topic": topic, "metrics_address": ""})
-                proc = subprocess.Popen([sys.executable, "-m", "bench.hook_collector", "--hook",
-                                         "openat", "--prefix", prefix], env=env, cwd=common.REPO,
-                                        stdout=subprocess.PIPE, stderr=open(d / f"{tag}.log", "wb"))  # noqa: SIM115
-                line = proc.stdout.readline().decode().strip() if proc.stdout else ""
-                if line != "ready":
-                    proc.kill()
-                    raise RuntimeError(f"bench hook collector did not start: {(d / f'{tag}.log').read_text()[-2000:]}")
-                ctx.note_pid("bench hook collector", proc.pid)
-                steps = Steps(ctx, "open", target).run(tag)
-                proc.terminate()
-                tail = proc.communicate(timeout=60)[0].decode().strip().splitlines()
-                stats = json.loads(tail[-1]) if tail else {}
-                seen = asyncio.run(_hook_paths(ctx.bootstrap, topic))
-                for s in steps:
-                    s["seen"] = seen.get(s["target"], 0)
-                    s["lost"] = s["ops"] - s["seen"]
-                res["tetrapipe"].append({"steps": steps, **stats})
+                res["tetrapipe"].append(_policy_collector_steps(ctx, d, tag, target))
     return _summarise(res, "open() loop", "syscalls:sys_enter_openat")
 
 
-async def _hook_paths(bootstrap: str, topic: str) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    for m in await read_topic(bootstrap, topic):
-        msg = codec.decode("raw_batch", m.value)
-        for raw in codec.split_records(msg["records"]):
-            rec = records.decode(raw)
-            if isinstance(rec, records.HookRecord):
-                seen[rec.body[8:72].split(b"\0", 1)[0].decode(errors="replace")] += 1
-    return seen
+def _policy_collector_steps(ctx: Any, d: Path, tag: str, target: Any) -> dict[str, Any]:
+    """The real collector with a monitor-mode TracingPolicy on openat matching the step files;
+    its hook records counted per generator process in the raw topic."""
+    pol = d / f"{tag}-policy.yaml"
+    pol.write_text(OPEN_POLICY.format(name=f"bench-open-{ctx.tag}-{tag}", prefix=str(d / f"{tag}-")))
+    pipe = ctx.new_pipeline(d / tag, tracing_policy=str(pol))
+    try:
+        svc = pipe.start("collector", "collector")
+        ctx.note_pid("collector (policy)", svc.proc.pid if svc.proc else 0)
+        steps = Steps(ctx, "open", target).run(tag)
+        kernel_lost = svc.metric("tetrapipe_observer_ringbuf_events_lost_total")
+        queue_lost = svc.metric("tetrapipe_observer_ringbuf_queue_events_lost_total")
+        pipe.stop_services()
+        pids = {s["pid"] for s in steps}
+        by_pid: Counter[int] = Counter()
+
+        def pred(rec: records.Record) -> bool:
+            if isinstance(rec, records.HookRecord) and rec.header.pid in pids:
+                by_pid[rec.header.pid] += 1
+            return False
+        asyncio.run(count_raw_records(pipe.bootstrap, pipe.base["raw_topic"], pred))
+    finally:
+        pipe.stop()
+    for s in steps:
+        s["seen"] = by_pid.get(s["pid"], 0)
+        s["lost"] = s["ops"] - s["seen"]
+    return {"steps": steps, "kernel_lost": kernel_lost, "queue_lost": queue_lost}
 
 
 def _exec_section(ctx: Any) -> dict[str, Any]:
@@ -192,7 +212,7 @@ def _summarise(res: dict[str, list[Any]], loop: str, tracepoint: str) -> dict[st
     out: dict[str, Any] = {"loop": loop, "tracepoint": tracepoint, "raw": res}
     out["untraced_rate"] = common.spread([r[0]["rate"] for r in res["none"]])
     for agent in ("tetrapipe", "bpftrace"):
-        rounds = res[agent]
+        rounds = res.get(agent, [])
         if not rounds:
             out[agent] = None
             continue

@@ -117,9 +117,12 @@ async def _produce(bootstrap: str, topic: str, per_partition: list[list[bytes]],
 def kafka_throughput(ctx: Any, n_enrichers: int, profile: bool = False) -> dict[str, Any]:
     size = ctx.size
     pipe = ctx.new_pipeline(ctx.ws.sub(f"tput{n_enrichers}"), topic_partitions=str(n_enrichers))
+    fluent = common.FluentReceiver().start()  # the fluentd sink's peer: Forward protocol with acks
     try:
         enrichers = [pipe.start(f"enricher{i}", "enricher") for i in range(n_enrichers)]
-        exporters = {name: pipe.start(f"export-{name}", "export", name) for name in sorted(sinks.STAGES)}
+        exporters = {name: pipe.start(f"export-{name}", "export", name,
+                                      extra={"fluentd_address": fluent.address})
+                     for name in sorted(sinks.STAGES)}
         time.sleep(3 if n_enrichers > 1 else 1)  # let the group settle on one partition each
         per_part, total = [], 0
         for i in range(n_enrichers):
@@ -167,6 +170,7 @@ def kafka_throughput(ctx: Any, n_enrichers: int, profile: bool = False) -> dict[
         return res
     finally:
         pipe.stop()
+        fluent.stop()
 
 
 # ---- latency ----------------------------------------------------------------------------------

@@ -1,16 +1,13 @@
 """Section 3: overhead on the workload. An exec loop and a write loop, each for a fixed time, with
 no agent, with bpftrace counting on the same tracepoints, with tetrapipe doing process monitoring
-(collector + enricher + JSON exporter), with TracingPolicies that match nothing / everything when
-the policy engine is on this branch, and with the bench-only write hook (the collector's drain
-path, not the policy engine) matching nothing / everything. Reported as cost per operation
+(collector + enricher + JSON exporter), and with that plus a monitor-mode TracingPolicy on write
+that matches nothing / every write. Reported as cost per operation
 relative to the no-agent run of the same round (wall time and the loop's CPU time; perf cycles
 are not countable on this VM)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,24 +69,6 @@ class Agent:
             pipe.start("enricher", "enricher")
             pipe.start("export-json", "export", "json")
             pipe.start("collector", "collector")
-        elif self.name.startswith("hook-write"):
-            args = ["--hook", "write", "--tgid", "0"]
-            if self.name.endswith("everything"):
-                args.append("--match-all")
-            env = self.ctx.pipeline_env({"raw_topic": f"bench-{self.ctx.tag}-oh{rnd}-{self.name}",
-                                         "metrics_address": ""})
-            proc = subprocess.Popen([sys.executable, "-m", "bench.hook_collector", *args], env=env,
-                                    cwd=common.REPO, stdout=subprocess.PIPE,
-                                    stderr=open(d / "hook.log", "wb"))  # noqa: SIM115
-            line = proc.stdout.readline().decode().strip() if proc.stdout else ""
-            if line != "ready":
-                proc.kill()
-                raise RuntimeError(f"hook collector did not start: {(d / 'hook.log').read_text()[-1500:]}")
-
-            def stop() -> None:
-                proc.terminate()
-                proc.communicate(timeout=60)
-            self.stoppers.append(stop)
 
     def stop(self) -> None:
         while self.stoppers:
@@ -101,15 +80,14 @@ def run(ctx: Any) -> dict[str, Any]:
     exe = d / "true-overhead"
     shutil.copy(shutil.which("true") or "/bin/true", exe)
     wfile = d / "write-target"
-    agents = ["none", "tetrapipe", "hook-write-nothing", "hook-write-everything"]
+    agents = ["none", "tetrapipe"]
     if common.bpftrace_path():
         agents.insert(1, "bpftrace")
     if policy_engine_present():
         agents += ["tetrapipe+policy-nothing", "tetrapipe+policy-everything"]
     else:
-        ctx.note("overhead: the policy engine (branch `policy`) is not on this branch yet: the "
-                 "'policy matches nothing/everything' rows are missing; the bench-only write hook "
-                 "rows (collector drain path, not the policy engine) stand in")
+        ctx.note("overhead: the policy engine (collector/policy) is not on this branch: the "
+                 "'policy matches nothing/everything' rows are missing")
     rows: dict[str, dict[str, list[float]]] = {a: {} for a in agents}
     raw: list[dict[str, Any]] = []
     for rnd in range(ctx.size.rounds):

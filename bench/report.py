@@ -67,14 +67,17 @@ def table(res: dict[str, Any]) -> str:
     if "drain" in s:
         for key in ("exec", "openat"):
             d = s["drain"][key]
-            tp, bt = d.get("tetrapipe") or {}, d.get("bpftrace") or {}
-            rows.append([f"drain {d['loop']}: loop rate at full speed (untraced {sp(d['untraced_rate'], '/s')})",
-                         sp(tp.get("full_speed_rate"), "/s"), sp(bt.get("full_speed_rate"), "/s"),
-                         "≥ bpftrace"])
-            rows.append([f"drain {d['loop']}: % lost at full speed",
-                         sp(tp.get("full_speed_loss_pct"), "%"), sp(bt.get("full_speed_loss_pct"), "%"), "0"])
-            rows.append([f"drain {d['loop']}: highest rate with 0 lost",
-                         sp(tp.get("zero_loss_rate"), "/s"), sp(bt.get("zero_loss_rate"), "/s"), "full speed"])
+            bt = d.get("bpftrace") or {}
+            label = "collector + monitor-mode TracingPolicy" if key == "openat" else "collector"
+            for tp in [d.get("tetrapipe") or {}]:
+                what = f"drain {d['loop']} [{label}]"
+                rows.append([f"{what}: loop rate at full speed (untraced {sp(d['untraced_rate'], '/s')})",
+                             sp(tp.get("full_speed_rate"), "/s"), sp(bt.get("full_speed_rate"), "/s"),
+                             "≥ bpftrace"])
+                rows.append([f"{what}: % lost at full speed",
+                             sp(tp.get("full_speed_loss_pct"), "%"), sp(bt.get("full_speed_loss_pct"), "%"), "0"])
+                rows.append([f"{what}: highest rate with 0 lost",
+                             sp(tp.get("zero_loss_rate"), "/s"), sp(bt.get("zero_loss_rate"), "/s"), "full speed"])
     if "e2e" in s:
         e = s["e2e"]
         c = e["cpu"]

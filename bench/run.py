@@ -50,7 +50,7 @@ class Context:
         return p
 
     def pipeline_env(self, extra: dict[str, str]) -> dict[str, str]:
-        """Settings for a process outside a pipeline (hook collector, probes): the shared broker."""
+        """Settings for a process outside a pipeline (start-up probes): the shared broker."""
         p = common.Pipeline(self.bootstrap, self.ws.sub("env"))
         p.settings.update({"procfs_bootstrap": "false", "log_level": "warning"})
         return p.env(extra)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def _openat_section(ctx: Any) -> dict[str, Any]:
                     f'/strncmp(str(args->filename), "{prefix}", {len(prefix)}) == 0/ '
                     '{ printf("%s\\n", str(args->filename)); }', d / f"{tag}.out").start()
                 steps = Steps(ctx, "open", target).run(tag)
+                time.sleep(1.0)  # let bpftrace print what it read last (the collector flushes at stop)
                 out = bt.stop()
                 lines = Counter(out.splitlines())
                 for s in steps:
@@ -165,6 +167,7 @@ def _exec_section(ctx: Any) -> dict[str, Any]:
                                      '{ printf("%d %s\\n", pid, str(args->filename)); }',
                                      d / f"{tag}.out").start()
                 steps = Steps(ctx, "exec", target).run(tag)
+                time.sleep(1.0)  # let bpftrace print what it read last (the collector flushes at stop)
                 out = bt.stop()
                 names = Counter(line.partition(" ")[2] for line in out.splitlines())
                 for s in steps:

@@ -139,7 +139,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         flags |= TP_F_ERR_FILENAME;
         r = 1;
     }
-    if (r >= TP_PATH_MAX)
+    /* the kernel takes at most PATH_MAX - 1 = 4095 bytes of file name (getname), so r == 4096
+     * is a name of exactly 4095 bytes, whole; only a longer one would be cut */
+    if (r > TP_PATH_MAX)
         flags |= TP_F_TRUNC_FILENAME;
     u32 flen = (r - 1) & (TP_PATH_MAX - 1);
     e->filename_len = flen;

@@ -120,6 +120,7 @@ struct tp_fork {
 #define TP_ARG_BYTES 6
 #define TP_ARG_FILE 7
 #define TP_ARG_PATH 8
+#define TP_ARG_SOCK 9              /* struct tp_sockinfo (collector/sock_hooks.py) */
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */
@@ -147,5 +148,47 @@ struct tp_arg {
  * "namespace", "mode", "state" ("loaded" | "deleted"), "hooks": [{"id", "kind", "function_name",
  * "subsys", "event", "args": [{"index", "type", "label"}], "return_arg", "message", "tags"}]}.
  * Sent at collector start, on every load and unload, and periodically. */
+
+/* ---- sensors (collector/sensors/): record kinds appended after the process and hook kinds ---- */
+#define TP_REC_SOCK 20     /* network sensor: TCP connect / accept / close */
+#define TP_REC_LOADER 21   /* loader sensor: a file mapped executable by a process */
+
+#define TP_SOCK_CONNECT 1  /* sys_exit_connect succeeded (0 or -EINPROGRESS) on a TCP socket */
+#define TP_SOCK_ACCEPT 2   /* sys_exit_accept/accept4 returned a TCP socket */
+#define TP_SOCK_CLOSE 3    /* sock:inet_sock_set_state → TCP_CLOSE of a socket seen at 1 or 2 */
+
+struct tp_sock {
+    struct tp_header h;        /* pid/tid: the owner (for CLOSE: recorded at connect/accept) */
+    __u8 op;                   /* TP_SOCK_* */
+    __u8 state;                /* TCP state (include/net/tcp_states.h) when the record was made */
+    __u16 family;              /* AF_INET 2, AF_INET6 10 */
+    __u16 type;                /* SOCK_STREAM 1, ... */
+    __u16 protocol;            /* IPPROTO_TCP 6, ... */
+    __u16 sport;               /* host byte order */
+    __u16 dport;               /* host byte order */
+    __u32 netns;               /* inode number of the socket's network namespace */
+    __u32 mark;
+    __u32 priority;
+    __u32 pad;
+    __u64 cookie;              /* kernel address of struct sock, as Tetragon's sock_arg cookie */
+    __u8 saddr[16];            /* AF_INET: first 4 bytes */
+    __u8 daddr[16];
+} __attribute__((packed));
+
+#define TP_LOADER_BUILDID_MAX 20
+
+struct tp_loader {
+    struct tp_header h;
+    __u64 ino;                 /* inode number of the mapped file */
+    __u32 dev;                 /* superblock s_dev (kernel encoding: major << 20 | minor) */
+    __u32 flags;               /* 1 = path truncated */
+    __u64 pgoff;               /* file offset of the mapping, bytes */
+    __u64 addr;                /* start address of the mapping */
+    __u8 buildid_len;          /* 0 when no GNU build id note was readable */
+    __u8 buildid[TP_LOADER_BUILDID_MAX];
+    __u8 pad;
+    __u16 path_len;
+    /* then: path (no NUL) */
+} __attribute__((packed));
 
 #endif

@@ -129,6 +129,77 @@ class HookRecord:
     body: bytes = field(repr=False)
 
 
+# ---- sensors (collector/sensors/): records.h's tp_sock and tp_loader --------------------------
+REC_SOCK = 20
+REC_LOADER = 21
+SOCK_CONNECT = 1
+SOCK_ACCEPT = 2
+SOCK_CLOSE = 3
+LOADER_BUILDID_MAX = 20
+SOCK_BODY = struct.Struct("<BBHHHHHIIIIQ16s16s")
+SOCK_SIZE = HEADER.size + SOCK_BODY.size
+LOADER_FIXED = struct.Struct("<QIIQQB20sBH")
+LOADER_SIZE = HEADER.size + LOADER_FIXED.size
+
+
+@dataclass(slots=True)
+class SockRecord:
+    header: Header
+    op: int
+    state: int
+    family: int
+    type: int
+    protocol: int
+    sport: int
+    dport: int
+    netns: int
+    mark: int
+    priority: int
+    pad: int
+    cookie: int
+    saddr: bytes
+    daddr: bytes
+
+
+@dataclass(slots=True)
+class LoaderRecord:
+    header: Header
+    ino: int
+    dev: int
+    flags: int
+    pgoff: int
+    addr: int
+    buildid: bytes
+    path: bytes
+
+
+def _decode_loader(h: Header, buf: bytes) -> LoaderRecord:
+    if len(buf) < LOADER_SIZE:
+        raise RecordError(f"loader record has {len(buf)} bytes, layout needs at least {LOADER_SIZE}")
+    ino, dev, flags, pgoff, addr, blen, bid, _pad, plen = LOADER_FIXED.unpack_from(buf, HEADER.size)
+    if blen > LOADER_BUILDID_MAX:
+        raise RecordError(f"loader record build id length {blen} > {LOADER_BUILDID_MAX}")
+    if LOADER_SIZE + plen != len(buf):
+        raise RecordError("loader record path length does not add up to its size")
+    return LoaderRecord(h, ino, dev, flags, pgoff, addr, bid[:blen], bytes(buf[LOADER_SIZE:]))
+
+
+def encode_sock(pid: int, tid: int, ktime: int, op: int, state: int, family: int, sport: int,
+                dport: int, saddr: bytes, daddr: bytes, cookie: int, netns: int = 0,
+                type_: int = 1, protocol: int = 6) -> bytes:
+    """Pack a tp_sock record (tests and benchmarks drive the enricher with it)."""
+    return HEADER.pack(REC_SOCK, 1, SOCK_SIZE, pid, tid, ktime) + SOCK_BODY.pack(
+        op, state, family, type_, protocol, sport, dport, netns, 0, 0, 0, cookie,
+        saddr.ljust(16, b"\0"), daddr.ljust(16, b"\0"))
+
+
+def encode_loader(pid: int, tid: int, ktime: int, path: bytes, ino: int = 0, buildid: bytes = b"",
+                  dev: int = 0, pgoff: int = 0, addr: int = 0) -> bytes:
+    size = LOADER_SIZE + len(path)
+    return HEADER.pack(REC_LOADER, 1, size, pid, tid, ktime) + LOADER_FIXED.pack(
+        ino, dev, 0, pgoff, addr, len(buildid), buildid.ljust(20, b"\0"), 0, len(path)) + path
+
+
 @dataclass(slots=True)
 class PolicyRecord:
     """A policy catalog entry made by the collector (JSON body, see records.h)."""
@@ -137,7 +208,7 @@ class PolicyRecord:
     body: bytes = field(repr=False)
 
 
-Record = ExecRecord | ExitRecord | ForkRecord | HookRecord | PolicyRecord
+Record = ExecRecord | ExitRecord | ForkRecord | HookRecord | PolicyRecord | SockRecord | LoaderRecord
 
 
 def decode(buf: bytes) -> Record:
@@ -161,6 +232,11 @@ def decode(buf: bytes) -> Record:
         return HookRecord(h, bytes(buf[HEADER.size:]))
     if h.kind == REC_POLICY:
         return PolicyRecord(h, bytes(buf[HEADER.size:]))
+    if h.kind == REC_SOCK:
+        _need(buf, SOCK_SIZE, "sock")
+        return SockRecord(h, *SOCK_BODY.unpack_from(buf, HEADER.size))
+    if h.kind == REC_LOADER:
+        return _decode_loader(h, buf)
     raise RecordError(f"unknown record kind {h.kind}")
 
 
@@ -234,6 +310,7 @@ HOOK_MONITOR = 1 << 0
 HOOK_RETURN = 1 << 1
 HOOK_NO_SELECTOR = 255
 ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
+ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO layout
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
 

@@ -89,6 +89,8 @@ class RingBufferDrain:
         while not self._stop.is_set():
             before = len(self.queue)
             self.bpf.ring_buffer_poll(100)
+            # sensors write without waking the reader (bpf/sensor_common.c): take what waits
+            self.bpf.ring_buffer_consume()
             if len(self.queue) != before:
                 self.queue.wake()
 

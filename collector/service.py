@@ -8,14 +8,16 @@ import asyncio
 import logging
 from pathlib import Path
 
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter
 
 from bpf import records
-from collector import capabilities, loader, procfs
+from collector import capabilities, loader, procfs, sensors
 from collector.batcher import Batcher
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
+from collector.spool import Outbox, Spool
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 
@@ -35,11 +37,29 @@ class Collector:
         log.info("%s", self.features.summary())
         tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
         log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
-        self.bpf = loader.load_program("process.c", {"TP_RINGBUF_PAGES": cfg.ringbuf_pages})
+        self.bpf = self._load(cfg)
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         self.drain = RingBufferDrain(self.bpf, self.queue)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes)
+
+    def _load(self, cfg: Config) -> object:
+        """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""
+        defines = {"TP_RINGBUF_PAGES": cfg.ringbuf_pages}
+        enabled = sensors.enabled(cfg)
+        if enabled:
+            base = (loader.BPF_DIR / "process.c").read_text()
+            try:
+                bpf = loader.load_program("process.c", defines,
+                                          text=sensors.program_text(base, enabled))
+                sensors.setup(bpf, enabled)
+                for s in enabled:
+                    log.info("sensor %s on: %s", s.name, s.mechanism)
+                return bpf
+            except loader.LoadError as exc:
+                log.error("sensors %s did not load, running with process events only: %s",
+                          ",".join(s.name for s in enabled), exc)
+        return loader.load_program("process.c", defines)
 
     def start(self) -> None:
         self.drain.start()
@@ -60,25 +80,21 @@ class Collector:
 
 
 async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None:
-    await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.deadletter_topic])
-    producer = await kafka.start_producer(cfg)
-    key = cfg.node_name.encode()
-    inflight: set[asyncio.Future] = set()
-    metrics.set_ready()
-    log.info("collector ready: producing to %s", cfg.raw_topic)
-
-    def done(fut: asyncio.Future) -> None:
-        inflight.discard(fut)
-        if fut.cancelled() or fut.exception() is not None:
-            PRODUCE_ERRORS.inc()
-            log.error("raw batch not produced: %s", None if fut.cancelled() else fut.exception())
-        else:
-            BATCHES.inc()
-
+    """Frame records into batches as fast as the drain fills the queue, whatever Kafka does;
+    a separate sender delivers them in order from the outbox (memory head, on-disk spool)."""
+    outbox = Outbox(Spool(cfg.state_path / "spool", cfg.spool_max_mb * 1024 * 1024),
+                    cfg.spool_memory_batches)
+    sender = asyncio.create_task(send_loop(cfg, outbox))
+    drain_stopped = False
     try:
         while True:
+            if stop.is_set() and not drain_stopped:
+                col.stop()  # flush what the kernel still holds into the queue, then frame it
+                drain_stopped = True
             if stop.is_set() and not len(col.queue):
                 break
+            if sender.done():
+                sender.result()  # a sender bug must not go unnoticed
             try:
                 await asyncio.wait_for(col.queue.ready.wait(), 0.5)
             except TimeoutError:
@@ -90,13 +106,87 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
             lost = col.drain.kernel_lost_delta() + col.policies.kernel_lost_delta()
             if not recs and not lost:
                 continue
-            fut = await producer.send(cfg.raw_topic, col.batcher.frame(recs, lost), key=key)
-            inflight.add(fut)
-            fut.add_done_callback(done)
-        if inflight:
-            await asyncio.wait(inflight)
+            outbox.put(col.batcher.frame(recs, lost), len(recs))
+        # SIGTERM: deliver what waits, for a bounded time; the rest stays spooled for next start
+        try:
+            await asyncio.wait_for(_drained(outbox, sender), cfg.spool_flush_timeout_s)
+        except TimeoutError:
+            log.warning("broker did not take everything within %ss: %d batches stay spooled",
+                        cfg.spool_flush_timeout_s, len(outbox))
     finally:
-        await producer.stop()
+        sender.cancel()
+        try:
+            await sender
+        except (asyncio.CancelledError, Exception):
+            pass
+        outbox.spill()
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _drained(outbox: Outbox, sender: asyncio.Task[None]) -> None:
+    while len(outbox) and not sender.done():
+        await asyncio.sleep(0.05)
+
+
+async def send_loop(cfg: Config, outbox: Outbox) -> None:
+    """Deliver the outbox head, one batch at a time (so a retry never reorders a node's stream),
+    acks=all. While the broker does not answer, everything waits on disk and the head is retried
+    with backoff; a batch whose delivery is uncertain is sent again (the sequence audit drops
+    the duplicate)."""
+    key = cfg.node_name.encode()
+    backoff = 0.2
+    producer = None
+    while producer is None:
+        try:
+            await asyncio.wait_for(kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.deadletter_topic]),
+                                   cfg.spool_send_timeout_s * 2)
+            producer = await asyncio.wait_for(kafka.start_producer(cfg, linger_ms=0),
+                                              cfg.spool_send_timeout_s * 2)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            outbox.degraded = True
+            outbox.spill()
+            log.warning("broker unreachable (%s); spooling, retrying in %.1fs", _why(exc), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+    metrics.set_ready()
+    log.info("collector ready: producing to %s", cfg.raw_topic)
+    try:
+        while True:
+            item = outbox.head()
+            if item is None:
+                await outbox.changed.wait()
+                continue
+            try:
+                await asyncio.wait_for(producer.send_and_wait(cfg.raw_topic, item.data, key=key),
+                                       cfg.spool_send_timeout_s)
+            except MessageSizeTooLargeError as exc:
+                PRODUCE_ERRORS.inc()
+                log.error("raw batch of %d bytes dropped: %s", len(item.data), exc)
+                outbox.done(item)
+                continue
+            except (KafkaError, TimeoutError) as exc:
+                PRODUCE_ERRORS.inc()
+                if not outbox.degraded:
+                    log.warning("broker does not answer (%s): spooling to disk", _why(exc))
+                outbox.degraded = True
+                outbox.spill()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            outbox.done(item)
+            BATCHES.inc()
+            if outbox.degraded:
+                log.info("broker answers again; %d batches left to replay", len(outbox))
+                outbox.degraded = False
+            backoff = 0.2
+    finally:
+        try:
+            await asyncio.wait_for(producer.stop(), 2)
+        except (TimeoutError, KafkaError):
+            pass
 
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:

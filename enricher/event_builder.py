@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records as r
+from enricher import loader_events, network_events
 from enricher.process_cache import Entry, ProcessCache, exec_id
 
 CAP_NAMES = [
@@ -103,6 +104,10 @@ class EventBuilder:
         if isinstance(rec, r.ForkRecord):
             self._fork(rec, node, boot_ns)
             return None
+        if isinstance(rec, r.SockRecord):
+            return network_events.build(self, rec, node, boot_ns)
+        if isinstance(rec, r.LoaderRecord):
+            return loader_events.build(self, rec, node, boot_ns)
         return None
 
     def envelope(self, node: str, ts_ns: int, **body: Any) -> dict[str, Any]:
@@ -218,6 +223,7 @@ class EventBuilder:
         entry = self.cache.current(h.pid, "exit")
         if entry is None:
             return None
+        self._late_pod(entry)
         parent = self.cache.get(entry.parent_exec_id)
         code = rec.exit_code
         sig = code & 0x7F
@@ -276,4 +282,13 @@ class EventBuilder:
 
     def process_for(self, pid: int) -> Entry | None:
         """The current incarnation of pid (policy events attach their process with it)."""
-        return self.cache.current(pid, "event")
+        entry = self.cache.current(pid, "event")
+        if entry is not None:
+            self._late_pod(entry)
+        return entry
+
+    def _late_pod(self, entry: Entry) -> None:
+        """A process in a container whose pod was not known when its entry was made (e.g. a
+        clone forked before the pod arrived) gets the pod now, if the index has it."""
+        if "docker" in entry.process and "pod" not in entry.process:
+            self.refresh_pod(entry)

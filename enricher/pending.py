@@ -84,6 +84,9 @@ class PendingEvents:
             return [event]
         entry = self.builder.cache.get(eid) or self.entries.get(eid)
         if eid not in self.held_ids and (entry is None or not self.metadata.pending(entry)):
+            if entry is not None and "pod" not in proc and "docker" in entry.process \
+                    and self.builder.refresh_pod(entry):
+                proc["pod"] = entry.process["pod"]  # e.g. a clone forked before its pod was known
             return [event]
         now = time.monotonic() if now is None else now
         parent_id = proc.get("parent_exec_id", "")

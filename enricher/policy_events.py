@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from bpf import records as r
+from enricher import network_events
 
 log = logging.getLogger("tetrapipe.enricher")
 
@@ -82,6 +83,8 @@ def typed_arg(a: r.HookArg, label: str = "") -> dict[str, Any]:
         out["file_arg"] = {"path": _text(a.data)}
     elif a.type == r.ARG_PATH:
         out["path_arg"] = {"path": _text(a.data)}
+    elif a.type == r.ARG_SOCK:
+        out["sock_arg"] = network_events.sock_arg_from_bytes(a.data)
     else:
         out["string_arg"] = _text(a.data)
     return out
@@ -185,6 +188,10 @@ class PolicyEvents:
                              binary=process.get("binary", ""), namespace=pod.get("namespace", ""),
                              pod=pod.get("name", ""), workload=pod.get("workload", ""), node_name=node).inc()
         ts = boot_ns + h.ktime
+        if hook.get("kind") == "uprobe":
+            return builder.envelope(node, ts, process_uprobe={
+                **common, "path": hook.get("path", ""), "symbol": hook.get("symbol", ""),
+                "offset": int(hook.get("offset", 0))})
         if hook.get("kind") == "tracepoint":
             return builder.envelope(node, ts, process_tracepoint={
                 **common, "subsys": hook.get("subsys", ""), "event": hook.get("event", "")})

@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from bpf import records
 from enricher import state
 from enricher.event_builder import EventBuilder
-from enricher.metadata.kubernetes import PodWatcher
+from enricher.input_audit import audit_exec
 from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
@@ -26,6 +28,8 @@ from enricher.sequence_audit import SequenceAudit
 from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
+from tetrapipe.metrics import COMMIT_FAILURES, PUBLISH_RETRIES
+from tetrapipe.sequence import Stamper
 
 log = logging.getLogger("tetrapipe.enricher")
 
@@ -38,8 +42,12 @@ BATCHES_IN = Counter("tetrapipe_enricher_batches", "Raw batches consumed")
 KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
+ORIGIN = "_origin"  # private key on an event dict: "<collector instance>:<raw batch seq>" (not in Avro)
+_partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the producer would pick
+
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
-              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy"}
+              records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy",
+              records.REC_SOCK: "sock", records.REC_LOADER: "loader"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -74,6 +82,7 @@ class Enricher:
         waiting for pod metadata come out of ``poll_pending`` later."""
         events: list[dict[str, Any]] = []
         bad: list[tuple[bytes, str]] = []
+        origin = f"{batch.instance_id}:{batch.seq}"
         if batch.ringbuf_lost:
             KERNEL_LOST.labels(node_name=batch.node_name).inc(batch.ringbuf_lost)
         decoded: list[tuple[bytes, records.Record]] = []
@@ -88,6 +97,8 @@ class Enricher:
         deferred: list[tuple[bytes, records.HookRecord]] = []
         for raw, rec in decoded:
             RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
+            if isinstance(rec, records.ExecRecord):
+                audit_exec(rec)
             try:
                 if isinstance(rec, records.HookRecord):
                     if self.policy_events.wants_later(rec, self.builder):
@@ -110,6 +121,7 @@ class Enricher:
                 bad.append((raw, f"event_handler_failed: {exc}"))
                 continue
             if ev is not None:
+                ev[ORIGIN] = origin
                 events.extend(self.pending.offer(ev, event_type(ev), source))
         for raw, hook_rec in deferred:  # hooks at an exec: built after the exec record of the batch
             try:
@@ -119,6 +131,7 @@ class Enricher:
                 bad.append((raw, str(exc)))
                 continue
             if ev is not None:
+                ev[ORIGIN] = origin
                 events.extend(self.pending.offer(ev, event_type(ev), source))
         return events, bad
 
@@ -133,15 +146,34 @@ def event_key(ev: dict[str, Any]) -> bytes:
 
 
 async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str, Any]],
-                  serializer: registry.EventSerializer | None = None) -> None:
-    """Send and wait until the broker acknowledged all of them."""
-    futures = []
+                  serializer: registry.EventSerializer | None = None, stamper: Stamper | None = None) -> None:
+    """Send and wait until the broker acknowledged all of them. Each event is stamped with
+    (enricher instance, per-partition seq) headers for the exporters' sequence audit; what the
+    broker did not acknowledge is sent again, same stamp, until it is (or the task is cancelled)."""
+    msgs = []
+    parts = sorted(await producer.partitions_for(cfg.events_topic)) if stamper else []
     for ev in events:
+        key = event_key(ev)
+        part = _partitioner(key, parts, parts) if stamper else None
+        headers = stamper.stamp(part, ev.get(ORIGIN, "")) if stamper and part is not None else None
         value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
-        futures.append(await producer.send(cfg.events_topic, value, key=event_key(ev)))
+        msgs.append((value, key, part, headers))
         EVENTS_OUT.labels(type=event_type(ev)).inc()
-    if futures:
-        await asyncio.gather(*futures)
+    backoff = 0.2
+    while msgs:
+        futures = [await producer.send(cfg.events_topic, v, key=k, partition=p, headers=h)
+                   for v, k, p, h in msgs]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [m for m, r in zip(msgs, results, strict=True) if isinstance(r, Exception)]
+        if not failed:
+            return
+        errors = {type(r).__name__ for r in results if isinstance(r, Exception)}
+        log.warning("%d events not acknowledged (%s): sending again in %.1fs", len(failed),
+                    ",".join(sorted(errors)), backoff)
+        PUBLISH_RETRIES.labels(stage=STAGE).inc(len(failed))
+        msgs = failed
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
 
 
 class StateRestorer(ConsumerRebalanceListener):
@@ -187,15 +219,19 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
     watcher_task = None
     if enricher.pods is not None:
+        from enricher.metadata.kubernetes import PodWatcher  # 1.6 s of imports: only when enabled
+
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)
         watcher_task = asyncio.create_task(watcher.run(stop), name="k8s-pod-watch")
-    consumer = kafka.make_consumer(cfg, GROUP, [])
+    stamper = Stamper()
+    group = cfg.enricher_group or GROUP
+    consumer = kafka.make_consumer(cfg, group, [])
     restorer = StateRestorer(cfg, enricher, producer)
     consumer.subscribe([cfg.raw_topic], listener=restorer)
     await consumer.start()
     metrics.set_ready()
-    log.info("enricher consuming %s as group %s", cfg.raw_topic, GROUP)
+    log.info("enricher consuming %s as group %s", cfg.raw_topic, group)
     done_upto: dict[TopicPartition, int] = {}   # next offset after the last handled message
     committed: dict[TopicPartition, int] = {}
     try:
@@ -224,9 +260,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                     out.extend(events)
             out.extend(enricher.poll_pending(time.monotonic()))
             await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
-                                      serializer)
+                                      serializer, stamper)
         out = enricher.pending.drain()
-        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer)
+        await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer,
+                                  stamper)
     finally:
         if watcher_task is not None:
             watcher_task.cancel()
@@ -236,22 +273,33 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
 
 async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
                               events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
-                              committed: dict[TopicPartition, int], serializer: Any) -> None:
+                              committed: dict[TopicPartition, int], serializer: Any,
+                              stamper: Stamper | None = None) -> None:
     """Events and state writes acknowledged first, then raw offsets committed, never past an
     event still held for pod metadata."""
     futures: list[asyncio.Future] = []
     if enricher.journal is not None:
         futures.extend(await enricher.journal.flush(producer))
-    await publish(producer, cfg, events, serializer)
+    await publish(producer, cfg, events, serializer, stamper)
     if futures:
         await asyncio.gather(*futures)
     floor = enricher.pending.floor()
     offsets = {}
+    assigned = consumer.assignment()
+    for tp in [tp for tp in done_upto if tp not in assigned]:  # moved to another enricher
+        del done_upto[tp]
+        committed.pop(tp, None)
     for tp, upto in done_upto.items():
         held = floor.get((tp.topic, tp.partition))
         off = min(upto, held) if held is not None else upto
         if committed.get(tp) != off:
             offsets[tp] = off
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # a rebalance took partitions away, or the broker is away: re-read from the last commit
+            COMMIT_FAILURES.labels(group=cfg.enricher_group or GROUP).inc()
+            log.warning("raw offsets not committed (%s): those batches will be read again", exc)
+            return
         committed.update(offsets)

@@ -4,8 +4,8 @@
 name padded to 7, the pod (``namespace/name``) or else the node name, the binary, then per type the
 arguments, file, byte count, exit status or signal, as Tetragon's compact encoder prints them
 (pkg/encoder/encoder.go): kprobe lines by syscall (after the arch prefix ``__x64_`` is cut),
-``☎  syscall`` for raw_syscalls/sys_enter, ``❓ syscall <function>`` for any other hook. A process
-holding CAP_SYS_ADMIN gets the ``🛑 CAP_SYS_ADMIN`` trailer at column 120.
+``☎  syscall`` for raw_syscalls/sys_enter, ``❓ syscall <function>`` for any other hook. On request
+a process holding CAP_SYS_ADMIN gets the ``🛑 CAP_SYS_ADMIN`` trailer at column 120.
 """
 
 from __future__ import annotations
@@ -143,8 +143,12 @@ def _caps_trailer(process: Doc) -> str:
     return "🛑 CAP_SYS_ADMIN" if "CAP_SYS_ADMIN" in effective else ""
 
 
-def render(doc: Doc) -> str:
-    """One compact line for a protojson event dict ('' for an event type it does not show)."""
+def render(doc: Doc, caps: bool = False) -> str:
+    """One compact line for a protojson event dict ('' for an event type it does not show).
+
+    ``caps``: add Tetragon's ``🛑 CAP_SYS_ADMIN`` trailer, which Tetragon shows only where process
+    credentials are collected (``--enable-process-cred``, off by default). Our events always
+    carry capabilities, so by default it is left out, as a default Tetragon prints lines."""
     node = doc.get("node_name", "")
     if "rate_limit_info" in doc:
         n = doc["rate_limit_info"].get("number_of_dropped_process_events", 0)
@@ -183,13 +187,18 @@ def render(doc: Doc) -> str:
         line = _join("🧬", "loader", *head, buildid + body.get("path", ""))
     else:
         return ""
-    caps = _caps_trailer(p)
-    if caps:
+    trailer = _caps_trailer(p) if caps else ""
+    if trailer:
         pad = max(CAPS_PAD - len(line.encode()), 0)  # Go pads by bytes
-        line = f"{line} {caps:>{pad}}" if pad else f"{line} {caps}"
+        line = f"{line} {trailer:>{pad}}" if pad else f"{line} {trailer}"
     return line
+
+
+# control characters of event data (a file name with a newline or a terminal escape) are shown
+# escaped, so one event stays one line and cannot drive the terminal
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))} | {10: "\\n", 13: "\\r", 9: "\\t"}
 
 
 def _join(emoji: str, name: str, *parts: str) -> str:
     """Tetragon joins with single spaces, so an empty field leaves two spaces (exit lines)."""
-    return " ".join([f"{emoji} {name:<7}", *parts])
+    return " ".join([f"{emoji} {name:<7}", *(p.translate(_ESCAPES) for p in parts)])

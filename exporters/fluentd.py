@@ -182,12 +182,20 @@ class FluentdSink:
         return 0
 
     def committable(self) -> dict[str, int]:
+        if self.buffer.dropped_chunks:
+            # a chunk of this run was lost from the disk buffer: committing past it would lose its
+            # events for good; holding the offsets makes a restart read them from Kafka again
+            return {}
         return dict(self._acked)
 
     async def _flush_loop(self) -> None:
         backoff = 0.2
         while not self._stopping:
+            dropped = self.buffer.dropped_chunks
             chunk = self.buffer.oldest()
+            if self.buffer.dropped_chunks > dropped:
+                log.error("a disk-buffer chunk was unreadable: Kafka offsets are no longer committed; "
+                          "restart the fluentd exporter to export its events again from Kafka")
             if chunk is None:
                 self._wake.clear()
                 await self._wake.wait()

@@ -9,8 +9,9 @@ The buffer is bounded by ``max_bytes``: a chunk that does not fit is refused (``
 and the exporter stops reading Kafka until fluentd has drained the buffer, so a full buffer costs
 no events (Kafka keeps them, and offsets are never committed past what fluentd acknowledged).
 A chunk file that cannot be read back (cut short by a crash or a full disk) is dropped and
-counted; its events are read from Kafka again when the exporter restarts, because its offsets
-were never committed.
+counted (``dropped_chunks``); its events are read from Kafka again when the exporter restarts,
+because its offsets were never committed: the sink stops committing once a chunk was dropped
+(exporters/fluentd.py), so no later ack moves the group past it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class DiskBuffer:
                 continue
             self._sizes[seq] = (p.stat().st_size, self._peek_events(p))
         self._next = max(self._sizes, default=0) + 1
+        # unreadable chunks this process wrote and then lost (chunks of an earlier run are
+        # behind the committed offsets, so Kafka has their events again anyway)
+        self.dropped_chunks = 0
+        self._first_seq = self._next
         BUFFER_CAPACITY.set(max_bytes)
         self._report()
         if self._sizes:
@@ -132,6 +137,8 @@ class DiskBuffer:
                           "Kafka after a restart", path, exc)
                 BUFFER_DROPPED_CHUNKS.labels(reason="unreadable").inc()
                 BUFFER_DROPPED_EVENTS.labels(reason="unreadable").inc(events)
+                if seq >= self._first_seq:
+                    self.dropped_chunks += 1
                 self.remove(seq)
         return None
 

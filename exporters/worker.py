@@ -10,13 +10,15 @@ import logging
 import time
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
-from tetrapipe.metrics import CONSUMER_LAG
+from tetrapipe.metrics import COMMIT_FAILURES, CONSUMER_LAG
+from tetrapipe.sequence import SequenceAudit, read_stamp
 
 log = logging.getLogger("tetrapipe.export")
 
@@ -55,6 +57,7 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
     metrics.set_ready()
     log.info("exporter %s consuming %s as group %s", sink.name, cfg.events_topic, group)
     backoff = 0.2
+    audit = SequenceAudit(f"export-{sink.name}")
     deferred = hasattr(sink, "committable")  # the sink acknowledges later (fluentd)
     committed: dict[str, int] = {}
     try:
@@ -63,7 +66,7 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
             if not batch:
                 await _update_lag(consumer, group)
                 if deferred:
-                    await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
+                    await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
                 continue
             events: list[dict[str, Any]] = []
             positions: dict[str, int] = {}
@@ -71,6 +74,10 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                 if msgs:
                     positions[f"{tp.topic}/{tp.partition}"] = msgs[-1].offset + 1
                 for m in msgs:
+                    stamp = read_stamp(m.headers)
+                    if stamp is not None and not audit.accept((stamp[0], m.partition), stamp[1],
+                                                              label=stamp[0]):
+                        continue  # an event this exporter already handed to its sink
                     try:
                         events.append(await _decode_waiting(decode, m.value, stop))
                     except codec.CodecError as exc:
@@ -100,15 +107,19 @@ async def run_sink(cfg: Config, sink: Sink, stop: asyncio.Event, max_records: in
                         pass
                     backoff = min(backoff * 2, 10.0)
             if deferred:
-                await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
+                await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
             else:
-                await consumer.commit()
+                try:
+                    await consumer.commit()
+                except KafkaError as exc:  # rebalance or broker away: read again, duplicates only
+                    COMMIT_FAILURES.labels(group=group).inc()
+                    log.warning("offset commit refused (%s): these events will be read again", exc)
     except registry.RegistryError:
         log.info("stopped while the schema registry was unreachable; the batch will be read again")
     finally:
         await sink.stop()
         if deferred:
-            await _commit_acked(consumer, sink, committed)  # type: ignore[arg-type]
+            await _commit_acked(consumer, sink, committed, group)  # type: ignore[arg-type]
         await consumer.stop()
         await producer.stop()
 
@@ -125,7 +136,7 @@ class DeferredSink(Protocol):
     def committable(self) -> dict[str, int]: ...
 
 
-async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, int]) -> None:
+async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, int], group: str) -> None:
     """Commit what the sink says is acknowledged, never moving an offset back."""
     todo: dict[TopicPartition, int] = {}
     for key, off in sink.committable().items():
@@ -137,6 +148,7 @@ async def _commit_acked(consumer: Any, sink: DeferredSink, committed: dict[str, 
     try:
         await consumer.commit(todo)
     except Exception as exc:  # e.g. a partition moved to another member: it re-reads, at least once
+        COMMIT_FAILURES.labels(group=group).inc()
         log.warning("commit of acknowledged offsets failed (%s); they are read again", exc)
         return
     for tp, off in todo.items():

@@ -85,7 +85,8 @@ def _writers(name: str) -> dict[bytes, Schema]:
     found = {schema(name).fingerprint: schema(name)}
     for path in sorted((SCHEMA_DIR / "history").glob(f"{name}.v*.avsc")):
         s = _load(path)
-        found[s.fingerprint] = s
+        found.setdefault(s.fingerprint, s)  # a copy of the current schema: keep the current object,
+        # whose identity with the reader lets fastavro skip schema resolution
     return found
 
 

@@ -12,6 +12,7 @@ Ids and schemas are cached: the registry is asked once per schema id and once pe
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import struct
@@ -50,7 +51,16 @@ def subject_for(topic: str) -> str:
 
 class RegistryClient:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
-        self.url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(url)
+        self.auth = ""
+        if parts.username is not None:  # http://key:secret@host:8081 (Confluent Cloud style)
+            cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self.auth = "Basic " + base64.b64encode(cred.encode()).decode()
+            netloc = parts.hostname or ""
+            if parts.port:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        self.url = urllib.parse.urlunsplit(parts).rstrip("/")
         self.timeout = timeout
         self._by_id: dict[int, Any] = {}        # id → parsed fastavro schema
         self._raw_by_id: dict[int, dict[str, Any]] = {}
@@ -59,8 +69,10 @@ class RegistryClient:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE})
+        headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+        if self.auth:
+            headers["Authorization"] = self.auth
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.loads(r.read() or b"null")
@@ -175,8 +187,8 @@ def serializer_for(cfg: Any, name: str = "event") -> EventSerializer:
 
 def decoder_for(cfg: Any, name: str = "event") -> Callable[[bytes], dict[str, Any]]:
     """``decode(bytes) -> record`` accepting single-object and (with a registry) Confluent framing.
-    An id the registry does not know is a codec.CodecError (the message is bad); a registry that
-    cannot be reached raises RegistryError (``unreachable``): retry, the message is fine."""
+    An id the registry does not know is a codec.CodecError (the message is bad); any other
+    registry failure (unreachable, 401/403, 5xx) raises RegistryError: retry, the message is fine."""
     client = client_for(getattr(cfg, "schema_registry_url", ""))
     if client is None:
         return lambda data: codec.decode(name, data)
@@ -185,8 +197,8 @@ def decoder_for(cfg: Any, name: str = "event") -> Callable[[bytes], dict[str, An
         try:
             return client.schema_by_id(schema_id)
         except RegistryError as exc:
-            if exc.unreachable:
-                raise
-            raise codec.CodecError(str(exc)) from exc
+            if exc.status in (404, 422):  # an id the registry does not have: the message is bad
+                raise codec.CodecError(str(exc)) from exc
+            raise  # unreachable, unauthorized, overloaded: the message is fine, retry later
 
     return lambda data: codec.decode(name, data, registry_lookup=lookup)

@@ -52,8 +52,9 @@ def backward_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class FakeSchemaRegistry:
-    def __init__(self, compatibility: str = "BACKWARD") -> None:
+    def __init__(self, compatibility: str = "BACKWARD", basic_auth: str = "") -> None:
         self.compatibility = compatibility
+        self.basic_auth = basic_auth  # "user:password" → every request must carry it
         self.schemas: dict[int, str] = {}            # id → schema text
         self.subjects: dict[str, list[int]] = {}     # subject → ids by version
         self.requests: list[tuple[str, str]] = []
@@ -124,6 +125,13 @@ class FakeSchemaRegistry:
                 if not reg.up:
                     self._send(503, {"error_code": 50003, "message": "unavailable"})
                     return
+                if reg.basic_auth:
+                    import base64
+
+                    want = "Basic " + base64.b64encode(reg.basic_auth.encode()).decode()
+                    if self.headers.get("Authorization") != want:
+                        self._send(401, {"error_code": 401, "message": "Unauthorized"})
+                        return
                 parts = [urllib.parse.unquote(p) for p in self.path.split("?")[0].strip("/").split("/")]
                 if method == "POST" and len(parts) == 3 and parts[0] == "subjects" and parts[2] == "versions":
                     n = int(self.headers.get("Content-Length", 0))

@@ -3,6 +3,7 @@ broker, each test with its own topics, node name, files and metrics ports."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -52,11 +53,12 @@ class Service:
     log_path: Path
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
+    wrap: list[str] = field(default_factory=list)  # e.g. setpriv ... : runs the service through it
 
     def start(self) -> Service:
         out = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "tetrapipe", *self.argv], env=self.env,
-                                     stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "tetrapipe", *self.argv],
+                                     env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Service:
@@ -126,7 +128,9 @@ class Pipeline:
             "events_topic": f"t{tag}.events",
             "deadletter_topic": f"t{tag}.deadletter",
             "state_topic": f"t{tag}.state",
+            "enricher_group": f"t{tag}-enricher",  # tests share one broker: no shared group
             "export_filename": str(self.tmp / "events.log"),
+            "export_file_max_backups": "0",  # keep every rotated file: tests read them all
             "control_socket": str(self.tmp / "tetrapipe.sock"),
             "state_dir": str(self.tmp / "state"),
             "cache_dir": "/var/cache/tetrapipe",
@@ -141,10 +145,10 @@ class Pipeline:
         return env
 
     def start(self, name: str, *argv: str, extra: dict[str, str] | None = None,
-              wait: bool = True) -> Service:
+              wait: bool = True, wrap: list[str] | None = None) -> Service:
         port = free_port()
         env = self.env({**(extra or {}), "metrics_address": f"127.0.0.1:{port}"})
-        svc = Service(name, list(argv), env, self.tmp / f"{name}.log", port).start()
+        svc = Service(name, list(argv), env, self.tmp / f"{name}.log", port, wrap=list(wrap or [])).start()
         self.services[name] = svc
         if wait:
             svc.wait_ready()
@@ -160,16 +164,34 @@ class Pipeline:
     def export_file(self) -> Path:
         return Path(self.base["export_filename"])
 
+    def export_text(self) -> str:
+        """The whole JSON export: rotated backups (oldest first, gzip or plain), then the live file."""
+        return export_text(self.export_file)
+
     def exported(self) -> list[dict[str, Any]]:
-        try:
-            text = self.export_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in self.export_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
         for svc in reversed(list(self.services.values())):
             svc.stop()
+
+
+def export_text(path: Path) -> str:
+    """An export file with its rotated backups (``events-<UTC time>.log[.gz]``), oldest first."""
+    parts = []
+    for backup in sorted(path.parent.glob(f"{path.stem}-*{path.suffix}*")):
+        if backup.name.endswith(".tmp"):
+            continue
+        data = backup.read_bytes()
+        parts.append((gzip.decompress(data) if backup.name.endswith(".gz") else data).decode(errors="replace"))
+    try:
+        live = path.read_text(errors="replace")
+    except FileNotFoundError:
+        live = ""
+    if not live.endswith("\n"):  # the exporter is writing the last line right now
+        live = live[: live.rfind("\n") + 1]
+    parts.append(live)
+    return "".join(parts)
 
 
 def body(ev: dict[str, Any]) -> dict[str, Any]:

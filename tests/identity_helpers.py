@@ -53,15 +53,15 @@ class RawProducer:
         self.cfg = Config(kafka=b["kafka"], raw_topic=b["raw_topic"])
         self.batcher = Batcher(pipeline.node_name, records.layout_id())
 
-    def send(self, *recs: bytes) -> None:
-        asyncio.run(self._send(list(recs)))
+    def send(self, *recs: bytes, partition: int | None = None) -> None:
+        asyncio.run(self._send(list(recs), partition))
 
-    async def _send(self, recs: list[bytes]) -> None:
+    async def _send(self, recs: list[bytes], partition: int | None) -> None:
         await kafka.ensure_topics(self.cfg, [self.cfg.raw_topic])
         p = await kafka.start_producer(self.cfg)
         try:
             await p.send_and_wait(self.cfg.raw_topic, self.batcher.frame(recs),
-                                  key=self.batcher.node_name.encode())
+                                  key=self.batcher.node_name.encode(), partition=partition)
         finally:
             await p.stop()
 

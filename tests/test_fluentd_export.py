@@ -117,3 +117,38 @@ def test_outage_buffers_on_disk_survives_exporter_restart_and_loses_nothing(pipe
         wait_until(lambda: _committed(cfg, "tetrapipe-export-fluentd") == 300, 15, what="commit to 300")
         wait_until(lambda: svc.metric("tetrapipe_fluentd_buffer_events") == 0, 10, what="buffer drained")
     assert not list((pipeline.tmp / "fbuf").glob("*.chunk"))
+
+
+def test_lost_buffer_chunk_stops_commits_so_kafka_has_its_events(tmp_path) -> None:  # noqa: ANN001
+    """A chunk of this run that can no longer be read from disk is dropped and counted, and from
+    then on no Kafka offset is committed, so a later ack cannot move the group past its events."""
+    from exporters.fluentd import FluentdSink
+
+    port = free_port()
+    cfg = Config(fluentd_address=f"127.0.0.1:{port}", fluentd_buffer_dir=str(tmp_path / "buf"),
+                 fluentd_ack_timeout=2)
+
+    async def run() -> tuple[dict[str, int], dict[str, int], int, int]:
+        sink = FluentdSink(cfg)
+        await sink.start()
+        try:
+            await sink.put(_events("n", 0, 5), {"t/0": 5})  # fluentd is down: stays on disk
+            await sink.put(_events("n", 5, 5), {"t/0": 10})
+            await asyncio.sleep(0.3)
+            first = min(sink.buffer.dir.glob("*.chunk"))
+            first.write_bytes(b"\x93 cut short")  # the disk lost the first chunk
+            with FluentReceiver(port) as rx:
+                for _ in range(100):
+                    if not len(sink.buffer):
+                        break
+                    await asyncio.sleep(0.1)
+                got = rx.count()
+            # sink._acked: where the acks alone would put the group (past the lost chunk)
+            return sink.committable(), dict(sink._acked), sink.buffer.dropped_chunks, got
+        finally:
+            await sink.stop()
+
+    frozen, acked, dropped, got = asyncio.run(run())
+    assert dropped == 1 and got == 5  # the second chunk was delivered, the first is gone
+    assert frozen == {}  # ...so nothing is committed: a restart reads offsets 0..4 from Kafka again
+    assert acked == {"t/0": 10}

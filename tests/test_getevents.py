@@ -73,7 +73,8 @@ def test_compact_lines_are_tetragons() -> None:
     assert compact.render(host) == f"🚀 process {host['node_name']} /bin/bash -la"
     admin = protojson.to_protojson(exec_event())
     admin["process_exec"]["process"]["cap"] = {"effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]}
-    line = compact.render(admin)
+    assert compact.render(admin) == "🚀 process default/xwing /bin/bash"  # default Tetragon: no creds
+    line = compact.render(admin, caps=True)
     assert line.startswith("🚀 process default/xwing /bin/bash ") and line.endswith(" 🛑 CAP_SYS_ADMIN")
     head = "🚀 process default/xwing /bin/bash"
     # Go's "%s %*s" with the pad counted in bytes of the head: the trailer is right-aligned

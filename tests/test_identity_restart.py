@@ -53,3 +53,37 @@ def test_enricher_kill9_restart_keeps_parent_and_pod(pipeline: Pipeline, tmp_pat
         assert len(events_of(pipeline, "process_exec", 5003)) == 1
     finally:
         kube.stop()
+
+
+def test_partition_moved_to_another_enricher_keeps_parent_and_pod(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Two raw partitions, one enricher, then a second joins the group: whichever gets a
+    partition replays its state first, so children of earlier processes keep parent and pod."""
+    kube = FakeKubeAPI(pipeline.node_name).start()
+    try:
+        cid, uid = ids()
+        kube.put_pod(make_pod("worker-1", uid, pipeline.node_name, cid, owner=("DaemonSet", "worker")))
+        pipeline.settings.update(enable_k8s_api="true", topic_partitions="2",
+                                 k8s_kubeconfig=str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+        a = pipeline.start("enricher-a", "enricher")
+        pipeline.start("export-json", "export", "json")
+        cg = (f"cri-containerd-{cid}.scope", (f"kubepods-pod{uid.replace('-', '_')}.slice",))
+        # one batch sequence per partition, as two collectors (nodes) would send
+        raws = {p: RawProducer(pipeline) for p in (0, 1)}
+        for p in (0, 1):
+            raws[p].send(exec_record(6000 + 10 * p, 1, "/bin/sh", [], *cg, nspid=1), partition=p)
+        for p in (0, 1):
+            wait_until(lambda p=p: one(pipeline, "process_exec", 6000 + 10 * p), what=f"exec on partition {p}")
+        b = pipeline.start("enricher-b", "enricher")
+        wait_until(lambda: b.metric("tetrapipe_state_restored_entries_total") >= 1, timeout=40,
+                   what="second enricher replayed the state of its partition")
+        for p in (0, 1):
+            raws[p].send(exec_record(6001 + 10 * p, 6000 + 10 * p, "/bin/ls", [], *cg, nspid=2), partition=p)
+        for p in (0, 1):
+            child = wait_until(lambda p=p: one(pipeline, "process_exec", 6001 + 10 * p), timeout=30,
+                               what=f"child exec on partition {p}")
+            parent = one(pipeline, "process_exec", 6000 + 10 * p)
+            assert child["parent"]["exec_id"] == parent["process"]["exec_id"]
+            assert child["parent"]["pod"]["name"] == "worker-1" and child["process"]["pod"]["workload"] == "worker"
+        assert a.proc is not None and a.proc.poll() is None
+    finally:
+        kube.stop()

@@ -34,6 +34,9 @@ def test_cgroup_formats() -> None:
         # Docker, systemd and cgroupfs
         (f"docker-{CID}.scope", "system.slice"): (CID, "docker", ""),
         (CID, "docker"): (CID, "docker", ""),
+        (f"libpod-{CID}",): (CID, "podman", ""),
+        (f"kubepods-burstable-pod{UID_}.slice:cri-containerd:{CID}",): (CID, "containerd", UID),
+        (f":{CID}",): (CID, "", ""),
         # a container that made cgroups of its own below its cgroup
         ("init.scope", f"cri-containerd-{CID}.scope", f"kubepods-pod{UID_}.slice"): (CID, "containerd", UID),
     }
@@ -137,3 +140,16 @@ def test_restore_recomputes_references_and_replays_idempotently() -> None:
     ev, _ = second.handle_batch(_batch(exec_record(34, 32, "/bin/z", [])))
     assert ev[0]["process_exec"]["parent"]["pid"] == 32
     assert records.decode(exec_record(1, 0, "/x", [], "leaf", ("p1", "p2"))).cgroup_ancestors == b"p1\0p2"
+
+
+def test_clone_forked_before_its_pod_was_known_gets_it() -> None:
+    cid, uid = ids()
+    cg = (f"cri-containerd-{cid}.scope", (f"kubepods-pod{uid.replace('-', '_')}.slice",))
+    e = Enricher(Config(enable_k8s_api=True, event_cache_hold_ms=5000, state_topic=""))
+    out, _ = e.handle_batch(_batch(exec_record(40, 1, "/bin/a", [], *cg), fork_record(41, 40)))
+    assert out == []
+    e.pods.upsert(make_pod("late", uid, "node-u", cid))
+    assert len(e.poll_pending()) == 1
+    out, _ = e.handle_batch(_batch(exit_record(41, 40)))
+    assert out[0]["process_exit"]["process"]["pod"]["name"] == "late"
+    assert out[0]["process_exit"]["process"]["flags"] == "clone"

@@ -141,6 +141,29 @@ def test_registry_framing_end_to_end(pipeline: Pipeline) -> None:
         id_gets = [p for m, p in reg.requests if m == "GET" and p.startswith("/schemas/ids/")]
         assert len(id_gets) <= 2, id_gets
 
+        # an exporter that cannot reach the registry waits: no dead letter, nothing lost
+        pipeline.services["export-json"].stop()
+        reg.up = False
+        exporter = pipeline.start("export-json", "export", "json")
+        asyncio.run(produce_raw(cfg, pipeline.node_name, [32003]))
+        wait_until(lambda: "unreachable" in exporter.log() or "HTTP 503" in exporter.log(), timeout=30,
+                   what="the exporter retrying the registry")
+        assert 32003 not in our_pids(pipeline.exported())
+        reg.up = True
+        wait_until(lambda: 32003 in our_pids(pipeline.exported()), timeout=30, what="export after the outage")
+        assert exporter.metric("tetrapipe_deadletter_messages_total") == 0
+        assert asyncio.run(read_topic(cfg, cfg.deadletter_topic, 1, timeout=2)) == []
+
+
+def test_registry_basic_auth_from_the_url() -> None:
+    with FakeSchemaRegistry(basic_auth="key:s3cr/t") as reg:
+        authed = reg.url.replace("http://", "http://key:s3cr%2Ft@")
+        assert RegistryClient(authed).register("a-value", codec.schema("event").raw) == 1
+        assert RegistryClient(authed).url == reg.url
+        with pytest.raises(RegistryError, match="HTTP 401") as err:
+            RegistryClient(reg.url).register("a-value", codec.schema("event").raw)
+        assert not err.value.unreachable
+
 
 def test_serializer_and_decoder_units() -> None:
     from json_events import exec_event

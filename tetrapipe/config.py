@@ -67,6 +67,10 @@ class Config:
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")
     metrics_label_filter: str = _opt("namespace,workload,pod,binary", "labels kept on event metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
+    spool_max_mb: int = _opt(512, "collector spool (raw batches waiting for Kafka) size limit, MiB")
+    spool_memory_batches: int = _opt(16, "raw batches kept in memory before they go to the spool")
+    spool_send_timeout_s: int = _opt(5, "a raw batch not acknowledged within this is spooled, retried")
+    spool_flush_timeout_s: int = _opt(5, "at SIGTERM, time to deliver waiting batches (rest stays spooled)")
     fluentd_buffer_dir: str = _opt("", "fluentd exporter's disk buffer; empty = <state_dir>/fluentd-buffer")
     fluentd_buffer_max_bytes: int = _opt(256 * 1024 * 1024, "fluentd disk buffer bound in bytes")
     fluentd_ack_timeout: int = _opt(10, "seconds to wait for fluentd's ack of a chunk before resending")
@@ -77,9 +81,14 @@ class Config:
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
     event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never")
     event_cache_size: int = _opt(10000, "events held for pod metadata at most")
+    enricher_group: str = _opt("tetrapipe-enricher", "consumer group of the enrichers (one per pipeline)")
     state_topic: str = _opt("tetrapipe.state", "compacted topic of the enricher's process cache; "
                             "empty = no restart state")
     export_rate_limit_report_interval: str = _opt("1m", "how often a rate_limit_info event reports drops")
+    enable_network_events: bool = _opt(False, "network sensor: TCP connect/accept/close events "
+                                       "(process_kprobe tcp_connect, inet_csk_accept, tcp_close)")
+    enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
+                                      "a process maps executable (shared libraries)")
 
     # ---- derived -----------------------------------------------------------------------
     @property

@@ -26,6 +26,26 @@ SEQUENCE_DUPLICATES = Counter(
     "Raw batches seen again (at-least-once redelivery) and skipped",
     ["stage", "source"],
 )
+SEQUENCE_LATE = Counter(
+    "tetrapipe_sequence_late",
+    "Batches or events that arrived after a later one and filled a gap",
+    ["stage", "source"],
+)
+SEQUENCE_MISSING = Gauge(
+    "tetrapipe_sequence_missing",
+    "Batches or events counted as gaps and not (yet) arrived: the loss",
+    ["stage", "source"],
+)
+COMMIT_FAILURES = Counter(
+    "tetrapipe_commit_failures",
+    "Offset commits the broker refused (the messages are read again: duplicates, not loss)",
+    ["group"],
+)
+PUBLISH_RETRIES = Counter(
+    "tetrapipe_publish_retries",
+    "Messages sent again because the broker did not acknowledge them",
+    ["stage"],
+)
 CONSUMER_LAG = Gauge(
     "tetrapipe_consumer_lag_messages", "Messages behind the end of the topic", ["group", "topic"]
 )

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector import connect_deny, sock_hooks, uprobes
 from collector.policy.model import (
     ACTION_NUMBERS,
     CAPABILITIES,
@@ -80,6 +81,8 @@ class CompiledHook:
     attach: list[str]            # "subsys:event" tracepoints it uses
     function_name: str           # as events name it (Tetragon's call name)
     serve: str                   # how it is served, said at load
+    uprobe: uprobes.Target | None = None   # uprobes: where the manager attaches ``uprobe_fn``
+    uprobe_fn: str = ""
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Compiled:
     strings: list[bytes]
     hooks: list[CompiledHook]
     notices: list[str] = field(default_factory=list)
+    connect_rules: list[connect_deny.ConnectRule] = field(default_factory=list)  # Override on tcp_connect
 
 
 def tracepoint_fields(subsys: str, event: str, tracefs: Path = TRACEFS) -> list[Field] | None:
@@ -132,10 +136,11 @@ class _Fail:
 class _Source:
     """Where a hook's arguments come from."""
 
-    kind: str                    # "syscall", "syscall_ret", "open", "tracepoint"
+    kind: str                    # "syscall", "syscall_ret", "open", "tracepoint", "sock", "uprobe"
     fields: list[Field]
     attach_enter: str = ""
     attach_exit: list[str] = field(default_factory=list)
+    target: uprobes.Target | None = None
 
 
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
@@ -147,7 +152,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
     for hid, hook in enumerate(policy.hooks):
         compiled.append(gen.hook(hid, hook, follow, kprobes))
     text = gen.program(ringbuf_pages)
-    return Compiled(policy, text, gen.strings, compiled, gen.notices)
+    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
 
 
 def _follow_selectors(policy: Policy) -> list[tuple[Selector, int]]:
@@ -175,6 +180,9 @@ class _Gen:
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
         self.pending_maps: list[str] = []
         self.exec_state = False
+        self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
+        self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
+        self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
 
@@ -210,6 +218,8 @@ class _Gen:
             raise self.fail(hook.path, f"the hook needs {h.nslots} string values (paths, strings, binaries); "
                                        f"at most {MAX_SLOTS} per hook")
         self.max_slots = max(self.max_slots, h.nslots)
+        if src.kind == "uprobe":
+            return CompiledHook(hid, hook, [], fname, serve, src.target, f"tp_uprobe_{hid}")
         return CompiledHook(hid, hook, attach, fname, serve)
 
     def _source(self, hook: Hook, kprobes: bool) -> tuple[_Source, str, str]:
@@ -225,6 +235,19 @@ class _Gen:
             tp = f"{hook.subsystem}:{hook.event}"
             return (_Source("tracepoint", fields, attach_enter=tp), hook.call or hook.event,
                     f"tracepoint {tp}")
+        if hook.kind == "uprobe":
+            return self._uprobe_source(hook)
+        if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
+            sh = sock_hooks.SOCK_HOOKS[hook.call]
+            for a in hook.args:
+                if a.index != 0 or a.type not in sock_hooks.SOCK_ARG_TYPES:
+                    raise self.fail(f"{a.path}.index", f"{hook.call} is served with one argument: "
+                                                       "index 0, type sock")
+            if hook.return_:
+                raise self.fail(f"{p}.return", f"{hook.call} is served without a return value")
+            self.sock = True
+            return (_Source("sock", [Field("sk", "struct sock *")], attach_exit=list(sh.tracepoints)),
+                    hook.call, sh.how)
         name = syscall_name(hook.call)
         fields = tracepoint_fields("syscalls", f"sys_enter_{name}", self.tracefs)
         is_sys = hook.syscall or hook.call != name
@@ -266,6 +289,28 @@ class _Gen:
                "tetrapipe attaches kernel functions only through syscall tracepoints so far")
         raise self.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {why}")
 
+    def _uprobe_source(self, hook: Hook) -> tuple[_Source, str, str]:
+        """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
+        p = hook.path
+        spec = uprobes.UprobeSpec(hook.binary, [hook.call] if hook.call else [],
+                                  [hook.offset] if hook.offset >= 0 else [], where=p)
+        try:
+            if not Path(hook.binary).is_file():
+                raise uprobes.UprobeError(f"{p}.path", f"{hook.binary} does not exist or is not a file")
+            (target,) = uprobes.resolve(spec)
+        except uprobes.UprobeError as exc:
+            raise self.fail(exc.path, exc.reason) from None
+        for a in hook.args:
+            if a.type not in uprobes.ARG_TYPES:
+                raise self.fail(f"{a.path}.type", f"type {a.type} is not supported for uprobes (one of "
+                                                  f"{', '.join(sorted(uprobes.ARG_TYPES))})")
+        pointer = {a.index for a in hook.args if a.type in ("string", "char_buf")}
+        fields = [Field(f"arg{i}", "char *" if i in pointer else "u64") for i in range(uprobes.MAX_ARGS)]
+        self._check_indexes(hook, fields, f"uprobe {target.symbol or hex(target.offset)}")
+        where = f"{target.path}:{target.symbol}" if target.symbol else f"{target.path}"
+        return (_Source("uprobe", fields, target=target), target.symbol,
+                f"uprobe {where}+{target.offset:#x}")
+
     def _check_indexes(self, hook: Hook, fields: list[Field], what: str) -> None:
         names = ", ".join(f.name for f in fields) or "none"
         for a in hook.args:
@@ -276,9 +321,27 @@ class _Gen:
                 raise self.fail(f"{a.path}.sizeArgIndex", f"{what} has {len(fields)} arguments ({names}): "
                                                           f"sizeArgIndex {a.size_arg_index} (from 1) is out of range")
 
+    def _connect_rule(self, hook: Hook, s: Selector) -> None:
+        """Override on tcp_connect: the selector becomes a cgroup/connect4+6 rule (EPERM)."""
+        other = (s.match_pids or s.match_parent_binaries or s.match_namespaces or s.match_capabilities
+                 or s.match_namespace_changes or s.match_capability_changes or s.match_return_args)
+        if other:
+            raise self.fail(s.path, "an Override on tcp_connect is enforced by cgroup/connect4 and "
+                                    "connect6 programs, which check only socket matchArgs and matchBinaries")
+        try:
+            rule = connect_deny.rule_from_selector(s.match_args, s.match_binaries)
+        except connect_deny.RuleError as exc:
+            raise self.fail(s.path, f"Override on tcp_connect: {exc}") from None
+        self.connect_rules.append(rule)
+
     def _check_actions(self, hook: Hook) -> None:
         for s in hook.selectors:
+            if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
+                    a.action == "Override" for a in s.match_actions):
+                self._connect_rule(hook, s)
             for a in s.match_actions + s.match_return_actions:
+                if a.action == "Override" and hook.kind == "kprobe" and hook.call == "tcp_connect":
+                    continue
                 if a.action == "Override":
                     raise self.fail(f"{a.path}.action", "Override cannot be served: it needs "
                                     "bpf_override_return on a kprobe (CONFIG_BPF_KPROBE_OVERRIDE); this "
@@ -322,6 +385,8 @@ class _Gen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.sock:
+            out.append(sock_hooks.SOCK_HELPERS_C)
         out += [
             "",
             "static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }",
@@ -334,6 +399,7 @@ class _Gen:
             out.append(EXEC_STATE_FN)
             self.probes.setdefault("sched:sched_process_exec", []).insert(0, "tp_exec_state_save();")
         out += self.functions
+        out += self.uprobe_entries
         for tp, stmts in self.probes.items():
             subsys, event = tp.split(":")
             out.append(f"TRACEPOINT_PROBE({subsys}, {event})\n{{\n" + "\n".join(
@@ -475,6 +541,12 @@ class _HookGen:
             return [f"if (ok) ok = is_ret && {self.int_cond('ret', f, path)};"]
         arg = self.hook.arg(f.index)
         assert arg is not None
+        if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+            try:
+                cond = sock_hooks.sock_cond(f"((struct tp_sockinfo *)a[{f.index}])", f.operator, f.values)
+            except sock_hooks.SockFilterError as exc:
+                raise self.fail(f"{path}.operator", str(exc)) from None
+            return [f"if (ok) ok = {cond};"]
         if f.operator not in INT_OPERATORS | STRING_OPERATORS:
             raise self.fail(f"{path}.operator", f"operator {f.operator} is not supported by tetrapipe")
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:
@@ -659,6 +731,9 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         out = []
         for arg in self.hook.args:
             f = self._field(arg.index)
+            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+                out.append(sock_hooks.put_sock_c(arg.index))
+                continue
             if arg.type in INT_ARG_KIND:
                 out.append(f"off = tp_put_u64(b, off, {INT_ARG_KIND[arg.type]}, a[{arg.index}]);")
             elif self.is_stringy(arg):
@@ -687,7 +762,16 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         n = len(src.fields)
         loads = "\n".join(f"a[{i}] = (u64)args->{'data_loc_' if f.is_data_loc else ''}{f.name};"
                           for i, f in enumerate(src.fields[:6]))
-        if src.kind in ("syscall", "tracepoint"):
+        if src.kind == "uprobe":
+            self.g.uprobe_entries.append(uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
+            return
+        if src.kind == "sock":
+            if self.hook.call == "tcp_connect":
+                self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, u32, 16384);")
+            for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
+                                               f"pending_{hid}").items():
+                self.g.probes.setdefault(tp, []).append(stmt)
+        elif src.kind in ("syscall", "tracepoint"):
             self.g.probes.setdefault(src.attach_enter, []).append(
                 f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
         elif src.kind == "open":

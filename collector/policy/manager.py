@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import loader
+from collector import connect_deny, loader, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import compiler, parser
 from collector.policy.model import Policy, PolicyError
@@ -94,6 +94,8 @@ class Loaded:
                 "message": h.message, "tags": h.tags,
                 "selectors": [[a.action for a in s.match_actions] or ["Post"] for s in h.selectors],
             })
+            if ch.uprobe is not None:
+                hooks[-1].update(path=ch.uprobe.path, symbol=ch.uprobe.symbol, offset=ch.uprobe.offset)
         return {"policy_id": self.policy_id, "name": p.name, "namespace": p.namespace, "mode": p.mode,
                 "state": state, "hooks": hooks}
 
@@ -110,6 +112,7 @@ class PolicyManager:
         self.dir_files: dict[str, tuple[float, list[str]]] = {}  # watched file → (mtime, names)
         self._lock = threading.RLock()
         self._last_catalog = 0.0
+        self.connect_deny: connect_deny.ConnectDeny | None = None  # Override on tcp_connect
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -165,6 +168,13 @@ class PolicyManager:
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
         bpf = loader.load_program(f"policy {p.name}", text=comp.text)
+        try:
+            for ch in comp.hooks:
+                if ch.uprobe is not None:
+                    uprobes.attach(bpf, ch.uprobe, ch.uprobe_fn)
+        except Exception as exc:
+            bpf.cleanup()
+            raise loader.LoadError(f"policy {p.name}: uprobe did not attach: {exc}") from exc
         strs = bpf["strs"]
         for i, raw in enumerate(comp.strings):
             v = strs.Leaf()
@@ -178,6 +188,12 @@ class PolicyManager:
         bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1)
         self.queue.wake()
         self.loaded[p.name] = lp
+        if comp.connect_rules and p.mode != "monitor":
+            try:
+                self._update_connect_rules()
+            except Exception:
+                self._unload(lp)
+                raise
         for n in p.notices + comp.notices:
             log.warning("policy %s: %s", p.name, n)
         log.info("policy %s loaded (%s mode, id %d) in %.2fs: %s", p.name, p.mode, pid,
@@ -203,13 +219,37 @@ class PolicyManager:
         self.queue.wake()
         lp.bpf.cleanup()
         self.loaded.pop(lp.name, None)
+        if lp.compiled.connect_rules:
+            try:
+                self._update_connect_rules()
+            except Exception as exc:  # noqa: BLE001 - the unload goes on
+                log.error("connect rules after unloading %s: %s", lp.name, exc)
         log.info("policy %s unloaded", lp.name)
 
     def stop(self) -> None:
         with self._lock:
             for lp in list(self.loaded.values()):
                 self._unload(lp)
+            if self.connect_deny is not None:
+                self.connect_deny.close()
+                self.connect_deny = None
         self._update_gauge()
+
+    def _update_connect_rules(self) -> None:
+        """Override selectors of tcp_connect hooks of every loaded enforce-mode policy → the
+        cgroup/connect4+6 programs, attached to the cgroup v2 root when first needed."""
+        rules = [r for lp in self.loaded.values() if lp.policy.mode != "monitor"
+                 for r in lp.compiled.connect_rules]
+        if self.connect_deny is None:
+            if not rules:
+                return
+            root = connect_deny.cgroup2_root()
+            if root is None:
+                raise loader.LoadError("no cgroup v2 hierarchy mounted: connects cannot be refused")
+            self.connect_deny = connect_deny.ConnectDeny()
+            self.connect_deny.attach(root)
+            log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)
+        self.connect_deny.set_rules(rules)
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:

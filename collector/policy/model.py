@@ -175,7 +175,7 @@ class Selector:
 
 @dataclass
 class Hook:
-    kind: str                    # "kprobe", "tracepoint", "lsmhook"
+    kind: str                    # "kprobe", "tracepoint", "lsmhook", "uprobe"
     index: int                   # position in its list (hook id inside the policy is separate)
     call: str = ""               # kprobes: function; lsmhooks: hook name
     syscall: bool = False
@@ -188,6 +188,8 @@ class Hook:
     subsystem: str = ""          # tracepoints
     event: str = ""
     path: str = ""
+    binary: str = ""             # uprobes: the ELF file (call = the symbol, "" for an offset)
+    offset: int = -1             # uprobes: file offset given in the policy (-1: from the symbol)
 
     def arg(self, index: int) -> ArgSpec | None:
         return next((a for a in self.args if a.index == index), None)

@@ -9,6 +9,7 @@ here; what this kernel can serve is checked by the compiler.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import yaml
@@ -48,6 +49,8 @@ KPROBE_KEYS = {"call", "syscall", "return", "message", "args", "data", "returnAr
                "selectors", "tags", "ignore"}
 TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", "tags"}
 LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
+UPROBE_KEYS = {"path", "btfPath", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
+               "message", "args", "selectors", "tags", "data"}
 ARG_KEYS = {"index", "type", "resolve", "sizeArgIndex", "returnCopy", "maxData", "label", "source",
             "btfType"}
 SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matchBinaries",
@@ -234,7 +237,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("uprobes", "usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
+    for key in ("usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     if spec.get("loader"):
@@ -264,8 +267,10 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_tracepoint(c, h, f"spec.tracepoints[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("lsmhooks"), "spec.lsmhooks")):
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
+    for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
+        policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
     if not policy.hooks:
-        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints or lsmhooks)")
+        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks)")
     return policy
 
 
@@ -329,6 +334,34 @@ def _lsmhook(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
     hook = Hook(kind="lsmhook", index=i)
     hook.call = c.string(m.get("hook"), f"{path}.hook", required=True)
     return _common(c, m, hook, path)
+
+
+def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
+    """One ``spec.uprobes`` entry → one hook per symbol and per offset (collector/uprobes.py)."""
+    m = c.mapping(raw, path, UPROBE_KEYS)
+    binary = c.string(m.get("path"), f"{path}.path", required=True)
+    if not binary.startswith("/"):
+        raise c.fail(f"{path}.path", "an absolute path to an ELF file is required")
+    for key in ("addrs", "refCtrOffsets", "binaryDigests", "data", "btfPath"):
+        if m.get(key):
+            raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe for uprobes")
+    symbols = [c.string(x, f"{path}.symbols[{j}]", required=True)
+               for j, x in enumerate(c.seq(m.get("symbols"), f"{path}.symbols"))]
+    offsets = []
+    for j, x in enumerate(c.seq(m.get("offsets"), f"{path}.offsets")):
+        try:
+            offsets.append(int(x, 0) if isinstance(x, str) else int(x))
+        except (TypeError, ValueError):
+            raise c.fail(f"{path}.offsets[{j}]", f"{x!r} is not a file offset") from None
+    if not symbols and not offsets:
+        raise c.fail(path, "symbols or offsets are required")
+    template = _common(c, m, Hook(kind="uprobe", index=i), path)
+    out = []
+    for sym in symbols:
+        out.append(dataclasses.replace(template, call=sym, binary=binary))
+    for off in offsets:
+        out.append(dataclasses.replace(template, call="", binary=binary, offset=off))
+    return out
 
 
 def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:

@@ -7,7 +7,8 @@ Formats understood (kubelet with the systemd or the cgroupfs driver, and the run
   ``cri-containerd-<id>.scope``
 - kubelet cgroupfs driver: ``/kubepods/<qos>/pod<uid>/<id>`` (also ``/kubepods/pod<uid>/<id>``)
 - CRI-O: ``crio-<id>.scope`` (``crio-conmon-<id>.scope`` is the monitor, not the container)
-- Docker: ``docker-<id>.scope`` (systemd) and ``/docker/<id>`` (cgroupfs)
+- Docker: ``docker-<id>.scope`` (systemd) and ``/docker/<id>`` (cgroupfs); Podman ``libpod-<id>``
+- a systemd cgroupsPath as the name: ``kubepods-<qos>-pod<uid>.slice:cri-containerd:<id>``
 The container may have made cgroups of its own below its cgroup: the ancestors are searched too.
 """
 
@@ -17,7 +18,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-_SCOPE = re.compile(r"^(cri-containerd|crio|docker|cri-dockerd|libpod)-([0-9a-f]{12,64})\.scope$")
+_SCOPE = re.compile(r"^(cri-containerd|crio|docker|cri-dockerd|libpod)-([0-9a-f]{32,64})(?:\.scope)?$")
+# "<slice>:<runtime>:<id>" (a systemd cgroupsPath used as the name) and ":<id>"
+_COLON = re.compile(r"^(?:(?:[^:]*):)?(cri-containerd|crio|docker)?:([0-9a-f]{64})$")
 _BARE_ID = re.compile(r"^[0-9a-f]{64}$")
 _POD_SYSTEMD = re.compile(r"^kubepods(?:-[a-z]+)?-pod([0-9a-f_]{8,40})\.slice$")
 _POD_CGROUPFS = re.compile(r"^pod([0-9a-f-]{8,40})$")
@@ -57,6 +60,13 @@ def _parse(leaf: str, ancestors: tuple[str, ...]) -> ContainerRef | None:
             m = _SCOPE.match(name)
             if m:
                 cid, runtime = m.group(2), _RUNTIME[m.group(1)]
+                continue
+            m = _COLON.match(name)
+            if m:
+                cid, runtime = m.group(2), _RUNTIME.get(m.group(1) or "", "")
+                pm = _POD_SYSTEMD.match(name.split(":", 1)[0])
+                if pm:
+                    pod_uid = pm.group(1).replace("_", "-")
                 continue
             if _BARE_ID.match(name):
                 parent = names[i + 1] if i + 1 < len(names) else ""

@@ -1,0 +1,56 @@
+"""Built-in sensors beyond process lifecycle, switched on by configuration, not by policies.
+
+Each sensor is a C file in ``bpf/`` appended to ``process.c``'s text, so all of them share one
+BPF object: one ring buffer (records stay in kernel order with exec/exit, which the enricher
+needs to attach the process), one drop counter and the header helpers. If the sensors do not
+compile or load, the collector logs why and runs with process events only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collector.sensors import loader, network
+from tetrapipe.config import Config
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+
+@dataclass(frozen=True)
+class Sensor:
+    name: str
+    source: str                              # file name in bpf/
+    enabled: Callable[[Config], bool]
+    mechanism: str                           # said in the collector log at start
+    setup: Callable[[Any], None] | None = None  # after load: fill maps from Python
+
+
+SENSORS: tuple[Sensor, ...] = (
+    Sensor("network", network.SOURCE, network.enabled, network.MECHANISM),
+    Sensor("loader", loader.SOURCE, loader.enabled, loader.MECHANISM, loader.setup),
+)
+
+
+def enabled(cfg: Config) -> list[Sensor]:
+    return [s for s in SENSORS if s.enabled(cfg)]
+
+
+def program_text(base: str, sensors: list[Sensor]) -> str:
+    """The process program's text with the sensors' C appended."""
+    parts = [base]
+    if sensors:
+        parts.append("\n/* ---- sensors: bpf/sensor_common.c ---- */\n")
+        parts.append((BPF_DIR / "sensor_common.c").read_text())
+    for s in sensors:
+        parts.append(f"\n/* ---- sensor {s.name}: bpf/{s.source} ---- */\n")
+        parts.append((BPF_DIR / s.source).read_text())
+    return "".join(parts)
+
+
+def setup(bpf: Any, sensors: list[Sensor]) -> None:
+    for s in sensors:
+        if s.setup is not None:
+            s.setup(bpf)

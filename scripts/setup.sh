@@ -13,6 +13,10 @@ command -v bpftool >/dev/null 2>&1 || [ -x /usr/sbin/bpftool ] || need_pkgs+=(bp
 if [ "${TETRAPIPE_WITH_PROMETHEUS:-1}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 fi
+if [ "${TETRAPIPE_WITH_BENCH:-1}" = 1 ]; then  # bench/: load generator (cc) and the peer (bpftrace)
+  command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
+  command -v bpftrace >/dev/null 2>&1 || need_pkgs+=(bpftrace)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,7 +38,7 @@ echo "$VENV/bcc-only" > "$SITE/tetrapipe-bcc.pth"
 
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test,bench]"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -14,20 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records as r
+from bpf.names import EVENT_CAPABILITIES
 from enricher import loader_events, network_events
 from enricher.process_cache import Entry, ProcessCache, exec_id
 
-CAP_NAMES = [
-    "CAP_CHOWN", "DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-]
-# Tetragon's proto enum names CAP_DAC_OVERRIDE "DAC_OVERRIDE" (api/v1/tetragon/capabilities.proto)
+CAP_NAMES = EVENT_CAPABILITIES  # bit number → Tetragon's CapabilitiesType name
 
 S_ISUID = 0o4000
 S_ISGID = 0o2000

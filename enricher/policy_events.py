@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from bpf import records as r
+from bpf.names import ACTION_ENUM_NAMES
 from enricher import network_events
 
 log = logging.getLogger("tetrapipe.enricher")
@@ -32,14 +33,7 @@ UNKNOWN_POLICY = Counter("tetrapipe_policy_events_unknown_policy",
 MISSING_PROCESS = Counter("tetrapipe_policy_events_missing_process_info",
                           "Policy events whose process was not in the process cache")
 
-ACTION_NAMES = {
-    1: "KPROBE_ACTION_POST", 2: "KPROBE_ACTION_FOLLOWFD", 3: "KPROBE_ACTION_SIGKILL",
-    4: "KPROBE_ACTION_UNFOLLOWFD", 5: "KPROBE_ACTION_OVERRIDE", 6: "KPROBE_ACTION_COPYFD",
-    7: "KPROBE_ACTION_GETURL", 8: "KPROBE_ACTION_DNSLOOKUP", 9: "KPROBE_ACTION_NOPOST",
-    10: "KPROBE_ACTION_SIGNAL", 11: "KPROBE_ACTION_TRACKSOCK", 12: "KPROBE_ACTION_UNTRACKSOCK",
-    13: "KPROBE_ACTION_NOTIFYENFORCER", 14: "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
-    15: "KPROBE_ACTION_SET",
-}
+ACTION_NAMES = ACTION_ENUM_NAMES  # KprobeAction number → enum name
 MONITOR_TAG = "policy-mode:monitor"
 
 

@@ -22,10 +22,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf.names import ACTION_NUMBERS, CAPABILITIES
 from collector import connect_deny, sock_hooks, uprobes
 from collector.policy.model import (
-    ACTION_NUMBERS,
-    CAPABILITIES,
     FILE_TYPES,
     INT_OPERATORS,
     NAMESPACES,

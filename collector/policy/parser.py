@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from bpf.names import CAPABILITIES
 from collector.policy import legacy
 from collector.policy.model import (
     ACTIONS,
@@ -21,7 +22,6 @@ from collector.policy.model import (
     ARG_TYPES,
     BINARY_OPERATORS,
     CAP_TYPES,
-    CAPABILITIES,
     MAX_SELECTORS,
     NAMESPACES,
     PID_OPERATORS,

@@ -139,22 +139,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_mmap)
     __builtin_memset(l, 0, sizeof(*l));
 
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    struct files_struct *files = 0;
-    struct fdtable *fdt = 0;
-    struct file **fds = 0;
-    struct file *f = 0;
-    unsigned int max = 0;
-    TP_RD(files, task->files);
-    if (!files)
-        return 0;
-    TP_RD(fdt, files->fdt);
-    if (!fdt)
-        return 0;
-    TP_RD(max, fdt->max_fds);
-    if ((unsigned int)a.fd >= max)
-        return 0;
-    TP_RD(fds, fdt->fd);
-    bpf_probe_read_kernel(&f, sizeof(f), &fds[a.fd]);
+    struct file *f = tp_fd_file(task, (long)a.fd);
     if (!f)
         return 0;
     struct inode *ino = 0;

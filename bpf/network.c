@@ -29,29 +29,12 @@ BPF_TABLE("lru_hash", u64, struct net_owner, net_owner, 65536);
 static __always_inline struct sock *net_fd_sock(int fd)
 {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    struct files_struct *files = 0;
-    struct fdtable *fdt = 0;
-    struct file **fds = 0;
-    struct file *f = 0;
+    struct file *f = tp_fd_file(task, fd);
     struct inode *ino = 0;
     struct socket *so = 0;
     struct sock *sk = 0;
-    unsigned int max = 0;
     u16 mode = 0;
 
-    if (fd < 0)
-        return 0;
-    TP_RD(files, task->files);
-    if (!files)
-        return 0;
-    TP_RD(fdt, files->fdt);
-    if (!fdt)
-        return 0;
-    TP_RD(max, fdt->max_fds);
-    if ((unsigned int)fd >= max)
-        return 0;
-    TP_RD(fds, fdt->fd);
-    bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
     if (!f)
         return 0;
     TP_RD(ino, f->f_inode);

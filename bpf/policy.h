@@ -48,29 +48,6 @@ struct tp_exec_state {
     u64 caps[3];
 };
 
-static __always_inline struct file *tp_fd_file(struct task_struct *task, long fd)
-{
-    struct files_struct *files = 0;
-    struct fdtable *fdt = 0;
-    struct file **fdarr = 0;
-    struct file *f = 0;
-    unsigned int max = 0;
-    if (fd < 0)
-        return 0;
-    TP_RD(files, task->files);
-    if (!files)
-        return 0;
-    TP_RD(fdt, files->fdt);
-    if (!fdt)
-        return 0;
-    TP_RD(max, fdt->max_fds);
-    if ((unsigned long)fd >= max)
-        return 0;
-    TP_RD(fdarr, fdt->fd);
-    bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]);
-    return f;
-}
-
 /* Path of an open file, walked up to the task's root. */
 static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_struct *task,
                                         struct file *f, char *out, u32 *flags)

@@ -10,13 +10,11 @@ from typing import Any
 
 from exporters import protojson
 
-SEED = Path("/work/shared/seed/process_exec-example.json")
-_LOCAL = Path(__file__).resolve().parent / "data" / "process_exec-example.json"
+SEED = Path(__file__).resolve().parent / "data" / "seed" / "process_exec-example.json"  # verbatim copy
 
 
 def seed_doc() -> dict[str, Any]:
-    path = SEED if SEED.exists() else _LOCAL
-    return json.loads(path.read_text())
+    return json.loads(SEED.read_text())
 
 
 def exec_event(pid: int = 13604, binary: str = "/bin/bash", args: str = "", namespace: str = "default",

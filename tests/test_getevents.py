@@ -23,7 +23,7 @@ from tetrapipe.broker import EmbeddedBroker
 from tetrapipe.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
-COMPACT_SEED = Path("/work/shared/seed/compact-example.txt")
+COMPACT_SEED = REPO / "tests" / "data" / "seed" / "compact-example.txt"  # verbatim copy of the seed
 
 
 def getevents(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -57,10 +57,9 @@ def as_lines(events: list[dict[str, Any]]) -> str:
 
 
 def test_compact_lines_are_tetragons() -> None:
-    expected = COMPACT_SEED.read_text().splitlines() if COMPACT_SEED.exists() else None
+    expected = COMPACT_SEED.read_text().splitlines()
     got = [compact.render(protojson.to_protojson(e)) for e in vi_session()]
-    if expected is not None:
-        assert got == expected
+    assert got == expected
     assert got[2] == "💥 exit    default/xwing /bin/ls  0"
     assert got[7] == "📝 write   default/xwing /usr/bin/vi /tmp/forbidden/donotchange.me 32 bytes"
     # the other shapes of Tetragon's compact encoder

@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from collector import loader, procfs
 from collector.drain import RecordQueue
@@ -96,7 +97,12 @@ def test_override_on_tcp_connect_refuses_with_eperm(tmp_path: Path) -> None:
         assert connect_in_netns(tmp_path, "/bin/bash") == ["ok", "ok"]   # another binary
         assert mgr.connect_deny.denied() == [1]
 
-        mgr.delete("deny-connect")
+        labels = {"action": "override", "hook": "tcp_connect", "hook_index": "", "policy": "deny-connect",
+                  "policy_namespace": "", "selector_index": ""}
+        before = REGISTRY.get_sample_value("tetrapipe_tracingpolicy_selector_actions_total", labels) or 0.0
+        mgr.delete("deny-connect")  # the refusals are counted before the rules go
+        after = REGISTRY.get_sample_value("tetrapipe_tracingpolicy_selector_actions_total", labels) or 0.0
+        assert after - before == 1
         assert connect_in_netns(tmp_path, str(bash_copy)) == ["ok", "ok"]
 
         # what connect4/6 cannot check is refused at load, with the YAML path

@@ -117,6 +117,8 @@ class PolicyManager:
         self._last_catalog = 0.0
         self._last_counts = 0.0
         self.connect_deny: connect_deny.ConnectDeny | None = None  # Override on tcp_connect
+        self._connect_owners: list[tuple[str, str]] = []  # (policy, namespace) of each connect rule
+        self._connect_seen: list[int] = []                 # refusals per rule already counted
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -274,7 +276,24 @@ class PolicyManager:
             self.connect_deny = connect_deny.ConnectDeny()
             self.connect_deny.attach(root)
             log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)
+        self._collect_connect_denied()  # set_rules restarts the kernel's counts
         self.connect_deny.set_rules(rules)
+        self._connect_owners = [(lp.name, lp.policy.namespace) for lp in self.loaded.values()
+                                if lp.policy.mode != "monitor" for _ in lp.compiled.connect_rules]
+        self._connect_seen = [0] * len(rules)
+
+    def _collect_connect_denied(self) -> None:
+        """Connects the cgroup programs refused, counted as the policy's Override actions."""
+        if self.connect_deny is None or not self._connect_owners:
+            return
+        counts = self.connect_deny.denied()
+        for i, total in enumerate(counts[: len(self._connect_owners)]):
+            delta = total - self._connect_seen[i]
+            if delta > 0:
+                name, namespace = self._connect_owners[i]
+                SELECTOR_ACTIONS.labels(action="override", hook="tcp_connect", hook_index="", policy=name,
+                                        policy_namespace=namespace, selector_index="").inc(delta)
+                self._connect_seen[i] = total
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -342,6 +361,7 @@ class PolicyManager:
                 self._last_counts = now
                 for lp in self.loaded.values():
                     self._collect_counts(lp)
+                self._collect_connect_denied()
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():

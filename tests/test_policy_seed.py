@@ -259,10 +259,8 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     assert col.metric("tetrapipe_tracingpolicy_loaded", state="load_error") == 1
     assert 'broken-at-start.yaml:15: spec.kprobes[0].selectors[0].matchArgs[0].operator: unknown operator "Prefx"' \
         in ls.stdout
-    assert col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
-                      policy="deny-tmp-forbidden-write") >= 1
-    enr = seeded.services["enricher"]
-    assert enr.metric("tetrapipe_policy_events_total", policy="deny-tmp-forbidden-write") >= 3
+    kills_before = col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
+                              policy="deny-tmp-forbidden-write")
 
     bad = tmp_path / "broken.yaml"
     bad.write_text(BAD_OPERATOR)
@@ -294,6 +292,13 @@ def test_control_socket_refusals_keep_running_policies(seeded: Pipeline, tmp_pat
     assert r.returncode == 0, r.stderr
     proc = write_forbidden(tmp_path / "other2")
     assert proc.returncode == -9 and FORBIDDEN.read_bytes() == ORIGINAL
+    # the kill is counted (the collector publishes the kernel's counts every second)
+    wait_until(lambda: col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="sigkill",
+                                  policy="deny-tmp-forbidden-write") >= kills_before + 1,
+               timeout=15, what="the kill counted in tetrapipe_tracingpolicy_selector_actions_total")
+    enr = seeded.services["enricher"]
+    wait_until(lambda: enr.metric("tetrapipe_policy_events_total", policy="deny-tmp-forbidden-write") >= 3,
+               timeout=15, what="policy events counted by the enricher")
 
 
 @pytest.mark.kernel

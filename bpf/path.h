@@ -9,30 +9,6 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
-/* The struct file behind fd in task's fd table, or 0. */
-static __always_inline struct file *tp_fd_file(struct task_struct *task, long fd)
-{
-    struct files_struct *files = 0;
-    struct fdtable *fdt = 0;
-    struct file **fdarr = 0;
-    struct file *f = 0;
-    unsigned int max = 0;
-    if (fd < 0)
-        return 0;
-    TP_RD(files, task->files);
-    if (!files)
-        return 0;
-    TP_RD(fdt, files->fdt);
-    if (!fdt)
-        return 0;
-    TP_RD(max, fdt->max_fds);
-    if ((unsigned long)fd >= max)
-        return 0;
-    TP_RD(fdarr, fdt->fd);
-    bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]);
-    return f;
-}
-
 #endif
 
 #define tp_container_of(ptr, type, member) ((type *)((void *)(ptr) - __builtin_offsetof(type, member)))

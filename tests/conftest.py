@@ -21,6 +21,14 @@ from tetrapipe.broker import EmbeddedBroker  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+if os.geteuid() == 0:  # as the collector does: tests that read tracefs formats at import see them
+    try:
+        from collector.kernel_headers import ensure_tracefs
+
+        ensure_tracefs()
+    except Exception:  # noqa: BLE001 - the kernel tests say why BPF cannot work here
+        pass
+
 
 def skip_or_fail(reason: str) -> None:
     """Skip a test whose real dependency is missing; under CI=true, fail instead."""

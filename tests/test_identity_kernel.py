@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from fake_kube_api import FakeKubeAPI, make_pod
 from harness import Pipeline, wait_until
 from identity_helpers import ids, one
@@ -58,7 +59,7 @@ class Cgroups:
 @pytest.fixture
 def cgroups(bpf_ok: None) -> Iterator[Cgroups]:
     if not shutil.which("unshare"):
-        pytest.skip("unshare (util-linux) is not installed")
+        skip_or_fail("unshare (util-linux) is not installed")
     cg = Cgroups()
     try:
         yield cg

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 
 from collector.policy import compiler, manager, parser
 from collector.policy.model import PolicyError
@@ -48,8 +49,9 @@ def test_seed_policies_parse_verbatim() -> None:
     assert sel.action_names() == ["Sigkill"] and not sel.match_binaries and not sel.match_pids
 
 
-@pytest.mark.skipif(not HAVE_TRACEFS, reason="needs tracefs syscall formats")
 def test_seed_policies_compile_with_notices() -> None:
+    if not HAVE_TRACEFS:
+        skip_or_fail("needs tracefs syscall formats")
     (deny,) = parser.parse_file(str(SEED / "deny-tmp-forbidden-write.yaml"))
     c = compiler.compile_policy(deny, 7, HOST_NS)
     attach = {h.function_name: h.attach for h in c.hooks}
@@ -240,7 +242,7 @@ BROKEN = [
 @pytest.mark.parametrize(("text", "error", "line", "compile_"), BROKEN)
 def test_broken_policies_name_path_line_and_reason(text: str, error: str, line: int, compile_: bool) -> None:
     if compile_ and not HAVE_TRACEFS:
-        pytest.skip("needs tracefs formats")
+        skip_or_fail("needs tracefs formats")
     with pytest.raises(PolicyError) as ei:
         compile_text(text)
     msg = str(ei.value)
@@ -253,7 +255,7 @@ def test_policy_file_ownership(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text(policy("tracepoints:\n- subsystem: sched\n  event: sched_process_exec"))
     if os.geteuid() != 0:
-        pytest.skip("needs root to give the file away")
+        skip_or_fail("needs root to give the file away")
     os.chown(f, 0, 0)
     os.chmod(f, 0o644)
     manager.check_file_owner(str(f))
@@ -284,8 +286,9 @@ def test_legacy_error_points_at_original_line() -> None:
     assert ei.value.line == 9 and 'unknown operator "Inn"' in str(ei.value)
 
 
-@pytest.mark.skipif(not HAVE_TRACEFS, reason="needs tracefs syscall formats")
 def test_ignore_call_not_found_skips_the_hook_with_a_notice() -> None:
+    if not HAVE_TRACEFS:
+        skip_or_fail("needs tracefs syscall formats")
     c = compile_text(policy("""
         kprobes:
         - call: security_file_open

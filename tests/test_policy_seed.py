@@ -172,7 +172,7 @@ def test_vim_editing_the_forbidden_file_is_killed(seeded: Pipeline, tmp_path: Pa
     (vim dies writing its swap file next to the file, before it touches the file itself)."""
     vim = shutil.which("vim") or shutil.which("vi")
     if vim is None:
-        pytest.skip("vim is not installed")
+        skip_or_fail("vim is not installed")
     try:
         proc = subprocess.run([vim, "-es", "-N", "-c", "normal Ahello", "-c", "wq", str(FORBIDDEN)],
                               cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)

@@ -142,6 +142,20 @@ class _Source:
     target: uprobes.Target | None = None
 
 
+# the start of every generated hook function: scratch maps, the policy's on switch, the task
+_HOOK_PROLOGUE = """    int zero = 0;
+    struct tp_hook_buf *b = hook_scratch.lookup(&zero);
+    struct tp_path_buf *pb = path_scratch.lookup(&zero);
+    struct tp_slots *s = slot_scratch.lookup(&zero);
+    u32 *on = enabled.lookup(&zero);
+    if (!b || !pb || !s || !on || !*on)
+        return 0;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    u32 have = 0;
+    int ok = 1;
+"""
+
+
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
     fail = _Fail(policy)
@@ -766,17 +780,7 @@ class _HookGen:
         fn = f"""
 static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
 {{
-    int zero = 0;
-    struct tp_hook_buf *b = hook_scratch.lookup(&zero);
-    struct tp_path_buf *pb = path_scratch.lookup(&zero);
-    struct tp_slots *s = slot_scratch.lookup(&zero);
-    u32 *on = enabled.lookup(&zero);
-    if (!b || !pb || !s || !on || !*on)
-        return 0;
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    u32 have = 0;
-    int ok = 1;
-    int sel = -1;
+{_HOOK_PROLOGUE}    int sel = -1;
     u32 act = 0;
 {_indent(chr(10).join(pre))}
     if (!ok)
@@ -891,17 +895,7 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         return f"""
 static __always_inline int tp_pre_{self.hid}(void *ctx, u64 *a)
 {{
-    int zero = 0;
-    struct tp_hook_buf *b = hook_scratch.lookup(&zero);
-    struct tp_path_buf *pb = path_scratch.lookup(&zero);
-    struct tp_slots *s = slot_scratch.lookup(&zero);
-    u32 *on = enabled.lookup(&zero);
-    if (!b || !pb || !s || !on || !*on)
-        return 0;
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    u32 have = 0;
-    int ok = 1;
-{_indent(chr(10).join(pre))}
+{_HOOK_PROLOGUE}{_indent(chr(10).join(pre))}
     return ok;
 }}"""
 

@@ -113,7 +113,13 @@ from json_events import exec_event
 from exporters.json_file import JsonFileSink, RotationPolicy
 
 out, state = sys.argv[1], sys.argv[2]
-TOTAL, BATCH = 6000, 1000  # ~10 MB a write: a kill often lands inside it
+TOTAL, BATCH = 12000, 1000  # ~10 MB a batch
+
+# A kill inside one big write(2) to the page cache is a matter of luck; here each write(2) takes at
+# most 64 KiB, so between two of them the file ends mid-line, exactly as after a kill inside a
+# write, and the parent can stop the child there and kill it.
+_os_write = os.write
+os.write = lambda fd, data: _os_write(fd, memoryview(data)[:65536])
 template = exec_event(args="b" * 10000)
 
 def batch(start):
@@ -140,6 +146,31 @@ asyncio.run(main())
 '''
 
 
+def wait_stopped(pid: int) -> None:
+    """Until the signalled process is really stopped (SIGSTOP takes effect asynchronously)."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.0005)
+
+
+def ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def test_kill9_of_a_writing_sink_process_many_times(tmp_path: Path) -> None:
     """The sink alone in a child process that commits after each write, as the worker does:
     killed at many points (mid-write, mid-rotation, mid-compression), it never leaves a torn line
@@ -158,27 +189,31 @@ def test_kill9_of_a_writing_sink_process_many_times(tmp_path: Path) -> None:
     rng = random.Random(5)
     torn_at_kill = 0
     kills = 0
-    for k in range(16):
-        if torn_at_kill >= 2 and k >= 6:
-            break
+    for k in range(12):
         proc = subprocess.Popen(argv, env=env)
-        time.sleep(0.3 + rng.random() * 0.5)
-        if k % 3:  # most kills: the moment the file starts growing, i.e. inside a write
-            size0 = out.stat().st_size if out.exists() else 0
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and (out.stat().st_size if out.exists() else 0) == size0:
-                time.sleep(0.0002)
-        proc.send_signal(signal.SIGKILL)
+        time.sleep(0.2 + rng.random() * 0.3)
+        if k % 3:  # most kills: stopped and killed where the file ends mid-line, i.e. inside a write
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and proc.poll() is None:
+                proc.send_signal(signal.SIGSTOP)
+                wait_stopped(proc.pid)
+                if ends_mid_line(out):
+                    break
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(rng.random() * 0.002)
+        proc.send_signal(signal.SIGKILL)  # the others: wherever it is (rotating, compressing, ...)
         proc.wait()
         kills += 1
-        if out.exists() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+        if ends_mid_line(out):
             torn_at_kill += 1
+        elif k % 3:
+            print(f"kill {k}: the child ended before a stop found the file mid-line")
     subprocess.run(argv, env=env, check=True, timeout=120)
     docs, torn = all_lines(out_dir)
     assert torn == []
     assert torn_at_kill >= 1, "no kill landed inside a write: the test proved nothing"
     pids = [d["process_exec"]["process"]["pid"] for d in docs]
-    assert set(pids) == set(range(6000))
+    assert set(pids) == set(range(12000))
     assert all(d["process_exec"]["process"]["arguments"].endswith("b" * 10000) for d in docs)
     print(f"sink kill -9 x{kills}: {torn_at_kill} torn tails at kill time, all repaired; "
-          f"{len(pids)} lines for 6000 events")
+          f"{len(pids)} lines for 12000 events")

@@ -23,6 +23,8 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
+from schemas.compiled_writer import Unsupported, compile_writer
+
 SCHEMA_DIR = Path(__file__).parent
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -151,7 +153,33 @@ def _namer(name: str) -> Callable[[Any], Any] | None:
     return _branch_namer(schema(name).parsed)
 
 
+# The writer generated from the schema (schemas/compiled_writer.py) writes the same bytes as
+# fastavro ≈ 10× faster; what it refuses (anything not of exactly the types the schema asks for)
+# goes through fastavro as before, so fastavro alone decides what is valid and how it is refused.
+# Measured with `python -m bench.avro_union`.
+MEMO_RECORDS = {"event": frozenset({"Namespaces", "ProcessCredentials", "Pod"})}
+
+
+@cache
+def _compiled(name: str) -> Callable[[Any], bytes] | None:
+    try:
+        return compile_writer(schema(name).parsed, MEMO_RECORDS.get(name, frozenset()))
+    except Unsupported:
+        return None
+
+
 def encode_body(name: str, record: dict[str, Any]) -> bytes:
+    fast = _compiled(name)
+    if fast is not None:
+        try:
+            return fast(record)
+        except Exception:  # noqa: BLE001, S110  refused (or odd: unhashable, bad UTF-8): fastavro decides
+            pass
+    return encode_body_fastavro(name, record)
+
+
+def encode_body_fastavro(name: str, record: dict[str, Any]) -> bytes:
+    """fastavro's encoding of ``record`` (validated once, union branches named)."""
     parsed = schema(name).parsed
     namer = _namer(name)
     if namer is not None and validate(record, parsed, raise_errors=False):

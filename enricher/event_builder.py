@@ -40,6 +40,21 @@ def cap_names(mask: int) -> list[str]:
     return [CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP_{i}" for i in range(64) if mask >> i & 1]
 
 
+_CAP_SETS: dict[tuple[int, int, int], tuple[list[str], list[str], list[str]]] = {}
+
+
+def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, list[str]]:
+    """Tetragon's Capabilities of three masks (fresh lists; the names of a triple seen before
+    are copied from a table, not computed again: a node has few distinct triples)."""
+    names = _CAP_SETS.get((permitted, effective, inheritable))
+    if names is None:
+        if len(_CAP_SETS) >= 4096:
+            _CAP_SETS.clear()
+        names = _CAP_SETS[(permitted, effective, inheritable)] = (
+            cap_names(permitted), cap_names(effective), cap_names(inheritable))
+    return {"permitted": names[0][:], "effective": names[1][:], "inheritable": names[2][:]}
+
+
 def text(b: bytes) -> str:
     """Kernel bytes as a string: invalid UTF-8 is kept visible as \\xNN escapes."""
     return b.decode("utf-8", "backslashreplace")
@@ -126,8 +141,7 @@ class EventBuilder:
         hns = host_ns or list(INIT_NS_INUMS)
         ns = {name: {"inum": inum, "is_host": bool(inum) and inum == hns[i]}
               for i, (name, inum) in enumerate(zip(r.NS_NAMES, rec.ns, strict=False)) if inum}
-        caps = {"permitted": cap_names(rec.cap_permitted), "effective": cap_names(rec.cap_effective),
-                "inheritable": cap_names(rec.cap_inheritable)}
+        caps = capabilities(rec.cap_permitted, rec.cap_effective, rec.cap_inheritable)
         process: dict[str, Any] = {
             "exec_id": eid,
             "pid": h.pid,

@@ -95,8 +95,13 @@ class Enricher:
         # the kernel programs drain through several ring buffers: restore the kernel's order
         decoded.sort(key=lambda d: d[1].header.ktime)
         deferred: list[tuple[bytes, records.HookRecord]] = []
+        record_counters: dict[int, Any] = {}
         for raw, rec in decoded:
-            RECORDS.labels(msg_op=KIND_NAMES.get(rec.header.kind, "other")).inc()
+            counted = record_counters.get(rec.header.kind)
+            if counted is None:  # labels() once per kind and batch, not per record
+                counted = record_counters[rec.header.kind] = RECORDS.labels(
+                    msg_op=KIND_NAMES.get(rec.header.kind, "other"))
+            counted.inc()
             if isinstance(rec, records.ExecRecord):
                 audit_exec(rec)
             try:

@@ -3,6 +3,7 @@ Tetragon exports them; see the seed example) and ``pod`` (when the pod index kno
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from enricher.metadata.cgroup import ContainerRef, parse, split_ancestors
@@ -19,6 +20,7 @@ class ProcessMetadata:
         self.index = index
 
     @staticmethod
+    @lru_cache(maxsize=4096)  # asked at every exec, twice (fields, pending), for few distinct cgroups
     def container_of(cgroup_name: str, cgroup_ancestors: str) -> ContainerRef | None:
         return parse(cgroup_name, split_ancestors(cgroup_ancestors))
 

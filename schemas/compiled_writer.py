@@ -15,6 +15,7 @@ or Mapping types, int subclasses): ``codec.encode_body`` sends whatever this ref
 fastavro, so the fast path never decides what is valid.
 
 Memos (bounded, keyed by value, never by object identity):
+- longs outside -64..63 (pids, uids, inode numbers), looked up after the exact-type check;
 - strings and lists of strings (capability names: 84 % of an event's bytes) by the value itself
   (the ``str``, or the tuple of a list's items); filled only after the items passed the type
   check, so a hit is a value equal (``==``) to a list of ``str`` that was written;
@@ -78,6 +79,12 @@ class _Memo(dict):  # type: ignore[type-arg]
             self.clear()
         self[key] = value
         return value
+
+
+def _long_writer(memo: _Memo) -> Callable[[int], bytes]:
+    def write_long_kept(n: int) -> bytes:
+        return memo.put(n, write_long(n))
+    return write_long_kept
 
 
 def _string_writer(memo: _Memo) -> Callable[[str], bytes]:
@@ -193,7 +200,7 @@ class _Gen:
         if t in ("int", "long"):
             lo, hi = (INT_MIN, INT_MAX) if t == "int" else (LONG_MIN, LONG_MAX)
             return [f"if type({v}) is not int or not {lo} <= {v} <= {hi}:", f"    raise Refused({v!r})",
-                    f"o += SMALL[{v} + 64] if -64 <= {v} < 64 else L({v})"]
+                    f"o += SMALL[{v} + 64] if -64 <= {v} < 64 else (LM.get({v}) or LW({v}))"]
         if t == "string":
             return [f"if type({v}) is not str:", f"    raise Refused({v!r})",
                     f"o += STR.get({v}) or S({v})"]
@@ -242,10 +249,10 @@ def compile_writer(parsed: dict[str, Any], memo_records: frozenset[str] = frozen
     if parsed.get("type") != "record":
         raise Unsupported("top-level schema is not a record")
     gen = _Gen(parsed, memo_records)
-    strings, string_lists = _Memo(), _Memo()
+    strings, string_lists, longs = _Memo(), _Memo(), _Memo()
     env: dict[str, Any] = {
         "C": gen.consts, "KEY": marshal.dumps, "MISSING": _Missing(), "Refused": Refused,
-        "SMALL": _SMALL, "L": write_long,
+        "SMALL": _SMALL, "L": write_long, "LM": longs, "LW": _long_writer(longs),
         "STR": strings, "S": _string_writer(strings), "SL": string_lists,
         "SLW": _string_list_writer(string_lists, strings),
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import marshal
 import random
 import statistics
 import time
@@ -77,6 +78,7 @@ def main() -> int:
     for label, r in rates.items():
         print(f"{label:<28} {statistics.median(r):8.0f} events/s  (min {min(r):.0f}, max {max(r):.0f})")
     print(f"output byte-identical to plain fastavro: {same}")
+    _process_cost(events)
 
     rnd = random.Random(1)
     bad = [None, "str", 5, -1, 2**70, 1.5, [], {}, {"zz": 1}, b"b", True]
@@ -98,6 +100,29 @@ def main() -> int:
           f"{agree[1]} differ (refused by one, written by the other)")
     print(f"mutated events, codec.encode_body vs plain fastavro: {agree[2]} alike, {agree[3]} differ")
     return 0
+
+
+def _process_cost(events: list[dict[str, Any]]) -> None:
+    """A whole-Process cache would need an exact key of the Process: marshal.dumps costs what?
+    Against writing the Process with the generated writer (its sub-records memoised)."""
+    fast = codec._compiled("event")
+    assert fast is not None
+    procs = [(e.get("process_exec") or e.get("process_exit"))["process"] for e in events]
+    with_p = [{"process_exec": {"process": p}} for p in procs]
+    without = [{"process_exec": {}} for _ in procs]
+    for e in with_p:
+        fast(e)  # memos warm, as in a running enricher
+
+    def per_item(fn: Any, items: list[Any]) -> float:
+        t0 = time.perf_counter()
+        for x in items:
+            fn(x)
+        return (time.perf_counter() - t0) / len(items) * 1e6
+
+    write = [per_item(fast, with_p) - per_item(fast, without) for _ in range(3)]
+    key = [per_item(marshal.dumps, procs) for _ in range(3)]
+    print(f"one Process: generated writer {statistics.median(write):.1f} us, "
+          f"marshal.dumps (an exact cache key) {statistics.median(key):.1f} us")
 
 
 def _try(fn: Any) -> bytes | None:

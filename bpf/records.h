@@ -191,4 +191,29 @@ struct tp_loader {
     /* then: path (no NUL) */
 } __attribute__((packed));
 
+/* ---- connect enforcement (bpf/connect_deny.c): a connect refused by cgroup/connect4/6 ---- */
+#define TP_REC_CONNECT_DENY 22
+
+struct tp_connect_deny {
+    struct tp_header h;        /* pid/tid: the caller of connect() */
+    __u32 policy_id;           /* the policy whose rule refused (named by its REC_POLICY record) */
+    __u16 hook_id;             /* its tcp_connect hook */
+    __u8 selector;             /* the selector that matched */
+    __u8 action;               /* KprobeAction number (Override 5) */
+    __s32 ret;                 /* what connect() returns: -EPERM */
+    __u8 state;                /* socket state (TCP_CLOSE 7 before a connect) */
+    __u8 pad;
+    __u16 family;              /* of the destination: AF_INET 2 (also ::ffff:a.b.c.d), AF_INET6 10 */
+    __u16 type;                /* SOCK_STREAM 1, SOCK_DGRAM 2, ... */
+    __u16 protocol;            /* IPPROTO_TCP 6, ... */
+    __u16 sport;               /* host byte order; 0 when not bound yet */
+    __u16 dport;               /* host byte order */
+    __u32 netns;               /* inode number of the socket's network namespace */
+    __u32 mark;
+    __u32 priority;
+    __u64 cookie;              /* kernel address of struct sock, as Tetragon's sock_arg cookie */
+    __u32 saddr[4];            /* network byte order; AF_INET: first word */
+    __u32 daddr[4];
+} __attribute__((packed));
+
 #endif

@@ -118,3 +118,15 @@ def sock_arg_from_bytes(data: bytes) -> dict[str, Any]:
         "saddr": address(fam, sa), "daddr": address(fam, da), "sport": sport, "dport": dport,
         "cookie": cookie & COOKIE_MASK, "state": TCP_STATE.get(state, str(state)),
     }
+
+
+def sock_arg_from_deny(rec: r.ConnectDenyRecord) -> dict[str, Any]:
+    """The socket of a refused connect (bpf/connect_deny.c) → Tetragon's ``sock_arg``: the
+    destination the caller asked for, the source the socket had (0.0.0.0 / port 0 when unbound)."""
+    return {
+        "family": FAMILY.get(rec.family, str(rec.family)), "type": SOCK_TYPE.get(rec.type, str(rec.type)),
+        "protocol": PROTOCOL.get(rec.protocol, str(rec.protocol)), "mark": rec.mark,
+        "priority": rec.priority, "saddr": address(rec.family, rec.saddr),
+        "daddr": address(rec.family, rec.daddr), "sport": rec.sport, "dport": rec.dport,
+        "cookie": rec.cookie & COOKIE_MASK, "state": TCP_STATE.get(rec.state, str(rec.state)),
+    }

@@ -47,7 +47,8 @@ _partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the produc
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
               records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy",
-              records.REC_SOCK: "sock", records.REC_LOADER: "loader"}
+              records.REC_SOCK: "sock", records.REC_LOADER: "loader",
+              records.REC_CONNECT_DENY: "connect_deny"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -107,6 +108,9 @@ class Enricher:
                     ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
                 elif isinstance(rec, records.PolicyRecord):
                     ev = self.policy_events.on_catalog(rec, batch.node_name)
+                elif isinstance(rec, records.ConnectDenyRecord):
+                    ev = self.policy_events.on_connect_deny(rec, batch.node_name, batch.boot_time_ns,
+                                                            self.builder)
                 else:
                     if isinstance(rec, records.ExitRecord):
                         self.policy_events.note_exit(rec, self.builder)

@@ -227,7 +227,7 @@ class _Gen:
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]], kprobes: bool) -> CompiledHook:
         src, fname, serve = self._source(hook, kprobes)
-        self._check_actions(hook)
+        self._check_actions(hook, hid)
         h = _HookGen(self, hid, hook, src)
         # fd-typed arguments of other hooks match only what FollowFD selectors followed
         implicit: list[tuple[int, list[tuple[Selector, int]]]] = []
@@ -349,7 +349,7 @@ class _Gen:
                 raise self.fail(f"{a.path}.sizeArgIndex", f"{what} has {len(fields)} arguments ({names}): "
                                                           f"sizeArgIndex {a.size_arg_index} (from 1) is out of range")
 
-    def _connect_rule(self, hook: Hook, s: Selector) -> None:
+    def _connect_rule(self, hook: Hook, s: Selector, hid: int, index: int) -> None:
         """Override on tcp_connect: the selector becomes a cgroup/connect4+6 rule (EPERM)."""
         other = (s.match_pids or s.match_parent_binaries or s.match_namespaces or s.match_capabilities
                  or s.match_namespace_changes or s.match_capability_changes or s.match_return_args)
@@ -360,13 +360,16 @@ class _Gen:
             rule = connect_deny.rule_from_selector(s.match_args, s.match_binaries)
         except connect_deny.RuleError as exc:
             raise self.fail(s.path, f"Override on tcp_connect: {exc}") from None
+        # each refusal is reported as this policy's tcp_connect event unless the selector says NoPost
+        rule.policy_id, rule.hook_id, rule.selector = self.policy_id, hid, index
+        rule.post = not any(a.action == "NoPost" for a in s.match_actions)
         self.connect_rules.append(rule)
 
-    def _check_actions(self, hook: Hook) -> None:
-        for s in hook.selectors:
+    def _check_actions(self, hook: Hook, hid: int) -> None:
+        for index, s in enumerate(hook.selectors):
             if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
                     a.action == "Override" for a in s.match_actions):
-                self._connect_rule(hook, s)
+                self._connect_rule(hook, s, hid, index)
             for a in s.match_actions + s.match_return_actions:
                 if a.action == "Override" and hook.kind == "kprobe" and hook.call == "tcp_connect":
                     continue

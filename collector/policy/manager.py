@@ -117,6 +117,7 @@ class PolicyManager:
         self._last_catalog = 0.0
         self._last_counts = 0.0
         self.connect_deny: connect_deny.ConnectDeny | None = None  # Override on tcp_connect
+        self._connect_drain: RingBufferDrain | None = None        # its refusal records
         self._connect_owners: list[tuple[str, str]] = []  # (policy, namespace) of each connect rule
         self._connect_seen: list[int] = []                 # refusals per rule already counted
         self._update_gauge()
@@ -257,10 +258,17 @@ class PolicyManager:
         with self._lock:
             for lp in list(self.loaded.values()):
                 self._unload(lp)
-            if self.connect_deny is not None:
-                self.connect_deny.close()
-                self.connect_deny = None
+            self._close_connect_deny()
         self._update_gauge()
+
+    def _close_connect_deny(self) -> None:
+        if self._connect_drain is not None:
+            self._connect_drain.stop()   # the refusals' last records into the queue
+            self.queue.wake()
+            self._connect_drain = None
+        if self.connect_deny is not None:
+            self.connect_deny.close()
+            self.connect_deny = None
 
     def _update_connect_rules(self) -> None:
         """Override selectors of tcp_connect hooks of every loaded enforce-mode policy → the
@@ -274,6 +282,9 @@ class PolicyManager:
             if root is None:
                 raise loader.LoadError("no cgroup v2 hierarchy mounted: connects cannot be refused")
             self.connect_deny = connect_deny.ConnectDeny()
+            self._connect_drain = RingBufferDrain(self.connect_deny.bpf, self.queue,
+                                                  connect_deny.EVENTS_MAP, connect_deny.DROPS_MAP)
+            self._connect_drain.start()
             self.connect_deny.attach(root)
             log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)
         self._collect_connect_denied()  # set_rules restarts the kernel's counts
@@ -402,7 +413,10 @@ class PolicyManager:
         if not self._lock.acquire(blocking=False):
             return 0
         try:
-            return sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values())
+            lost = sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values())
+            if self._connect_drain is not None:
+                lost += self._connect_drain.kernel_lost_delta()
+            return lost
         finally:
             self._lock.release()
 

@@ -156,6 +156,7 @@ struct tp_arg {
 #define TP_SOCK_CONNECT 1  /* sys_exit_connect succeeded (0 or -EINPROGRESS) on a TCP socket */
 #define TP_SOCK_ACCEPT 2   /* sys_exit_accept/accept4 returned a TCP socket */
 #define TP_SOCK_CLOSE 3    /* sock:inet_sock_set_state → TCP_CLOSE of a socket seen at 1 or 2 */
+#define TP_SOCK_UDP_SEND 4 /* UDP sensor: sock:sock_send_length on a UDP socket (bpf/udp.c) */
 
 struct tp_sock {
     struct tp_header h;        /* pid/tid: the owner (for CLOSE: recorded at connect/accept) */

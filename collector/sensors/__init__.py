@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.sensors import loader, network
+from collector.sensors import loader, network, udp
 from tetrapipe.config import Config
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
@@ -31,6 +31,7 @@ class Sensor:
 SENSORS: tuple[Sensor, ...] = (
     Sensor("network", network.SOURCE, network.enabled, network.MECHANISM),
     Sensor("loader", loader.SOURCE, loader.enabled, loader.MECHANISM, loader.setup),
+    Sensor("udp", udp.SOURCE, udp.enabled, udp.MECHANISM, udp.setup),
 )
 
 

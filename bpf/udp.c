@@ -80,24 +80,24 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 
     struct sock *sk = (struct sock *)args->sk;
     struct tp_sock s = {};
-    u16 type = 0, num = 0, dport = 0;
-    u8 state = 0;
-    struct net *net = 0;
+    struct sock_common cm = {};
+    u16 type = 0;
+    /* one read of the common part (addresses, ports, state, netns) instead of one per field */
+    bpf_probe_read_kernel(&cm, sizeof(cm), &sk->__sk_common);
     TP_RD(type, sk->sk_type);
-    bpf_probe_read_kernel(&state, 1, (void *)&sk->__sk_common.skc_state);
-    TP_RD(num, sk->__sk_common.skc_num);
-    TP_RD(dport, sk->__sk_common.skc_dport);
     TP_RD(s.mark, sk->sk_mark);
     TP_RD(s.priority, sk->sk_priority);
-    TP_RD(net, sk->__sk_common.skc_net.net);
+    struct net *net = cm.skc_net.net;
     if (net)
         TP_RD(s.netns, net->ns.inum);
+    u16 dport = cm.skc_dport, num = cm.skc_num;
+    u8 state = cm.skc_state;
     if (args->family == UDP_AF_INET) {
-        bpf_probe_read_kernel(s.saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-        bpf_probe_read_kernel(s.daddr, 4, &sk->__sk_common.skc_daddr);
+        __builtin_memcpy(s.saddr, &cm.skc_rcv_saddr, 4);
+        __builtin_memcpy(s.daddr, &cm.skc_daddr, 4);
     } else {
-        bpf_probe_read_kernel(s.saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-        bpf_probe_read_kernel(s.daddr, 16, &sk->__sk_common.skc_v6_daddr);
+        __builtin_memcpy(s.saddr, &cm.skc_v6_rcv_saddr, 16);
+        __builtin_memcpy(s.daddr, &cm.skc_v6_daddr, 16);
     }
     s.dport = __builtin_bswap16(dport);
     if (named) {               /* the destination the message named */

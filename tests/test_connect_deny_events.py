@@ -174,3 +174,42 @@ def test_connect_deny_record_to_event() -> None:
     pe.on_catalog(_catalog(ret=True), "n1")
     k = pe.on_connect_deny(r.decode(raw), "n1", 0, b)["process_kprobe"]
     assert k["return"] == {"label": "", "int_arg": -1}
+
+
+def test_connect_rule_names_its_policy_hook_and_selector() -> None:
+    """The compiled rule carries what the refusal record names; NoPost refuses without a record."""
+    from collector.policy import compiler, parser
+
+    text = textwrap.dedent("""\
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata:
+          name: two-hooks
+        spec:
+          kprobes:
+          - call: tcp_close
+            syscall: false
+            args:
+            - {index: 0, type: sock}
+          - call: tcp_connect
+            syscall: false
+            args:
+            - {index: 0, type: sock}
+            selectors:
+            - matchArgs:
+              - {index: 0, operator: DPort, values: ["8099"]}
+              matchActions:
+              - action: Override
+                argError: -1
+            - matchArgs:
+              - {index: 0, operator: DPort, values: ["8100"]}
+              matchActions:
+              - action: Override
+                argError: -1
+              - action: NoPost
+        """)
+    (pol,) = parser.parse_text(text, "t.yaml")
+    comp = compiler.compile_policy(pol, 12345, [])
+    first, second = comp.connect_rules
+    assert (first.policy_id, first.hook_id, first.selector, first.action, first.post) == (12345, 1, 0, 5, True)
+    assert (second.hook_id, second.selector, second.dports, second.post) == (1, 1, [(8100, 8100)], False)

@@ -243,15 +243,15 @@ class PolicyManager:
             pass
         self._collect_counts(lp)
         lp.drain.stop()
-        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
-        self.queue.wake()
-        lp.bpf.cleanup()
         self.loaded.pop(lp.name, None)
-        if lp.compiled.connect_rules:
+        if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does
             try:
                 self._update_connect_rules()
             except Exception as exc:  # noqa: BLE001 - the unload goes on
                 log.error("connect rules after unloading %s: %s", lp.name, exc)
+        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
+        self.queue.wake()
+        lp.bpf.cleanup()
         log.info("policy %s unloaded", lp.name)
 
     def stop(self) -> None:

@@ -24,6 +24,8 @@
 #define CD_RINGBUF_PAGES 16
 #endif
 #define CD_EPERM 1
+/* bpf_set_retval (cgroup programs, Linux 5.18+): a refusal returns this error instead of EPERM */
+static long (*cd_set_retval)(int retval) = (void *)187;
 
 #define CD_MAX_RULES 16
 #define CD_MAX_ADDRS 8
@@ -56,7 +58,7 @@ struct cd_rule {
     u8 selector;
     u8 action;                 /* KprobeAction number (Override 5) */
     u32 post;                  /* 1: report each refusal in cd_events (0: NoPost) */
-    u32 pad2;
+    s32 error;                 /* what connect() returns (the selector's argError): -EPERM, ... */
 };
 
 struct cd_bin_key {
@@ -181,13 +183,12 @@ static __always_inline int cd_decide(struct cd_dest *d)
 }
 
 /* A refusal → one tp_connect_deny record (the rule says whether to post it). */
-static __always_inline void cd_report(struct bpf_sock_addr *ctx, struct cd_dest *d, int idx)
+static __always_inline void cd_report(struct bpf_sock_addr *ctx, struct cd_dest *d, struct cd_rule *r,
+                                      int error)
 {
     int zero = 0;
-    u32 ridx = (u32)idx;
-    struct cd_rule *r = cd_rules.lookup(&ridx);
     struct tp_connect_deny *e = cd_rec_scratch.lookup(&zero);
-    if (!r || !e || !r->post)
+    if (!e || !r->post)
         return;
     __builtin_memset(e, 0, sizeof(*e));
     u64 id = bpf_get_current_pid_tgid();
@@ -201,7 +202,7 @@ static __always_inline void cd_report(struct bpf_sock_addr *ctx, struct cd_dest 
     e->hook_id = r->hook_id;
     e->selector = r->selector;
     e->action = r->action;
-    e->ret = -CD_EPERM;
+    e->ret = error;
     e->family = d->family;
     e->protocol = d->protocol;
     e->dport = d->port;
@@ -253,8 +254,17 @@ static __always_inline int cd_verdict(struct bpf_sock_addr *ctx, struct cd_dest 
     int idx = cd_decide(d);
     if (idx < 0)
         return 1;
-    cd_report(ctx, d, idx);
-    return 0;               /* refuse: connect() fails with EPERM */
+    u32 ridx = (u32)idx;
+    struct cd_rule *r = cd_rules.lookup(&ridx);
+    if (!r)
+        return 0;
+    int error = -CD_EPERM;
+    if (r->error < 0 && r->error != -CD_EPERM && r->error >= -4095) {
+        cd_set_retval(r->error);
+        error = r->error;
+    }
+    cd_report(ctx, d, r, error);
+    return 0;               /* refuse: connect() fails with EPERM or the rule's error */
 }
 
 int cd_connect4(struct bpf_sock_addr *ctx)

@@ -86,6 +86,7 @@ class ConnectRule:
     selector: int = 0
     action: int = 5                                       # KprobeAction Override
     post: bool = True
+    error: int = -1                                       # connect() returns it (argError): -EPERM
 
     def check(self) -> None:
         if len(self.daddrs) > MAX_ADDRS:
@@ -100,6 +101,8 @@ class ConnectRule:
         for lo, hi in self.dports:
             if not 0 <= lo <= hi <= 65535:
                 raise RuleError(f"port range {lo}:{hi} is not within 0-65535")
+        if not -4095 <= self.error <= -1:
+            raise RuleError(f"argError {self.error}: a refused connect returns an error, -4095..-1")
         _binary_keys(0, self.binaries)
 
 
@@ -115,7 +118,7 @@ class _Rule(ct.Structure):
                 ("addrs", _Cidr * MAX_ADDRS), ("port_lo", ct.c_uint16 * MAX_PORTS),
                 ("port_hi", ct.c_uint16 * MAX_PORTS), ("policy_id", ct.c_uint32),
                 ("hook_id", ct.c_uint16), ("selector", ct.c_uint8), ("action", ct.c_uint8),
-                ("post", ct.c_uint32), ("pad2", ct.c_uint32)]
+                ("post", ct.c_uint32), ("error", ct.c_int32)]
 
 
 class _BinKey(ct.Structure):
@@ -293,7 +296,7 @@ class ConnectDeny:
             keys = _binary_keys(i, r.binaries) if r.binaries else []
             k.binary_mode = 0 if not r.binaries else (2 if r.not_binaries else 1)
             k.policy_id, k.hook_id, k.selector = r.policy_id, r.hook_id, min(r.selector, 255)
-            k.action, k.post = r.action, int(r.post)
+            k.action, k.post, k.error = r.action, int(r.post), r.error
             built.append((k, keys))
         table, bins = self.bpf["cd_rules"], self.bpf["cd_binaries"]
         # turn everything off first (rule 0 unused stops the scan), then fill back to front

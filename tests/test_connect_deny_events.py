@@ -68,6 +68,14 @@ def policy(port: int, binary: Path) -> str:
               matchActions:
               - action: Override
                 argError: -1
+            - matchArgs:
+              - {{index: 0, operator: DAddr, values: ["127.0.0.2"]}}
+              - {{index: 0, operator: DPort, values: ["{port}"]}}
+              matchBinaries:
+              - {{operator: In, values: ["{binary}"]}}
+              matchActions:
+              - action: Override
+                argError: -13
         """)
 
 
@@ -103,20 +111,22 @@ def test_refused_connect_is_exported(bpf_ok: None, broker: EmbeddedBroker, tmp_p
         col = p.start("collector", "collector", wait=False).wait_ready(180)
         assert "connect enforcement attached" in (tmp_path / "collector.log").read_text()
 
-        targets = [f"127.0.0.1:{listener}", f"::ffff:127.0.0.1:{listener}"]
+        # 127.0.0.2 has no listener: refused there by the second selector with its argError
+        targets = [f"127.0.0.1:{listener}", f"::ffff:127.0.0.1:{listener}", f"127.0.0.2:{listener}"]
         run = subprocess.run([str(denied), "-c", CLIENT, *targets], capture_output=True, text=True,
                              timeout=30)
         pid_s, *results = run.stdout.split()
-        assert results == ["EPERM", "EPERM"], run.stderr
+        assert results == ["EPERM", "EPERM", "EACCES"], run.stderr
         pid = int(pid_s)
         # the same connects from another binary go through, and make no refusal event
         other = subprocess.run(["/usr/bin/python3", "-c", CLIENT, *targets], capture_output=True,
                                text=True, timeout=30)
         other_pid, *other_results = other.stdout.split()
-        assert other_results == ["ok", "ok"]
+        assert other_results == ["ok", "ok", "ECONNREFUSED"]
 
-        wait_until(lambda: len(_refusals(p, pid)) == 2, 40, what="two refused-connect events")
-        v4, v6 = _refusals(p, pid)
+        wait_until(lambda: len(_refusals(p, pid)) == 3, 40, what="three refused-connect events")
+        v4, v6, eacces = _refusals(p, pid)
+        assert eacces["args"][0]["sock_arg"]["daddr"] == "127.0.0.2"
         for ev in (v4, v6):
             assert ev["function_name"] == "tcp_connect"
             assert ev["policy_name"] == "deny-test-port"
@@ -136,7 +146,7 @@ def test_refused_connect_is_exported(bpf_ok: None, broker: EmbeddedBroker, tmp_p
         assert not _refusals(p, int(other_pid))
         # counted, as before
         wait_until(lambda: col.metric("tetrapipe_tracingpolicy_selector_actions_total", action="override",
-                                      policy="deny-test-port") == 2, 20, what="override counter")
+                                      policy="deny-test-port") == 3, 20, what="override counter")
     finally:
         p.stop()
 
@@ -211,5 +221,6 @@ def test_connect_rule_names_its_policy_hook_and_selector() -> None:
     (pol,) = parser.parse_text(text, "t.yaml")
     comp = compiler.compile_policy(pol, 12345, [])
     first, second = comp.connect_rules
-    assert (first.policy_id, first.hook_id, first.selector, first.action, first.post) == (12345, 1, 0, 5, True)
+    assert (first.policy_id, first.hook_id, first.selector, first.action, first.post, first.error) == \
+        (12345, 1, 0, 5, True, -1)
     assert (second.hook_id, second.selector, second.dports, second.post) == (1, 1, [(8100, 8100)], False)

@@ -363,6 +363,12 @@ class _Gen:
         # each refusal is reported as this policy's tcp_connect event unless the selector says NoPost
         rule.policy_id, rule.hook_id, rule.selector = self.policy_id, hid, index
         rule.post = not any(a.action == "NoPost" for a in s.match_actions)
+        override = next(a for a in s.match_actions if a.action == "Override")
+        rule.error = override.arg_error or -1   # argError (0 or absent: EPERM, as the kernel's default)
+        try:
+            rule.check()
+        except connect_deny.RuleError as exc:
+            raise self.fail(f"{override.path}.argError", f"Override on tcp_connect: {exc}") from None
         self.connect_rules.append(rule)
 
     def _check_actions(self, hook: Hook, hid: int) -> None:

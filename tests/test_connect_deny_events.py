@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -224,3 +225,28 @@ def test_connect_rule_names_its_policy_hook_and_selector() -> None:
     assert (first.policy_id, first.hook_id, first.selector, first.action, first.post, first.error) == \
         (12345, 1, 0, 5, True, -1)
     assert (second.hook_id, second.selector, second.dports, second.post) == (1, 1, [(8100, 8100)], False)
+
+
+def test_connect_deny_layout_matches_records_h(tmp_path: Path) -> None:
+    """records.py's CONNECT_DENY_BODY has the offsets gcc gives struct tp_connect_deny."""
+    fields = ["policy_id", "hook_id", "selector", "action", "ret", "state", "pad", "family", "type",
+              "protocol", "sport", "dport", "netns", "mark", "priority", "cookie", "saddr", "daddr"]
+    src = tmp_path / "layout.c"
+    src.write_text("#include <linux/types.h>\n#include <stddef.h>\n#include <stdio.h>\n"
+                   f'#include "{Path(r.__file__).with_name("records.h")}"\n'
+                   "int main(void) {\n  printf(\"%zu\\n\", sizeof(struct tp_connect_deny));\n"
+                   + "".join(f'  printf("%zu\\n", offsetof(struct tp_connect_deny, {f}));\n' for f in fields)
+                   + "  return 0;\n}\n")
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
+    size, *offsets = [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                     check=True).stdout.split()]
+    assert size == r.CONNECT_DENY_SIZE
+    codes = r.CONNECT_DENY_BODY.format.lstrip("<")
+    codes = codes.replace("16s", "s")   # one code per field
+    expect = []
+    fmt = "<"
+    for c in codes:
+        expect.append(r.HEADER.size + struct.calcsize(fmt))
+        fmt += "16s" if c == "s" else c
+    assert offsets == expect

@@ -177,6 +177,8 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
                 raise
             gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
     if not compiled:
+        if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
+            return Compiled(policy, "", [], [], gen.notices)
         raise fail("spec", "no hook of the policy can be served")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)

@@ -11,6 +11,7 @@ marker's exec is exported, no loader event of the second run has come (nor any o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import time
@@ -20,7 +21,11 @@ from typing import Any
 import pytest
 from harness import Pipeline, wait_until
 
+from bpf import records
+from collector import loader, procfs
+from collector.drain import RecordQueue
 from collector.policy import compiler, parser
+from collector.policy.manager import PolicyManager
 from collector.policy.model import PolicyError
 from tetrapipe import control_client
 
@@ -122,3 +127,76 @@ def test_loader_field_parsed_and_refused_with_line() -> None:
     with pytest.raises(PolicyError) as e:
         parser.parse_text(POLICY + "  podSelector:\n    matchLabels: {app: web}\n", "pod.yaml")
     assert str(e.value).startswith("pod.yaml:11: spec.podSelector: spec.loader: the loader sensor")
+
+
+MIXED = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: loads-and-execs
+spec:
+  loader: true
+  tracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    message: exec
+    args:
+    - {index: 0, type: string}
+    selectors:
+    - matchArgs:
+      - {index: 0, operator: Postfix, values: ["/dlopener"]}
+"""
+
+
+def _loader_paths(mgr: PolicyManager) -> list[tuple[int, str]]:
+    out = []
+    for raw in mgr.queue.take(1_000_000):
+        rec = records.decode(raw)
+        if isinstance(rec, records.LoaderRecord):
+            out.append((rec.header.pid, rec.path.decode()))
+    return out
+
+
+def _dlopen(prog: Path, lib: Path, mgr: PolicyManager, expect: bool) -> None:
+    p = subprocess.Popen([str(prog), str(lib)])
+    assert p.wait(30) == 0
+    deadline = time.monotonic() + (10 if expect else 1.5)
+    got: list[tuple[int, str]] = []
+    while time.monotonic() < deadline:
+        got += _loader_paths(mgr)
+        if (p.pid, str(lib)) in got:
+            break
+        time.sleep(0.1)
+    assert ((p.pid, str(lib)) in got) == expect, f"loader record of {lib} expected: {expect}"
+
+
+@pytest.mark.kernel
+def test_loader_sensor_follows_enabled_loader_policies(bpf_ok: None, tmp_path: Path) -> None:
+    """In the collector's PolicyManager: on with the first enabled loader policy (alone or with
+    hooks), off when disabled, on again when enabled, on while any remains, off after the last;
+    with the collector's own loader sensor (--enable-loader-events) no second one is loaded."""
+    first, _, prog = _build(tmp_path)
+    loader.prepare()
+    mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces())
+    try:
+        _dlopen(prog, first, mgr, expect=False)
+        mgr.load_text(POLICY, "library-loads.yaml")
+        assert mgr.loader_sensor is not None
+        _dlopen(prog, first, mgr, expect=True)
+        mgr.set_enabled("library-loads", False)
+        assert mgr.loader_sensor is None
+        _dlopen(prog, first, mgr, expect=False)
+        mgr.set_enabled("library-loads", True)
+        (lp,) = mgr.load_text(MIXED, "mixed.yaml")
+        assert [h.function_name for h in lp.compiled.hooks] == ["sched_process_exec"]
+        mgr.delete("library-loads")
+        assert mgr.loader_sensor is not None        # loads-and-execs still asks for it
+        _dlopen(prog, first, mgr, expect=True)
+        mgr.delete("loads-and-execs")
+        assert mgr.loader_sensor is None
+        _dlopen(prog, first, mgr, expect=False)
+        mgr.loader_builtin = True
+        (lp,) = mgr.load_text(POLICY, "library-loads.yaml")
+        assert mgr.loader_sensor is None and any("--enable-loader-events" in n for n in lp.info()["notices"])
+    finally:
+        mgr.stop()
+    assert mgr.loader_sensor is None

@@ -260,7 +260,13 @@ class PolicyManager:
             lp.enabled = on
             if lp.policy.loader:
                 if on:
-                    self._loader_wanted_by(lp.policy)
+                    try:
+                        self._loader_wanted_by(lp.policy)
+                    except loader.LoadError as exc:
+                        if lp.bpf is not None:
+                            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+                        lp.enabled = False
+                        raise PolicyError("spec.loader", f"loader events cannot be turned on: {exc}") from exc
                 else:
                     self._sync_loader()
             log.info("policy %s %s", name, "enabled" if on else "disabled")
@@ -292,8 +298,10 @@ class PolicyManager:
     def _loader_wanted_by(self, p: Policy) -> None:
         """Turn the loader sensor on for ``p`` (loaded or being loaded); LoadError if it cannot be."""
         if self.loader_builtin:
-            p.notices.append("spec.loader: loader events are on for the whole collector already "
-                             "(--enable-loader-events); they stay on when this policy is deleted")
+            notice = ("spec.loader: loader events are on for the whole collector already "
+                      "(--enable-loader-events); they stay on when this policy is deleted")
+            if notice not in p.notices:
+                p.notices.append(notice)
             return
         if self.loader_sensor is not None:
             return

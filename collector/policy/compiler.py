@@ -892,6 +892,7 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                 "        u32 tid = (u32)bpf_get_current_pid_tgid();\n"
                 f"        late_{hid}.update(&tid, &p);\n"
                 f"    }} else {{\n        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
+            # (an entry whose exit never came ages out of the LRU)
             self.g.probes.setdefault(src.attach_exit[0], []).append(
                 f"{{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
                 f"    struct tp_pending *p = late_{hid}.lookup(&tid);\n"

@@ -37,11 +37,14 @@ class Collector:
         log.info("%s", self.features.summary())
         tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
         log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
+        self.sensors_on: list[str] = []
         self.bpf = self._load(cfg)
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         self.drain = RingBufferDrain(self.bpf, self.queue)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes)
+        self.policies.loader_builtin = "loader" in self.sensors_on  # else spec.loader loads it alone
+        self.policies.order_after = self.drain
 
     def _load(self, cfg: Config) -> object:
         """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""
@@ -55,6 +58,7 @@ class Collector:
                 sensors.setup(bpf, enabled)
                 for s in enabled:
                     log.info("sensor %s on: %s", s.name, s.mechanism)
+                self.sensors_on = [s.name for s in enabled]
                 return bpf
             except loader.LoadError as exc:
                 log.error("sensors %s did not load, running with process events only: %s",

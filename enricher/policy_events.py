@@ -122,6 +122,11 @@ class PolicyEvents:
                 return hook.get("event") == "sched_process_exec"
         return False
 
+    def process_at(self, pid: int, ktime: int, builder: Any) -> Any:
+        """The process ``pid`` was at ``ktime``, an exited one included (records of other ring
+        buffers than the process program's, e.g. the loader sensor of a spec.loader policy)."""
+        return self._process(pid, ktime, builder)
+
     def _process(self, pid: int, ktime: int, builder: Any) -> Any:
         entry = builder.cache.by_pid.get(pid)
         if entry is not None and entry.ktime <= ktime:

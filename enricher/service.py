@@ -15,7 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from bpf import records
-from enricher import state
+from enricher import loader_events, state
 from enricher.event_builder import EventBuilder
 from enricher.input_audit import audit_exec
 from enricher.metadata.pods import PodIndex
@@ -111,6 +111,10 @@ class Enricher:
                 elif isinstance(rec, records.ConnectDenyRecord):
                     ev = self.policy_events.on_connect_deny(rec, batch.node_name, batch.boot_time_ns,
                                                             self.builder)
+                elif isinstance(rec, records.LoaderRecord):  # its process may have exited since
+                    ev = loader_events.build(self.builder, rec, batch.node_name, batch.boot_time_ns,
+                                             self.policy_events.process_at(rec.header.pid, rec.header.ktime,
+                                                                           self.builder))
                 else:
                     if isinstance(rec, records.ExitRecord):
                         self.policy_events.note_exit(rec, self.builder)

@@ -57,8 +57,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 print(f"policy not loaded: {reply.get('error')}", file=sys.stderr)
                 return 1
             for p in reply.get("loaded", []):
-                print(f"loaded {p['name']} ({p['mode']} mode): "
-                      + ", ".join(f"{h['function_name']} via {h['serve']}" for h in p.get("hooks", [])))
+                what = [f"{h['function_name']} via {h['serve']}" for h in p.get("hooks", [])]
+                if p.get("loader"):
+                    what.append("process_loader events (spec.loader)")
+                print(f"loaded {p['name']} ({p['mode']} mode): " + ", ".join(what))
                 for n in p.get("notices", []):
                     print(f"  notice: {n}")
             return 0

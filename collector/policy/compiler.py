@@ -140,6 +140,7 @@ class _Source:
     attach_enter: str = ""
     attach_exit: list[str] = field(default_factory=list)
     target: uprobes.Target | None = None
+    clone3_flags: bool = False   # clone3: argument 0 is clone_args.flags, read from user memory
 
 
 # the start of every generated hook function: scratch maps, the policy's on switch, the task
@@ -176,6 +177,8 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
                 raise
             gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
     if not compiled:
+        if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
+            return Compiled(policy, "", [], [], gen.notices)
         raise fail("spec", "no hook of the policy can be served")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
@@ -287,10 +290,15 @@ class _Gen:
             needs_ret = hook.return_ or any(a.return_copy for a in hook.args) or any(
                 s.match_return_args for s in hook.selectors)
             enter = f"syscalls:sys_enter_{name}"
+            clone3 = self._clone3_flags(hook, name, fields)
             if needs_ret:
                 return (_Source("syscall_ret", fields, attach_enter=enter,
-                                attach_exit=[f"syscalls:sys_exit_{name}"]),
+                                attach_exit=[f"syscalls:sys_exit_{name}"], clone3_flags=clone3),
                         hook.call, f"{enter} + sys_exit_{name}")
+            if clone3:  # flags unreadable at the enter (page not resident): read at the exit
+                return (_Source("syscall", fields, attach_enter=enter, attach_exit=[f"syscalls:sys_exit_{name}"],
+                                clone3_flags=True),
+                        hook.call, f"{enter} (+ sys_exit_{name} when clone_args is not resident at the call)")
             return _Source("syscall", fields, attach_enter=enter), hook.call, enter
         if hook.syscall:
             raise self.fail(f"{p}.call", f"{hook.call!r} is not a syscall of this kernel "
@@ -316,6 +324,20 @@ class _Gen:
                "(fentry), so kernel functions cannot be hooked" if not kprobes else
                "tetrapipe attaches kernel functions only through syscall tracepoints so far")
         raise self.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {why}")
+
+    def _clone3_flags(self, hook: Hook, name: str, fields: list[Field]) -> bool:
+        """clone3(uargs, size) passes its flags inside ``struct clone_args``: an integer-typed
+        argument 0 is served as clone_args.flags (the u64 at offset 0, read from the caller's
+        memory when ``size`` covers it), so a Mask on CLONE_NEW* matches clone3 as it does clone."""
+        if name != "clone3" or not fields or not fields[0].is_pointer:
+            return False
+        arg0 = hook.arg(0)
+        if arg0 is None or arg0.type not in INT_ARG_KIND:
+            return False
+        self.notices.append(f"{hook.path}: clone3 argument 0 ({arg0.type}) is served as clone_args.flags, read "
+                            "from the caller's struct (when size covers it); matchArgs on index 0 compare the "
+                            "flags, as for clone")
+        return True
 
     def _uprobe_source(self, hook: Hook) -> tuple[_Source, str, str]:
         """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
@@ -868,6 +890,25 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
             for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
                                                f"pending_{hid}").items():
                 self.g.probes.setdefault(tp, []).append(stmt)
+        elif src.kind == "syscall" and src.clone3_flags:
+            # the flags at the enter; if that memory is not resident (bpf_probe_read_user does
+            # not fault pages in), at the exit, after the kernel's copy_from_user brought it in
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, late_{hid}, 4096);')
+            self.g.probes.setdefault(src.attach_enter, []).append(
+                f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n"
+                "    if (tp_clone3_flags(a) < 0) {\n"
+                "        struct tp_pending p = {};\n        p.a[0] = a[0];\n        p.a[1] = a[1];\n"
+                "        u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"        late_{hid}.update(&tid, &p);\n"
+                f"    }} else {{\n        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
+            # (an entry whose exit never came ages out of the LRU)
+            self.g.probes.setdefault(src.attach_exit[0], []).append(
+                f"{{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = late_{hid}.lookup(&tid);\n"
+                "    if (p) {\n        u64 a[6] = {};\n        a[0] = p->a[0];\n        a[1] = p->a[1];\n"
+                f"        late_{hid}.delete(&tid);\n"
+                "        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n"
+                f"        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
         elif src.kind in ("syscall", "tracepoint"):
             self.g.probes.setdefault(src.attach_enter, []).append(
                 f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
@@ -892,6 +933,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                 f"    struct tp_pending *p = pending_{hid}.lookup(&tid);\n"
                 f"    if (p) {{\n        u64 a[6] = {{}};\n"
                 + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(min(n, 6)))
+                # clone3: the flags read after the kernel copied clone_args (resident by now)
+                + ("        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n" if src.clone3_flags else "")
                 + f"        pending_{hid}.delete(&tid);\n        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
 
     def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:

@@ -190,6 +190,7 @@ class Policy:
     container_selector: dict | None = None
     source: str = ""             # file the policy came from, "" for the control socket
     lines: dict[str, int] = field(default_factory=dict, repr=False)
+    loader: bool = False         # spec.loader: process_loader events while the policy is loaded
 
     def line_of(self, path: str) -> int:
         """The YAML line of ``path`` or of its nearest ancestor (0 when unknown)."""

@@ -245,8 +245,11 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     for key in ("usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
-    if spec.get("loader"):
-        raise c.fail("spec.loader", "the loader sensor is not supported by tetrapipe")
+    policy.loader = c.boolean(spec.get("loader"), "spec.loader")
+    if policy.loader and (spec.get("podSelector") is not None or spec.get("containerSelector") is not None):
+        key = "podSelector" if spec.get("podSelector") is not None else "containerSelector"
+        raise c.fail(f"spec.{key}", "spec.loader: the loader sensor reports every process of the node; "
+                                    "it cannot be scoped to pods or containers (as in Tetragon)")
     if spec.get("hostSelector") not in (None, {}) and kind == "TracingPolicyNamespaced":
         raise c.fail("spec.hostSelector", "should have a null spec.hostSelector")
     if spec.get("nodeSelector"):
@@ -274,8 +277,9 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
-    if not policy.hooks:
-        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks)")
+    if not policy.hooks and not policy.loader:
+        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
+                             "and does not ask for loader events (loader: true)")
     return policy
 
 

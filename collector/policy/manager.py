@@ -27,6 +27,7 @@ from collector import connect_deny, loader, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import compiler, parser
 from collector.policy.model import Policy, PolicyError
+from collector.policy.pod_scope import PodScope
 
 log = logging.getLogger("tetrapipe.policy")
 
@@ -105,8 +106,9 @@ class Loaded:
 
 class PolicyManager:
     def __init__(self, queue: RecordQueue, host_ns: list[int], kprobes: bool = False,
-                 ringbuf_pages: int = POLICY_RINGBUF_PAGES) -> None:
+                 ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
         self.queue = queue
+        self.pod_scope = pod_scope               # None: the Kubernetes API is off, scoped policies refused
         self.host_ns = host_ns
         self.kprobes = kprobes
         self.ringbuf_pages = ringbuf_pages
@@ -176,6 +178,11 @@ class PolicyManager:
         return self.load_text(text, path, mode, remember_error=True)
 
     def _load(self, p: Policy) -> Loaded:
+        if p.scoped and self.pod_scope is None:
+            path = compiler.scope_path(p)
+            raise PolicyError(path, "a policy scoped to pods (TracingPolicyNamespaced, podSelector or "
+                                    "containerSelector) needs the pods of this node: set enable_k8s_api "
+                                    "(and k8s_kubeconfig) for the collector", p.line_of(path), p.source)
         pid = random.getrandbits(31) | 1
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
@@ -194,8 +201,12 @@ class PolicyManager:
                 v.len = len(raw)
                 v.s = raw
                 strs[ctypes.c_int(i)] = v
+            if p.scoped and self.pod_scope is not None:
+                self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             drain = RingBufferDrain(bpf, self.queue)
         except Exception:
+            if self.pod_scope is not None:
+                self.pod_scope.remove(p.name)
             bpf.cleanup()  # attached but never enabled: detach before giving up
             raise
         lp = Loaded(p, comp, pid, bpf, drain)
@@ -246,6 +257,8 @@ class PolicyManager:
         self.queue.wake()
         lp.bpf.cleanup()
         self.loaded.pop(lp.name, None)
+        if self.pod_scope is not None:
+            self.pod_scope.remove(lp.name)
         if lp.compiled.connect_rules:
             try:
                 self._update_connect_rules()
@@ -362,6 +375,8 @@ class PolicyManager:
                 for lp in self.loaded.values():
                     self._collect_counts(lp)
                 self._collect_connect_denied()
+            if self.pod_scope is not None:
+                self.pod_scope.refresh()
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():

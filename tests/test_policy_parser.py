@@ -287,6 +287,16 @@ BROKEN = [
         - subsystem: sched
           event: sched_process_exec
     """), "spec.podSelector.matchLabel: unknown field 'matchLabel'", 7, False, id="pod-selector-typo"),
+    pytest.param(policy("""
+        hostSelector: {}
+        podSelector:
+          matchLabels:
+            app: web
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.hostSelector: a hostSelector together with a pod or container selector", 6, False,
+        id="host-and-pod-selector"),
 ]
 
 

@@ -231,6 +231,8 @@ def test_cgroup_id_is_the_directory_inode(cgroot: Path) -> None:
 def test_pod_selector_kills_only_in_the_selected_pod(scoped: dict) -> None:
     ctrs, target = scoped["ctrs"], scoped["files"] / "pod.txt"
     assert POLICYFILTER_CGROUPS.labels(policy="pods-web")._value.get() == 1
+    listed = {p["name"]: p for p in scoped["mgr"].list()}
+    assert listed["pods-web"]["pod_cgroups"] == 1 and listed["ctr-sidecar"]["pod_cgroups"] == 1
     assert write_in(ctrs["web"].cgroup, target) == -9                  # ns shop, app=web
     assert write_in(ctrs["web_other_ns"].cgroup, target) == 0           # app=web in another namespace
     assert write_in(ctrs["db"].cgroup, target) == 0                     # other labels

@@ -311,6 +311,11 @@ class PolicyManager:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             out = [lp.info() for lp in self.loaded.values()]
+            if self.pod_scope is not None:
+                for info in out:  # scoped policies: how many container cgroups they act in now
+                    sp = self.pod_scope.policies.get(info["name"])
+                    if sp is not None:
+                        info["pod_cgroups"] = len(sp.cgroups)
         out += [{"name": "", "source": src, "state": "load_error", "error": err} for src, err in self.errors.items()]
         return out
 

@@ -264,6 +264,10 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
             policy.mode = c.choice(o.get("value"), f"{p}.value", MODES, "policy mode")
         else:
             c.notices.append(f"{p}: option {oname!r} has no effect in tetrapipe")
+    if spec.get("hostSelector") is not None and kind == "TracingPolicy" and (
+            spec.get("podSelector") is not None or spec.get("containerSelector") is not None):
+        raise c.fail("spec.hostSelector", "a hostSelector together with a pod or container selector (host "
+                                          "processes and selected pods) is not supported by tetrapipe")
     if spec.get("podSelector") is not None:
         policy.pod_selector = _label_selector(c, spec.get("podSelector"), "spec.podSelector")
     if spec.get("containerSelector") is not None:

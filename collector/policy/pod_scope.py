@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from collector import connect_deny
 from collector.policy.compiler import POD_CGROUPS_MAP
@@ -45,6 +45,9 @@ log = logging.getLogger("tetrapipe.policy.pods")
 
 POLICYFILTER_CGROUPS = Gauge("tetrapipe_policyfilter_cgroups",
                              "cgroups a pod-scoped policy acts in (its selected containers)", ["policy"])
+POLICYFILTER_ERRORS = Counter("tetrapipe_policyfilter_update_errors",
+                              "cgroup ids that could not be written to a scoped policy's map "
+                              "(the policy does not act in those containers)", ["policy"])
 RESCAN_S = 1.0
 MAX_DEPTH = 12
 
@@ -155,13 +158,20 @@ class PodScope:
 
     def _write(self, sp: Scoped, want: set[int]) -> None:
         one = ctypes.c_uint8(1)
+        failed: set[int] = set()
         for cg in want - sp.cgroups:
-            sp.table[ctypes.c_uint64(cg)] = one
+            try:
+                sp.table[ctypes.c_uint64(cg)] = one
+            except Exception as exc:  # noqa: BLE001 - e.g. the map is full: counted, retried next rescan
+                failed.add(cg)
+                POLICYFILTER_ERRORS.labels(policy=sp.policy.name).inc()
+                log.error("policy %s: cgroup %d not added to its map: %s", sp.policy.name, cg, exc)
         for cg in sp.cgroups - want:
             try:
                 del sp.table[ctypes.c_uint64(cg)]
             except KeyError:
                 pass
+        want = want - failed
         if want != sp.cgroups:
             log.info("policy %s acts in %d container cgroups", sp.policy.name, len(want))
         sp.cgroups = want

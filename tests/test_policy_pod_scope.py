@@ -275,6 +275,26 @@ def test_pod_label_change_and_new_container_are_followed(scoped: dict) -> None:
     assert write_in(late.cgroup, target) == 0
 
 
+def test_new_container_joins_at_its_cgroup_mkdir(scoped: dict) -> None:
+    """No tick and no periodic rescan: the cgroup:cgroup_mkdir wake-up alone adds the container."""
+    api, scope, target = scoped["api"], scoped["scope"], scoped["files"] / "pod.txt"
+    gauge = POLICYFILTER_CGROUPS.labels(policy="pods-web")._value
+    before = gauge.get()
+    saved, scope.rescan_s = scope.rescan_s, 3600.0
+    try:
+        scope.refresh(force=True)                  # the periodic rescan is not due for an hour
+        fresh = Ctr("web-4", "shop", {"app": "web"}, uid=str(uuid.uuid4()), cid=_hex(64))
+        api.put_pod(fresh.pod())
+        wait_until(lambda: fresh.uid in scope.index.by_uid, what="pod watched")
+        make_ctr_at(scoped["base"], fresh)         # the runtime makes the container's cgroup
+        wait_until(lambda: gauge.get() == before + 1, timeout=2, interval=0.01,
+                   what="map updated from the mkdir alone")
+        assert write_in(fresh.cgroup, target) == -9
+        api.delete_pod(fresh.uid)
+    finally:
+        scope.rescan_s = saved
+
+
 def make_ctr_at(base: Path, c: Ctr) -> None:
     pod_dir = base / f"kubepods-besteffort-pod{c.uid.replace('-', '_')}.slice"
     pod_dir.mkdir(exist_ok=True)

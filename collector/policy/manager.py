@@ -255,10 +255,10 @@ class PolicyManager:
         lp.drain.stop()
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
         self.queue.wake()
+        if self.pod_scope is not None:
+            self.pod_scope.remove(lp.name)  # before its map goes away
         lp.bpf.cleanup()
         self.loaded.pop(lp.name, None)
-        if self.pod_scope is not None:
-            self.pod_scope.remove(lp.name)
         if lp.compiled.connect_rules:
             try:
                 self._update_connect_rules()
@@ -273,6 +273,8 @@ class PolicyManager:
             if self.connect_deny is not None:
                 self.connect_deny.close()
                 self.connect_deny = None
+            if self.pod_scope is not None:
+                self.pod_scope.close()
         self._update_gauge()
 
     def _update_connect_rules(self) -> None:

@@ -15,10 +15,14 @@ below its own count as the container's. A container is found in the pod index by
 namespace and ``podSelector`` can select it (this includes the pod's sandbox, which runs only the
 pause binary); a ``containerSelector`` needs the container's status for its name and image.
 
-The sets are recomputed when the pod index changes and every ``RESCAN_S`` (a container's cgroup
-appears when it starts): a container that starts is outside its policies until the next rescan,
-about a second (Tetragon closes this window with an OCI hook at container creation; tetrapipe does
-not). Before the first pod list arrives, scoped policies act nowhere.
+The sets are recomputed when the pod index changes, every ``RESCAN_S``, and at once when a cgroup
+v2 directory is made (the ``cgroup:cgroup_mkdir`` tracepoint wakes a thread here; the runtime makes
+a container's cgroup before it starts the container's process). Window: a container is outside its
+policies from the mkdir until that recompute ends (milliseconds, bench/pod_scope_bench.py), and,
+for a ``containerSelector``, until the pod's status lists the container; Tetragon closes it with
+an OCI hook that runs before the container starts; tetrapipe has none. Without the tracepoint
+program the periodic rescan alone bounds it (about a second). Before the first pod list arrives,
+scoped policies act nowhere.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from collector import connect_deny
+from collector import connect_deny, loader
 from collector.policy.compiler import POD_CGROUPS_MAP
 from collector.policy.model import Policy
 from tetrapipe import cgroup_names
@@ -50,6 +55,19 @@ POLICYFILTER_ERRORS = Counter("tetrapipe_policyfilter_update_errors",
                               "(the policy does not act in those containers)", ["policy"])
 RESCAN_S = 1.0
 MAX_DEPTH = 12
+
+# cgroup v2 (hierarchy 0) directories made: a wake-up for the recompute, nothing else
+MKDIR_PROGRAM = r"""
+BPF_RINGBUF_OUTPUT(mkdirs, 8);
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
+{
+    if (args->root != 0)
+        return 0;
+    u64 id = args->id;
+    mkdirs.ringbuf_output(&id, sizeof(id), 0);
+    return 0;
+}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +118,12 @@ class Scoped:
 class PodScope:
     """The cgroup sets of the loaded pod-scoped policies, kept in their BPF maps."""
 
-    def __init__(self, index: PodIndex, cgroup_root: Path | None = None, rescan_s: float = RESCAN_S) -> None:
+    def __init__(self, index: PodIndex, cgroup_root: Path | None = None, rescan_s: float = RESCAN_S,
+                 watch_mkdir: bool = True) -> None:
         self.index = index
+        self._lock = threading.RLock()          # refreshes come from the tick and the mkdir thread
+        self.watch_mkdir = watch_mkdir
+        self._mkdir: MkdirWake | None = None
         self.root = cgroup_root or connect_deny.cgroup2_root()
         self.rescan_s = rescan_s
         self.policies: dict[str, Scoped] = {}
@@ -113,18 +135,31 @@ class PodScope:
 
     def add(self, policy: Policy, bpf: Any) -> None:
         """A scoped policy was loaded: fill its map now (before it is enabled)."""
-        self.policies[policy.name] = Scoped(policy, bpf[POD_CGROUPS_MAP])
-        self.refresh(force=True)
+        with self._lock:
+            self.policies[policy.name] = Scoped(policy, bpf[POD_CGROUPS_MAP])
+            self.refresh(force=True)
+            if self._mkdir is None and self.watch_mkdir and self.root is not None:
+                self._mkdir = MkdirWake.start(lambda: self.refresh(force=True))
 
     def remove(self, name: str) -> None:
-        if self.policies.pop(name, None) is not None:
-            try:
-                POLICYFILTER_CGROUPS.remove(name)
-            except KeyError:
-                pass
+        with self._lock:
+            if self.policies.pop(name, None) is not None:
+                try:
+                    POLICYFILTER_CGROUPS.remove(name)
+                except KeyError:
+                    pass
+
+    def close(self) -> None:
+        if self._mkdir is not None:
+            self._mkdir.stop()
+            self._mkdir = None
 
     def refresh(self, force: bool = False) -> None:
         """Recompute the sets when pods changed or the rescan interval passed; write the changes."""
+        with self._lock:
+            self._refresh(force)
+
+    def _refresh(self, force: bool) -> None:
         if not self.policies:
             return
         now = time.monotonic()
@@ -176,3 +211,46 @@ class PodScope:
             log.info("policy %s acts in %d container cgroups", sp.policy.name, len(want))
         sp.cgroups = want
         POLICYFILTER_CGROUPS.labels(policy=sp.policy.name).set(len(want))
+
+
+class MkdirWake:
+    """A thread woken by ``cgroup:cgroup_mkdir`` (cgroup v2) that calls ``on_mkdir`` once per poll."""
+
+    def __init__(self, bpf: Any, on_mkdir: Any) -> None:
+        self.bpf = bpf
+        self.on_mkdir = on_mkdir
+        self.pending = False
+        self._stop = threading.Event()
+        bpf["mkdirs"].open_ring_buffer(self._on_event)
+        self._thread = threading.Thread(target=self._run, name="cgroup-mkdir", daemon=True)
+
+    @classmethod
+    def start(cls, on_mkdir: Any) -> MkdirWake | None:
+        try:
+            w = cls(loader.load_program("cgroup mkdir wake-up", text=MKDIR_PROGRAM), on_mkdir)
+        except Exception as exc:  # noqa: BLE001 - the periodic rescan still runs
+            log.warning("cgroup:cgroup_mkdir not watched (%s): new containers join their policies at "
+                        "the next rescan (%.0f s)", exc, RESCAN_S)
+            return None
+        w._thread.start()
+        log.info("cgroup v2 mkdirs watched: new containers join their policies at once")
+        return w
+
+    def _on_event(self, _ctx: Any, _data: Any, _size: int) -> int:
+        self.pending = True
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.bpf.ring_buffer_poll(200)
+            if self.pending:
+                self.pending = False
+                try:
+                    self.on_mkdir()
+                except Exception:  # noqa: BLE001 - keep watching
+                    log.exception("pod scope recompute after a cgroup mkdir failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.bpf.cleanup()

@@ -228,6 +228,23 @@ def test_cgroup_id_is_the_directory_inode(cgroot: Path) -> None:
     assert found[os.stat(c.cgroup).st_ino].pod_uid == c.uid
 
 
+def test_walk_finds_cgroupfs_driver_and_nested_cgroups(cgroot: Path) -> None:
+    """kubelet's cgroupfs driver layout, CRI-O names and a container's own sub-cgroup are found;
+    a pod's own directory (no container in it) is not."""
+    uid, cid, crio = str(uuid.uuid4()), _hex(64), _hex(64)
+    pod_dir = cgroot / "kubepods" / "besteffort" / f"pod{uid}"
+    ctr = pod_dir / cid
+    nested = ctr / "init.scope"
+    crio_dir = cgroot / f"crio-{crio}.scope"
+    for d in (nested, crio_dir):
+        d.mkdir(parents=True)
+    found = {cc.cgroup_id: cc.ref for cc in container_cgroups(cgroot)}
+    assert found[os.stat(ctr).st_ino].container_id == cid and found[os.stat(ctr).st_ino].pod_uid == uid
+    assert found[os.stat(nested).st_ino].container_id == cid          # counted as the container's
+    assert found[os.stat(crio_dir).st_ino].runtime == "cri-o"
+    assert os.stat(pod_dir).st_ino not in found
+
+
 def test_pod_selector_kills_only_in_the_selected_pod(scoped: dict) -> None:
     ctrs, target = scoped["ctrs"], scoped["files"] / "pod.txt"
     assert POLICYFILTER_CGROUPS.labels(policy="pods-web")._value.get() == 1

@@ -18,7 +18,6 @@ from bpf import records
 from enricher import loader_events, state
 from enricher.event_builder import EventBuilder
 from enricher.input_audit import audit_exec
-from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
 from enricher.policy_events import PolicyEventError, PolicyEvents
@@ -28,6 +27,7 @@ from enricher.sequence_audit import SequenceAudit
 from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
+from tetrapipe.k8s.pods import PodIndex
 from tetrapipe.metrics import COMMIT_FAILURES, PUBLISH_RETRIES
 from tetrapipe.sequence import Stamper
 
@@ -227,7 +227,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
     watcher_task = None
     if enricher.pods is not None:
-        from enricher.metadata.kubernetes import PodWatcher  # 1.6 s of imports: only when enabled
+        from tetrapipe.k8s.watch import PodWatcher  # 1.6 s of imports: only when enabled
 
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)

@@ -46,6 +46,8 @@ CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 STR_MAX = 256
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
+POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
+POD_CGROUPS_MAX = 8192
 # the action recorded when a selector lists several: the strongest one
 ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post"]
 
@@ -160,12 +162,6 @@ _HOOK_PROLOGUE = """    int zero = 0;
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
     fail = _Fail(policy)
-    scope = ("spec.podSelector" if policy.pod_selector is not None else
-             "spec.containerSelector" if policy.container_selector is not None else
-             "kind" if policy.kind == "TracingPolicyNamespaced" else "")
-    if scope:
-        raise fail(scope, "policies scoped to pods or containers cannot be served yet: the collector has no "
-                          "pod/container to cgroup map; refused rather than applied to every process of the node")
     gen = _Gen(policy, policy_id, host_ns, fail, tracefs)
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []
@@ -180,8 +176,17 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
         if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
             return Compiled(policy, "", [], [], gen.notices)
         raise fail("spec", "no hook of the policy can be served")
+    if policy.scoped and gen.connect_rules:
+        raise fail(scope_path(policy), "an Override on tcp_connect is enforced by cgroup/connect4+6 programs "
+                                       "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
+
+
+def scope_path(policy: Policy) -> str:
+    """The YAML path that makes a policy scoped to pods, for errors."""
+    return ("spec.podSelector" if policy.pod_selector is not None else
+            "spec.containerSelector" if policy.container_selector is not None else "kind")
 
 
 def _follow_selectors(policy: Policy) -> list[tuple[Selector, int]]:
@@ -216,6 +221,8 @@ class _Gen:
         self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
+        # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
+        self.scope_check = "    if (!tp_in_scope())\n        return 0;\n" if policy.scoped else ""
 
     # ---- strings ---------------------------------------------------------------------------
     def string_id(self, value: str, path: str) -> int:
@@ -489,6 +496,11 @@ class _Gen:
             out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
         if self.sock:
             out.append(sock_hooks.SOCK_HELPERS_C)
+        if self.policy.scoped:
+            out += [f"BPF_HASH({POD_CGROUPS_MAP}, u64, u8, {POD_CGROUPS_MAX});  "
+                    "/* cgroup ids of the selected containers (collector/policy/pod_scope.py) */",
+                    "static __always_inline int tp_in_scope(void) "
+                    f"{{ u64 cg = bpf_get_current_cgroup_id(); return {POD_CGROUPS_MAP}.lookup(&cg) != 0; }}"]
         out += [
             "",
             "static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }",
@@ -811,7 +823,7 @@ class _HookGen:
         fn = f"""
 static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
 {{
-{_HOOK_PROLOGUE}    int sel = -1;
+{self.g.scope_check}{_HOOK_PROLOGUE}    int sel = -1;
     u32 act = 0;
 {_indent(chr(10).join(pre))}
     if (!ok)
@@ -925,7 +937,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                 pre = f"if (!tp_pre_{hid}(args, a))\n        return 0;\n"
                 self.g.functions.append(self._prefilter(implicit))
             self.g.probes.setdefault(src.attach_enter, []).append(
-                f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{_indent(loads)}\n"
+                ("if (tp_in_scope()) " if self.g.policy.scoped else "")
+                + f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{_indent(loads)}\n"
                 f"    {pre}    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
                 f"    pending_{hid}.update(&tid, &p);\n}}")
             self.g.probes.setdefault(src.attach_exit[0], []).append(
@@ -947,7 +960,7 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         return f"""
 static __always_inline int tp_pre_{self.hid}(void *ctx, u64 *a)
 {{
-{_HOOK_PROLOGUE}{_indent(chr(10).join(pre))}
+{self.g.scope_check}{_HOOK_PROLOGUE}{_indent(chr(10).join(pre))}
     return ok;
 }}"""
 

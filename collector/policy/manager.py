@@ -27,6 +27,7 @@ from collector import connect_deny, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import compiler, parser
 from collector.policy.model import Policy, PolicyError
+from collector.policy.pod_scope import PodScope
 
 log = logging.getLogger("tetrapipe.policy")
 
@@ -106,8 +107,9 @@ class Loaded:
 
 class PolicyManager:
     def __init__(self, queue: RecordQueue, host_ns: list[int], kprobes: bool = False,
-                 ringbuf_pages: int = POLICY_RINGBUF_PAGES) -> None:
+                 ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
         self.queue = queue
+        self.pod_scope = pod_scope               # None: the Kubernetes API is off, scoped policies refused
         self.host_ns = host_ns
         self.kprobes = kprobes
         self.ringbuf_pages = ringbuf_pages
@@ -185,6 +187,11 @@ class PolicyManager:
         return self.load_text(text, path, mode, remember_error=True)
 
     def _load(self, p: Policy) -> Loaded:
+        if p.scoped and self.pod_scope is None:
+            path = compiler.scope_path(p)
+            raise PolicyError(path, "a policy scoped to pods (TracingPolicyNamespaced, podSelector or "
+                                    "containerSelector) needs the pods of this node: set enable_k8s_api "
+                                    "(and k8s_kubeconfig) for the collector", p.line_of(path), p.source)
         pid = random.getrandbits(31) | 1
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
@@ -219,8 +226,12 @@ class PolicyManager:
                 v.len = len(raw)
                 v.s = raw
                 strs[ctypes.c_int(i)] = v
+            if p.scoped and self.pod_scope is not None:
+                self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             drain = RingBufferDrain(bpf, self.queue)
         except Exception:
+            if self.pod_scope is not None:
+                self.pod_scope.remove(p.name)
             bpf.cleanup()  # attached but never enabled: detach before giving up
             self._sync_loader()
             raise
@@ -281,6 +292,8 @@ class PolicyManager:
                 pass
             self._collect_counts(lp)
             lp.drain.stop()
+        if self.pod_scope is not None:
+            self.pod_scope.remove(lp.name)  # before its map goes away
         self.loaded.pop(lp.name, None)
         if lp.policy.loader:
             self._sync_loader()
@@ -340,6 +353,8 @@ class PolicyManager:
             for lp in list(self.loaded.values()):
                 self._unload(lp)
             self._close_connect_deny()
+            if self.pod_scope is not None:
+                self.pod_scope.close()
         self._update_gauge()
 
     def _close_connect_deny(self) -> None:
@@ -390,6 +405,11 @@ class PolicyManager:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             out = [lp.info() for lp in self.loaded.values()]
+            if self.pod_scope is not None:
+                for info in out:  # scoped policies: how many container cgroups they act in now
+                    sp = self.pod_scope.policies.get(info["name"])
+                    if sp is not None:
+                        info["pod_cgroups"] = len(sp.cgroups)
         out += [{"name": "", "source": src, "state": "load_error", "error": err} for src, err in self.errors.items()]
         return out
 
@@ -454,6 +474,8 @@ class PolicyManager:
                 for lp in self.loaded.values():
                     self._collect_counts(lp)
                 self._collect_connect_denied()
+            if self.pod_scope is not None:
+                self.pod_scope.refresh()
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():

@@ -181,6 +181,18 @@ static __always_inline u32 tp_user_ns_level(struct task_struct *task)
     return level;
 }
 
+/* clone3(uargs, size), arguments a[0], a[1]: a[0] becomes clone_args.flags, the u64 at offset 0
+ * of the caller's struct (0 when size does not cover it). -1, a[0] unchanged, when the memory
+ * cannot be read here: bpf_probe_read_user does not fault pages in. */
+static __always_inline int tp_clone3_flags(u64 *a)
+{
+    u64 flags = 0;
+    if (a[1] >= sizeof(flags) && bpf_probe_read_user(&flags, sizeof(flags), (void *)a[0]) < 0)
+        return -1;
+    a[0] = flags;
+    return 0;
+}
+
 /* argument writers: each returns the new offset; an argument that does not fit is skipped */
 static __always_inline u32 tp_put_hdr(struct tp_hook_buf *b, u32 off, u8 type, u8 flags, u32 len,
                                       u32 orig)

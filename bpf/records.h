@@ -156,6 +156,7 @@ struct tp_arg {
 #define TP_SOCK_CONNECT 1  /* sys_exit_connect succeeded (0 or -EINPROGRESS) on a TCP socket */
 #define TP_SOCK_ACCEPT 2   /* sys_exit_accept/accept4 returned a TCP socket */
 #define TP_SOCK_CLOSE 3    /* sock:inet_sock_set_state → TCP_CLOSE of a socket seen at 1 or 2 */
+#define TP_SOCK_UDP_SEND 4 /* UDP sensor: sock:sock_send_length on a UDP socket (bpf/udp.c) */
 
 struct tp_sock {
     struct tp_header h;        /* pid/tid: the owner (for CLOSE: recorded at connect/accept) */
@@ -189,6 +190,31 @@ struct tp_loader {
     __u8 pad;
     __u16 path_len;
     /* then: path (no NUL) */
+} __attribute__((packed));
+
+/* ---- connect enforcement (bpf/connect_deny.c): a connect refused by cgroup/connect4/6 ---- */
+#define TP_REC_CONNECT_DENY 22
+
+struct tp_connect_deny {
+    struct tp_header h;        /* pid/tid: the caller of connect() */
+    __u32 policy_id;           /* the policy whose rule refused (named by its REC_POLICY record) */
+    __u16 hook_id;             /* its tcp_connect hook */
+    __u8 selector;             /* the selector that matched */
+    __u8 action;               /* KprobeAction number (Override 5) */
+    __s32 ret;                 /* what connect() returns: -EPERM */
+    __u8 state;                /* socket state (TCP_CLOSE 7 before a connect) */
+    __u8 pad;
+    __u16 family;              /* of the destination: AF_INET 2 (also ::ffff:a.b.c.d), AF_INET6 10 */
+    __u16 type;                /* SOCK_STREAM 1, SOCK_DGRAM 2, ... */
+    __u16 protocol;            /* IPPROTO_TCP 6, ... */
+    __u16 sport;               /* host byte order; 0 when not bound yet */
+    __u16 dport;               /* host byte order */
+    __u32 netns;               /* inode number of the socket's network namespace */
+    __u32 mark;
+    __u32 priority;
+    __u64 cookie;              /* kernel address of struct sock, as Tetragon's sock_arg cookie */
+    __u32 saddr[4];            /* network byte order; AF_INET: first word */
+    __u32 daddr[4];
 } __attribute__((packed));
 
 #endif

@@ -135,6 +135,7 @@ REC_LOADER = 21
 SOCK_CONNECT = 1
 SOCK_ACCEPT = 2
 SOCK_CLOSE = 3
+SOCK_UDP_SEND = 4
 LOADER_BUILDID_MAX = 20
 SOCK_BODY = struct.Struct("<BBHHHHHIIIIQ16s16s")
 SOCK_SIZE = HEADER.size + SOCK_BODY.size
@@ -200,6 +201,45 @@ def encode_loader(pid: int, tid: int, ktime: int, path: bytes, ino: int = 0, bui
         ino, dev, 0, pgoff, addr, len(buildid), buildid.ljust(20, b"\0"), 0, len(path)) + path
 
 
+# ---- connect enforcement (bpf/connect_deny.c): records.h's tp_connect_deny -------------------
+REC_CONNECT_DENY = 22
+CONNECT_DENY_BODY = struct.Struct("<IHBBiBBHHHHHIIIQ16s16s")
+CONNECT_DENY_SIZE = HEADER.size + CONNECT_DENY_BODY.size
+
+
+@dataclass(slots=True)
+class ConnectDenyRecord:
+    header: Header
+    policy_id: int
+    hook_id: int
+    selector: int
+    action: int
+    ret: int
+    state: int
+    pad: int
+    family: int
+    type: int
+    protocol: int
+    sport: int
+    dport: int
+    netns: int
+    mark: int
+    priority: int
+    cookie: int
+    saddr: bytes
+    daddr: bytes
+
+
+def encode_connect_deny(pid: int, tid: int, ktime: int, policy_id: int, hook_id: int, family: int,
+                        dport: int, daddr: bytes, saddr: bytes = b"", sport: int = 0,
+                        selector: int = 0, action: int = 5, ret: int = -1, state: int = 7,
+                        type_: int = 1, protocol: int = 6, netns: int = 0, cookie: int = 0) -> bytes:
+    """Pack a tp_connect_deny record (tests and benchmarks drive the enricher with it)."""
+    return HEADER.pack(REC_CONNECT_DENY, 1, CONNECT_DENY_SIZE, pid, tid, ktime) + CONNECT_DENY_BODY.pack(
+        policy_id, hook_id, selector, action, ret, state, 0, family, type_, protocol, sport, dport,
+        netns, 0, 0, cookie, saddr.ljust(16, b"\0"), daddr.ljust(16, b"\0"))
+
+
 @dataclass(slots=True)
 class PolicyRecord:
     """A policy catalog entry made by the collector (JSON body, see records.h)."""
@@ -208,7 +248,8 @@ class PolicyRecord:
     body: bytes = field(repr=False)
 
 
-Record = ExecRecord | ExitRecord | ForkRecord | HookRecord | PolicyRecord | SockRecord | LoaderRecord
+Record = (ExecRecord | ExitRecord | ForkRecord | HookRecord | PolicyRecord | SockRecord | LoaderRecord
+          | ConnectDenyRecord)
 
 
 def decode(buf: bytes) -> Record:
@@ -237,6 +278,9 @@ def decode(buf: bytes) -> Record:
         return SockRecord(h, *SOCK_BODY.unpack_from(buf, HEADER.size))
     if h.kind == REC_LOADER:
         return _decode_loader(h, buf)
+    if h.kind == REC_CONNECT_DENY:
+        _need(buf, CONNECT_DENY_SIZE, "connect deny")
+        return ConnectDenyRecord(h, *CONNECT_DENY_BODY.unpack_from(buf, HEADER.size))
     raise RecordError(f"unknown record kind {h.kind}")
 
 

@@ -14,6 +14,11 @@ policy, a pod's cgroup for a namespaced one.
     deny.set_rules([ConnectRule(daddrs=["10.0.0.0/8"], dports=[(443, 443)])])
     deny.denied()                              # [count per rule]
     deny.close()
+
+Every refusal is also a record (``REC_CONNECT_DENY``, bpf/records.h) in the programs' own ring
+buffer ``cd_events``: the collector drains it into its record queue (``RingBufferDrain(deny.bpf,
+queue, EVENTS_MAP, DROPS_MAP)``) and the enricher builds Tetragon's ``process_kprobe`` event
+(``tcp_connect``, ``KPROBE_ACTION_OVERRIDE``) from it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ MAX_PORTS = 8
 ATTACH_INET4_CONNECT = 10  # enum bpf_attach_type
 ATTACH_INET6_CONNECT = 11
 PROG_CGROUP_SOCK_ADDR = 18
+EVENTS_MAP = "cd_events"   # ring buffer of tp_connect_deny records
+DROPS_MAP = "cd_drops"     # records that did not fit in it
 
 FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6}
 PROTOCOLS = {"IPPROTO_TCP": socket.IPPROTO_TCP, "IPPROTO_UDP": socket.IPPROTO_UDP,
@@ -72,6 +79,14 @@ class ConnectRule:
     dport_priv: int = 0                                   # 1 DPortPriv (<1024), 2 NotDPortPriv
     binaries: list[str] = field(default_factory=list)     # executable paths
     not_binaries: bool = False                            # NotIn: any binary but these
+    # what the refusal's record (REC_CONNECT_DENY) names: the policy (its catalog id), the hook and
+    # selector, the action; post=False (NoPost) refuses without a record
+    policy_id: int = 0
+    hook_id: int = 0
+    selector: int = 0
+    action: int = 5                                       # KprobeAction Override
+    post: bool = True
+    error: int = -1                                       # connect() returns it (argError): -EPERM
 
     def check(self) -> None:
         if len(self.daddrs) > MAX_ADDRS:
@@ -86,6 +101,8 @@ class ConnectRule:
         for lo, hi in self.dports:
             if not 0 <= lo <= hi <= 65535:
                 raise RuleError(f"port range {lo}:{hi} is not within 0-65535")
+        if not -4095 <= self.error <= -1:
+            raise RuleError(f"argError {self.error}: a refused connect returns an error, -4095..-1")
         _binary_keys(0, self.binaries)
 
 
@@ -99,7 +116,9 @@ class _Rule(ct.Structure):
                 ("port_negate", ct.c_uint32), ("port_priv", ct.c_uint32),
                 ("binary_mode", ct.c_uint32), ("pad", ct.c_uint32),
                 ("addrs", _Cidr * MAX_ADDRS), ("port_lo", ct.c_uint16 * MAX_PORTS),
-                ("port_hi", ct.c_uint16 * MAX_PORTS)]
+                ("port_hi", ct.c_uint16 * MAX_PORTS), ("policy_id", ct.c_uint32),
+                ("hook_id", ct.c_uint16), ("selector", ct.c_uint8), ("action", ct.c_uint8),
+                ("post", ct.c_uint32), ("error", ct.c_int32)]
 
 
 class _BinKey(ct.Structure):
@@ -276,6 +295,8 @@ class ConnectDeny:
                 k.port_lo[j], k.port_hi[j] = lo, hi
             keys = _binary_keys(i, r.binaries) if r.binaries else []
             k.binary_mode = 0 if not r.binaries else (2 if r.not_binaries else 1)
+            k.policy_id, k.hook_id, k.selector = r.policy_id, r.hook_id, min(r.selector, 255)
+            k.action, k.post, k.error = r.action, int(r.post), r.error
             built.append((k, keys))
         table, bins = self.bpf["cd_rules"], self.bpf["cd_binaries"]
         # turn everything off first (rule 0 unused stops the scan), then fill back to front

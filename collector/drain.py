@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -71,11 +72,21 @@ class RecordQueue:
         return len(self._q)
 
 
+KTIME_AT = 16             # offset of tp_header.ktime (bpf/records.h)
+ORDER_MARGIN_NS = 2_000_000  # a record made just before a consume may be written just after it
+
+
 class RingBufferDrain:
-    """Polls ``bpf[map_name]`` in a daemon thread until stop()."""
+    """Polls ``bpf[map_name]`` in a daemon thread until stop().
+
+    ``order_after``: another drain (the process program's) whose records must reach the queue
+    before this one's of the same time, e.g. the exec before the library loads of the new
+    process (the enricher attaches the process from its exec). Records are held until that
+    drain has consumed everything up to their kernel time (``watermark_ns``: bpf_ktime_get_ns
+    and time.monotonic_ns are the same clock); this adds up to one poll period (100 ms)."""
 
     def __init__(self, bpf: Any, queue: RecordQueue, map_name: str = "events",
-                 drops_map: str = "drops") -> None:
+                 drops_map: str = "drops", order_after: RingBufferDrain | None = None) -> None:
         self.bpf = bpf
         self.queue = queue
         self.drops_map = drops_map
@@ -83,8 +94,32 @@ class RingBufferDrain:
         self._kernel_lost_seen = 0
         self._accepted = 0
         self._dropped = 0
-        bpf[map_name].open_ring_buffer(self._on_record)
+        self.watermark_ns = 0     # every record this drain's ring buffer had before it is queued
+        self.order_after = order_after
+        self._held: deque[bytes] = deque()
+        bpf[map_name].open_ring_buffer(self._on_record if order_after is None else self._hold)
         self._thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
+
+    def _hold(self, _ctx: Any, data: Any, size: int) -> int:
+        self._held.append(ctypes.string_at(data, size))
+        return 0
+
+    def _release(self, everything: bool = False) -> None:
+        """Held records the other drain has caught up with, in their order, into the queue."""
+        held = self._held
+        wm = (self.order_after.watermark_ns - ORDER_MARGIN_NS) if self.order_after is not None else 0
+        excess = len(held) - self.queue.maxlen   # the other drain stuck: order given up, not memory
+        while held:
+            rec = held[0]
+            if not everything and excess <= 0 and (
+                    len(rec) < KTIME_AT + 8 or int.from_bytes(rec[KTIME_AT:KTIME_AT + 8], "little") > wm):
+                break
+            excess -= 1
+            held.popleft()
+            if self.queue.offer(rec):
+                self._accepted += 1
+            else:
+                self._dropped += 1
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
         # per record only the copy and the append: metrics and the wake-up once per poll (they
@@ -111,7 +146,11 @@ class RingBufferDrain:
         while not self._stop.is_set():
             self.bpf.ring_buffer_poll(100)
             # sensors write without waking the reader (bpf/sensor_common.c): take what waits
+            t = time.monotonic_ns()
             self.bpf.ring_buffer_consume()
+            self.watermark_ns = t
+            if self._held:
+                self._release()
             self._publish_counts()
 
     def start(self) -> None:
@@ -121,6 +160,7 @@ class RingBufferDrain:
         self._stop.set()
         self._thread.join(2)
         self.bpf.ring_buffer_consume()
+        self._release(everything=True)
         self._publish_counts()
 
     def kernel_lost_delta(self) -> int:

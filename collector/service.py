@@ -17,9 +17,11 @@ from collector.batcher import Batcher
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
+from collector.policy.pod_scope import PodScope
 from collector.spool import Outbox, Spool
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
+from tetrapipe.k8s.pods import PodIndex
 
 log = logging.getLogger("tetrapipe.collector")
 
@@ -37,11 +39,17 @@ class Collector:
         log.info("%s", self.features.summary())
         tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
         log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
+        self.sensors_on: list[str] = []
         self.bpf = self._load(cfg)
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         self.drain = RingBufferDrain(self.bpf, self.queue)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
-        self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes)
+        # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
+        self.pods = PodIndex() if cfg.enable_k8s_api else None
+        self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes,
+                                      pod_scope=PodScope(self.pods) if self.pods is not None else None)
+        self.policies.loader_builtin = "loader" in self.sensors_on  # else spec.loader loads it alone
+        self.policies.order_after = self.drain
 
     def _load(self, cfg: Config) -> object:
         """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""
@@ -55,6 +63,7 @@ class Collector:
                 sensors.setup(bpf, enabled)
                 for s in enabled:
                     log.info("sensor %s on: %s", s.name, s.mechanism)
+                self.sensors_on = [s.name for s in enabled]
                 return bpf
             except loader.LoadError as exc:
                 log.error("sensors %s did not load, running with process events only: %s",
@@ -195,9 +204,18 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     control = await policy_control.serve(cfg.control_socket, col.policies) if cfg.control_socket else None
     watch = (asyncio.create_task(policy_control.watch_dir(cfg.tracing_policy_dir, col.policies, stop))
              if cfg.tracing_policy_dir else None)
+    pod_watch = None
+    if col.pods is not None:
+        from tetrapipe.k8s.watch import PodWatcher  # 1.6 s of imports: only when enabled
+
+        pod_watch = asyncio.create_task(PodWatcher(col.pods, cfg.node_name, cfg.k8s_kubeconfig,
+                                                   backoff_max_s=cfg.k8s_retry_max_ms / 1000).run(stop),
+                                        name="k8s-pod-watch")
     try:
         await produce_loop(cfg, col, stop)
     finally:
+        if pod_watch is not None:
+            pod_watch.cancel()
         if watch is not None:
             watch.cancel()
         if control is not None:

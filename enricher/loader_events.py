@@ -12,13 +12,18 @@ if TYPE_CHECKING:
     from enricher.event_builder import EventBuilder
 
 
-def build(builder: EventBuilder, rec: r.LoaderRecord, node: str, boot_ns: int) -> dict[str, Any]:
+def build(builder: EventBuilder, rec: r.LoaderRecord, node: str, boot_ns: int,
+          entry: Any = None) -> dict[str, Any]:
+    """``entry``: the process, when the caller found it (e.g. one that exited since: the loader
+    sensor of a ``spec.loader`` policy has its own ring buffer, so its records can come after
+    the exit); else the pid's current process."""
     h = rec.header
     body: dict[str, Any] = {
         "path": rec.path.decode("utf-8", "backslashreplace"),
         "buildid": rec.buildid,
     }
-    entry = builder.process_for(h.pid)
+    if entry is None:
+        entry = builder.process_for(h.pid)
     if entry is not None:
         body["process"] = dict(entry.process)
         parent = builder.cache.get(entry.parent_exec_id)

@@ -1,4 +1,4 @@
-"""Network sensor records (bpf/network.c) → Tetragon ``process_kprobe`` events.
+"""Network and UDP sensor records (bpf/network.c, bpf/udp.c) → Tetragon ``process_kprobe`` events.
 
 Tetragon has no dedicated connect event any more; its network policies hook ``tcp_connect``,
 ``inet_csk_accept`` and ``tcp_close`` and report a ``sock_arg``. We emit the same shape, so
@@ -6,7 +6,9 @@ filters, dashboards and the compact view (🔌 connect) written for Tetragon wor
 socket's network namespace follows as a second argument labelled ``netns`` (``uint_arg``).
 The cookie is the kernel address of the socket, as in Tetragon's sock_arg; the enricher uses it
 to attribute a close to the process that connected or accepted, even after that process exited
-(it keeps the process of up to OWNERS_MAX open sockets).
+(it keeps the process of up to OWNERS_MAX open sockets). A UDP send is ``udp_sendmsg`` (the
+kernel function Tetragon's UDP policies hook) with the same two arguments; its ``state`` is
+``TCP_ESTABLISHED`` for a connected socket, ``TCP_CLOSE`` for an unconnected one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
     from enricher.event_builder import EventBuilder
     from enricher.process_cache import Entry
 
-FUNCTION = {r.SOCK_CONNECT: "tcp_connect", r.SOCK_ACCEPT: "inet_csk_accept", r.SOCK_CLOSE: "tcp_close"}
+FUNCTION = {r.SOCK_CONNECT: "tcp_connect", r.SOCK_ACCEPT: "inet_csk_accept", r.SOCK_CLOSE: "tcp_close",
+            r.SOCK_UDP_SEND: "udp_sendmsg"}
 FAMILY = {2: "AF_INET", 10: "AF_INET6"}
 SOCK_TYPE = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 PROTOCOL = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 132: "IPPROTO_SCTP", 262: "IPPROTO_MPTCP"}
@@ -69,6 +72,8 @@ def _owners(builder: EventBuilder) -> OrderedDict[int, Entry]:
 
 
 def _owner(builder: EventBuilder, rec: r.SockRecord) -> Entry | None:
+    if rec.op == r.SOCK_UDP_SEND:  # the sender itself; no close follows to attribute
+        return builder.process_for(rec.header.pid)
     owners = _owners(builder)
     if rec.op == r.SOCK_CLOSE:
         entry = owners.pop(rec.cookie, None)
@@ -117,4 +122,16 @@ def sock_arg_from_bytes(data: bytes) -> dict[str, Any]:
         "protocol": PROTOCOL.get(proto, str(proto)), "mark": mark, "priority": prio,
         "saddr": address(fam, sa), "daddr": address(fam, da), "sport": sport, "dport": dport,
         "cookie": cookie & COOKIE_MASK, "state": TCP_STATE.get(state, str(state)),
+    }
+
+
+def sock_arg_from_deny(rec: r.ConnectDenyRecord) -> dict[str, Any]:
+    """The socket of a refused connect (bpf/connect_deny.c) → Tetragon's ``sock_arg``: the
+    destination the caller asked for, the source the socket had (0.0.0.0 / port 0 when unbound)."""
+    return {
+        "family": FAMILY.get(rec.family, str(rec.family)), "type": SOCK_TYPE.get(rec.type, str(rec.type)),
+        "protocol": PROTOCOL.get(rec.protocol, str(rec.protocol)), "mark": rec.mark,
+        "priority": rec.priority, "saddr": address(rec.family, rec.saddr),
+        "daddr": address(rec.family, rec.daddr), "sport": rec.sport, "dport": rec.dport,
+        "cookie": rec.cookie & COOKIE_MASK, "state": TCP_STATE.get(rec.state, str(rec.state)),
     }

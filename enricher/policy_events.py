@@ -122,6 +122,11 @@ class PolicyEvents:
                 return hook.get("event") == "sched_process_exec"
         return False
 
+    def process_at(self, pid: int, ktime: int, builder: Any) -> Any:
+        """The process ``pid`` was at ``ktime``, an exited one included (records of other ring
+        buffers than the process program's, e.g. the loader sensor of a spec.loader policy)."""
+        return self._process(pid, ktime, builder)
+
     def _process(self, pid: int, ktime: int, builder: Any) -> Any:
         entry = builder.cache.by_pid.get(pid)
         if entry is not None and entry.ktime <= ktime:
@@ -144,17 +149,10 @@ class PolicyEvents:
         self.catalog[(node, pid)] = CatalogEntry(pid, doc.get("name", ""), doc.get("namespace", ""),
                                                  doc.get("mode", "enforce"), hooks)
 
-    def on_hook(self, rec: r.HookRecord, node: str, boot_ns: int, builder: Any) -> dict[str, Any]:
-        body = r.decode_hook(rec)
-        entry = self.catalog.get((node, body.policy_id))
-        if entry is None:
-            UNKNOWN_POLICY.inc()
-            raise PolicyEventError(f"hook record of unknown policy id {body.policy_id} (no catalog seen)")
-        hook = entry.hooks.get(body.hook_id)
-        if hook is None:
-            UNKNOWN_POLICY.inc()
-            raise PolicyEventError(f"hook record of policy {entry.name!r} names unknown hook {body.hook_id}")
-        h = rec.header
+    def _common(self, entry: CatalogEntry, hook: dict[str, Any], h: r.Header, builder: Any, node: str,
+                args: list[dict[str, Any]], action: int, monitor: bool) -> dict[str, Any]:
+        """What every policy event carries: process, parent (ancestors), args, policy, action,
+        message and tags; counted in tetrapipe_policy_events_total."""
         proc_entry = self._process(h.pid, h.ktime, builder)
         parent_entry = None
         if proc_entry is not None:
@@ -166,15 +164,12 @@ class PolicyEvents:
             process = {"pid": h.pid, "tid": h.tid, "flags": "miss"}
             parent = None
         process["tid"] = h.tid
-        specs = hook.get("args") or []
-        args = [typed_arg(a, specs[i].get("label", "") if i < len(specs) else "")
-                for i, a in enumerate(body.args)]
         tags = list(hook.get("tags") or [])
-        if body.flags & r.HOOK_MONITOR:
+        if monitor:
             tags.append(MONITOR_TAG)
         common: dict[str, Any] = {
             "process": process, "args": args, "policy_name": entry.name,
-            "action": ACTION_NAMES.get(body.action, ""), "message": hook.get("message", ""), "tags": tags,
+            "action": ACTION_NAMES.get(action, ""), "message": hook.get("message", ""), "tags": tags,
         }
         if parent is not None:
             common["parent"] = parent
@@ -185,6 +180,45 @@ class PolicyEvents:
         POLICY_EVENTS.labels(policy=entry.name, hook=hook.get("function_name", ""),
                              binary=process.get("binary", ""), namespace=pod.get("namespace", ""),
                              pod=pod.get("name", ""), workload=pod.get("workload", ""), node_name=node).inc()
+        return common
+
+    def _hook_of(self, node: str, policy_id: int, hook_id: int) -> tuple[CatalogEntry, dict[str, Any]]:
+        entry = self.catalog.get((node, policy_id))
+        if entry is None:
+            UNKNOWN_POLICY.inc()
+            raise PolicyEventError(f"hook record of unknown policy id {policy_id} (no catalog seen)")
+        hook = entry.hooks.get(hook_id)
+        if hook is None:
+            UNKNOWN_POLICY.inc()
+            raise PolicyEventError(f"hook record of policy {entry.name!r} names unknown hook {hook_id}")
+        return entry, hook
+
+    def on_connect_deny(self, rec: r.ConnectDenyRecord, node: str, boot_ns: int,
+                        builder: Any) -> dict[str, Any]:
+        """A connect the cgroup/connect4+6 programs refused → the policy's ``tcp_connect``
+        ``process_kprobe`` event with the socket as Tetragon's ``sock_arg``, the action
+        (KPROBE_ACTION_OVERRIDE) and, where the hook asks for its return value, ``-EPERM``."""
+        entry, hook = self._hook_of(node, rec.policy_id, rec.hook_id)
+        sock = network_events.sock_arg_from_deny(rec)
+        specs = hook.get("args") or [{"type": "sock", "label": ""}]
+        args = [{"label": a.get("label", ""), "sock_arg": sock} for a in specs
+                if a.get("type") in ("sock", "sockaddr", "socket")] or [{"label": "", "sock_arg": sock}]
+        common = self._common(entry, hook, rec.header, builder, node, args, rec.action, False)
+        kprobe = {**common, "function_name": hook.get("function_name", "tcp_connect")}
+        if hook.get("return"):
+            ret_spec = hook.get("return_arg") or {}
+            kprobe["return"] = {"label": ret_spec.get("label", ""), "int_arg": rec.ret}
+        return builder.envelope(node, boot_ns + rec.header.ktime, process_kprobe=kprobe)
+
+    def on_hook(self, rec: r.HookRecord, node: str, boot_ns: int, builder: Any) -> dict[str, Any]:
+        body = r.decode_hook(rec)
+        entry, hook = self._hook_of(node, body.policy_id, body.hook_id)
+        h = rec.header
+        specs = hook.get("args") or []
+        args = [typed_arg(a, specs[i].get("label", "") if i < len(specs) else "")
+                for i, a in enumerate(body.args)]
+        common = self._common(entry, hook, h, builder, node, args, body.action,
+                              bool(body.flags & r.HOOK_MONITOR))
         ts = boot_ns + h.ktime
         if hook.get("kind") == "uprobe":
             return builder.envelope(node, ts, process_uprobe={

@@ -15,10 +15,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 
 from bpf import records
-from enricher import state
+from enricher import loader_events, state
 from enricher.event_builder import EventBuilder
 from enricher.input_audit import audit_exec
-from enricher.metadata.pods import PodIndex
 from enricher.metadata.resolver import ProcessMetadata
 from enricher.pending import PendingEvents, Source
 from enricher.policy_events import PolicyEventError, PolicyEvents
@@ -28,6 +27,7 @@ from enricher.sequence_audit import SequenceAudit
 from schemas import codec, registry
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
+from tetrapipe.k8s.pods import PodIndex
 from tetrapipe.metrics import COMMIT_FAILURES, PUBLISH_RETRIES
 from tetrapipe.sequence import Stamper
 
@@ -47,7 +47,8 @@ _partitioner = DefaultPartitioner()  # Kafka's murmur2 of the key, as the produc
 
 KIND_NAMES = {records.REC_EXEC: "exec", records.REC_EXIT: "exit", records.REC_FORK: "fork",
               records.REC_PROCFS: "procfs", records.REC_HOOK: "hook", records.REC_POLICY: "policy",
-              records.REC_SOCK: "sock", records.REC_LOADER: "loader"}
+              records.REC_SOCK: "sock", records.REC_LOADER: "loader",
+              records.REC_CONNECT_DENY: "connect_deny"}
 
 
 def event_type(event: dict[str, Any]) -> str:
@@ -112,6 +113,13 @@ class Enricher:
                     ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
                 elif isinstance(rec, records.PolicyRecord):
                     ev = self.policy_events.on_catalog(rec, batch.node_name)
+                elif isinstance(rec, records.ConnectDenyRecord):
+                    ev = self.policy_events.on_connect_deny(rec, batch.node_name, batch.boot_time_ns,
+                                                            self.builder)
+                elif isinstance(rec, records.LoaderRecord):  # its process may have exited since
+                    ev = loader_events.build(self.builder, rec, batch.node_name, batch.boot_time_ns,
+                                             self.policy_events.process_at(rec.header.pid, rec.header.ktime,
+                                                                           self.builder))
                 else:
                     if isinstance(rec, records.ExitRecord):
                         self.policy_events.note_exit(rec, self.builder)
@@ -242,7 +250,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         enricher.journal.partitions = len(await producer.partitions_for(cfg.state_topic) or [0])
     watcher_task = None
     if enricher.pods is not None:
-        from enricher.metadata.kubernetes import PodWatcher  # 1.6 s of imports: only when enabled
+        from tetrapipe.k8s.watch import PodWatcher  # 1.6 s of imports: only when enabled
 
         watcher = PodWatcher(enricher.pods, cfg.node_name, cfg.k8s_kubeconfig, enricher.set_node_labels,
                              backoff_max_s=cfg.k8s_retry_max_ms / 1000)

@@ -139,8 +139,8 @@ def test_misbehaving_api_never_stops_events(pipeline: Pipeline, kube: FakeKubeAP
 
 
 def test_unreachable_api_is_logged_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from enricher.metadata.kubernetes import PodWatcher
-    from enricher.metadata.pods import PodIndex
+    from tetrapipe.k8s.pods import PodIndex
+    from tetrapipe.k8s.watch import PodWatcher
 
     port = free_port()  # nothing listens there
     kc = FakeKubeAPI("n1")

@@ -9,11 +9,11 @@ from identity_helpers import exec_record, exit_record, fork_record, ids
 
 from bpf import records
 from enricher import state
-from enricher.metadata.cgroup import parse, split_ancestors
-from enricher.metadata.pods import PodIndex, maybe_exec_probe, workload_of
 from enricher.raw_decoder import Batch
 from enricher.service import Enricher
+from tetrapipe.cgroup_names import parse, split_ancestors
 from tetrapipe.config import Config
+from tetrapipe.k8s.pods import PodIndex, maybe_exec_probe, workload_of
 
 CID = "4cb1e9a1ab98044e789c2d426909a6ee1731005cab0a1c5dea9941a5e7889c51"
 UID = "5a1d6c0e-7b3f-4c1a-9d2e-0f8e7c6b5a49"

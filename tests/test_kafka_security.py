@@ -7,7 +7,7 @@ TLS is tested through a TLS front (tests/tls_proxy.py) with a real CA and certif
 ``--authentication`` it speaks SCRAM-SHA-256/512 but its memory engine never finds a user
 (AlterUserScramCredentials is acknowledged, the login answers ``e=unknown-user``), so the SCRAM
 tests prove the exchange happens, fails loudly and clearly, and leaks nothing. The success path
-of SCRAM needs a real Kafka (docker-compose.yml)."""
+of SCRAM is tested in test_kafka_scram.py, through a SCRAM front (tests/scram_front.py)."""
 
 from __future__ import annotations
 
@@ -18,31 +18,14 @@ from pathlib import Path
 
 import pytest
 from harness import Pipeline, wait_until
-from tls_proxy import TlsProxy
+from tls_proxy import TlsProxy, make_test_certs
 
 from tetrapipe.broker import EmbeddedBroker, free_port
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.pem", "-days", "2", "-subj", f"/CN=tetrapipe test {name}", cwd=d)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    _ca(d, "ca")
-    _ca(d, "other-ca")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "broker.pem", "-days", "2", "-extfile", "ext", cwd=d)
-    return d
+    return make_test_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

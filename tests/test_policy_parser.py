@@ -229,13 +229,74 @@ BROKEN = [
     pytest.param(policy("kprobes: []"), "spec: the policy has no hooks", 5, False, id="no-hooks"),
     pytest.param(policy("""
         podSelector:
+          matchExpressions:
+          - key: app
+            operator: Inn
+            values: [web]
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), 'spec.podSelector.matchExpressions[0].operator: unknown operator "Inn"', 9, False,
+        id="pod-selector-bad-operator"),
+    pytest.param(policy("""
+        podSelector:
+          matchExpressions:
+          - key: app
+            operator: Exists
+            values: [web]
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector.matchExpressions[0].values: operator Exists takes no values", 10, False,
+        id="pod-selector-exists-with-values"),
+    pytest.param(policy("""
+        podSelector:
+          matchExpressions:
+          - key: app
+            operator: NotIn
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector.matchExpressions[0].values: operator NotIn needs at least one value", 8, False,
+        id="pod-selector-notin-without-values"),
+    pytest.param(policy("""
+        podSelector:
+          matchLabels:
+            app: [web]
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector.matchLabels.app: expected a string label value, got a list", 8, False,
+        id="pod-selector-label-not-a-string"),
+    pytest.param(policy("""
+        containerSelector:
+          matchExpressions:
+          - key: image
+            operator: In
+            values: [nginx]
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.containerSelector.matchExpressions[0].key: unknown key 'image': a containerSelector "
+          "selects on name and repo", 8, False, id="container-selector-unknown-key"),
+    pytest.param(policy("""
+        podSelector:
+          matchLabel:
+            app: web
+        tracepoints:
+        - subsystem: sched
+          event: sched_process_exec
+    """), "spec.podSelector.matchLabel: unknown field 'matchLabel'", 7, False, id="pod-selector-typo"),
+    pytest.param(policy("""
+        hostSelector: {}
+        podSelector:
           matchLabels:
             app: web
         tracepoints:
         - subsystem: sched
           event: sched_process_exec
-    """), "spec.podSelector: policies scoped to pods or containers cannot be served yet", 6, True,
-        id="pod-selector-refused"),
+    """), "spec.hostSelector: a hostSelector together with a pod or container selector", 6, False,
+        id="host-and-pod-selector"),
 ]
 
 

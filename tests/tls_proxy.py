@@ -8,8 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
 import threading
 from pathlib import Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_test_certs(d: Path) -> Path:
+    """In ``d``: a CA (ca.pem) and a broker certificate it signs for 127.0.0.1/localhost
+    (broker.pem, broker.key), and an unrelated CA (other-ca.pem) that a client must not trust."""
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                 f"{name}.pem", "-days", "2", "-subj", f"/CN=tetrapipe test {name}", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "broker.pem", "-days", "2", "-extfile", "ext", cwd=d)
+    return d
 
 
 class TlsProxy:

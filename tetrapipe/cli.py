@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         sys.exit("tetrapipe run: needs root to load BPF programs")
     exporters = [e for e in args.exporters.split(",") if e]
-    sup = Supervisor(cfg, exporters, log_dir=args.log_dir)
+    sup = Supervisor(cfg, exporters, log_dir=args.log_dir, user=args.user)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -89,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    try:
+        sup.prepare()
+    except ValueError as exc:
+        sys.exit(f"tetrapipe run: {exc}")
     try:
         run_async(main())
     finally:
@@ -143,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exporters", default="json", help="comma list of json, fluentd, prometheus")
     s.add_argument("--log-dir", default="/var/log/tetrapipe", help="where each service logs")
     s.add_argument("--quiet", action="store_true", help="no live compact view")
+    s.add_argument("--user", default=None, metavar="NAME",
+                   help="run the enricher and exporters as this user with no capabilities "
+                        "(only the collector keeps root)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("collector", help="load the kernel programs, produce raw batches")

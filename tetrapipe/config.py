@@ -76,7 +76,8 @@ class Config:
     fluentd_buffer_max_bytes: int = _opt(256 * 1024 * 1024, "fluentd disk buffer bound in bytes")
     fluentd_ack_timeout: int = _opt(10, "seconds to wait for fluentd's ack of a chunk before resending")
     fluentd_compress: bool = _opt(False, "send CompressedPackedForward (gzip) to fluentd")
-    enable_k8s_api: bool = _opt(False, "watch this node's pods on the Kubernetes API for pod metadata")
+    enable_k8s_api: bool = _opt(False, "watch this node's pods on the Kubernetes API: pod metadata (enricher), "
+                                       "pod-scoped policies (collector)")
     k8s_kubeconfig: str = _opt("", "kubeconfig file; empty = in-cluster config, else ~/.kube/config")
     k8s_retry_max_ms: int = _opt(30000, "longest wait between Kubernetes API retries (backoff from 0.5 s)")
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
@@ -90,6 +91,8 @@ class Config:
                                        "(process_kprobe tcp_connect, inet_csk_accept, tcp_close)")
     enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
                                       "a process maps executable (shared libraries)")
+    enable_udp_events: bool = _opt(False, "UDP sensor: process_kprobe udp_sendmsg events for every "
+                                   "datagram sent on an IPv4/IPv6 UDP socket")
 
     # ---- derived -----------------------------------------------------------------------
     @property

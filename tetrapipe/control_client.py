@@ -57,8 +57,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 print(f"policy not loaded: {reply.get('error')}", file=sys.stderr)
                 return 1
             for p in reply.get("loaded", []):
-                print(f"loaded {p['name']} ({p['mode']} mode): "
-                      + ", ".join(f"{h['function_name']} via {h['serve']}" for h in p.get("hooks", [])))
+                what = [f"{h['function_name']} via {h['serve']}" for h in p.get("hooks", [])]
+                if p.get("loader"):
+                    what.append("process_loader events (spec.loader)")
+                print(f"loaded {p['name']} ({p['mode']} mode): " + ", ".join(what))
                 for n in p.get("notices", []):
                     print(f"  notice: {n}")
             return 0
@@ -77,7 +79,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         for p in reply.get("policies", []):
             print(f"{p.get('name') or '-':<32} {p.get('state', ''):<11} {p.get('mode', '-'):<8} "
                   f"{len(p.get('hooks', [])):<5} {p.get('source', '')}"
-                  + (f"\n  error: {p['error']}" if p.get("error") else ""))
+                  + (f"\n  error: {p['error']}" if p.get("error") else "")
+                  + (f"\n  scoped to pods: acts in {p['pod_cgroups']} container cgroups"
+                     if "pod_cgroups" in p else ""))
         return 0
     except ControlError as exc:
         print(f"tetrapipe tracingpolicy: {exc}", file=sys.stderr)

@@ -10,8 +10,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     SaslAuthenticationFailed,
@@ -63,18 +65,52 @@ def _auth_refused(cfg: Config, exc: BaseException) -> KafkaAuthError | None:
     return None
 
 
+def _drop_bootstrap_errors(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Unable connect to")
+
+
+async def _why_unreachable(cfg: Config) -> BaseException | None:
+    """Why the bootstrap failed. aiokafka's bootstrap only logs each server's error and raises a
+    bare "Unable to bootstrap": a refused SASL login (SASL_AUTHENTICATION_FAILED, as Kafka
+    answers a wrong password or an unknown user) looks like an outage there. One connection to
+    the first bootstrap server, with the same settings, tells which."""
+    s = client_settings(cfg)
+    host, _, port = s["bootstrap_servers"].split(",")[0].strip().rpartition(":")
+    try:
+        conn = await create_conn(host.strip("[]") or "127.0.0.1", int(port), request_timeout_ms=10000,
+                                 ssl_context=s.get("ssl_context"), security_protocol=s["security_protocol"],
+                                 sasl_mechanism=s.get("sasl_mechanism"),
+                                 sasl_plain_username=s.get("sasl_plain_username"),
+                                 sasl_plain_password=s.get("sasl_plain_password"))
+    except Exception as exc:  # noqa: BLE001 - the reason is what we are after
+        return exc
+    conn.close()
+    return None
+
+
 async def ensure_topics(cfg: Config, topics: list[str]) -> None:
     """Create the topics that do not exist yet (tetrapipe never relies on auto-creation). The
-    first contact of every stage with the broker: a refused login fails here, clearly."""
+    first contact of every stage with the broker: a refused login fails here, clearly, in one
+    line (KafkaAuthError); an unreachable broker raises KafkaConnectionError with the reason."""
     admin = AIOKafkaAdminClient(**client_settings(cfg))
+    client_log = logging.getLogger("aiokafka")  # aiokafka's client logs under this very name
+    client_log.addFilter(_drop_bootstrap_errors)  # "Unable connect ...": we say why, once, below
     try:
         await admin.start()
     except Exception as exc:
         await admin.close()
-        refused = _auth_refused(cfg, exc)
+        why: BaseException | None = exc
+        if isinstance(exc, KafkaConnectionError):
+            why = await _why_unreachable(cfg) or exc
+        refused = _auth_refused(cfg, why)
         if refused is not None:
             raise refused from None  # aiokafka's traceback says nothing more, and holds the client
+        if why is not exc:
+            bare = exc.args[0] if exc.args else "unable to bootstrap"
+            raise KafkaConnectionError(f"{bare}: {type(why).__name__}: {why}") from None
         raise
+    finally:
+        client_log.removeFilter(_drop_bootstrap_errors)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]

@@ -46,6 +46,8 @@ CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 STR_MAX = 256
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
+POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
+POD_CGROUPS_MAX = 8192
 # the action recorded when a selector lists several: the strongest one
 ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post"]
 
@@ -140,6 +142,7 @@ class _Source:
     attach_enter: str = ""
     attach_exit: list[str] = field(default_factory=list)
     target: uprobes.Target | None = None
+    clone3_flags: bool = False   # clone3: argument 0 is clone_args.flags, read from user memory
 
 
 # the start of every generated hook function: scratch maps, the policy's on switch, the task
@@ -159,12 +162,6 @@ _HOOK_PROLOGUE = """    int zero = 0;
 def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
     fail = _Fail(policy)
-    scope = ("spec.podSelector" if policy.pod_selector is not None else
-             "spec.containerSelector" if policy.container_selector is not None else
-             "kind" if policy.kind == "TracingPolicyNamespaced" else "")
-    if scope:
-        raise fail(scope, "policies scoped to pods or containers cannot be served yet: the collector has no "
-                          "pod/container to cgroup map; refused rather than applied to every process of the node")
     gen = _Gen(policy, policy_id, host_ns, fail, tracefs)
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []
@@ -176,9 +173,20 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
                 raise
             gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
     if not compiled:
+        if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
+            return Compiled(policy, "", [], [], gen.notices)
         raise fail("spec", "no hook of the policy can be served")
+    if policy.scoped and gen.connect_rules:
+        raise fail(scope_path(policy), "an Override on tcp_connect is enforced by cgroup/connect4+6 programs "
+                                       "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
+
+
+def scope_path(policy: Policy) -> str:
+    """The YAML path that makes a policy scoped to pods, for errors."""
+    return ("spec.podSelector" if policy.pod_selector is not None else
+            "spec.containerSelector" if policy.container_selector is not None else "kind")
 
 
 def _follow_selectors(policy: Policy) -> list[tuple[Selector, int]]:
@@ -213,6 +221,8 @@ class _Gen:
         self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
+        # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
+        self.scope_check = "    if (!tp_in_scope())\n        return 0;\n" if policy.scoped else ""
 
     # ---- strings ---------------------------------------------------------------------------
     def string_id(self, value: str, path: str) -> int:
@@ -227,7 +237,7 @@ class _Gen:
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]], kprobes: bool) -> CompiledHook:
         src, fname, serve = self._source(hook, kprobes)
-        self._check_actions(hook)
+        self._check_actions(hook, hid)
         h = _HookGen(self, hid, hook, src)
         # fd-typed arguments of other hooks match only what FollowFD selectors followed
         implicit: list[tuple[int, list[tuple[Selector, int]]]] = []
@@ -287,10 +297,15 @@ class _Gen:
             needs_ret = hook.return_ or any(a.return_copy for a in hook.args) or any(
                 s.match_return_args for s in hook.selectors)
             enter = f"syscalls:sys_enter_{name}"
+            clone3 = self._clone3_flags(hook, name, fields)
             if needs_ret:
                 return (_Source("syscall_ret", fields, attach_enter=enter,
-                                attach_exit=[f"syscalls:sys_exit_{name}"]),
+                                attach_exit=[f"syscalls:sys_exit_{name}"], clone3_flags=clone3),
                         hook.call, f"{enter} + sys_exit_{name}")
+            if clone3:  # flags unreadable at the enter (page not resident): read at the exit
+                return (_Source("syscall", fields, attach_enter=enter, attach_exit=[f"syscalls:sys_exit_{name}"],
+                                clone3_flags=True),
+                        hook.call, f"{enter} (+ sys_exit_{name} when clone_args is not resident at the call)")
             return _Source("syscall", fields, attach_enter=enter), hook.call, enter
         if hook.syscall:
             raise self.fail(f"{p}.call", f"{hook.call!r} is not a syscall of this kernel "
@@ -316,6 +331,20 @@ class _Gen:
                "(fentry), so kernel functions cannot be hooked" if not kprobes else
                "tetrapipe attaches kernel functions only through syscall tracepoints so far")
         raise self.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {why}")
+
+    def _clone3_flags(self, hook: Hook, name: str, fields: list[Field]) -> bool:
+        """clone3(uargs, size) passes its flags inside ``struct clone_args``: an integer-typed
+        argument 0 is served as clone_args.flags (the u64 at offset 0, read from the caller's
+        memory when ``size`` covers it), so a Mask on CLONE_NEW* matches clone3 as it does clone."""
+        if name != "clone3" or not fields or not fields[0].is_pointer:
+            return False
+        arg0 = hook.arg(0)
+        if arg0 is None or arg0.type not in INT_ARG_KIND:
+            return False
+        self.notices.append(f"{hook.path}: clone3 argument 0 ({arg0.type}) is served as clone_args.flags, read "
+                            "from the caller's struct (when size covers it); matchArgs on index 0 compare the "
+                            "flags, as for clone")
+        return True
 
     def _uprobe_source(self, hook: Hook) -> tuple[_Source, str, str]:
         """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
@@ -349,7 +378,7 @@ class _Gen:
                 raise self.fail(f"{a.path}.sizeArgIndex", f"{what} has {len(fields)} arguments ({names}): "
                                                           f"sizeArgIndex {a.size_arg_index} (from 1) is out of range")
 
-    def _connect_rule(self, hook: Hook, s: Selector) -> None:
+    def _connect_rule(self, hook: Hook, s: Selector, hid: int, index: int) -> None:
         """Override on tcp_connect: the selector becomes a cgroup/connect4+6 rule (EPERM)."""
         other = (s.match_pids or s.match_parent_binaries or s.match_namespaces or s.match_capabilities
                  or s.match_namespace_changes or s.match_capability_changes or s.match_return_args)
@@ -360,13 +389,22 @@ class _Gen:
             rule = connect_deny.rule_from_selector(s.match_args, s.match_binaries)
         except connect_deny.RuleError as exc:
             raise self.fail(s.path, f"Override on tcp_connect: {exc}") from None
+        # each refusal is reported as this policy's tcp_connect event unless the selector says NoPost
+        rule.policy_id, rule.hook_id, rule.selector = self.policy_id, hid, index
+        rule.post = not any(a.action == "NoPost" for a in s.match_actions)
+        override = next(a for a in s.match_actions if a.action == "Override")
+        rule.error = override.arg_error or -1   # argError (0 or absent: EPERM, as the kernel's default)
+        try:
+            rule.check()
+        except connect_deny.RuleError as exc:
+            raise self.fail(f"{override.path}.argError", f"Override on tcp_connect: {exc}") from None
         self.connect_rules.append(rule)
 
-    def _check_actions(self, hook: Hook) -> None:
-        for s in hook.selectors:
+    def _check_actions(self, hook: Hook, hid: int) -> None:
+        for index, s in enumerate(hook.selectors):
             if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
                     a.action == "Override" for a in s.match_actions):
-                self._connect_rule(hook, s)
+                self._connect_rule(hook, s, hid, index)
             for a in s.match_actions + s.match_return_actions:
                 if a.action == "Override" and hook.kind == "kprobe" and hook.call == "tcp_connect":
                     continue
@@ -458,6 +496,11 @@ class _Gen:
             out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
         if self.sock:
             out.append(sock_hooks.SOCK_HELPERS_C)
+        if self.policy.scoped:
+            out += [f"BPF_HASH({POD_CGROUPS_MAP}, u64, u8, {POD_CGROUPS_MAX});  "
+                    "/* cgroup ids of the selected containers (collector/policy/pod_scope.py) */",
+                    "static __always_inline int tp_in_scope(void) "
+                    f"{{ u64 cg = bpf_get_current_cgroup_id(); return {POD_CGROUPS_MAP}.lookup(&cg) != 0; }}"]
         out += [
             "",
             "static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }",
@@ -780,7 +823,7 @@ class _HookGen:
         fn = f"""
 static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
 {{
-{_HOOK_PROLOGUE}    int sel = -1;
+{self.g.scope_check}{_HOOK_PROLOGUE}    int sel = -1;
     u32 act = 0;
 {_indent(chr(10).join(pre))}
     if (!ok)
@@ -859,6 +902,25 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
             for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
                                                f"pending_{hid}").items():
                 self.g.probes.setdefault(tp, []).append(stmt)
+        elif src.kind == "syscall" and src.clone3_flags:
+            # the flags at the enter; if that memory is not resident (bpf_probe_read_user does
+            # not fault pages in), at the exit, after the kernel's copy_from_user brought it in
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, late_{hid}, 4096);')
+            self.g.probes.setdefault(src.attach_enter, []).append(
+                f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n"
+                "    if (tp_clone3_flags(a) < 0) {\n"
+                "        struct tp_pending p = {};\n        p.a[0] = a[0];\n        p.a[1] = a[1];\n"
+                "        u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"        late_{hid}.update(&tid, &p);\n"
+                f"    }} else {{\n        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
+            # (an entry whose exit never came ages out of the LRU)
+            self.g.probes.setdefault(src.attach_exit[0], []).append(
+                f"{{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = late_{hid}.lookup(&tid);\n"
+                "    if (p) {\n        u64 a[6] = {};\n        a[0] = p->a[0];\n        a[1] = p->a[1];\n"
+                f"        late_{hid}.delete(&tid);\n"
+                "        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n"
+                f"        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
         elif src.kind in ("syscall", "tracepoint"):
             self.g.probes.setdefault(src.attach_enter, []).append(
                 f"{{\n    u64 a[6] = {{}};\n{_indent(loads)}\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
@@ -875,7 +937,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                 pre = f"if (!tp_pre_{hid}(args, a))\n        return 0;\n"
                 self.g.functions.append(self._prefilter(implicit))
             self.g.probes.setdefault(src.attach_enter, []).append(
-                f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{_indent(loads)}\n"
+                ("if (tp_in_scope()) " if self.g.policy.scoped else "")
+                + f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{_indent(loads)}\n"
                 f"    {pre}    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
                 f"    pending_{hid}.update(&tid, &p);\n}}")
             self.g.probes.setdefault(src.attach_exit[0], []).append(
@@ -883,6 +946,8 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
                 f"    struct tp_pending *p = pending_{hid}.lookup(&tid);\n"
                 f"    if (p) {{\n        u64 a[6] = {{}};\n"
                 + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(min(n, 6)))
+                # clone3: the flags read after the kernel copied clone_args (resident by now)
+                + ("        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n" if src.clone3_flags else "")
                 + f"        pending_{hid}.delete(&tid);\n        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
 
     def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
@@ -895,7 +960,7 @@ static __always_inline int tp_hook_{hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
         return f"""
 static __always_inline int tp_pre_{self.hid}(void *ctx, u64 *a)
 {{
-{_HOOK_PROLOGUE}{_indent(chr(10).join(pre))}
+{self.g.scope_check}{_HOOK_PROLOGUE}{_indent(chr(10).join(pre))}
     return ok;
 }}"""
 

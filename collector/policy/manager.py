@@ -23,10 +23,11 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import connect_deny, loader, uprobes
+from collector import connect_deny, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.policy import compiler, parser
 from collector.policy.model import Policy, PolicyError
+from collector.policy.pod_scope import PodScope
 
 log = logging.getLogger("tetrapipe.policy")
 
@@ -61,8 +62,8 @@ class Loaded:
     policy: Policy
     compiled: compiler.Compiled
     policy_id: int
-    bpf: Any
-    drain: RingBufferDrain
+    bpf: Any                          # None for a policy that only asks for loader events
+    drain: RingBufferDrain | None
     loaded_at: float = field(default_factory=time.time)
     enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class Loaded:
             "state": "enabled" if self.enabled else "disabled",
             "id": self.policy_id, "source": p.source,
             "hooks": [{"function_name": h.function_name, "serve": h.serve} for h in self.compiled.hooks],
+            "loader": p.loader,
             "notices": p.notices + self.compiled.notices,
         }
 
@@ -105,8 +107,9 @@ class Loaded:
 
 class PolicyManager:
     def __init__(self, queue: RecordQueue, host_ns: list[int], kprobes: bool = False,
-                 ringbuf_pages: int = POLICY_RINGBUF_PAGES) -> None:
+                 ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
         self.queue = queue
+        self.pod_scope = pod_scope               # None: the Kubernetes API is off, scoped policies refused
         self.host_ns = host_ns
         self.kprobes = kprobes
         self.ringbuf_pages = ringbuf_pages
@@ -117,8 +120,16 @@ class PolicyManager:
         self._last_catalog = 0.0
         self._last_counts = 0.0
         self.connect_deny: connect_deny.ConnectDeny | None = None  # Override on tcp_connect
+        self._connect_drain: RingBufferDrain | None = None        # its refusal records
         self._connect_owners: list[tuple[str, str]] = []  # (policy, namespace) of each connect rule
         self._connect_seen: list[int] = []                 # refusals per rule already counted
+        # spec.loader: the loader sensor as a program of its own while an enabled policy asks for
+        # it, unless the collector runs it already (--enable-loader-events: ``loader_builtin``)
+        self.loader_builtin = False
+        self.loader_sensor: tuple[Any, RingBufferDrain] | None = None
+        self.loader_ringbuf_pages = 64
+        self._loader_lost = 0                 # drops of a loader sensor turned off, not yet reported
+        self.order_after: RingBufferDrain | None = None   # the process program's drain (exec first)
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -176,16 +187,37 @@ class PolicyManager:
         return self.load_text(text, path, mode, remember_error=True)
 
     def _load(self, p: Policy) -> Loaded:
+        if p.scoped and self.pod_scope is None:
+            path = compiler.scope_path(p)
+            raise PolicyError(path, "a policy scoped to pods (TracingPolicyNamespaced, podSelector or "
+                                    "containerSelector) needs the pods of this node: set enable_k8s_api "
+                                    "(and k8s_kubeconfig) for the collector", p.line_of(path), p.source)
         pid = random.getrandbits(31) | 1
         comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
-        bpf = loader.load_program(f"policy {p.name}", text=comp.text)
+        if p.loader:
+            self._loader_wanted_by(p)
+        if not comp.text:  # spec.loader alone: no program of its own
+            lp = Loaded(p, comp, pid, None, None)
+            self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
+            self.queue.wake()
+            self.loaded[p.name] = lp
+            for n in p.notices + comp.notices:
+                log.warning("policy %s: %s", p.name, n)
+            log.info("policy %s loaded (%s mode, id %d): loader events", p.name, p.mode, pid)
+            return lp
+        try:
+            bpf = loader.load_program(f"policy {p.name}", text=comp.text)
+        except Exception:
+            self._sync_loader()
+            raise
         try:
             for ch in comp.hooks:
                 if ch.uprobe is not None:
                     uprobes.attach(bpf, ch.uprobe, ch.uprobe_fn)
         except Exception as exc:
             bpf.cleanup()
+            self._sync_loader()
             raise loader.LoadError(f"policy {p.name}: uprobe did not attach: {exc}") from exc
         try:
             strs = bpf["strs"]
@@ -194,9 +226,14 @@ class PolicyManager:
                 v.len = len(raw)
                 v.s = raw
                 strs[ctypes.c_int(i)] = v
+            if p.scoped and self.pod_scope is not None:
+                self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             drain = RingBufferDrain(bpf, self.queue)
         except Exception:
+            if self.pod_scope is not None:
+                self.pod_scope.remove(p.name)
             bpf.cleanup()  # attached but never enabled: detach before giving up
+            self._sync_loader()
             raise
         lp = Loaded(p, comp, pid, bpf, drain)
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
@@ -230,37 +267,104 @@ class PolicyManager:
             lp = self.loaded.get(name)
             if lp is None:
                 raise PolicyError("", f"no policy named {name!r} is loaded")
-            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
+            if lp.bpf is not None:
+                lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1 if on else 0)
             lp.enabled = on
+            if lp.policy.loader:
+                if on:
+                    try:
+                        self._loader_wanted_by(lp.policy)
+                    except loader.LoadError as exc:
+                        if lp.bpf is not None:
+                            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+                        lp.enabled = False
+                        raise PolicyError("spec.loader", f"loader events cannot be turned on: {exc}") from exc
+                else:
+                    self._sync_loader()
             log.info("policy %s %s", name, "enabled" if on else "disabled")
         self._update_gauge()
 
     def _unload(self, lp: Loaded) -> None:
-        try:
-            lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(0)
-        except Exception:  # noqa: BLE001 - cleanup goes on
-            pass
-        self._collect_counts(lp)
-        lp.drain.stop()
-        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
-        self.queue.wake()
-        lp.bpf.cleanup()
+        if lp.bpf is not None and lp.drain is not None:
+            try:
+                lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+            except Exception:  # noqa: BLE001 - cleanup goes on
+                pass
+            self._collect_counts(lp)
+            lp.drain.stop()
+        if self.pod_scope is not None:
+            self.pod_scope.remove(lp.name)  # before its map goes away
         self.loaded.pop(lp.name, None)
-        if lp.compiled.connect_rules:
+        if lp.policy.loader:
+            self._sync_loader()
+        if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does
             try:
                 self._update_connect_rules()
             except Exception as exc:  # noqa: BLE001 - the unload goes on
                 log.error("connect rules after unloading %s: %s", lp.name, exc)
+        self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
+        self.queue.wake()
+        if lp.bpf is not None:
+            lp.bpf.cleanup()
         log.info("policy %s unloaded", lp.name)
+
+    # ---- spec.loader: the loader sensor while a policy asks for it ------------------------------
+    def _loader_wanted_by(self, p: Policy) -> None:
+        """Turn the loader sensor on for ``p`` (loaded or being loaded); LoadError if it cannot be."""
+        if self.loader_builtin:
+            notice = ("spec.loader: loader events are on for the whole collector already "
+                      "(--enable-loader-events); they stay on when this policy is deleted")
+            if notice not in p.notices:
+                p.notices.append(notice)
+            return
+        if self.loader_sensor is not None:
+            return
+        sensor = sensors.by_name("loader")
+        t0 = time.monotonic()
+        bpf = loader.load_program("loader sensor (spec.loader)", {"TP_RINGBUF_PAGES": self.loader_ringbuf_pages},
+                                  text=sensors.standalone_text(sensor))
+        try:
+            sensors.setup(bpf, [sensor])
+            # its records wait for the process program's exec records of the same time: the
+            # enricher attaches the process from them (one ring buffer would keep that order)
+            drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
+        except Exception:
+            bpf.cleanup()
+            raise
+        drain.start()
+        self.loader_sensor = (bpf, drain)
+        log.info("loader sensor on for policy %s in %.2fs: %s", p.name, time.monotonic() - t0, sensor.mechanism)
+
+    def _sync_loader(self) -> None:
+        """Turn the loader sensor off when no enabled loaded policy asks for it any more."""
+        if self.loader_sensor is None:
+            return
+        if any(lp.policy.loader and lp.enabled for lp in self.loaded.values()):
+            return
+        bpf, drain = self.loader_sensor
+        self.loader_sensor = None
+        self._loader_lost += drain.kernel_lost_delta()
+        drain.stop()
+        bpf.cleanup()
+        log.info("loader sensor off: no loaded policy asks for loader events")
 
     def stop(self) -> None:
         with self._lock:
             for lp in list(self.loaded.values()):
                 self._unload(lp)
-            if self.connect_deny is not None:
-                self.connect_deny.close()
-                self.connect_deny = None
+            self._close_connect_deny()
+            if self.pod_scope is not None:
+                self.pod_scope.close()
         self._update_gauge()
+
+    def _close_connect_deny(self) -> None:
+        if self._connect_drain is not None:
+            self._connect_drain.stop()   # the refusals' last records into the queue
+            self.queue.wake()
+            self._connect_drain = None
+        if self.connect_deny is not None:
+            self.connect_deny.close()
+            self.connect_deny = None
 
     def _update_connect_rules(self) -> None:
         """Override selectors of tcp_connect hooks of every loaded enforce-mode policy → the
@@ -274,6 +378,9 @@ class PolicyManager:
             if root is None:
                 raise loader.LoadError("no cgroup v2 hierarchy mounted: connects cannot be refused")
             self.connect_deny = connect_deny.ConnectDeny()
+            self._connect_drain = RingBufferDrain(self.connect_deny.bpf, self.queue,
+                                                  connect_deny.EVENTS_MAP, connect_deny.DROPS_MAP)
+            self._connect_drain.start()
             self.connect_deny.attach(root)
             log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)
         self._collect_connect_denied()  # set_rules restarts the kernel's counts
@@ -298,6 +405,11 @@ class PolicyManager:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             out = [lp.info() for lp in self.loaded.values()]
+            if self.pod_scope is not None:
+                for info in out:  # scoped policies: how many container cgroups they act in now
+                    sp = self.pod_scope.policies.get(info["name"])
+                    if sp is not None:
+                        info["pod_cgroups"] = len(sp.cgroups)
         out += [{"name": "", "source": src, "state": "load_error", "error": err} for src, err in self.errors.items()]
         return out
 
@@ -362,6 +474,8 @@ class PolicyManager:
                 for lp in self.loaded.values():
                     self._collect_counts(lp)
                 self._collect_connect_denied()
+            if self.pod_scope is not None:
+                self.pod_scope.refresh()
             if now - self._last_catalog >= CATALOG_EVERY_S:
                 self._last_catalog = now
                 for lp in self.loaded.values():
@@ -372,6 +486,8 @@ class PolicyManager:
             self._lock.release()
 
     def _collect_counts(self, lp: Loaded) -> None:
+        if lp.bpf is None:
+            return
         try:
             table = lp.bpf["sel_counts"]
         except Exception:  # noqa: BLE001
@@ -402,7 +518,13 @@ class PolicyManager:
         if not self._lock.acquire(blocking=False):
             return 0
         try:
-            return sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values())
+            lost = sum(lp.drain.kernel_lost_delta() for lp in self.loaded.values() if lp.drain is not None)
+            if self._connect_drain is not None:
+                lost += self._connect_drain.kernel_lost_delta()
+            if self.loader_sensor is not None:
+                lost += self.loader_sensor[1].kernel_lost_delta()
+            lost, self._loader_lost = lost + self._loader_lost, 0
+            return lost
         finally:
             self._lock.release()
 

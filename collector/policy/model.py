@@ -178,6 +178,38 @@ class Hook:
         return self.call if self.kind != "tracepoint" else f"{self.subsystem}/{self.event}"
 
 
+LABEL_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+CONTAINER_SELECTOR_KEYS = ("name", "repo")   # containerSelector: the container's name, image repository
+
+
+@dataclass
+class LabelRequirement:
+    key: str
+    operator: str                # one of LABEL_OPERATORS
+    values: list[str] = field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        return self.key not in labels or labels[self.key] not in self.values  # NotIn
+
+
+@dataclass
+class LabelSelector:
+    """A Kubernetes label selector (matchLabels AND matchExpressions); empty selects everything."""
+
+    match_labels: dict[str, str] = field(default_factory=dict)
+    match_expressions: list[LabelRequirement] = field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels.items())
+                and all(r.matches(labels) for r in self.match_expressions))
+
+
 @dataclass
 class Policy:
     name: str
@@ -186,10 +218,17 @@ class Policy:
     mode: str = "enforce"        # enforce | monitor
     hooks: list[Hook] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-    pod_selector: dict | None = None
-    container_selector: dict | None = None
+    pod_selector: LabelSelector | None = None
+    container_selector: LabelSelector | None = None
     source: str = ""             # file the policy came from, "" for the control socket
     lines: dict[str, int] = field(default_factory=dict, repr=False)
+    loader: bool = False         # spec.loader: process_loader events while the policy is loaded
+
+    @property
+    def scoped(self) -> bool:
+        """Applies only to processes of (some) pods: namespaced, or a pod/container selector."""
+        return (self.kind == "TracingPolicyNamespaced" or self.pod_selector is not None
+                or self.container_selector is not None)
 
     def line_of(self, path: str) -> int:
         """The YAML line of ``path`` or of its nearest ancestor (0 when unknown)."""

@@ -22,6 +22,8 @@ from collector.policy.model import (
     ARG_TYPES,
     BINARY_OPERATORS,
     CAP_TYPES,
+    CONTAINER_SELECTOR_KEYS,
+    LABEL_OPERATORS,
     MAX_SELECTORS,
     NAMESPACES,
     PID_OPERATORS,
@@ -32,6 +34,8 @@ from collector.policy.model import (
     BinaryFilter,
     CapabilityFilter,
     Hook,
+    LabelRequirement,
+    LabelSelector,
     NamespaceChangeFilter,
     NamespaceFilter,
     PidFilter,
@@ -245,8 +249,11 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     for key in ("usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
-    if spec.get("loader"):
-        raise c.fail("spec.loader", "the loader sensor is not supported by tetrapipe")
+    policy.loader = c.boolean(spec.get("loader"), "spec.loader")
+    if policy.loader and (spec.get("podSelector") is not None or spec.get("containerSelector") is not None):
+        key = "podSelector" if spec.get("podSelector") is not None else "containerSelector"
+        raise c.fail(f"spec.{key}", "spec.loader: the loader sensor reports every process of the node; "
+                                    "it cannot be scoped to pods or containers (as in Tetragon)")
     if spec.get("hostSelector") not in (None, {}) and kind == "TracingPolicyNamespaced":
         raise c.fail("spec.hostSelector", "should have a null spec.hostSelector")
     if spec.get("nodeSelector"):
@@ -260,12 +267,15 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
             policy.mode = c.choice(o.get("value"), f"{p}.value", MODES, "policy mode")
         else:
             c.notices.append(f"{p}: option {oname!r} has no effect in tetrapipe")
+    if spec.get("hostSelector") is not None and kind == "TracingPolicy" and (
+            spec.get("podSelector") is not None or spec.get("containerSelector") is not None):
+        raise c.fail("spec.hostSelector", "a hostSelector together with a pod or container selector (host "
+                                          "processes and selected pods) is not supported by tetrapipe")
     if spec.get("podSelector") is not None:
-        policy.pod_selector = c.mapping(spec.get("podSelector"), "spec.podSelector",
-                                        {"matchLabels", "matchExpressions"})
+        policy.pod_selector = _label_selector(c, spec.get("podSelector"), "spec.podSelector")
     if spec.get("containerSelector") is not None:
-        policy.container_selector = c.mapping(spec.get("containerSelector"), "spec.containerSelector",
-                                              {"matchLabels", "matchExpressions"})
+        policy.container_selector = _label_selector(c, spec.get("containerSelector"), "spec.containerSelector",
+                                                    CONTAINER_SELECTOR_KEYS)
     for i, h in enumerate(c.seq(spec.get("kprobes"), "spec.kprobes")):
         policy.hooks.append(_kprobe(c, h, f"spec.kprobes[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("tracepoints"), "spec.tracepoints")):
@@ -274,9 +284,43 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
-    if not policy.hooks:
-        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks)")
+    if not policy.hooks and not policy.loader:
+        raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
+                             "and does not ask for loader events (loader: true)")
     return policy
+
+
+def _label_selector(c: _Ctx, raw: Any, path: str, keys: tuple[str, ...] = ()) -> LabelSelector:
+    """A Kubernetes label selector; ``keys``: the only keys allowed (containerSelector)."""
+    m = c.mapping(raw, path, {"matchLabels", "matchExpressions"})
+    sel = LabelSelector()
+
+    def key_ok(k: Any, p: str) -> str:
+        k = c.string(k, p, required=True)
+        if not k:
+            raise c.fail(p, "a label key cannot be empty")
+        if keys and k not in keys:
+            raise c.fail(p, f"unknown key {k!r}: a containerSelector selects on {' and '.join(keys)}")
+        return k
+
+    for k, v in c.mapping(m.get("matchLabels"), f"{path}.matchLabels").items():
+        p = f"{path}.matchLabels.{k}"
+        key_ok(k, p)
+        if v is None or isinstance(v, dict | list | bool):
+            raise c.fail(p, f"expected a string label value, got {_kind(v)}")
+        sel.match_labels[str(k)] = str(v)
+    for i, e in enumerate(c.seq(m.get("matchExpressions"), f"{path}.matchExpressions")):
+        p = f"{path}.matchExpressions[{i}]"
+        em = c.mapping(e, p, {"key", "operator", "values"})
+        k = key_ok(em.get("key"), f"{p}.key")
+        op = c.choice(em.get("operator"), f"{p}.operator", LABEL_OPERATORS, "operator")
+        vals = _values(c, em, p)
+        if op in ("In", "NotIn") and not vals:
+            raise c.fail(f"{p}.values", f"operator {op} needs at least one value")
+        if op in ("Exists", "DoesNotExist") and vals:
+            raise c.fail(f"{p}.values", f"operator {op} takes no values")
+        sel.match_expressions.append(LabelRequirement(k, op, vals))
+    return sel
 
 
 def _common(c: _Ctx, m: dict[str, Any], hook: Hook, path: str) -> Hook:

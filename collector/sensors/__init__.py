@@ -1,4 +1,5 @@
-"""Built-in sensors beyond process lifecycle, switched on by configuration, not by policies.
+"""Built-in sensors beyond process lifecycle, switched on by configuration (and the loader sensor
+also by a TracingPolicy with ``spec.loader: true``, see ``standalone_text``).
 
 Each sensor is a C file in ``bpf/`` appended to ``process.c``'s text, so all of them share one
 BPF object: one ring buffer (records stay in kernel order with exec/exit, which the enricher
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.sensors import loader, network
+from collector.sensors import loader, network, udp
 from tetrapipe.config import Config
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
@@ -31,6 +32,7 @@ class Sensor:
 SENSORS: tuple[Sensor, ...] = (
     Sensor("network", network.SOURCE, network.enabled, network.MECHANISM),
     Sensor("loader", loader.SOURCE, loader.enabled, loader.MECHANISM, loader.setup),
+    Sensor("udp", udp.SOURCE, udp.enabled, udp.MECHANISM, udp.setup),
 )
 
 
@@ -54,3 +56,15 @@ def setup(bpf: Any, sensors: list[Sensor]) -> None:
     for s in sensors:
         if s.setup is not None:
             s.setup(bpf)
+
+
+def by_name(name: str) -> Sensor:
+    return next(s for s in SENSORS if s.name == name)
+
+
+def standalone_text(sensor: Sensor) -> str:
+    """A sensor as a program of its own (bpf/sensor_base.c: ring buffer, drops, helpers), for
+    turning it on and off while the process program runs (policies with ``spec.loader``). Its
+    records reach the enricher through their own ring buffer; the enricher orders each batch by
+    kernel time, as it does for the policies' records."""
+    return program_text((BPF_DIR / "sensor_base.c").read_text(), [sensor])

@@ -1,6 +1,8 @@
 """Loader sensor: a ``process_loader`` record for every file a process maps executable
-(bpf/loader.c). Off by default, as in Tetragon (where a policy with ``spec.loader: true`` turns
-it on): ``--enable-loader-events`` / ``TETRAPIPE_ENABLE_LOADER_EVENTS``.
+(bpf/loader.c). Off by default, as in Tetragon: ``--enable-loader-events`` /
+``TETRAPIPE_ENABLE_LOADER_EVENTS`` compiles it into the process program; a policy with
+``spec.loader: true`` loads it as a program of its own while the policy is loaded
+(collector/policy/manager.py).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from enricher.metadata.cgroup import ContainerRef, parse, split_ancestors
-from enricher.metadata.pods import PodIndex
+from tetrapipe.cgroup_names import ContainerRef, parse, split_ancestors
+from tetrapipe.k8s.pods import PodIndex
 
 DOCKER_ID_LENGTH = 31
 

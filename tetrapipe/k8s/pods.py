@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from enricher.metadata.cgroup import ContainerRef
+from tetrapipe.cgroup_names import ContainerRef
 
 _CRONJOB_JOB = re.compile(r"^(.+)-(\d{8,})$")  # CronJob jobs are "<cronjob>-<scheduled minute>"
 PROBES = ("livenessProbe", "readinessProbe", "startupProbe")

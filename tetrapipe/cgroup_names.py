@@ -1,6 +1,7 @@
 """Container id and pod UID from cgroup v2 names, as the kernel captured them at exec: the leaf
-cgroup name and the names of its ancestors (nearest first). The enricher may run on another
-machine than the processes, so it never looks at /sys/fs/cgroup itself.
+cgroup name and the names of its ancestors (nearest first). Names only: the enricher may run on
+another machine than the processes and never looks at /sys/fs/cgroup; the collector's pod scope
+(collector/policy/pod_scope.py) walks /sys/fs/cgroup and parses the directory names with this.
 
 Formats understood (kubelet with the systemd or the cgroupfs driver, and the runtimes):
 - containerd/CRI, systemd driver: ``kubepods-<qos>-pod<uid_with_underscores>.slice`` /

@@ -2,7 +2,8 @@
 kubernetes_asyncio client, and keep the PodIndex current: list, then watch from the list's
 resourceVersion; on any failure log what went wrong in words, back off (0.5 s doubling to 30 s)
 and list again. Nothing here ever blocks event flow: the enricher builds events with what the
-index has, and the pending queue bounds how long an event waits for its pod.
+index has, and the pending queue bounds how long an event waits for its pod; the collector's pod
+scope (collector/policy/pod_scope.py) recomputes its cgroup sets when the index changes.
 
 Configuration: ``k8s_kubeconfig`` (a kubeconfig file), else in-cluster (service account) when
 ``KUBERNETES_SERVICE_HOST`` is set, else the default kubeconfig ($KUBECONFIG, ~/.kube/config).
@@ -24,9 +25,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 from prometheus_client import Counter, Gauge
 
-from enricher.metadata.pods import PodIndex
+from tetrapipe.k8s.pods import PodIndex
 
-log = logging.getLogger("tetrapipe.enricher.k8s")
+log = logging.getLogger("tetrapipe.k8s")
 
 K8S_ERRORS = Counter("tetrapipe_k8s_api_errors", "Failed Kubernetes API calls, by reason", ["reason"])
 K8S_EVENTS = Counter("tetrapipe_k8s_watch_events", "Pod watch events applied", ["type"])

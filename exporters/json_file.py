@@ -301,9 +301,7 @@ class JsonFileSink:
 
 
 def _line(doc: dict[str, Any]) -> bytes:
-    import json
-
-    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (protojson.dumps_doc(doc) + "\n").encode()
 
 
 def _split_ext(name: str) -> tuple[str, str]:

@@ -97,6 +97,16 @@ class PrometheusSink:
     def __init__(self, cfg: Config) -> None:
         self.kept = parse_label_filter(cfg.metrics_label_filter)
         self.events, self.policy, self.actions, self.syscalls = _metrics(self.kept)
+        # the child of each label tuple seen: Counter.labels() (lock, checks, str() per value)
+        # cost more than the increment itself, once per event and counter
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def _inc(self, counter: Counter, *labels: str) -> None:
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
 
     async def start(self) -> None:
         log.info("event metrics with labels %s", ",".join(self.kept) or "(none)")
@@ -112,17 +122,17 @@ class PrometheusSink:
         node = ev.get("node_name") or ""
         plabels = process_labels(body)
         kept = [plabels[k] for k in self.kept]
-        self.events.labels(kind.upper(), *kept, node).inc()
+        self._inc(self.events, kind.upper(), *kept, node)
         policy = body.get("policy_name")
         if policy:
             hook = hook_of(kind, body)
-            self.policy.labels(policy, hook, *kept, node).inc()
+            self._inc(self.policy, policy, hook, *kept, node)
             action = body.get("action")
             if action:
-                self.actions.labels(policy, hook, action).inc()
+                self._inc(self.actions, policy, hook, action)
         syscall = syscall_of(kind, body)
         if syscall:
-            self.syscalls.labels(syscall, *kept, node).inc()
+            self._inc(self.syscalls, syscall, *kept, node)
 
     async def stop(self) -> None:
         return

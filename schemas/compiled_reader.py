@@ -51,19 +51,18 @@ def read_long(d: bytes, p: int) -> tuple[int, int]:
     """An Avro long at ``d[p]`` (a varint of any length up to 10 bytes) → (value, next position).
     As fastavro's C reader: the varint's bits past the 64th are dropped, the result is a signed
     64-bit value. Longer varints (undefined behaviour in fastavro's C shift) are refused."""
-    b = d[p]
-    n = b & 0x7F
-    shift = 7
-    q = p + 1
-    while b & 0x80:
-        if shift > 63:
-            raise Refused("varint longer than 10 bytes")
-        b = d[q]
-        q += 1
+    n = 0
+    for shift in _SHIFTS:
+        b = d[p]
+        p += 1
         n |= (b & 0x7F) << shift
-        shift += 7
-    n &= 0xFFFFFFFFFFFFFFFF
-    return (n >> 1) ^ -(n & 1), q
+        if b < 0x80:
+            n &= 0xFFFFFFFFFFFFFFFF
+            return (n >> 1) ^ -(n & 1), p
+    raise Refused("varint longer than 10 bytes")
+
+
+_SHIFTS = tuple(range(0, 64, 7))  # the 10 bytes of the longest varint
 
 
 def read_length(d: bytes, p: int) -> tuple[int, int]:
@@ -143,7 +142,11 @@ class _Gen:
             inner = self.copy(x, t[1])
             return None if inner is None else f"(None if {x} is None else {inner})"
         if isinstance(t, dict) and t.get("type") == "record":
-            return f"k_{_short(t['name'])}({x})" if self.copy_func(t) else None
+            self.copy_func(t)
+            made = self.funcs["k_" + _short(t["name"])]  # empty while a recursive one is made
+            if made and made[-1].endswith("x.copy()"):
+                return f"{x}.copy()"  # a flat record: inline
+            return f"k_{_short(t['name'])}({x})"
         if isinstance(t, dict) and t.get("type") == "array":
             inner = self.copy("y", t["items"])
             return f"list({x})" if inner is None else f"[{inner} for y in {x}]"
@@ -235,9 +238,8 @@ class _Gen:
     def union(self, v: str, branches: list[Any]) -> list[str]:
         if len(branches) != 2 or branches[0] != "null":
             raise Unsupported(f"union {branches!r} (only [\"null\", T] is compiled)")
-        return ["p += 1", "if d[p - 1] == 2:", *("    " + ln for ln in self.value(v, branches[1])),
-                "elif d[p - 1] == 0:", f"    {v} = None", "else:",
-                "    raise Refused('union index')"]
+        return [f"{v} = d[p]", "p += 1", f"if {v} == 2:", *("    " + ln for ln in self.value(v, branches[1])),
+                f"elif {v}:", "    raise Refused('union index')", "else:", f"    {v} = None"]
 
     def array(self, v: str, items: Any) -> list[str]:
         if self.resolve(items) == "string":  # capability names: the same lists in every event

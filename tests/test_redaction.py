@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,10 @@ def test_enricher_redacts_process_parent_ancestors_clone_and_exit() -> None:
                   exec_record(7001, 7000, "/bin/sh", ["-c", "x", "--password", SECRET]),
                   fork_record(7002, 7001),
                   exec_record(7003, 7002, "/usr/bin/true", ["--user=bob", "--password=hunter2"]),
-                  exit_record(7003, 7002, 0), exit_record(7001, 7000, 0))
+                  exit_record(7003, 7002, 0),
+                  records.encode_sock(7002, 7002, time.monotonic_ns(), records.SOCK_CONNECT, 2, 2, 40000, 443,
+                                      bytes([127, 0, 0, 1]), bytes([192, 0, 2, 7]), 1),
+                  exit_record(7001, 7000, 0))
     by = {(k, b["process"]["pid"]): ev for ev in evs for k, b in ev.items() if k.startswith("process_")}
     mysqld = by[("process_exec", 7000)]["process_exec"]["process"]
     assert mysqld["arguments"] == "--password=***** --user=root"  # --user: only for /true
@@ -73,6 +77,10 @@ def test_enricher_redacts_process_parent_ancestors_clone_and_exit() -> None:
     assert [a["pid"] for a in true_exec["ancestors"]] == [7001, 7000]
     assert true_exec["ancestors"][1]["arguments"] == "--password=***** --user=root"
     assert by[("process_exit", 7003)]["process_exit"]["process"]["arguments"] == "--user=***** --password=*****"
+    connect = by[("process_kprobe", 7002)]["process_kprobe"]  # another event type, from the same entries
+    assert connect["function_name"] == "tcp_connect"
+    assert connect["process"]["arguments"] == '-c x --password *****'
+    assert connect["parent"]["pid"] == 7001 and connect["parent"]["arguments"] == '-c x --password *****'
     for ev in evs:  # and on the wire: the Avro bytes of every event
         assert SECRET.encode() not in codec.encode("event", {k: v for k, v in ev.items() if not k.startswith("_")})
     # once per entry: the cache holds the redacted text, an event copies it

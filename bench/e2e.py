@@ -43,9 +43,11 @@ def _frames(node: str, n_procs: int, stream: ProcessStream | None = None) -> tup
 
 # ---- pure CPU ---------------------------------------------------------------------------------
 
-def enricher_cpu(n_events: int, profile: bool = True) -> dict[str, Any]:
+def enricher_cpu(n_events: int, profile: bool = True, redaction_filters: str = "") -> dict[str, Any]:
+    """``redaction_filters``: the enricher's option (the synthetic processes run
+    ``/usr/bin/true --bench "a b"``; a filter on ``--bench`` redacts every one of them)."""
     frames, n = _frames("bench-cpu", n_events // 2)
-    enr = Enricher(Config(node_name="bench-cpu"))
+    enr = Enricher(Config(node_name="bench-cpu", redaction_filters=redaction_filters))
     encoded: list[bytes] = []
 
     def enrich() -> None:

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 from bpf import records
 from collector import capabilities, loader, procfs, sensors
 from collector.batcher import Batcher
-from collector.drain import RecordQueue, RingBufferDrain
+from collector.drain import ORDER_POLL_MS, RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
 from collector.policy.pod_scope import PodScope
@@ -42,7 +42,8 @@ class Collector:
         self.sensors_on: list[str] = []
         self.bpf = self._load(cfg)
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
-        self.drain = RingBufferDrain(self.bpf, self.queue)
+        # policy, loader and connect-deny drains order their records after this one's (exec first)
+        self.drain = RingBufferDrain(self.bpf, self.queue, poll_ms=ORDER_POLL_MS)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
         self.pods = PodIndex() if cfg.enable_k8s_api else None

@@ -13,10 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from bpf import records as r
 from bpf.names import EVENT_CAPABILITIES
 from enricher import loader_events, network_events
 from enricher.process_cache import Entry, ProcessCache, exec_id
+from tetrapipe.redaction import RedactionFilter, redact_process
+
+REDACTED_PROCESSES = Counter("tetrapipe_enricher_redacted_processes",
+                             "Process entries whose arguments or environment the redaction filters changed")
 
 CAP_NAMES = EVENT_CAPABILITIES  # bit number → Tetragon's CapabilitiesType name
 
@@ -100,6 +106,9 @@ class EventBuilder:
     # cgroup id → (leaf name, ancestor names) learned from exec records: a fork record carries
     # only the cgroup id
     cgroup_names: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Tetragon's redaction filters (tetrapipe/redaction.py): applied once to each entry made by
+    # an exec (a clone copies its parent's redacted entry), so no event carries the secret
+    redaction: list[RedactionFilter] = field(default_factory=list)
 
     # ---- records → events ---------------------------------------------------------------
     def on_record(self, rec: r.Record, node: str, boot_ns: int, host_ns: list[int]) -> dict[str, Any] | None:
@@ -165,6 +174,8 @@ class EventBuilder:
         props = self._binary_properties(rec, binary)
         if props:
             process["binary_properties"] = props
+        if self.redaction:
+            self.redact(process)
         entry = Entry(eid, h.pid, h.ktime, rec.start_time, process,
                       parent.exec_id if parent else "", rec.cgroup_id, text(rec.cgroup_name),
                       rec.nspid, rec.ns, (rec.cap_permitted, rec.cap_effective, rec.cap_inheritable),
@@ -246,6 +257,13 @@ class EventBuilder:
         return self.envelope(node, boot_ns + h.ktime, process_exit=body)
 
     # ---- helpers --------------------------------------------------------------------------
+    def redact(self, process: dict[str, Any]) -> bool:
+        """Apply the redaction filters to a Process record in place; True when it changed."""
+        if redact_process(self.redaction, process):
+            REDACTED_PROCESSES.inc()
+            return True
+        return False
+
     def _ancestors(self, parent: Entry | None, limit: int = 64) -> list[dict[str, Any]]:
         out = []
         cur = self.cache.get(parent.parent_exec_id) if parent else None

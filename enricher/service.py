@@ -29,6 +29,7 @@ from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
 from tetrapipe.k8s.pods import PodIndex
 from tetrapipe.metrics import COMMIT_FAILURES, PUBLISH_RETRIES
+from tetrapipe.redaction import parse_redaction_filters
 from tetrapipe.sequence import Stamper
 
 log = logging.getLogger("tetrapipe.enricher")
@@ -60,12 +61,16 @@ class Enricher:
     """Turns raw batches into events. Kafka-free, so tests and benchmarks can drive it."""
 
     def __init__(self, cfg: Config) -> None:
+        """Raises FilterError (a ValueError naming option, line and reason) on a bad
+        ``redaction_filters``."""
         self.cfg = cfg
+        redaction = parse_redaction_filters(cfg.redaction_filters)
         ancestors = frozenset(x.strip() for x in cfg.enable_ancestors.split(",") if x.strip())
         self.pods = PodIndex(annotations=cfg.enable_pod_annotations) if cfg.enable_k8s_api else None
         self.metadata = ProcessMetadata(self.pods)
         self.builder = EventBuilder(ProcessCache(cfg.process_cache_size), ancestors_for=ancestors,
-                                    cluster_name=cfg.cluster_name, pod_resolver=self.metadata)
+                                    cluster_name=cfg.cluster_name, pod_resolver=self.metadata,
+                                    redaction=redaction)
         self.pending = PendingEvents(self.builder, self.metadata, cfg.event_cache_hold_ms / 1000,
                                      cfg.event_cache_size)
         self.journal = state.StateJournal(cfg.state_topic) if cfg.state_topic else None
@@ -228,7 +233,12 @@ class StateRestorer(ConsumerRebalanceListener):
         self.idle.clear()
         try:
             entries = await state.replay(self.cfg, parts, self.producer)
-            self.enricher.builder.cache.restore(entries)
+            builder = self.enricher.builder
+            redacted = [e for e in entries if builder.redaction and builder.redact(e.process)]
+            builder.cache.restore(entries)
+            for e in redacted:  # journaled before the filter was set: overwrite the secret there too
+                if builder.cache.get(e.exec_id) is e:
+                    builder.cache.listener.changed(e)
         except Exception:  # the stream must go on: without state, parents of old processes miss
             log.exception("state replay of %s failed: going on without it", self.cfg.state_topic)
         finally:
@@ -236,8 +246,11 @@ class StateRestorer(ConsumerRebalanceListener):
 
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:
+    try:
+        enricher = Enricher(cfg)
+    except ValueError as exc:  # a bad redaction filter: refuse to start, say which and why
+        raise SystemExit(f"tetrapipe enricher: {exc}") from None
     await kafka.ensure_topics(cfg, [cfg.raw_topic, cfg.events_topic, cfg.deadletter_topic])
-    enricher = Enricher(cfg)
     serializer = registry.serializer_for(cfg)  # Confluent framing when schema_registry_url is set
     try:
         if not await serializer.ready(stop):

@@ -7,7 +7,10 @@ is empty or matches and the deny list does not match. Field filters apply in ord
 body (the ``process_exec``/... object); an INCLUDE keeps only its paths, an EXCLUDE drops its
 paths. Redaction replaces every capture group of a matching regex by ``*****`` in the
 ``arguments`` and environment variables of every process in the event (process, parent,
-ancestors), for binaries matching ``binary_regex`` (all when empty).
+ancestors), for binaries matching ``binary_regex`` (all when empty): the filters themselves are
+in tetrapipe/redaction.py, shared with the enricher, which already redacts every process it puts
+on the events topic; the JSON sink applies them again to what it reads (events of an enricher
+that had no filter configured).
 
 Regexes use Python's ``re`` with ``search`` semantics, as Go's ``MatchString``; RE2 syntax is a
 subset of it for the patterns filters use.
@@ -17,11 +20,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-REDACTED = "*****"
+from tetrapipe.filter_json import FilterError, iter_json_objects
+from tetrapipe.filter_json import as_list as _as_list
+from tetrapipe.filter_json import compile_regexes as _compile_res
+from tetrapipe.redaction import REDACTED, RedactionFilter, parse_redaction_filters, redact_process, redact_string
+
+__all__ = ["REDACTED", "FilterError", "RedactionFilter", "iter_json_objects", "parse_redaction_filters",
+           "redact_string"]
 
 EVENT_TYPE_NUMBERS = {
     "PROCESS_EXEC": 1, "PROCESS_EXIT": 5, "PROCESS_KPROBE": 9, "PROCESS_TRACEPOINT": 10,
@@ -32,10 +41,6 @@ _NUMBER_NAMES = {v: k for k, v in EVENT_TYPE_NUMBERS.items()}
 
 Doc = dict[str, Any]
 Predicate = Callable[[Doc], bool]
-
-
-class FilterError(ValueError):
-    """A filter option that does not parse; the message names the option, object and field."""
 
 
 # ---- helpers on protojson documents -------------------------------------------------------
@@ -65,44 +70,6 @@ def process(doc: Doc) -> Doc | None:
 def parent(doc: Doc) -> Doc | None:
     p = body(doc).get("parent")
     return p if isinstance(p, dict) else None
-
-
-def iter_json_objects(text: str, option: str) -> Iterator[tuple[int, Doc]]:
-    """JSON objects one after another (newline-separated or not) → (line number, object)."""
-    dec = json.JSONDecoder()
-    pos = 0
-    n = len(text)
-    while True:
-        while pos < n and text[pos] in " \t\r\n":
-            pos += 1
-        if pos >= n:
-            return
-        line = text.count("\n", 0, pos) + 1
-        try:
-            obj, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise FilterError(f"{option}: line {line}: not JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise FilterError(f"{option}: line {line}: expected a JSON object, got {type(obj).__name__}")
-        yield line, obj
-
-
-def _compile_res(values: Any, where: str) -> list[re.Pattern[str]]:
-    out = []
-    for v in _as_list(values, where):
-        try:
-            out.append(re.compile(str(v)))
-        except re.error as exc:
-            raise FilterError(f"{where}: bad regex {v!r}: {exc}") from None
-    return out
-
-
-def _as_list(values: Any, where: str) -> list[Any]:
-    if values is None:
-        return []
-    if not isinstance(values, list):
-        raise FilterError(f"{where}: expected a list, got {json.dumps(values)}")
-    return values
 
 
 def _pids(values: Any, where: str) -> set[int]:
@@ -394,70 +361,6 @@ def apply_field_filters(filters: list[FieldFilter], doc: Doc) -> Doc:
 
 # ---- redaction filters ----------------------------------------------------------------------
 
-@dataclass
-class RedactionFilter:
-    binary_regex: list[re.Pattern[str]]
-    redact: list[re.Pattern[str]]
-
-    def redact_text(self, binary: str, text: str) -> str:
-        if self.binary_regex and not _any_re(self.binary_regex, binary):
-            return text
-        for pat in self.redact:
-            text = redact_string(pat, text)
-        return text
-
-
-def redact_string(pat: re.Pattern[str], text: str) -> str:
-    """Replace every capture group of every match by ``*****`` (nested groups once)."""
-    def repl(m: re.Match[str]) -> str:
-        s = m.group(0)
-        base = m.start()
-        out = []
-        last = 0
-        for i in range(1, (pat.groups or 0) + 1):
-            start, end = m.span(i)
-            if start < 0 or start - base < last:
-                continue
-            out.append(s[last:start - base])
-            out.append(REDACTED)
-            last = end - base
-        out.append(s[last:])
-        return "".join(out)
-
-    return pat.sub(repl, text)
-
-
-def parse_redaction_filters(text: str, option: str = "redaction_filters") -> list[RedactionFilter]:
-    out = []
-    for line, obj in iter_json_objects(text, option):
-        where = f"{option}: line {line}"
-        unknown = set(obj) - {"redact", "binary_regex"}
-        if unknown:
-            raise FilterError(f"{where}: unknown redaction filter field(s) {', '.join(sorted(unknown))}")
-        out.append(RedactionFilter(_compile_res(obj.get("binary_regex"), f"{where}: binary_regex"),
-                                   _compile_res(obj.get("redact"), f"{where}: redact")))
-    return out
-
-
-def _redact_process(filters: list[RedactionFilter], proc: Doc) -> None:
-    binary = proc.get("binary", "")
-    args = proc.get("arguments")
-    if args:
-        for f in filters:
-            args = f.redact_text(binary, args)
-        proc["arguments"] = args
-    envs = proc.get("environment_variables")
-    if envs:
-        new = []
-        for env in envs:
-            text = f"{env.get('Key', '')}={env.get('Value', '')}"
-            for f in filters:
-                text = f.redact_text(binary, text)
-            k, _, v = text.partition("=")
-            new.append({**env, "Key": k, "Value": v})
-        proc["environment_variables"] = new
-
-
 def apply_redaction(filters: list[RedactionFilter], doc: Doc) -> Doc:
     """Redact in place the processes of ``doc`` (the protojson dict is ours to change)."""
     if not filters:
@@ -465,10 +368,10 @@ def apply_redaction(filters: list[RedactionFilter], doc: Doc) -> Doc:
     b = body(doc)
     for key in ("process", "parent"):
         if isinstance(b.get(key), dict):
-            _redact_process(filters, b[key])
+            redact_process(filters, b[key])
     for anc in b.get("ancestors") or []:
         if isinstance(anc, dict):
-            _redact_process(filters, anc)
+            redact_process(filters, anc)
     return doc
 
 

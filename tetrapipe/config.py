@@ -62,7 +62,7 @@ class Config:
     export_allowlist: str = _opt("", "JSON filters, one per line: export only matching events")
     export_denylist: str = _opt("", "JSON filters, one per line: never export matching events")
     field_filters: str = _opt("", "JSON field filters (include/exclude by field path)")
-    redaction_filters: str = _opt("", "JSON redaction filters")
+    redaction_filters: str = _opt("", "JSON redaction filters, one per line (enricher: every output; JSON exporter)")
     export_rate_limit: int = _opt(-1, "events per minute exported at most; -1 = no limit")
     fluentd_address: str = _opt("127.0.0.1:24224", "fluentd forward input host:port")
     fluentd_tag_prefix: str = _opt("tetrapipe", "fluentd tag = <prefix>.<event type>")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from tetrapipe.broker import EmbeddedBroker
 from tetrapipe.config import Config
+from tetrapipe.redaction import parse_redaction_filters
 
 log = logging.getLogger("tetrapipe.run")
 
@@ -87,6 +88,7 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Checks what can be wrong before anything starts (raises ValueError with the reason)."""
+        parse_redaction_filters(self.cfg.redaction_filters)  # the enricher would refuse them
         if self.user:
             self.unprivileged = unprivileged_wrap(self.user, self.cfg, self.exporters)
 

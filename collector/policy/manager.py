@@ -228,7 +228,9 @@ class PolicyManager:
                 strs[ctypes.c_int(i)] = v
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
-            drain = RingBufferDrain(bpf, self.queue)
+            # its records wait for the process program's exec records of the same time, so the
+            # enricher attributes a hook right after an exec to the new image
+            drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
         except Exception:
             if self.pod_scope is not None:
                 self.pod_scope.remove(p.name)
@@ -379,7 +381,8 @@ class PolicyManager:
                 raise loader.LoadError("no cgroup v2 hierarchy mounted: connects cannot be refused")
             self.connect_deny = connect_deny.ConnectDeny()
             self._connect_drain = RingBufferDrain(self.connect_deny.bpf, self.queue,
-                                                  connect_deny.EVENTS_MAP, connect_deny.DROPS_MAP)
+                                                  connect_deny.EVENTS_MAP, connect_deny.DROPS_MAP,
+                                                  order_after=self.order_after)
             self._connect_drain.start()
             self.connect_deny.attach(root)
             log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)

@@ -20,9 +20,12 @@ negative string length, a varint longer than 10 bytes, a body shorter than what 
 is refused and with which message; the fast path only ever returns what fastavro would return.
 
 Memo (bounded, keyed by the bytes read, never by position): arrays of strings (the capability
-names: 84 % of an event's bytes, the same few lists in every event). A hit returns a new list
-(``list(cached)``) of the same ``str`` objects: callers may change what they get, as with
-fastavro's fresh lists.
+names: 84 % of an event's bytes, the same few lists in every event) and the record types named in
+``memo_records`` (namespaces, credentials, capabilities, pod), by their complete encoding indexed
+by its first ``PREFIX`` bytes. An Avro read is decided by the bytes it consumes, so bytes that
+start with a complete encoding read as exactly its value: a hit is a ``startswith``. Only
+encodings read wholly within the body are kept. A hit returns fresh copies (a new list, new
+dicts): callers may change what they get, as with fastavro's fresh objects.
 """
 
 from __future__ import annotations

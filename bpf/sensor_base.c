@@ -2,6 +2,8 @@
  * with `spec.loader: true` turns the loader sensor on while it is loaded, see
  * collector/sensors/): the ring buffer, its drop counter, the path scratch and the record
  * header helper. collector/sensors/ appends sensor_common.c and the sensor's C after it.
+ * These lines repeat process.c's on purpose: bcc rewrites map calls (`drops.lookup`) only in the
+ * main source text, so process.c cannot #include this file (measured: "unknown opcode 8d").
  */
 #include "records.h"
 #include "path.h"

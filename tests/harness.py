@@ -35,6 +35,26 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
         time.sleep(interval)
 
 
+def free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports (``tetrapipe run`` gives its children
+    the metrics port + 0..4). Taken below the kernel's ephemeral range (32768-60999), where a
+    client socket's local port could otherwise take one of them between the check and the bind."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

@@ -13,14 +13,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import REPO, http_get, wait_until
-
-from tetrapipe.broker import free_port
+from harness import REPO, free_port_block, http_get, wait_until
 
 
 @pytest.mark.kernel
 def test_run_shows_commands_live(bpf_ok: None, tmp_path: Path) -> None:
-    base_port = free_port()
+    base_port = free_port_block(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env["PYTHONPATH"] = str(REPO)
     cmd = [sys.executable, "-m", "tetrapipe", "run", "--log-dir", str(tmp_path),
@@ -94,7 +92,7 @@ def test_run_with_user_keeps_root_only_in_the_collector(bpf_ok: None, tmp_path: 
     nobody = pwd.getpwnam("nobody")
     export_dir = Path(tempfile.mkdtemp(prefix="tetrapipe-run-user-"))
     export_dir.chmod(0o755)
-    base_port = free_port()
+    base_port = free_port_block(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env["PYTHONPATH"] = str(REPO)
     common = [sys.executable, "-m", "tetrapipe", "run", "--quiet", "--log-dir", str(tmp_path),

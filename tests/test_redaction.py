@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import skip_or_fail
 from fluent_receiver import FluentReceiver
 from harness import REPO, Pipeline, body, wait_until
 from identity_helpers import RawProducer, exec_record, exit_record, fork_record, one
@@ -127,7 +128,7 @@ def test_bad_filter_refuses_enricher_start_with_one_line(pipeline: Pipeline) -> 
 
 def test_bad_filter_refuses_tetrapipe_run(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("tetrapipe run checks for root before its options")
+        skip_or_fail("tetrapipe run checks for root before its options")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env.update(PYTHONPATH=str(REPO), TETRAPIPE_REDACTION_FILTERS='{"redact": "--password"}')
     p = subprocess.run([sys.executable, "-m", "tetrapipe", "run", "--log-dir", str(tmp_path)], env=env,

@@ -1,7 +1,12 @@
-"""A Kubernetes API server on loopback for tests: list and watch of pods (``/api/v1/pods`` with
+"""A stand-in Kubernetes API server on loopback for tests (a real one is used where
+scripts/setup-kube-apiserver.sh built it): list and watch of pods (``/api/v1/pods`` with
 ``fieldSelector``, ``watch``, ``resourceVersion``, ``timeoutSeconds``; chunked JSON lines as the
 real API server streams them), ``/api/v1/nodes/<name>``, bearer-token auth, and switchable
 misbehaviour: ``mode`` = ok | unauthorized | garbage | close.
+
+Custom resources of the TracingPolicy CRDs (tests/fake_kube_crds.py): list, watch (410 Gone for a
+resourceVersion older than ``compacted_rv``), get, status update with optimistic concurrency
+(409 on a stale resourceVersion), generation bumped on spec changes; core/v1 Events created.
 
 ``make_pod`` builds Pod JSON as the API server returns it (metadata with ownerReferences, spec
 with probes, status with containerStatuses)."""
@@ -91,8 +96,22 @@ class FakeKubeAPI:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 api.requests.append(self.path)
+                if self.path.startswith("/apis/"):
+                    return api.crds.handle(self, "GET")
                 api.handle(self)
 
+            def do_PUT(self) -> None:  # noqa: N802
+                api.requests.append("PUT " + self.path)
+                api.crds.handle(self, "PUT")
+
+            def do_POST(self) -> None:  # noqa: N802
+                api.requests.append("POST " + self.path)
+                api.crds.handle(self, "POST")
+
+        from tests.fake_kube_crds import FakeCRDs
+
+        self.crds = FakeCRDs(self)
+        self.handler = Handler
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -109,6 +128,18 @@ class FakeKubeAPI:
             self.cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
+
+    def go_away(self) -> None:
+        """The API server goes away: the port is closed, open watches end."""
+        self.stop()
+
+    def come_back(self) -> None:
+        """The API server is back on the same port, with the state it had."""
+        self.closed = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
 
     @property
     def url(self) -> str:

@@ -170,6 +170,37 @@ class PolicyManager:
         self._update_gauge()
         return done
 
+    def replace_text(self, name: str, text: str, source: str = "", mode: str | None = None) -> list[Loaded]:
+        """Load the one policy in ``text`` in place of the loaded policy ``name``: the new version
+        is compiled, loaded and enabled before the old one is unloaded (both act for that moment);
+        when the new one is refused, the old one keeps acting. Without ``name`` loaded: load_text."""
+        with self._lock:
+            old = self.loaded.get(name)
+            if old is None:
+                return self.load_text(text, source, mode)
+            try:
+                policies = parser.parse_text(text, source, mode)
+                if len(policies) != 1:
+                    raise PolicyError("", f"a replacement of {name!r} must hold one policy, not "
+                                          f"{len(policies)}", 0, source)
+                p = policies[0]
+                if p.name != name and p.name in self.loaded:
+                    raise PolicyError("metadata.name", f"a policy named {p.name!r} is already loaded",
+                                      p.line_of("metadata.name"), source)
+                new = self._load(p)
+            except (PolicyError, loader.LoadError) as exc:
+                if old.policy.scoped and self.pod_scope is not None and old.bpf is not None:
+                    self.pod_scope.add(old.policy, old.bpf)  # a failed load of the same name dropped it
+                LOAD_ERRORS.labels(reason="invalid" if isinstance(exc, PolicyError) else "kernel").inc()
+                self._update_gauge()
+                if isinstance(exc, PolicyError):
+                    raise
+                raise PolicyError("", f"the kernel refused the compiled program: {exc}", 0, source) from exc
+            self._unload(old)
+        self.errors.pop(source, None)
+        self._update_gauge()
+        return [new]
+
     def load_file(self, path: str, mode: str | None = None) -> list[Loaded]:
         try:
             check_file_owner(path)
@@ -294,9 +325,11 @@ class PolicyManager:
                 pass
             self._collect_counts(lp)
             lp.drain.stop()
-        if self.pod_scope is not None:
+        replaced = self.loaded.get(lp.name) not in (lp, None)  # replace_text: a new version took its place
+        if self.pod_scope is not None and not replaced:
             self.pod_scope.remove(lp.name)  # before its map goes away
-        self.loaded.pop(lp.name, None)
+        if not replaced:
+            self.loaded.pop(lp.name, None)
         if lp.policy.loader:
             self._sync_loader()
         if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import legacy
+from collector.policy import jsondoc, legacy
 from collector.policy.model import (
     ACTIONS,
     ARG_OPERATORS,
@@ -179,7 +179,11 @@ def _kind(v: Any) -> str:
 # ---- entry points ------------------------------------------------------------------------------
 
 def parse_text(text: str, source: str = "", mode: str | None = None) -> list[Policy]:
-    """Every policy document in ``text``; raises PolicyError for the first problem found."""
+    """Every policy document in ``text`` (YAML, or JSON: collector/policy/jsondoc.py); raises
+    PolicyError for the first problem found."""
+    if jsondoc.looks_like_json(text):
+        docs = jsondoc.documents(text, source)
+        return _named_once([parse_document(d, mode) for d in docs], source)  # type: ignore[arg-type]
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
@@ -197,6 +201,10 @@ def parse_text(text: str, source: str = "", mode: str | None = None) -> list[Pol
             reason = getattr(exc, "problem", None) or str(exc)
             raise PolicyError("", f"not valid YAML: {reason}", mark.line + 1 if mark else 0, source) from None
         policies.append(parse_document(doc, mode))
+    return _named_once(policies, source)
+
+
+def _named_once(policies: list[Policy], source: str) -> list[Policy]:
     if not policies:
         raise PolicyError("", "no policy document found", 0, source)
     names = [p.name for p in policies]

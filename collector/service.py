@@ -212,9 +212,12 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         pod_watch = asyncio.create_task(PodWatcher(col.pods, cfg.node_name, cfg.k8s_kubeconfig,
                                                    backoff_max_s=cfg.k8s_retry_max_ms / 1000).run(stop),
                                         name="k8s-pod-watch")
+    sources = policy_sources(cfg, col, stop)
     try:
         await produce_loop(cfg, col, stop)
     finally:
+        for task in sources:
+            task.cancel()
         if pod_watch is not None:
             pod_watch.cancel()
         if watch is not None:
@@ -222,3 +225,24 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         if control is not None:
             control.close()
         col.stop()
+
+
+def policy_sources(cfg: Config, col: Collector, stop: asyncio.Event) -> list[asyncio.Task]:
+    """Policy sources beyond files and the control socket (collector/policy/sources/)."""
+    tasks = []
+    if cfg.enable_tracing_policy_crd:
+        if not cfg.enable_k8s_api:
+            log.error("enable_tracing_policy_crd needs enable_k8s_api: TracingPolicy resources are not watched")
+        else:
+            from collector.policy.sources.k8s import K8sPolicySource
+
+            src = K8sPolicySource(col.policies, cfg.node_name, cfg.k8s_kubeconfig,
+                                  backoff_max_s=cfg.k8s_retry_max_ms / 1000)
+            tasks.append(asyncio.create_task(src.run(stop), name="k8s-tracingpolicies"))
+    if cfg.opa_url:
+        from collector.policy.sources.opa import OpaPolicySource
+
+        opa = OpaPolicySource(col.policies, cfg.opa_url, cfg.opa_policy_path,
+                              cfg.opa_poll_interval_ms / 1000, token=cfg.opa_token)
+        tasks.append(asyncio.create_task(opa.run(stop), name="opa-policies"))
+    return tasks

@@ -80,6 +80,14 @@ class Config:
                                        "pod-scoped policies (collector)")
     k8s_kubeconfig: str = _opt("", "kubeconfig file; empty = in-cluster config, else ~/.kube/config")
     k8s_retry_max_ms: int = _opt(30000, "longest wait between Kubernetes API retries (backoff from 0.5 s)")
+    enable_tracing_policy_crd: bool = _opt(False, "collector: load TracingPolicy/TracingPolicyNamespaced "
+                                           "custom resources from the Kubernetes API (with enable_k8s_api)")
+    opa_url: str = _opt("", "collector: Open Policy Agent server to take a policy set from "
+                            "(http://host:8181); empty = off")
+    opa_policy_path: str = _opt("tetrapipe/policies", "path of the policy set in OPA's Data API "
+                                                      "(data.tetrapipe.policies)")
+    opa_poll_interval_ms: int = _opt(10000, "how often the OPA policy set is read")
+    opa_token: str = _opt("", "bearer token for OPA (prefer the environment variable)", secret=True)
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events")
     event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never")
     event_cache_size: int = _opt(10000, "events held for pod metadata at most")

@@ -52,7 +52,8 @@ class PodWatcher:
         self.node_name = node_name
         self.kubeconfig = kubeconfig
         self.on_node_labels = on_node_labels
-        self.selector = f"spec.nodeName={node_name}"
+        # no node name: the pods of every node (an enricher run as a Deployment serves all nodes)
+        self.selector = f"spec.nodeName={node_name}" if node_name else ""
         self.server = ""
 
     async def _api_client(self) -> client.ApiClient:
@@ -148,7 +149,7 @@ class PodWatcher:
         return doc
 
     async def _node_labels(self, v1: client.CoreV1Api) -> None:
-        if self.on_node_labels is None:
+        if self.on_node_labels is None or not self.node_name:
             return
         try:
             node = await self._get_json(v1.read_node, "node", name=self.node_name)

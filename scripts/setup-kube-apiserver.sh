@@ -4,6 +4,7 @@
 # custom resources; from the Go module proxy) and Debian's etcd-server. Idempotent. The tests use
 # it when it is there and say so; tests/fake_kube_api.py (a stand-in) serves the rest.
 set -euo pipefail
+[ "${TETRAPIPE_WITH_TEST_SERVERS:-1}" = 1 ] || exit 0   # images (deploy/Dockerfile) need none
 KUBE_VERSION=${KUBE_VERSION:-v0.37.2}
 CACHE=/var/cache/tetrapipe-build/kube-apiserver
 BIN="$CACHE/bin/apiextensions-apiserver"

@@ -3,6 +3,7 @@
 # proxy, once: the binary is cached under /var/cache/tetrapipe-build/opa/ (outside the repo, so a
 # fresh clone on this machine reuses it). Idempotent; needs `go` (1.24+).
 set -euo pipefail
+[ "${TETRAPIPE_WITH_TEST_SERVERS:-1}" = 1 ] || exit 0   # images (deploy/Dockerfile) need none
 OPA_VERSION=${OPA_VERSION:-v1.22.4}
 CACHE=/var/cache/tetrapipe-build/opa
 BIN="$CACHE/bin/opa"

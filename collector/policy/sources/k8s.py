@@ -27,6 +27,7 @@ same as in the YAML the user applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -146,7 +147,13 @@ class K8sPolicySource:
     async def run(self, stop: asyncio.Event) -> None:
         """Watch both kinds until ``stop``; what is loaded stays loaded when this ends (the
         collector unloads everything at its own stop)."""
-        await asyncio.gather(*(self._run_kind(kind, stop) for kind in PLURALS))
+        work = asyncio.gather(*(self._run_kind(kind, stop) for kind in PLURALS))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        work.cancel()  # a watch may wait for the server for minutes
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
 
     async def _run_kind(self, kind: str, stop: asyncio.Event) -> None:
         delay = BACKOFF_FIRST_S

@@ -23,7 +23,8 @@ from tetrapipe.config import Config, load
 def test_sources_started_from_the_configuration(tmp_path: Path) -> None:
     api = FakeKubeAPI("n1").start()
     api.crds.apply({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": "p"},
-                    "spec": {"kprobes": [{"call": "sys_write", "syscall": True, "args": [{"index": 0, "type": "int128"}]}]}})
+                    "spec": {"kprobes": [{"call": "sys_write", "syscall": True,
+                                          "args": [{"index": 0, "type": "int128"}]}]}})
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(json.dumps({"enable-k8s-api": True, "enable-tracing-policy-crd": True,
                                     "k8s-kubeconfig": str(api.write_kubeconfig(tmp_path / "kc")),

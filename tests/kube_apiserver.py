@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any
 CACHE = Path("/var/cache/tetrapipe-build/kube-apiserver")
 APISERVER = CACHE / "bin" / "apiextensions-apiserver"
 TOKEN = "real-apiserver-test-token"
+LIST_KINDS = {"services": "ServiceList", "namespaces": "NamespaceList", "endpoints": "EndpointsList",
+              "flowschemas": "FlowSchemaList", "prioritylevelconfigurations": "PriorityLevelConfigurationList"}
 
 
 def available() -> str | None:
@@ -54,6 +57,34 @@ class _AuthWebhook:
 
             def log_message(self, *a: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the server's informers on the core API: empty
+                url = urllib.parse.urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                api_version = "v1" if parts[0] == "api" else "/".join(parts[1:3])
+                kind = LIST_KINDS.get(parts[-1], "List")
+                if "watch=true" in url.query:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    if "sendInitialEvents=true" in url.query:  # a streaming list: "no items, that was all"
+                        mark = json.dumps({"type": "BOOKMARK", "object": {
+                            "kind": kind.removesuffix("List"), "apiVersion": api_version, "metadata": {
+                                "resourceVersion": "1", "annotations": {"k8s.io/initial-events-end": "true"}}}})
+                        line = mark.encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                    time.sleep(20)
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                out = json.dumps({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": "1"},
+                                  "items": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -129,7 +160,12 @@ class KubeAPIServer:
                 "--secure-port", str(self.port), "--bind-address", "127.0.0.1",
                 "--cert-dir", str(self.tmp / "certs"),
                 "--authentication-kubeconfig", str(hook), "--authorization-kubeconfig", str(hook),
-                "--authentication-skip-lookup", "-v", "1"],
+                "--authentication-skip-lookup", "-v", "1",
+                # no core API here: the admission plugins that read it are off, as the webhook's
+                # kubeconfig stands for the core API only in name
+                "--kubeconfig", str(hook), "--enable-priority-and-fairness=false", "--disable-admission-plugins",
+                "NamespaceLifecycle,MutatingAdmissionPolicy,MutatingAdmissionWebhook,"
+                "ValidatingAdmissionPolicy,ValidatingAdmissionWebhook"],
                 stdout=log, stderr=log, env=dict(os.environ, KUBERNETES_SERVICE_HOST=""))
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

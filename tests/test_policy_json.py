@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import bpf_unavailable_reason, skip_or_fail
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector import loader, procfs
 from collector.drain import RecordQueue
-from collector.policy import control, parser
+from collector.policy import control, jsondoc, parser
 from collector.policy.manager import PolicyManager
 from collector.policy.model import PolicyError
 
@@ -122,3 +124,26 @@ def test_a_json_policy_file_acts_in_the_kernel(tmp_path: Path) -> None:
     finally:
         mgr.stop()
         target.unlink(missing_ok=True)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.sampled_from([None, 1, "\t"]))
+def test_jsondoc_reads_what_json_writes(value: object, indent: object) -> None:
+    doc = jsondoc.documents(json.dumps({"v": value}, indent=indent), "f.json")[0]  # type: ignore[arg-type]
+    assert doc.value == {"v": value}
+    assert all(line >= 1 for line in doc.lines.values())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200))
+def test_jsondoc_never_fails_other_than_with_a_policy_error(text: str) -> None:
+    try:
+        jsondoc.documents("{" + text, "f.json")
+    except PolicyError as exc:
+        assert exc.line >= 1 and exc.reason.startswith("not valid JSON")

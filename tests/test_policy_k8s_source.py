@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,9 @@ def test_create_update_delete_reach_the_kernel(k8s: dict[str, Any]) -> None:
     assert mine["observedGeneration"] == 1
     assert (st["state"], st["loadedNodes"], st["refusedNodes"]) == ("Loaded", 1, 0)
     assert write(a) == -9 and write(b) == 0
+    puts = sum(1 for r in k8s["api"].requests if r.startswith("PUT "))
+    time.sleep(3)   # our own status write comes back as MODIFIED: it must not write again
+    assert sum(1 for r in k8s["api"].requests if r.startswith("PUT ")) == puts
 
     crds.apply(kill_policy("kill-write-a", b))                         # kubectl apply (change)
     wait_status(crds, "TracingPolicy", "kill-write-a", lambda s: s.get("observedGeneration") == 2, "gen 2")

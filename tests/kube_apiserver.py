@@ -177,6 +177,7 @@ class KubeAPIServer:
             except OSError:
                 pass
             time.sleep(0.5)
+        self.stop_apiserver()
         raise RuntimeError("apiextensions-apiserver not ready in 90 s: " + self.log()[-3000:])
 
     def log(self) -> str:

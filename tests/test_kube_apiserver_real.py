@@ -41,8 +41,9 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPIServer]:
     why = available()
     if why:
         skip_or_fail(why)
-    srv = KubeAPIServer(tmp_path_factory.mktemp("kapi")).start()
+    srv = KubeAPIServer(tmp_path_factory.mktemp("kapi"))
     try:
+        srv.start()
         for c in crd.crds():
             code, body = srv.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", c)
             assert code == 201, body

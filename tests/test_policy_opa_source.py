@@ -77,7 +77,11 @@ class Opa:
             self.proc = subprocess.Popen([OPA, "run", "--server", "--addr", f"127.0.0.1:{self.port}",
                                           "--log-level", "error", str(self.tmp / "tetrapipe.rego"),
                                           str(self.tmp / "data.json")], stdout=subprocess.DEVNULL, stderr=log)
-        wait_until(lambda: self._up(), timeout=30, what="OPA listening")
+        try:
+            wait_until(lambda: self._up(), timeout=30, what="OPA listening")
+        except AssertionError:
+            self.stop()
+            raise
         return self
 
     def _up(self) -> bool:

@@ -8,7 +8,7 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 
 need_pkgs=()
-dpkg -s python3-bpfcc >/dev/null 2>&1 || need_pkgs+=(python3-bpfcc)
+[ -d /usr/lib/python3/dist-packages/bcc ] || need_pkgs+=(python3-bpfcc)  # what the venv links to
 command -v bpftool >/dev/null 2>&1 || [ -x /usr/sbin/bpftool ] || need_pkgs+=(bpftool)
 if [ "${TETRAPIPE_WITH_PROMETHEUS:-1}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)

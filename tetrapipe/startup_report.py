@@ -1,0 +1,82 @@
+"""The first lines ``tetrapipe run`` prints: where everything is (each service's metrics and
+health URLs and log, the export file, the control socket, the broker, the state and cache
+directories) and which kernel hook mechanisms this kernel offers; then when every service is
+ready (each /healthz answers 200)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from typing import Any
+
+from tetrapipe.supervisor import Supervisor
+
+WHAT = {"collector": "kernel programs → raw batches", "enricher": "raw → Tetragon-shaped events",
+        "export-json": "JSON export file", "export-fluentd": "fluentd forward",
+        "export-prometheus": "Tetragon-style event metrics"}
+
+
+def kernel_features() -> Any:
+    """collector.kernel_features.probe(), or None where it cannot run."""
+    try:
+        from collector import kernel_features
+
+        return kernel_features.probe()
+    except Exception:  # noqa: BLE001 - the report says "not probed" rather than stop the run
+        return None
+
+
+def _url(host: str, port: int, path: str) -> str:
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{shown}:{port}{path}"
+
+
+def lines(sup: Supervisor, features: Any) -> list[str]:
+    cfg = sup.cfg
+    host = cfg.metrics_host_port[0] if cfg.metrics_host_port else ""
+    log_dir = sup.log_dir
+    out = ["tetrapipe run: every service on this host; Ctrl-C stops them all"]
+    if sup.broker is not None:
+        out.append(f"  broker             {cfg.kafka}  embedded (Tansu), memory only: stopping it loses "
+                   f"its data" + (f"; log {os.path.join(log_dir, 'broker.log')}" if log_dir else ""))
+    else:
+        out.append(f"  broker             {cfg.kafka}")
+    for c in sup.children:
+        where = (f"metrics {_url(host, c.port, '/metrics')}  health {_url(host, c.port, '/healthz')}"
+                 if c.port else "metrics off")
+        logf = f"  log {os.path.join(log_dir, c.name + '.log')}" if log_dir else ""
+        out.append(f"  {c.name:<18} {where}{logf}  ({WHAT.get(c.name, '')})")
+    if "json" in sup.exporters:
+        out.append(f"  export file        {cfg.export_filename}")
+    out.append(f"  control socket     {cfg.control_socket}  (tetrapipe tracingpolicy add|list|delete ...)")
+    out.append(f"  state, cache       {cfg.state_dir}, {cfg.cache_dir}")
+    if features is None:
+        out.append("  kernel             hook mechanisms not probed")
+    else:
+        lack = ", ".join(features.missing()) or "none"
+        out.append(f"  kernel             {features.release}: hook mechanisms available: "
+                   f"{', '.join(features.available()) or 'none'}; not available: {lack}")
+    return out
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - our own loopback URL
+            return r.status == 200
+    except OSError:
+        return False
+
+
+async def wait_healthy(sup: Supervisor, stop: asyncio.Event, timeout: float) -> bool:
+    """True once every child's /healthz answers 200 (children without metrics count as ready)."""
+    host = sup.cfg.metrics_host_port[0] if sup.cfg.metrics_host_port else ""
+    urls = [_url(host, c.port, "/healthz") for c in sup.children if c.port]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while urls and not stop.is_set() and loop.time() < deadline:
+        checks = await asyncio.gather(*(asyncio.to_thread(_healthy, u) for u in urls))
+        urls = [u for u, ok in zip(urls, checks, strict=True) if not ok]
+        if urls:
+            await asyncio.sleep(0.3)
+    return not urls

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 from harness import REPO, wait_until
 
+from collector import kernel_features
+
 PRISTINE = """set -e
 ip link set lo up
 for d in /var/log /var/run /var/lib /var/cache; do mount -t tmpfs -o mode=0755 tmpfs "$d"; done
@@ -168,15 +170,19 @@ def test_readme_run_command_on_a_pristine_machine(bpf_ok: None) -> None:
         # the first lines: where everything is, and the kernel's hook mechanisms
         for name, port in (("collector", 2112), ("enricher", 2113), ("export-json", 2114),
                            ("export-prometheus", 2115)):
-            assert re.search(rf"^  {name} +metrics http://127\.0\.0\.1:{port}/metrics  "
-                             rf"health http://127\.0\.0\.1:{port}/healthz", out, re.M), (name, out[:3000])
-        assert re.search(r"^  broker +127\.0\.0\.1:9092  embedded", out, re.M)
+            assert re.search(rf"^  {name} +http://127\.0\.0\.1:{port}/metrics  "
+                             rf"http://127\.0\.0\.1:{port}/healthz", out, re.M), (name, out[:3000])
+        assert re.search(r"^  broker +127\.0\.0\.1:9092  \(embedded", out, re.M)
+        assert re.search(r"^  logs +/var/log/tetrapipe/\{broker,collector,enricher,export-json,"
+                         r"export-prometheus\}\.log$", out, re.M)
         assert re.search(r"^  export file +/var/log/tetrapipe/events\.log$", out, re.M)
         assert re.search(r"^  control socket +/var/run/tetrapipe/tetrapipe\.sock", out, re.M)
         kernel = next(t for _, t in lines if t.startswith("  kernel "))
         for mech in ("kprobes", "fentry", "fmod_ret", "bpf_lsm", "override_return", "tracepoints", "uprobes"):
             assert mech in kernel, kernel
-        assert "available: tracepoints, uprobes" in kernel or "tracepoints" in kernel.split("not available")[0]
+        feats = kernel_features.probe()  # the same probe, from here: the line reports it
+        assert f"hooks: {', '.join(feats.available()) or 'none'}; missing: " in kernel, kernel
+        assert "tracepoints" in feats.available()
         assert "Traceback" not in out
 
         # a command typed after start shows in the compact view within seconds

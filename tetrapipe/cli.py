@@ -85,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     logs.setup(cfg.log_level, "run")
+    if cfg.log_level != "debug":  # the first lines say it (tetrapipe/startup_report.py)
+        for name in ("tetrapipe.broker", "tetrapipe.kafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if os.geteuid() != 0:
         sys.exit("tetrapipe run: needs root to load BPF programs (the collector); "
                  "without root, run the enricher and exporters alone")

@@ -12,9 +12,7 @@ from typing import Any
 
 from tetrapipe.supervisor import Supervisor
 
-WHAT = {"collector": "kernel programs → raw batches", "enricher": "raw → Tetragon-shaped events",
-        "export-json": "JSON export file", "export-fluentd": "fluentd forward",
-        "export-prometheus": "Tetragon-style event metrics"}
+WHAT = {"export-prometheus": "event metrics", "export-fluentd": "fluentd forward"}
 
 
 def kernel_features() -> Any:
@@ -35,28 +33,28 @@ def _url(host: str, port: int, path: str) -> str:
 def lines(sup: Supervisor, features: Any) -> list[str]:
     cfg = sup.cfg
     host = cfg.metrics_host_port[0] if cfg.metrics_host_port else ""
-    log_dir = sup.log_dir
     out = ["tetrapipe run: every service on this host; Ctrl-C stops them all"]
     if sup.broker is not None:
-        out.append(f"  broker             {cfg.kafka}  embedded (Tansu), memory only: stopping it loses "
-                   f"its data" + (f"; log {os.path.join(log_dir, 'broker.log')}" if log_dir else ""))
+        out.append(f"  broker             {cfg.kafka}  (embedded Tansu, memory only: stopping it loses its data)")
     else:
         out.append(f"  broker             {cfg.kafka}")
     for c in sup.children:
-        where = (f"metrics {_url(host, c.port, '/metrics')}  health {_url(host, c.port, '/healthz')}"
-                 if c.port else "metrics off")
-        logf = f"  log {os.path.join(log_dir, c.name + '.log')}" if log_dir else ""
-        out.append(f"  {c.name:<18} {where}{logf}  ({WHAT.get(c.name, '')})")
+        where = f"{_url(host, c.port, '/metrics')}  {_url(host, c.port, '/healthz')}" if c.port else "metrics off"
+        what = f"  ({WHAT[c.name]})" if c.name in WHAT else ""
+        out.append(f"  {c.name:<18} {where}{what}")
     if "json" in sup.exporters:
         out.append(f"  export file        {cfg.export_filename}")
-    out.append(f"  control socket     {cfg.control_socket}  (tetrapipe tracingpolicy add|list|delete ...)")
+    if sup.log_dir:
+        names = ",".join(["broker"] * (sup.broker is not None) + [c.name for c in sup.children])
+        out.append(f"  logs               {os.path.join(sup.log_dir, '{' + names + '}.log')}")
+    out.append(f"  control socket     {cfg.control_socket}  (tetrapipe tracingpolicy ...)")
     out.append(f"  state, cache       {cfg.state_dir}, {cfg.cache_dir}")
     if features is None:
         out.append("  kernel             hook mechanisms not probed")
     else:
         lack = ", ".join(features.missing()) or "none"
-        out.append(f"  kernel             {features.release}: hook mechanisms available: "
-                   f"{', '.join(features.available()) or 'none'}; not available: {lack}")
+        out.append(f"  kernel             {features.release}; hooks: {', '.join(features.available()) or 'none'}; "
+                   f"missing: {lack}")
     return out
 
 

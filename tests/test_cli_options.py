@@ -115,14 +115,15 @@ def readme_commands() -> list[tuple[int, str]]:
     """(line, command) of every command line in the README's code blocks (fenced or indented)
     that runs `tetrapipe` or a `./scripts/` script; continuation lines joined."""
     out: list[tuple[int, str]] = []
-    fenced = False
+    fenced = shell = False
     pending = ""
     for n, line in enumerate((REPO / "README.md").read_text().splitlines(), 1):
         if line.startswith("```"):
             fenced = not fenced
+            shell = fenced and line[3:].strip() in ("", "sh", "bash", "shell", "console")
             continue
-        if not (fenced or line.startswith("    ")):
-            continue
+        if not ((fenced and shell) or (not fenced and line.startswith("    "))):
+            continue  # prose, or a block of output/YAML/JSON (```text, ```yaml)
         text = pending + " " + line.strip() if pending else line.strip()
         if text.endswith("\\"):
             pending = text[:-1]
@@ -226,3 +227,18 @@ def test_run_refuses_taken_metrics_ports_before_starting(tmp_path: Path) -> None
                        "--export-filename", str(tmp_path / "events.log"))
     _one_line(r, rf"run: metrics port {port} \(enricher\) in use by another process")
     assert not (tmp_path / "log" / "broker.log").exists()  # nothing started
+
+
+def test_compose_and_deploy_config_parse() -> None:
+    """docker-compose.yml's tetrapipe commands parse, and the shared YAML file loads for each."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    commands = [svc["command"] for svc in compose["services"].values()
+                if isinstance(svc.get("command"), list) and svc["command"][0] in
+                ("collector", "enricher", "export")]
+    assert len(commands) == 5
+    for argv in commands:
+        argv = [a.replace("/etc/tetrapipe/tetrapipe.yaml", str(REPO / "deploy/tetrapipe/tetrapipe.yaml"))
+                for a in argv]
+        config.load(cli.build_parser().parse_args(argv), environ={})

@@ -197,7 +197,7 @@ def test_expected_failures_are_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
-def test_not_root_and_unwritable_directory_are_one_line(tmp_path: Path) -> None:
+def test_not_root_bpf_refused_and_unwritable_directory_are_one_line(tmp_path: Path) -> None:
     drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env["PYTHONPATH"] = str(REPO)
@@ -205,6 +205,12 @@ def test_not_root_and_unwritable_directory_are_one_line(tmp_path: Path) -> None:
         r = subprocess.run([*drop, sys.executable, "-m", "tetrapipe", command], env=env, cwd="/",
                            capture_output=True, text=True, timeout=60)
         _one_line(r, expect)
+    # root without the BPF capabilities: the kernel refuses the programs
+    r = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin", sys.executable,
+                        "-m", "tetrapipe", "collector", "--kafka", "127.0.0.1:1", "--metrics-address", "",
+                        "--state-dir", str(tmp_path / "st"), "--control-socket", str(tmp_path / "c.sock")],
+                       env=env, cwd="/", capture_output=True, text=True, timeout=180)
+    _one_line(r, r"^tetrapipe collector: process\.c: bcc could not compile or load it")
     # run, as root, with a log folder that cannot be made: one line before anything starts
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -97,12 +97,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.exit(f"tetrapipe run: --exporters: unknown {', '.join(unknown)} (json, fluentd, prometheus)")
     sup = Supervisor(cfg, exporters, log_dir=args.log_dir, user=args.user)
     started = time.monotonic()
+    signalled: list[int] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            signalled.append(sig)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         sup.start()
         features = await asyncio.to_thread(startup_report.kernel_features)
         for line in startup_report.lines(sup, features):
@@ -127,8 +133,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_async(main())
     finally:
         sup.stop()
-    print("tetrapipe run: stopped", flush=True)
-    return 0
+    if signalled:
+        print("tetrapipe run: stopped", flush=True)
+        return 0
+    # the supervisor gave up on a child: say why, from the last line of its log
+    for c in sup.children:
+        last = _last_line(os.path.join(args.log_dir, f"{c.name}.log")) if args.log_dir else ""
+        if c.proc is not None and c.proc.returncode not in (0, None) and last:
+            print(last if last.startswith("tetrapipe ") else f"tetrapipe run: {c.name}: {last}",
+                  file=sys.stderr, flush=True)
+    print("tetrapipe run: stopped because a service keeps failing", file=sys.stderr, flush=True)
+    return 1
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 async def _say_ready(sup: object, joined: asyncio.Event, started: float, stop: asyncio.Event) -> None:
@@ -145,6 +171,19 @@ async def _say_ready(sup: object, joined: asyncio.Event, started: float, stop: a
 
 
 async def _live_view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) -> None:
+    """The compact view; a failure (Kafka unreachable) is one line, the services keep running."""
+    try:
+        await _view(cfg, stop, joined)
+    except Exception as exc:  # noqa: BLE001 - expected failures become one line
+        line = expected_failure(exc)
+        if line is None:
+            raise
+        print(f"tetrapipe run: no live view: {line}", file=sys.stderr, flush=True)
+    finally:
+        joined.set()
+
+
+async def _view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) -> None:
     from exporters import compact, protojson
     from schemas import codec, registry
     from tetrapipe import kafka
@@ -152,8 +191,8 @@ async def _live_view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) ->
     decode = registry.decoder_for(cfg)
     await kafka.ensure_topics(cfg, [cfg.events_topic])
     consumer = kafka.make_consumer(cfg, None, [cfg.events_topic], auto_offset_reset="latest")  # type: ignore[arg-type]
-    await consumer.start()
     try:
+        await consumer.start()
         while not consumer.assignment() and not stop.is_set():
             await consumer.getmany(timeout_ms=100)
         for tp in consumer.assignment():
@@ -170,7 +209,6 @@ async def _live_view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) ->
                     if line:
                         print(line, flush=True)
     finally:
-        joined.set()
         await consumer.stop()
 
 

@@ -133,7 +133,11 @@ async def _read_kafka(cfg: Config, args: argparse.Namespace, out: Callable[[dict
     decode = registry.decoder_for(cfg)
     consumer = kafka.make_consumer(cfg, None, [cfg.events_topic],  # type: ignore[arg-type]
                                    auto_offset_reset="earliest" if args.from_start else "latest")
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # an unreachable broker: the caller says so in one line
+        raise
     try:
         idle = 0.0
         while args.follow or idle < args.timeout:

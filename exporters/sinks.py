@@ -12,12 +12,17 @@ Stage = Callable[[Config, asyncio.Event], Awaitable[None]]
 
 
 async def _json(cfg: Config, stop: asyncio.Event) -> None:
+    from pathlib import Path
+
     from exporters.json_file import JsonFileSink
+    from tetrapipe.dirs import ensure_dir
 
     try:
         sink = JsonFileSink.from_config(cfg)
     except ValueError as exc:  # a bad export option: refuse to start, say which and why
         raise SystemExit(f"tetrapipe export json: {exc}") from None
+    # the export file's folder, made when missing; one line (DirError) when it cannot be written
+    ensure_dir(Path(cfg.export_filename).parent, 0o755, "the JSON export file, --export-filename")
     await run_sink(cfg, sink, stop)
 
 

@@ -8,8 +8,11 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 
 need_pkgs=()
-dpkg -s python3-bpfcc >/dev/null 2>&1 || need_pkgs+=(python3-bpfcc)
+[ -d /usr/lib/python3/dist-packages/bcc ] || need_pkgs+=(python3-bpfcc)  # what the venv links to
 command -v bpftool >/dev/null 2>&1 || [ -x /usr/sbin/bpftool ] || need_pkgs+=(bpftool)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)            # tests: loopback in new net namespaces
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)         # tests: TLS certificates for Kafka security
+command -v vi >/dev/null 2>&1 || command -v vim >/dev/null 2>&1 || need_pkgs+=(vim-tiny)  # tests: the seed's vi story
 if [ "${TETRAPIPE_WITH_PROMETHEUS:-1}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 fi

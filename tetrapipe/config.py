@@ -163,16 +163,16 @@ class Config:
         "collector enricher", "Kubernetes")
     enable_tracing_policy_crd: bool = _opt(False, "load TracingPolicy/TracingPolicyNamespaced custom resources "
                                            "from the Kubernetes API (with enable_k8s_api)",
-        "collector", "Policy sources")
+        "collector", "Policies")
     opa_url: str = _opt("", "Open Policy Agent server to take a policy set from (http://host:8181); empty = off",
-        "collector", "Policy sources")
+        "collector", "Policies")
     opa_policy_path: str = _opt("tetrapipe/policies", "path of the policy set in OPA's Data API "
                                                       "(data.tetrapipe.policies)",
-        "collector", "Policy sources")
+        "collector", "Policies")
     opa_poll_interval_ms: int = _opt(10000, "how often the OPA policy set is read",
-        "collector", "Policy sources")
+        "collector", "Policies")
     opa_token: str = _opt("", "bearer token for OPA (prefer the environment variable)",
-        "collector", "Policy sources", secret=True)
+        "collector", "Policies", secret=True)
     enable_pod_annotations: bool = _opt(False, "put pod annotations in events",
         "enricher", "Kubernetes")
     event_cache_hold_ms: int = _opt(5000, "longest an event waits for its pod's metadata; 0 = never",

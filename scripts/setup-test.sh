@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# What the tests need beyond what `run` needs: setup.sh, then the real servers and kernels the tests
+# start (each cached under /var/cache/tetrapipe-build, built or fetched once per machine). The
+# README's run command never calls this: a user running the pipeline builds no test servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+./scripts/setup-opa.sh               # real OPA server for the OPA policy-source tests (cached)
+./scripts/setup-kube-apiserver.sh    # real API server (apiextensions-apiserver + etcd) for the CRD tests (cached)
+echo "setup-test: ready"

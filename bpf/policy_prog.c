@@ -106,3 +106,40 @@ static __always_inline void tp_exec_state_save(void)
         fc_marks.update(&fk, &one);
     }
 }
+
+// @@ exec_state_fork
+{
+    /* a new process starts with its parent's state: a change is judged against the exec before */
+    u32 tg = bpf_get_current_pid_tgid() >> 32;
+    struct tp_exec_state *st = exec_state.lookup(&tg);
+    if (st) {
+        struct tp_exec_state c = *st;
+        u32 child = args->child_pid;
+        exec_state.update(&child, &c);
+    }
+}
+
+// @@ state_exit
+{
+    /* per-process state leaves with the process (a reused pid must not inherit it); a thread's
+     * copy (sched_process_fork fires for threads too) leaves with the thread */
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tg = id >> 32, tid = (u32)id;
+    ${keys}
+    if (tid != tg)
+        ${map}.delete(&tk);
+    if (${group_dead})
+        ${map}.delete(&pk);
+}
+
+// @@ compat_helpers
+/* The current syscall is a 32-bit one (int 0x80, or a 32-bit binary): x86's TS_COMPAT, which
+ * in_ia32_syscall() tests. syscalls:sys_enter_* and sys_exit_* never fire for those
+ * (ARCH_TRACE_IGNORE_COMPAT_SYSCALLS); raw_syscalls:* do, with the i386 number. */
+static __always_inline int tp_compat(void)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    u32 st = 0;
+    bpf_probe_read_kernel(&st, sizeof(st), &t->thread_info.status);
+    return (st & 0x0002) != 0;
+}

@@ -87,26 +87,27 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
         "sendfile": (SEEN, SEED_ONLY_WRITE), "splice": (SEEN, SEED_ONLY_WRITE),
         "copy_file_range": (SEEN, SEED_ONLY_WRITE), "mmap+store": (SEEN, SEED_ONLY_WRITE),
         "deep file (40 dirs)": (MISSED, DEEP_FILE),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING), "int 0x80 open+write": (MISSED, INT80),
+        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
     },
     "etc-passwd-shadow-writes": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (CAUGHT, "creat truncates at the open (not seen), then the write is"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING), "int 0x80 open+write": (MISSED, INT80),
+        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
     },
     "etc-passwd-shadow-writes + Sigkill": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (SEEN, "creat truncated the file at the open; the write after it is killed"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING), "int 0x80 open+write": (MISSED, INT80),
+        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
         "ftruncate": (SEEN, FTRUNCATE),
     },
     "raw-path openat (the form before #12)": {
         "absolute": (CAUGHT, ""), "creat": (MISSED, RAW + ": creat is another syscall"),
         "truncate(path)": (MISSED, RAW + ": truncate is another syscall"),
         "rename over": (MISSED, RAW + ": rename is another syscall"),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING), "int 0x80 open+write": (MISSED, INT80),
+        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "int 0x80 open+write": (MISSED, RAW + ": the 32-bit call is open(2); the policy hooks openat"),
         "hardlink": (MISSED, RAW), "bind mount": (MISSED, RAW), "relative name": (MISSED, RAW),
         "..": (MISSED, RAW), "//": (MISSED, RAW), "symlink": (MISSED, RAW), "openat dirfd": (MISSED, RAW),
         "openat2 RESOLVE_BENEATH": (MISSED, RAW + ": openat2 is another syscall"),
@@ -116,16 +117,16 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     },
     "private-key-reads": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING), "int 0x80 open+read": (MISSED, INT80),
+        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
     "private-key-reads + Sigkill": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING), "int 0x80 open+read": (MISSED, INT80),
+        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
-    "kernel-module-loads": {"int 0x80 finit_module": (MISSED, INT80)},
-    "bpf-loads": {"int 0x80 bpf": (MISSED, INT80)},
-    "privilege-escalation": {"int 0x80 setuid32": (MISSED, INT80)},
-    "namespace-escape": {"int 0x80 unshare": (MISSED, INT80)},
+    "kernel-module-loads": {},
+    "bpf-loads": {},
+    "privilege-escalation": {},
+    "namespace-escape": {},
     "unexpected-outbound-connections": {"io_uring CONNECT+SEND": (MISSED, IO_URING)},
 }
 RESULTS: list[tuple[str, str, str, str, str]] = []   # (policy, case, result, expected, detail)
@@ -138,6 +139,7 @@ class Hit:
     policy: str
     action: int
     paths: list[str]
+    ktime: int = 0
 
 
 @dataclass
@@ -159,7 +161,8 @@ class Engine:
             body = records.decode_hook(rec)
             paths = [a.data.decode(errors="replace") for a in body.args
                      if a.type in (records.ARG_STRING, records.ARG_FILE, records.ARG_PATH)]
-            self.hits.append(Hit(rec.header.pid, self.names.get(body.policy_id, "?"), body.action, paths))
+            self.hits.append(Hit(rec.header.pid, self.names.get(body.policy_id, "?"), body.action, paths,
+                                 rec.header.ktime))
 
     def of(self, label: str, pids: set[int]) -> list[Hit]:
         return [h for h in self.hits if h.policy == label and h.pid in pids]
@@ -318,6 +321,18 @@ def _judge_alert(eng: Engine, label: str, run: Run, want_path: str | None, min_e
     return (SEEN if hits else MISSED), detail
 
 
+def _judge_race(eng: Engine, label: str, run: Run) -> tuple[str, str]:
+    """Each open that reached the protected file must have its event inside the open's time
+    window: an open the kernel made on the target while we read the decoy is the race won."""
+    windows = [tuple(map(int, line.split()[1:3])) for line in run.out.splitlines() if line.startswith("w ")]
+    assert len(windows) >= 100, run.out[-300:]    # the flipper must leave the kernel a chance
+    times = sorted(h.ktime for h in eng.of(label, run.pids))
+    import bisect
+    won = sum(1 for lo, hi in windows if bisect.bisect_left(times, lo) == bisect.bisect_right(times, hi))
+    detail = f"{len(windows)} opens of {RACE_TRIES} reached the file, {won} without their event"
+    return (MISSED if won else CAUGHT), detail
+
+
 def _record(policy: str, case: str, result: str, detail: str) -> None:
     expected, why = EXPECTED.get(policy, {}).get(case, (CAUGHT, ""))
     RESULTS.append((policy, case, result, expected, why or detail))
@@ -396,10 +411,7 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
         if label.endswith("Sigkill"):
             result, detail = _judge_kill(eng, label, run, changed)
         elif free is not None:
-            landed = int(free.out.split("landed ")[1].split()[0]) if "landed " in free.out else 0
-            assert landed >= 100, free.out   # the flipper must leave the kernel a chance
-            result, detail = _judge_alert(eng, label, free, None, landed)
-            detail += f" landed={landed} of {RACE_TRIES}"
+            result, detail = _judge_race(eng, label, free)
         else:
             want = "/etc/passwd" if not label.startswith("raw") else None
             result, detail = _judge_alert(eng, label, run, want)

@@ -37,6 +37,11 @@ def connect_rule(g: ProgramGen, hook: Hook, s: Selector, hid: int, index: int) -
     g.connect_rules.append(rule)
 
 
+TP_ANCESTORS = 8   # bpf/policy.h: ancestors walked by matchPIDs followForks
+# socket hooks whose tracepoint fires outside the process that owns the socket
+OUTSIDE_PROCESS_CONTEXT = {"tcp_close": "sock:inet_sock_set_state (often softirq: RST, timeouts, FIN)"}
+
+
 def check_actions(g: ProgramGen, hook: Hook, hid: int) -> None:
     for index, s in enumerate(hook.selectors):
         if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
@@ -65,3 +70,17 @@ def check_actions(g: ProgramGen, hook: Hook, hid: int) -> None:
         for pf in s.match_pids:
             if pf.follow_forks and pf.operator == "NotIn":
                 g.notices.append(f"{pf.path}: followForks with NotIn checks the process itself")
+            elif pf.follow_forks:
+                g.notices.append(f"{pf.path}: followForks checks the process and {TP_ANCESTORS} ancestors: "
+                                 "a descendant further down is not matched")
+        if (hook.return_ or s.match_return_args) and any(a.action in ("Sigkill", "Signal")
+                                                         for a in s.match_actions):
+            g.notices.append(f"{s.path}: the signal of a selector on a return hook (or with matchReturnArgs) "
+                             "is sent at the syscall's exit: the call has taken effect; the process dies "
+                             "before it returns to user space")
+        if hook.kind == "kprobe" and hook.call in OUTSIDE_PROCESS_CONTEXT:
+            for a in s.match_actions:
+                if a.action in ("Sigkill", "Signal"):
+                    raise g.fail(f"{a.path}.action", f"{a.action} cannot be served on {hook.call}: it runs in "
+                                 f"{OUTSIDE_PROCESS_CONTEXT[hook.call]}, outside the socket owner's process "
+                                 "context, so the signal would hit whatever task the CPU was running")

@@ -15,6 +15,7 @@ The parts, one module per concern:
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,9 @@ class ProgramGen:
         self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
         self.monitor = policy.mode == "monitor"
+        # 32-bit syscalls: served from raw_syscalls with TS_COMPAT where the kernel runs them
+        self.compat = platform.machine() == "x86_64" and (tracefs / "events" / "raw_syscalls").is_dir()
+        self.compat_used = False
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
         self.scope_check = "    if (!tp_in_scope())\n        return 0;\n" if policy.scoped else ""
 
@@ -181,6 +185,13 @@ class ProgramGen:
             fragment("follow_children_fork", fid=fid).rstrip("\n"))
         return fid
 
+    def _state_exit(self, map_name: str, keys: str) -> str:
+        """Drop a process's entry when its last thread exits (``group_dead`` where the kernel's
+        sched_process_exit has it, else at the exit of the thread group leader)."""
+        fields = tracepoint_fields("sched", "sched_process_exit", self.tracefs) or []
+        dead = "args->group_dead" if any(f.name == "group_dead" for f in fields) else "tid == tg"
+        return fragment("state_exit", map=map_name, keys=keys, group_dead=dead).rstrip("\n")
+
     # ---- program ---------------------------------------------------------------------------
     def program(self, ringbuf_pages: int) -> str:
         slots = 1
@@ -221,9 +232,18 @@ class ProgramGen:
                     "static __always_inline int tp_in_scope(void) "
                     f"{{ u64 cg = bpf_get_current_cgroup_id(); return {POD_CGROUPS_MAP}.lookup(&cg) != 0; }}"]
         out += ["", fragment("program_helpers").rstrip("\n")]
+        if self.compat_used:
+            out.append("\n" + fragment("compat_helpers").rstrip("\n"))
         if self.exec_state:
             out.append("\n" + fragment("exec_state_save"))
             self.probes.setdefault("sched:sched_process_exec", []).insert(0, "tp_exec_state_save();")
+            self.probes.setdefault("sched:sched_process_fork", []).append(fragment("exec_state_fork").rstrip("\n"))
+            self.probes.setdefault("sched:sched_process_exit", []).append(
+                self._state_exit("exec_state", "u32 tk = tid, pk = tg;"))
+        for fid in range(self.fc_filters):
+            self.probes.setdefault("sched:sched_process_exit", []).append(self._state_exit(
+                "fc_marks", f"struct tp_fc_key tk = {{.filter = {fid}, .tgid = tid}}, "
+                            f"pk = {{.filter = {fid}, .tgid = tg}};"))
         out += self.functions
         out += self.uprobe_entries
         for tp, stmts in self.probes.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import sock_hooks, uprobes
+from collector.policy import compat_x86
 from collector.policy.argtypes import INT_ARG_KIND
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
@@ -42,7 +43,12 @@ class HookGen(SelectorGen):
             conds = self.selector_conds(s)
             sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(indent(c) for c in conds)
                             + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
+        # order: the signal first (a rate limit or NoPost only spares the event, never the kill),
+        # then the rate limit, then NoPost
         effects = []
+        for i, _main, sig in actions:
+            if sig and not self.g.monitor:
+                effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
         for i, s in enumerate(hook.selectors):
             rl = next((a for a in s.match_actions if a.rate_limit), None)
             if rl is None:
@@ -55,14 +61,10 @@ class HookGen(SelectorGen):
                 f"    struct tp_rl_key k = {{.hook_sel = {hid * SEL_SLOTS + i}, .scope = {scope}}};\n"
                 f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n        return 0;\n"
                 "    ratelimit.update(&k, &now);\n}")
-        for i, main, sig in actions:
-            stmts = []
-            if sig and not self.g.monitor:
-                stmts.append(f"bpf_send_signal({sig});")
-            if main == "NoPost":
-                stmts.append("return 0;")
-            if stmts:
-                effects.append(f"if (sel == {i}) {{ {' '.join(stmts)} }}")
+        for i, s in enumerate(hook.selectors):
+            # NoPost beside any other action (Sigkill included): the action is taken, no event
+            if any(a.action == "NoPost" for a in s.match_actions):
+                effects.append(f"if (sel == {i}) {{ return 0; }}")
         ser = self.serialize()
         flags = "TP_HOOK_MONITOR" if self.g.monitor else "0"
         fn = "\n" + fragment(
@@ -71,6 +73,7 @@ class HookGen(SelectorGen):
             count_base=hid * SEL_SLOTS, count_last=SEL_SLOTS - 1, effects=indent("\n".join(effects)),
             policy_id=self.g.policy_id, flags=flags, serialize=indent(ser)).rstrip("\n")
         self._probes(implicit)
+        self._compat_probes(bool(implicit))
         return fn
 
     def serialize(self) -> str:
@@ -137,8 +140,11 @@ class HookGen(SelectorGen):
                 "        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n"
                 f"        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
         elif src.kind in ("syscall", "tracepoint"):
+            translate = ""
+            if src.kind == "tracepoint" and src.attach_enter.startswith("raw_syscalls:"):
+                translate = indent(self.compat_nr_c()) + "\n"
             self.g.probes.setdefault(src.attach_enter, []).append(
-                f"{{\n    u64 a[6] = {{}};\n{indent(loads)}\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
+                f"{{\n    u64 a[6] = {{}};\n{indent(loads)}\n{translate}    tp_hook_{hid}(args, a, 0, 0);\n}}")
         elif src.kind == "open":
             for tp in src.attach_exit:
                 self.g.probes.setdefault(tp, []).append(
@@ -164,6 +170,75 @@ class HookGen(SelectorGen):
                 # clone3: the flags read after the kernel copied clone_args (resident by now)
                 + ("        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n" if src.clone3_flags else "")
                 + f"        pending_{hid}.delete(&tid);\n        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
+
+    # -- 32-bit syscalls (x86-64 with IA32 emulation) -----------------------------------------
+    def _compat_probes(self, implicit: bool) -> None:
+        """The same hook for the i386 twins of its syscalls, from raw_syscalls:sys_enter/exit with
+        the task's TS_COMPAT: syscalls:* tracepoints never see a 32-bit call."""
+        src, hid = self.src, self.hid
+        if not self.g.compat:
+            return
+        if src.kind == "open":
+            names = [tp.split("sys_exit_", 1)[1] for tp in src.attach_exit]
+        elif src.kind in ("syscall", "syscall_ret") and src.attach_enter.startswith("syscalls:sys_enter_"):
+            names = [src.attach_enter.split("sys_enter_", 1)[1]]
+        else:
+            return
+        nrs = sorted({n for name in names for n in compat_x86.i386_numbers(name)})
+        if not nrs:
+            self.g.notices.append(f"{self.hook.path}: no 32-bit (i386) twin of {', '.join(names)}: "
+                                  "32-bit calls are not seen")
+            return
+        self.g.compat_used = True
+        ids = "(" + " || ".join(f"args->id == {n}" for n in nrs) + ")"
+        n = min(len(src.fields), 6)
+        loads = "".join(f"    a[{i}] = (u32)args->args[{i}];\n" for i in range(n))
+        clone3 = "    if (tp_clone3_flags(a) < 0)\n        a[0] = 0;\n" if src.clone3_flags else ""
+        enter, exit_ = "raw_syscalls:sys_enter", "raw_syscalls:sys_exit"
+        if src.kind == "open":
+            self.g.probes.setdefault(exit_, []).append(
+                f"if (args->ret >= 0 && {ids} && tp_compat()) {{\n    u64 a[6] = {{}};\n"
+                f"    a[0] = args->ret;\n    a[1] = args->ret;\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        elif src.kind == "syscall":
+            self.g.probes.setdefault(enter, []).append(
+                f"if ({ids} && tp_compat()) {{\n    u64 a[6] = {{}};\n{loads}{clone3}"
+                f"    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        else:
+            keep = f"tp_pre_{hid}(args, a)" if implicit else "1"
+            self.g.probes.setdefault(enter, []).append(
+                f"if ({ids} && tp_compat()) {{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{loads}"
+                f"    u32 tid = (u32)bpf_get_current_pid_tgid();\n    if ({keep})\n"
+                f"        pending_{hid}.update(&tid, &p);\n}}")
+            self.g.probes.setdefault(exit_, []).append(
+                f"if ({ids} && tp_compat()) {{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = pending_{hid}.lookup(&tid);\n    if (p) {{\n        u64 a[6] = {{}};\n"
+                + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(n))
+                + (indent(clone3) + "\n" if clone3 else "") + f"        pending_{hid}.delete(&tid);\n"
+                f"        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
+
+    def compat_nr_c(self) -> str:
+        """For a raw_syscalls tracepoint hook: a 32-bit call's i386 number becomes the x86-64
+        number policies name (those its matchArgs on index 0 compare), any other 2^32 + its own."""
+        if not self.g.compat:
+            return ""
+        wanted: set[int] = set()
+        for s in self.hook.selectors:
+            for f in s.match_args:
+                if f.index != 0:
+                    continue
+                for v in f.values:
+                    lo, _, hi = v.partition(":")
+                    try:
+                        a, b = int(lo, 0), int(hi or lo, 0)
+                    except ValueError:
+                        continue
+                    wanted.update(range(a, min(b, a + 1024) + 1))
+        table = {n32: n64 for n32, n64 in compat_x86.i386_to_x86_64().items() if n64 in wanted}
+        self.g.compat_used = True
+        chain = "".join(f"    {'else ' if i else ''}if (c == {n32}) a[0] = {n64};\n"
+                        for i, (n32, n64) in enumerate(sorted(table.items())))
+        chain += ("    else " if table else "    ") + "a[0] = (1ULL << 32) | c;\n"
+        return f"if (tp_compat()) {{\n    u64 c = a[0];\n{chain}}}\n"
 
     def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
         """For return hooks: the FollowFD condition checked at the enter already (cheap exit)."""

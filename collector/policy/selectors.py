@@ -30,6 +30,24 @@ NS_INDEX = {n: i for i, n in enumerate(NAMESPACES)}
 CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 
 
+# integer argument types: how a raw register/field value (u64) is compared
+_UNSIGNED_BITS = {"uint8": 8, "uint16": 16, "uint32": 32, "ulong": 64, "uint64": 64, "size_t": 64}
+_SIGNED_BITS = {"int": 32, "int32": 32, "sint32": 32, "int16": 16, "sint16": 16, "int8": 8, "sint8": 8}
+
+
+def int_expr(arg_type: str, raw: str) -> tuple[str, bool]:
+    """(C expression, unsigned?) of an integer argument of ``arg_type`` held in u64 ``raw``:
+    unsigned types compare as u64 (narrow ones masked to their width), 32/16/8-bit signed types
+    sign-extended from their width (a 32-bit syscall's -1 is 0xffffffff in the register), the rest
+    as s64."""
+    if arg_type in _UNSIGNED_BITS:
+        bits = _UNSIGNED_BITS[arg_type]
+        return (f"((u64){raw})" if bits == 64 else f"((u64){raw} & {(1 << bits) - 1}ULL)"), True
+    if arg_type in _SIGNED_BITS:
+        return f"((s64)(s{_SIGNED_BITS[arg_type]}){raw})", False
+    return f"((s64){raw})", False
+
+
 class SelectorGen:
     """C for one hook's selectors: argument values into string slots, and the conditions."""
 
@@ -112,25 +130,39 @@ class SelectorGen:
                 raise self.fail(f"{path}.values[{j}]", f"{v!r} is not a range like 10:20") from None
         return out
 
-    def int_cond(self, expr: str, f: ArgFilter, path: str) -> str:
+    def int_cond(self, expr: str, f: ArgFilter, path: str, unsigned: bool = False) -> str:
+        """``expr`` compared as the argument's type says: signed (s64, ``LL``) or unsigned (u64,
+        ``ULL``: uid 4294967295 and values of 2^63 and more compare as the kernel holds them)."""
         op = f.operator
         if op not in INT_OPERATORS:
             raise self.fail(f"{path}.operator", f"operator {op} does not apply to an integer argument")
+        lo_ok, hi_ok = (0, 2**64 - 1) if unsigned else (-(2**63), 2**63 - 1)
+        suffix = "ULL" if unsigned else "LL"
+
+        def lit(v: int, j: int) -> str:
+            if op != "Mask" and not lo_ok <= v <= hi_ok:
+                kind = "an unsigned" if unsigned else "a signed 64-bit"
+                raise self.fail(f"{path}.values[{j}]", f"{v} is out of range for {kind} argument")
+            if v == -(2**63):
+                return "(-9223372036854775807LL - 1)"
+            return f"{v}{suffix}"
+
         if op in ("InRange", "NotInRange"):
             rs = self._ranges(f, path)
-            any_in = " || ".join(f"({expr} >= {lo}LL && {expr} <= {hi}LL)" for lo, hi in rs)
+            any_in = " || ".join(f"({expr} >= {lit(lo, j)} && {expr} <= {lit(hi, j)})"
+                                 for j, (lo, hi) in enumerate(rs))
             return f"({any_in})" if op == "InRange" else f"!({any_in})"
         vals = self._ints(f, path)
         if op == "Equal":
-            return "(" + " || ".join(f"{expr} == {v}LL" for v in vals) + ")"
+            return "(" + " || ".join(f"{expr} == {lit(v, j)}" for j, v in enumerate(vals)) + ")"
         if op == "NotEqual":
-            return "(" + " && ".join(f"{expr} != {v}LL" for v in vals) + ")"
+            return "(" + " && ".join(f"{expr} != {lit(v, j)}" for j, v in enumerate(vals)) + ")"
         if op in ("GT", "GreaterThan"):
-            return f"({expr} > {vals[0]}LL)"
+            return f"({expr} > {lit(vals[0], 0)})"
         if op in ("LT", "LessThan"):
-            return f"({expr} < {vals[0]}LL)"
+            return f"({expr} < {lit(vals[0], 0)})"
         # Mask: any of the bits
-        return "(" + " || ".join(f"(((u64){expr}) & {v}ULL)" for v in vals) + ")"
+        return "(" + " || ".join(f"(((u64){expr}) & {v & (2**64 - 1)}ULL)" for v in vals) + ")"
 
     def str_cond(self, k: int, op: str, values: list[str], path: str) -> str:
         how = {"Equal": 0, "NotEqual": 0, "In": 0, "NotIn": 0, "Prefix": 1, "NotPrefix": 1,
@@ -138,7 +170,10 @@ class SelectorGen:
         parts = []
         for j, v in enumerate(values):
             sid = self.g.string_id(v, f"{path}.values[{j}]")
-            parts.append(f"tp_str_cmp(s->slot[{k}], s->slen[{k}], tp_strv({sid}), {how})")
+            cmp = f"tp_str_cmp(s->slot[{k}], s->slen[{k}], tp_strv({sid}), {how})"
+            if how != 2:   # a truncated value keeps its tail: only a Postfix can judge it
+                cmp = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {cmp})"
+            parts.append(cmp)
         any_match = "(" + " || ".join(parts) + ")"
         return f"!{any_match}" if op.startswith("Not") else any_match
 
@@ -161,7 +196,8 @@ class SelectorGen:
         if arg.type in INT_ARG_KIND or (arg.type in ("fd", "file") and not self._field(arg.index).is_pointer):
             if f.operator in STRING_OPERATORS - INT_OPERATORS:
                 raise self.fail(f"{path}.operator", f"operator {f.operator} does not apply to a {arg.type} argument")
-            return [f"if (ok) ok = {self.int_cond(f'(s64)a[{f.index}]', f, path)};"]
+            expr, unsigned = int_expr(arg.type, f"a[{f.index}]")
+            return [f"if (ok) ok = {self.int_cond(expr, f, path, unsigned)};"]
         raise self.fail(f"{path}.operator", f"operator {f.operator} does not apply to a {arg.type} argument")
 
     def selector_conds(self, s: Selector) -> list[str]:

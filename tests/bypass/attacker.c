@@ -245,11 +245,17 @@ int main(int argc, char **argv) {
         struct timespec t0, now;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (int i = 0; i < tries; i++) {
+            struct timespec w0, w1;
+            clock_gettime(CLOCK_MONOTONIC, &w0);
             fd = open(race_path, O_WRONLY | O_APPEND);
+            clock_gettime(CLOCK_MONOTONIC, &w1);
             if (fd >= 0) {
                 struct stat a, b;
                 if (fstat(fd, &a) == 0 && stat(t, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
                     landed++;
+                    /* the open's window in kernel time (CLOCK_MONOTONIC = bpf_ktime_get_ns) */
+                    printf("w %lld %lld\n", w0.tv_sec * 1000000000LL + w0.tv_nsec,
+                           w1.tv_sec * 1000000000LL + w1.tv_nsec);
                     if (write(fd, payload, 1) != 1) return die("write");
                 }
                 close(fd);

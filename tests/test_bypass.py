@@ -55,9 +55,6 @@ RACE_TRIES = 20000
 IO_URING = ("io_uring requests never pass the syscall tracepoints; metric "
             "tetrapipe_tracingpolicy_selector_actions_total of examples/policies/io-uring.yaml "
             "(io_uring:io_uring_create; add Sigkill to refuse io_uring to matched binaries)")
-INT80 = ("32-bit syscalls (int 0x80) do not fire syscalls:* tracepoints (x86 ignores compat "
-         "syscalls there); metric tetrapipe_compat_syscalls_total{nr} (collector, "
-         "raw_syscalls:sys_enter with the task's TS_COMPAT)")
 HARDLINK = ("another name of the same inode: the resolved path is the link's; no hook sees the inode "
             "of an open on this kernel (LSM file_open would); no metric")
 BIND = ("another mount of the directory: the resolved path is the bind mount's; no metric "
@@ -234,7 +231,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         eng.load("private-key-reads", keys)
         eng.load("private-key-reads + Sigkill", _kill_variant(keys, "keys-kill", attacker))
         for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape",
-                     "unexpected-outbound-connections"):
+                     "unexpected-outbound-connections", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
         yield {"eng": eng, "tmp": tmp, "attacker": attacker, "free": free, "load_s": load_s}
@@ -333,6 +330,14 @@ def _judge_race(eng: Engine, label: str, run: Run) -> tuple[str, str]:
     return (MISSED if won else CAUGHT), detail
 
 
+def _judge_io_uring(eng: Engine, case: str, run: Run) -> None:
+    """The io_uring roads every other policy misses are seen by examples/policies/io-uring.yaml."""
+    if case.startswith("io_uring"):
+        _wait_hits(eng, ["io-uring"], run.pids, settle=0)
+        result, detail = _judge_alert(eng, "io-uring", run, None, min_events=2)  # create + request
+        _record("io-uring", case, result, detail)
+
+
 def _record(policy: str, case: str, result: str, detail: str) -> None:
     expected, why = EXPECTED.get(policy, {}).get(case, (CAUGHT, ""))
     RESULTS.append((policy, case, result, expected, why or detail))
@@ -401,6 +406,7 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
     assert "unknown mode" not in run.err
     changed = (etc / "passwd").read_bytes() != ORIGINAL if (etc / "passwd").exists() else True
     _wait_hits(eng, PASSWD_POLICIES, run.pids)
+    _judge_io_uring(eng, case, run)
     free = None
     if case == "racing thread":   # again, with the copy the Sigkill variant does not kill
         (etc / "passwd").write_bytes(ORIGINAL)
@@ -485,6 +491,7 @@ def test_private_key_roads(world: dict, case: str, road) -> None:
     argv, setup = road(str(key), str(d), "id_rsa", str(s))
     run = _attack(world, argv, setup)
     _wait_hits(eng, KEY_POLICIES, run.pids)
+    _judge_io_uring(eng, case, run)
     failures = []
     for label in KEY_POLICIES:
         if label.endswith("Sigkill"):
@@ -553,3 +560,4 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
     _wait_hits(eng, ["unexpected-outbound-connections"], run.pids)
     result, detail = _judge_alert(eng, "unexpected-outbound-connections", run, None)
     _record("unexpected-outbound-connections", case, result, detail)
+    _judge_io_uring(eng, case, run)

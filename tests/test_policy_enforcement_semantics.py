@@ -230,3 +230,25 @@ def test_integer_values_checked_against_their_type(arg_type: str, value: str, ok
         with pytest.raises(PolicyError, match="out of range"):
             compiler.compile_policy(p, 1, [0] * 10)
 
+
+
+def test_raw_user_path_comparison_warned_at_load_shipped_policies_silent() -> None:
+    from collector.policy import compiler, parser
+
+    text = _policy("sem-raw", """\
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/"]}]
+        """)
+    (p,) = parser.parse_text(text, "raw.yaml")
+    (warning,) = [n for n in compiler.compile_policy(p, 1, [0] * 10).notices if "WARNING" in n]
+    assert warning.startswith("spec.kprobes[0].selectors[0].matchArgs[0]: WARNING: Prefix compares the path")
+    assert "a relative name" in warning and "symlink" in warning and "judge the file instead" in warning
+    examples = Path(__file__).resolve().parent.parent / "examples" / "policies"
+    for f in sorted(examples.glob("*.yaml")):
+        for pol in parser.parse_file(str(f)):
+            notices = compiler.compile_policy(pol, 1, [0] * 10).notices if not pol.loader or pol.hooks else []
+            assert not [n for n in notices if "WARNING" in n], f"{f.name} compares a raw user path"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector import connect_deny, sock_hooks, uprobes
-from collector.policy import actions, mechanism
+from collector.policy import actions, evasion, mechanism
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -152,6 +152,7 @@ class ProgramGen:
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]], kprobes: bool) -> CompiledHook:
         src, fname, serve = mechanism.choose(self, hook, kprobes)
         actions.check_actions(self, hook, hid)
+        self.notices += evasion.raw_path_warnings(hook, src)
         h = HookGen(self, hid, hook, src)
         # fd-typed arguments of other hooks match only what FollowFD selectors followed
         implicit: list[tuple[int, list[tuple[Selector, int]]]] = []

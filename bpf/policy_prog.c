@@ -28,7 +28,7 @@ ${selectors}
         return 0;
     tp_count(${count_base} + (sel == 255 ? ${count_last} : sel));
 ${effects}
-    u64 id = bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();${owner}
     b->e.h.kind = TP_REC_HOOK;
     b->e.h.version = 1;
     b->e.h.pid = id >> 32;

@@ -252,3 +252,40 @@ def test_raw_user_path_comparison_warned_at_load_shipped_policies_silent() -> No
         for pol in parser.parse_file(str(f)):
             notices = compiler.compile_policy(pol, 1, [0] * 10).notices if not pol.loader or pol.hooks else []
             assert not [n for n in notices if "WARNING" in n], f"{f.name} compares a raw user path"
+
+
+@pytest.mark.kernel
+def test_tcp_close_in_softirq_names_the_socket_owner(env: tuple[Mgr, Path]) -> None:
+    """The server resets the connection (SO_LINGER 0): on loopback the client socket moves to
+    TCP_CLOSE in softirq, in the server's (this test's) context. The event names the client."""
+    import socket
+    import struct as st
+
+    m, _helper = env
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    (lp,) = m.mgr.load_text(_policy("sem-close", f"""\
+        kprobes:
+        - call: tcp_close
+          syscall: false
+          args: [{{index: 0, type: sock}}]
+          selectors:
+          - matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}]
+        """), "sem-close.yaml")
+    try:
+        code = (f"import socket, time\ns = socket.create_connection(('127.0.0.1', {port}))\n"
+                "print('up', flush=True)\ntime.sleep(3)\n")
+        client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None and client.stdout.readline().strip() == "up"
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, st.pack("ii", 1, 0))
+        conn.close()                 # RST: the client's socket closes in this process's softirq
+        hits = m.hooks(lp.policy_id, client.pid)
+        mine = m.hooks(lp.policy_id, os.getpid())
+        client.wait(10)
+        assert len(hits) == 1 and mine == [], (hits, mine)
+    finally:
+        srv.close()
+        m.mgr.delete("sem-close")

@@ -39,6 +39,11 @@ def connect_rule(g: ProgramGen, hook: Hook, s: Selector, hid: int, index: int) -
 
 TP_ANCESTORS = 8   # bpf/policy.h: ancestors walked by matchPIDs followForks
 # socket hooks whose tracepoint fires outside the process that owns the socket
+PROCESS_FILTERS = (("match_pids", "matchPIDs"), ("match_binaries", "matchBinaries"),
+                   ("match_parent_binaries", "matchParentBinaries"), ("match_namespaces", "matchNamespaces"),
+                   ("match_capabilities", "matchCapabilities"),
+                   ("match_namespace_changes", "matchNamespaceChanges"),
+                   ("match_capability_changes", "matchCapabilityChanges"))
 OUTSIDE_PROCESS_CONTEXT = {"tcp_close": "sock:inet_sock_set_state (often softirq: RST, timeouts, FIN)"}
 
 
@@ -79,6 +84,11 @@ def check_actions(g: ProgramGen, hook: Hook, hid: int) -> None:
                              "is sent at the syscall's exit: the call has taken effect; the process dies "
                              "before it returns to user space")
         if hook.kind == "kprobe" and hook.call in OUTSIDE_PROCESS_CONTEXT:
+            for key, yaml_key in PROCESS_FILTERS:
+                if getattr(s, key):
+                    raise g.fail(f"{s.path}.{yaml_key}", f"{yaml_key} cannot be served on {hook.call}: it runs in "
+                                 f"{OUTSIDE_PROCESS_CONTEXT[hook.call]} and would judge whatever task the CPU "
+                                 "was running (the event names the socket's owner instead)")
             for a in s.match_actions:
                 if a.action in ("Sigkill", "Signal"):
                     raise g.fail(f"{a.path}.action", f"{a.action} cannot be served on {hook.call}: it runs in "

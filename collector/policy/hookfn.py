@@ -71,7 +71,10 @@ class HookGen(SelectorGen):
             "hook_function", hid=hid, scope_check=self.g.scope_check, prologue=fragment("hook_prologue"),
             pre=indent("\n".join(pre)), selectors=indent("\n".join(sel_code)),
             count_base=hid * SEL_SLOTS, count_last=SEL_SLOTS - 1, effects=indent("\n".join(effects)),
-            policy_id=self.g.policy_id, flags=flags, serialize=indent(ser)).rstrip("\n")
+            policy_id=self.g.policy_id, flags=flags, serialize=indent(ser),
+            # tcp_close: the socket's owner (a[5]) is the event's process, not the interrupted task
+            owner=("\n    if (a[5])\n        id = (a[5] << 32) | a[5];"
+                   if self.src.kind == "sock" and hook.call == "tcp_close" else "")).rstrip("\n")
         self._probes(implicit)
         self._compat_probes(bool(implicit))
         return fn
@@ -117,6 +120,8 @@ class HookGen(SelectorGen):
         if src.kind == "sock":
             if self.hook.call == "tcp_connect":
                 self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, u32, 16384);")
+            if self.hook.call == "tcp_close":   # socket → owner tgid (LRU: sockets never closed age out)
+                self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u64, u32, pending_{hid}, 65536);')
             for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
                                                f"pending_{hid}").items():
                 self.g.probes.setdefault(tp, []).append(stmt)

@@ -340,7 +340,7 @@ def _judge_io_uring(eng: Engine, case: str, run: Run) -> None:
 
 def _record(policy: str, case: str, result: str, detail: str) -> None:
     expected, why = EXPECTED.get(policy, {}).get(case, (CAUGHT, ""))
-    RESULTS.append((policy, case, result, expected, why or detail))
+    RESULTS.append((policy, case, result, expected, f"{why} [{detail}]" if why else detail))
     assert result == expected, (f"{policy} / {case}: {result} ({detail}), the table says {expected}"
                                 f"{': ' + why if why else ''}: fix the hole's row here and in README")
 
@@ -416,8 +416,13 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
     for label in PASSWD_POLICIES:
         if label.endswith("Sigkill"):
             result, detail = _judge_kill(eng, label, run, changed)
-        elif free is not None:
+        elif free is not None and label.startswith("raw"):   # judges the open: its time window
             result, detail = _judge_race(eng, label, free)
+        elif free is not None:      # judges the write after each open that reached the file
+            landed = sum(1 for line in free.out.splitlines() if line.startswith("w "))
+            assert landed >= 100, free.out[-300:]
+            result, detail = _judge_alert(eng, label, free, None, landed)
+            detail += f" for {landed} writes after opens that reached the file"
         else:
             want = "/etc/passwd" if not label.startswith("raw") else None
             result, detail = _judge_alert(eng, label, run, want)

@@ -73,6 +73,9 @@ class RecordQueue:
 
 
 KTIME_AT = 16             # offset of tp_header.ktime (bpf/records.h)
+PID_AT = 8                # offset of tp_header.pid
+REC_EXEC, REC_EXIT, REC_FORK = 1, 2, 3   # tp_header.kind (u16 at offset 0)
+EXIT_HOLD_MAX_NS = 2_000_000_000   # an exit waits at most this long for the other drains
 ORDER_MARGIN_NS = 2_000_000  # a record made just before a consume may be written just after it
 POLL_MS = 100             # a drain's poll timeout with nothing to do
 ORDER_POLL_MS = 10        # the process drain's, when others order after it; a holding drain's
@@ -89,7 +92,13 @@ class RingBufferDrain:
     (ORDER_POLL_MS for the process drain) and a drain holding records every ORDER_POLL_MS, so the
     hold adds about 10-20 ms. Without it a policy event of a process that has just exec'd could
     be queued before its exec record and be attributed to the image before the exec (measured:
-    8 of 300 `exec cat` open events under load)."""
+    8 of 300 `exec cat` open events under load).
+
+    The other way round, the drain others order after (the process program's) holds each exit
+    record until every one of them (``followers``) has queued everything up to the exit's kernel
+    time (``queued_through_ns``), so a process's policy and sensor records reach the queue before
+    its exit (at most EXIT_HOLD_MAX_NS; an exec or fork of the same pid releases it at once, so
+    a reused pid never overtakes the exit of the process before it)."""
 
     def __init__(self, bpf: Any, queue: RecordQueue, map_name: str = "events",
                  drops_map: str = "drops", order_after: RingBufferDrain | None = None,
@@ -105,6 +114,11 @@ class RingBufferDrain:
         self.watermark_ns = 0     # every record this drain's ring buffer had before it is queued
         self.order_after = order_after
         self._held: deque[bytes] = deque()
+        self.followers: list[RingBufferDrain] = []       # drains ordered after this one
+        self.queued_through_ns = time.monotonic_ns()     # followers: every record up to here is queued
+        self._exits: deque[tuple[int, int, int, bytes]] = deque()   # (ktime, pid, held since, record)
+        if order_after is not None:
+            order_after.followers.append(self)
         bpf[map_name].open_ring_buffer(self._on_record if order_after is None else self._hold)
         self._thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
 
@@ -132,11 +146,45 @@ class RingBufferDrain:
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
         # per record only the copy and the append: metrics and the wake-up once per poll (they
         # were half of the drain thread's time at 100k records/s, bench/drain_profile.py)
-        if self.queue.offer(ctypes.string_at(data, size)):
+        rec = ctypes.string_at(data, size)
+        if self.followers and size >= KTIME_AT + 8:
+            kind = rec[0] | rec[1] << 8
+            if kind == REC_EXIT:     # after the process's records of the other drains
+                pid = int.from_bytes(rec[PID_AT:PID_AT + 4], "little")
+                self._exits.append((int.from_bytes(rec[KTIME_AT:KTIME_AT + 8], "little"), pid,
+                                    time.monotonic_ns(), rec))
+                return 0
+            if self._exits and kind in (REC_EXEC, REC_FORK):
+                self._release_exits(pid=int.from_bytes(rec[PID_AT:PID_AT + 4], "little"))
+        self._offer(rec)
+        return 0
+
+    def _offer(self, rec: bytes) -> None:
+        if self.queue.offer(rec):
             self._accepted += 1
         else:
             self._dropped += 1
-        return 0
+
+    def _release_exits(self, pid: int = -1, everything: bool = False) -> None:
+        """Held exits the followers have caught up with (or older than EXIT_HOLD_MAX_NS), in
+        order; with ``pid``, also that pid's exits (its number is being reused)."""
+        exits = self._exits
+        if pid >= 0 and any(p == pid for _k, p, _s, _r in exits):
+            keep = deque()
+            for e in exits:
+                (keep.append(e) if e[1] != pid else self._offer(e[3]))
+            self._exits = exits = keep
+        if not exits:
+            return
+        followers = tuple(self.followers)
+        wm = min((f.queued_through_ns for f in followers), default=1 << 63)
+        now = time.monotonic_ns()
+        while exits:
+            ktime, _pid, since, rec = exits[0]
+            if not everything and ktime > wm and now - since < EXIT_HOLD_MAX_NS:
+                break
+            exits.popleft()
+            self._offer(rec)
 
     def _publish_counts(self) -> None:
         """Counted by this thread alone, published once per poll."""
@@ -159,6 +207,12 @@ class RingBufferDrain:
             self.watermark_ns = t
             if self._held:
                 self._release()
+            if self.order_after is not None:
+                held = self._held
+                first = int.from_bytes(held[0][KTIME_AT:KTIME_AT + 8], "little") if held else 1 << 63
+                self.queued_through_ns = min(t - ORDER_MARGIN_NS, first - 1)
+            if self._exits:
+                self._release_exits()
             self._publish_counts()
 
     def start(self) -> None:
@@ -169,6 +223,10 @@ class RingBufferDrain:
         self._thread.join(2)
         self.bpf.ring_buffer_consume()
         self._release(everything=True)
+        self.queued_through_ns = 1 << 63
+        if self.order_after is not None and self in self.order_after.followers:
+            self.order_after.followers.remove(self)
+        self._release_exits(everything=True)
         self._publish_counts()
 
     def kernel_lost_delta(self) -> int:

@@ -199,9 +199,23 @@ def probe_c(hook: str, call: str, pending_map: str) -> dict[str, str]:
                 + "".join(f"        {line}\n" for line in run.splitlines()) + "    }\n}")
         return {"syscalls:sys_exit_accept": body, "syscalls:sys_exit_accept4": body}
     if hook == "tcp_close":
-        return {"sock:inet_sock_set_state": (
+        # the state change often runs in softirq (RST, timeouts, the peer's FIN): the socket's
+        # owner (``pending_map``: sock → tgid, learnt where the process connects — the SYN_SENT
+        # change runs in connect() — or accepts) is the event's process, in a[5]
+        owner = pending_map
+        accept = ("{\n    if (args->ret >= 0) {\n        u64 sk = (u64)tp_sk_from_fd((int)args->ret);\n"
+                  "        u32 tg = bpf_get_current_pid_tgid() >> 32;\n"
+                  f"        if (sk)\n            {owner}.update(&sk, &tg);\n    }}\n}}")
+        return {"syscalls:sys_exit_accept": accept, "syscalls:sys_exit_accept4": accept,
+                "sock:inet_sock_set_state": (
+            "if (args->newstate == 2 && args->protocol == TP_SK_TCP) {\n"
+            "    u64 sk = (u64)args->skaddr;\n    u32 tg = bpf_get_current_pid_tgid() >> 32;\n"
+            f"    {owner}.update(&sk, &tg);\n}}\n"
             "if (args->newstate == 7 && args->protocol == TP_SK_TCP) {\n"
             "    struct sock *sk = (struct sock *)args->skaddr;\n"
+            "    u64 key = (u64)sk;\n"
+            f"    u32 *own = {owner}.lookup(&key);\n    u64 owner_tgid = own ? *own : 0;\n"
+            f"    if (own)\n        {owner}.delete(&key);\n"
             "    struct tp_sockinfo si = {};\n"
             "    if (tp_sk_info(sk, &si)) {\n"
             "        si.state = 7;\n        si.sport = args->sport;\n        si.dport = args->dport;\n"
@@ -212,7 +226,8 @@ def probe_c(hook: str, call: str, pending_map: str) -> dict[str, str]:
             "            __builtin_memcpy(si.saddr, args->saddr_v6, 16);\n"
             "            __builtin_memcpy(si.daddr, args->daddr_v6, 16);\n"
             "        }\n"
-            f"        u64 a[6] = {{}};\n        a[0] = (u64)&si;\n        {call}\n    }}\n}}")}
+            "        u64 a[6] = {};\n        a[0] = (u64)&si;\n        a[5] = owner_tgid;\n"
+            f"        {call}\n    }}\n}}")}
     raise SockFilterError(f"{hook!r} is not a socket hook tetrapipe serves ({', '.join(SOCK_HOOKS)})")
 
 

@@ -46,7 +46,8 @@ def program(filters: list[tuple[str, str, list[str]]]) -> tuple[str, dict[str, s
            f"BPF_ARRAY(hits, u64, {len(filters)});",
            "BPF_ARRAY(last, struct tp_sockinfo, 1);",
            "BPF_HASH(mine, u32, u8, 64);",
-           "BPF_HASH(pending_connect, u32, u32, 4096);"]
+           "BPF_HASH(pending_connect, u32, u32, 4096);",
+           'BPF_TABLE("lru_hash", u64, u32, close_owner, 4096);']   # tcp_close: socket → owner tgid
     for h in hooks:
         conds = []
         for i, (fh, op, vals) in enumerate(filters):
@@ -62,7 +63,7 @@ def program(filters: list[tuple[str, str, list[str]]]) -> tuple[str, dict[str, s
         call = f"hook_{h}((struct tp_sockinfo *)a[0], bpf_get_current_pid_tgid() >> 32);"
         if h == "tcp_close":  # softirq context possible: the owner is the socket's, not current
             call = f"hook_{h}((struct tp_sockinfo *)a[0], 0);"
-        for tp, stmt in sock_hooks.probe_c(h, call, "pending_connect").items():
+        for tp, stmt in sock_hooks.probe_c(h, call, "close_owner" if h == "tcp_close" else "pending_connect").items():
             probes.setdefault(tp, []).append(stmt)
     for tp, stmts in probes.items():
         sub, ev = tp.split(":")

@@ -1,0 +1,145 @@
+/* Fixed C of the programs collector/policy/compiler.py generates per policy: fragments pasted
+ * into each program by collector/policy/csrc.py (bcc rewrites map calls only in the main
+ * source, so code using the program's maps cannot be an included header). "// @@ name" starts
+ * a fragment; ${name} marks are filled from Python. Not compiled on its own. */
+
+// @@ hook_prologue
+    int zero = 0;
+    struct tp_hook_buf *b = hook_scratch.lookup(&zero);
+    struct tp_path_buf *pb = path_scratch.lookup(&zero);
+    struct tp_slots *s = slot_scratch.lookup(&zero);
+    u32 *on = enabled.lookup(&zero);
+    if (!b || !pb || !s || !on || !*on)
+        return 0;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    u32 have = 0;
+    int ok = 1;
+
+// @@ hook_function
+static __always_inline int tp_hook_${hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
+{
+${scope_check}${prologue}    int sel = -1;
+    u32 act = 0;
+${pre}
+    if (!ok)
+        return 0;
+${selectors}
+    if (sel < 0)
+        return 0;
+    tp_count(${count_base} + (sel == 255 ? ${count_last} : sel));
+${effects}
+    u64 id = bpf_get_current_pid_tgid();${owner}
+    b->e.h.kind = TP_REC_HOOK;
+    b->e.h.version = 1;
+    b->e.h.pid = id >> 32;
+    b->e.h.tid = (u32)id;
+    b->e.h.ktime = bpf_ktime_get_ns();
+    b->e.policy_id = ${policy_id}U;
+    b->e.hook_id = ${hid};
+    b->e.selector = sel;
+    b->e.action = act;
+    b->e.flags = ${flags} | (is_ret ? TP_HOOK_RETURN : 0);
+    b->e.nargs = 0;
+    b->e.ret = ret;
+    u32 off = 0;
+${serialize}
+    off = TP_BOUND(off, 0x3fff);
+    b->e.data_len = off;
+    b->e.h.size = sizeof(struct tp_hook) + off;
+    if (tp_emit(b, sizeof(struct tp_hook) + off) < 0)
+        tp_drop();
+    return 0;
+}
+
+// @@ prefilter_function
+static __always_inline int tp_pre_${hid}(void *ctx, u64 *a)
+{
+${scope_check}${prologue}${pre}
+    return ok;
+}
+
+// @@ program_helpers
+static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }
+static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
+static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }
+static __always_inline int tp_emit(struct tp_hook_buf *b, u32 size) { return events.ringbuf_output(b, size, 0); }
+
+// @@ exec_state_save
+static __always_inline void tp_exec_state_save(void)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct tp_exec_state st = {};
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#pragma unroll
+    for (int i = 0; i < TP_NS_COUNT; i++)
+        st.ns[i] = tp_ns_inum(task, i);
+    st.caps[0] = tp_caps(task, 0);
+    st.caps[1] = tp_caps(task, 1);
+    st.caps[2] = tp_caps(task, 2);
+    exec_state.update(&tgid, &st);
+}
+
+// @@ follow_children_exec
+{
+    int zero = 0;
+    struct tp_path_buf *pb = path_scratch.lookup(&zero);
+    struct tp_slots *s = slot_scratch.lookup(&zero);
+    u32 *on = enabled.lookup(&zero);
+    if (pb && s && on && *on) {
+        struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+        u32 sf = 0;
+        s->slen[0] = tp_exe_path(pb, task, s->slot[0], &sf);
+        if (${cond}) {
+            struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
+            u8 one = 1;
+            fc_marks.update(&fk, &one);
+        }
+    }
+}
+
+// @@ follow_children_fork
+{
+    struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
+    if (fc_marks.lookup(&fk)) {
+        u8 one = 1;
+        fk.tgid = args->child_pid;
+        fc_marks.update(&fk, &one);
+    }
+}
+
+// @@ exec_state_fork
+{
+    /* a new process starts with its parent's state: a change is judged against the exec before */
+    u32 tg = bpf_get_current_pid_tgid() >> 32;
+    struct tp_exec_state *st = exec_state.lookup(&tg);
+    if (st) {
+        struct tp_exec_state c = *st;
+        u32 child = args->child_pid;
+        exec_state.update(&child, &c);
+    }
+}
+
+// @@ state_exit
+{
+    /* per-process state leaves with the process (a reused pid must not inherit it); a thread's
+     * copy (sched_process_fork fires for threads too) leaves with the thread */
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tg = id >> 32, tid = (u32)id;
+    ${keys}
+    if (tid != tg)
+        ${map}.delete(&tk);
+    if (${group_dead})
+        ${map}.delete(&pk);
+}
+
+// @@ compat_helpers
+/* The current syscall is a 32-bit one (int 0x80, or a 32-bit binary): x86's TS_COMPAT, which
+ * in_ia32_syscall() tests. syscalls:sys_enter_* and sys_exit_* never fire for those
+ * (ARCH_TRACE_IGNORE_COMPAT_SYSCALLS); raw_syscalls:* do, with the i386 number. */
+static __always_inline int tp_compat(void)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    u32 st = 0;
+    bpf_probe_read_kernel(&st, sizeof(st), &t->thread_info.status);
+    return (st & 0x0002) != 0;
+}

@@ -1,0 +1,263 @@
+"""Program assembly per hook: the hook function ``tp_hook_<id>`` (selectors, actions, the
+event record) and the probe statements that call it from each attach point."""
+
+from __future__ import annotations
+
+from bpf.names import ACTION_NUMBERS
+from collector import sock_hooks, uprobes
+from collector.policy import compat_x86
+from collector.policy.argtypes import INT_ARG_KIND
+from collector.policy.csrc import fragment, indent
+from collector.policy.model import Selector
+from collector.policy.selectors import SelectorGen
+
+SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
+# the action recorded when a selector lists several: the strongest one
+ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post"]
+
+
+class HookGen(SelectorGen):
+    """C for one hook: its function ``tp_hook_<id>`` and the probe statements that call it."""
+
+    # -- the function ---------------------------------------------------------------------------
+    def function(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
+        hook = self.hook
+        hid = self.hid
+        pre: list[str] = []
+        for idx, follow in implicit:
+            pre += self.follow_conds(idx, follow)
+        sel_code: list[str] = []
+        actions: list[tuple[int, str, int]] = []   # (selector, action name, signal)
+        if not hook.selectors:
+            sel_code.append(f"sel = {255}; act = {ACTION_NUMBERS['Post']};")
+        for i, s in enumerate(hook.selectors):
+            names = s.action_names() or ["Post"]
+            main = min(names, key=lambda n: ACTION_RANK.index(n) if n in ACTION_RANK else 99)
+            sig = 0
+            for a in s.match_actions:
+                if a.action == "Sigkill":
+                    sig = 9
+                elif a.action == "Signal" and not sig:
+                    sig = a.arg_sig
+            actions.append((i, main, sig))
+            conds = self.selector_conds(s)
+            sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(indent(c) for c in conds)
+                            + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
+        # order: the signal first (a rate limit or NoPost only spares the event, never the kill),
+        # then the rate limit, then NoPost
+        effects = []
+        for i, _main, sig in actions:
+            if sig and not self.g.monitor:
+                effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
+        for i, s in enumerate(hook.selectors):
+            rl = next((a for a in s.match_actions if a.rate_limit), None)
+            if rl is None:
+                continue
+            self.g.ratelimit = True
+            ns = _duration_ns(rl.rate_limit)
+            scope = {"process": "id >> 32", "global": "0"}.get(rl.rate_limit_scope, "(u32)id")
+            effects.append(
+                f"if (sel == {i}) {{\n    u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();\n"
+                f"    struct tp_rl_key k = {{.hook_sel = {hid * SEL_SLOTS + i}, .scope = {scope}}};\n"
+                f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n        return 0;\n"
+                "    ratelimit.update(&k, &now);\n}")
+        for i, s in enumerate(hook.selectors):
+            # NoPost beside any other action (Sigkill included): the action is taken, no event
+            if any(a.action == "NoPost" for a in s.match_actions):
+                effects.append(f"if (sel == {i}) {{ return 0; }}")
+        ser = self.serialize()
+        flags = "TP_HOOK_MONITOR" if self.g.monitor else "0"
+        fn = "\n" + fragment(
+            "hook_function", hid=hid, scope_check=self.g.scope_check, prologue=fragment("hook_prologue"),
+            pre=indent("\n".join(pre)), selectors=indent("\n".join(sel_code)),
+            count_base=hid * SEL_SLOTS, count_last=SEL_SLOTS - 1, effects=indent("\n".join(effects)),
+            policy_id=self.g.policy_id, flags=flags, serialize=indent(ser),
+            # tcp_close: the socket's owner (a[5]) is the event's process, not the interrupted task
+            owner=("\n    if (a[5])\n        id = (a[5] << 32) | a[5];"
+                   if self.src.kind == "sock" and hook.call == "tcp_close" else "")).rstrip("\n")
+        self._probes(implicit)
+        self._compat_probes(bool(implicit))
+        return fn
+
+    def serialize(self) -> str:
+        out = []
+        for arg in self.hook.args:
+            f = self._field(arg.index)
+            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+                out.append(sock_hooks.put_sock_c(arg.index))
+                continue
+            if arg.type in INT_ARG_KIND:
+                out.append(f"off = tp_put_u64(b, off, {INT_ARG_KIND[arg.type]}, a[{arg.index}]);")
+            elif self.is_stringy(arg):
+                ensure, k = self.ensure_arg_slot(arg)
+                kind = {"fd": "TP_ARG_FILE", "file": "TP_ARG_FILE",
+                        "path": "TP_ARG_PATH"}.get(arg.type, "TP_ARG_STRING")
+                out.append(f"{ensure}\noff = tp_put_slot(b, s, off, {kind}, {k});")
+            elif arg.type in ("char_buf", "char_iovec", "const_buf"):
+                if arg.type != "char_buf" or not f.is_pointer:
+                    raise self.fail(f"{arg.path}.type", f"a {arg.type} argument cannot be read from {f.ctype} {f.name}")
+                if arg.return_copy:
+                    size = "(is_ret ? ret : 0)"
+                elif arg.size_arg_index:
+                    size = f"(s64)a[{arg.size_arg_index - 1}]"
+                else:
+                    raise self.fail(f"{arg.path}", "a char_buf argument needs sizeArgIndex or returnCopy")
+                out.append(f"off = tp_put_user_buf(b, off, a[{arg.index}], {size});")
+            else:
+                raise self.fail(f"{arg.path}.type", f"argument type {arg.type} is not supported at "
+                                                    f"{self.src.kind.replace('_ret', '')} hooks by tetrapipe")
+        return "\n".join(out)
+
+    def _probes(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> None:
+        hid = self.hid
+        src = self.src
+        n = len(src.fields)
+        loads = "\n".join(f"a[{i}] = (u64)args->{'data_loc_' if f.is_data_loc else ''}{f.name};"
+                          for i, f in enumerate(src.fields[:6]))
+        if src.kind == "uprobe":
+            self.g.uprobe_entries.append(uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
+            return
+        if src.kind == "sock":
+            if self.hook.call == "tcp_connect":
+                self.g.pending_maps.append(f"BPF_HASH(pending_{hid}, u32, u32, 16384);")
+            if self.hook.call == "tcp_close":   # socket → owner tgid (LRU: sockets never closed age out)
+                self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u64, u32, pending_{hid}, 65536);')
+            for tp, stmt in sock_hooks.probe_c(self.hook.call, f"tp_hook_{hid}(args, a, 0, 0);",
+                                               f"pending_{hid}").items():
+                self.g.probes.setdefault(tp, []).append(stmt)
+        elif src.kind == "syscall" and src.clone3_flags:
+            # the flags at the enter; if that memory is not resident (bpf_probe_read_user does
+            # not fault pages in), at the exit, after the kernel's copy_from_user brought it in
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, late_{hid}, 4096);')
+            self.g.probes.setdefault(src.attach_enter, []).append(
+                f"{{\n    u64 a[6] = {{}};\n{indent(loads)}\n"
+                "    if (tp_clone3_flags(a) < 0) {\n"
+                "        struct tp_pending p = {};\n        p.a[0] = a[0];\n        p.a[1] = a[1];\n"
+                "        u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"        late_{hid}.update(&tid, &p);\n"
+                f"    }} else {{\n        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
+            # (an entry whose exit never came ages out of the LRU)
+            self.g.probes.setdefault(src.attach_exit[0], []).append(
+                f"{{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = late_{hid}.lookup(&tid);\n"
+                "    if (p) {\n        u64 a[6] = {};\n        a[0] = p->a[0];\n        a[1] = p->a[1];\n"
+                f"        late_{hid}.delete(&tid);\n"
+                "        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n"
+                f"        tp_hook_{hid}(args, a, 0, 0);\n    }}\n}}")
+        elif src.kind in ("syscall", "tracepoint"):
+            translate = ""
+            if src.kind == "tracepoint" and src.attach_enter.startswith("raw_syscalls:"):
+                translate = indent(self.compat_nr_c()) + "\n"
+            self.g.probes.setdefault(src.attach_enter, []).append(
+                f"{{\n    u64 a[6] = {{}};\n{indent(loads)}\n{translate}    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        elif src.kind == "open":
+            for tp in src.attach_exit:
+                self.g.probes.setdefault(tp, []).append(
+                    f"if (args->ret >= 0) {{\n    u64 a[6] = {{}};\n    a[0] = args->ret;\n    a[1] = args->ret;\n"
+                    f"    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        else:  # syscall_ret: remember the arguments at the enter, make the event at the exit
+            # LRU: an entry whose exit never came (the thread died in the call) ages out
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, pending_{hid}, 16384);')
+            pre = ""
+            if implicit:
+                pre = f"if (!tp_pre_{hid}(args, a))\n        return 0;\n"
+                self.g.functions.append(self._prefilter(implicit))
+            self.g.probes.setdefault(src.attach_enter, []).append(
+                ("if (tp_in_scope()) " if self.g.policy.scoped else "")
+                + f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{indent(loads)}\n"
+                f"    {pre}    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    pending_{hid}.update(&tid, &p);\n}}")
+            self.g.probes.setdefault(src.attach_exit[0], []).append(
+                f"{{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = pending_{hid}.lookup(&tid);\n"
+                f"    if (p) {{\n        u64 a[6] = {{}};\n"
+                + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(min(n, 6)))
+                # clone3: the flags read after the kernel copied clone_args (resident by now)
+                + ("        if (tp_clone3_flags(a) < 0)\n            a[0] = 0;\n" if src.clone3_flags else "")
+                + f"        pending_{hid}.delete(&tid);\n        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
+
+    # -- 32-bit syscalls (x86-64 with IA32 emulation) -----------------------------------------
+    def _compat_probes(self, implicit: bool) -> None:
+        """The same hook for the i386 twins of its syscalls, from raw_syscalls:sys_enter/exit with
+        the task's TS_COMPAT: syscalls:* tracepoints never see a 32-bit call."""
+        src, hid = self.src, self.hid
+        if not self.g.compat:
+            return
+        if src.kind == "open":
+            names = [tp.split("sys_exit_", 1)[1] for tp in src.attach_exit]
+        elif src.kind in ("syscall", "syscall_ret") and src.attach_enter.startswith("syscalls:sys_enter_"):
+            names = [src.attach_enter.split("sys_enter_", 1)[1]]
+        else:
+            return
+        nrs = sorted({n for name in names for n in compat_x86.i386_numbers(name)})
+        if not nrs:
+            self.g.notices.append(f"{self.hook.path}: no 32-bit (i386) twin of {', '.join(names)}: "
+                                  "32-bit calls are not seen")
+            return
+        self.g.compat_used = True
+        ids = "(" + " || ".join(f"args->id == {n}" for n in nrs) + ")"
+        n = min(len(src.fields), 6)
+        loads = "".join(f"    a[{i}] = (u32)args->args[{i}];\n" for i in range(n))
+        clone3 = "    if (tp_clone3_flags(a) < 0)\n        a[0] = 0;\n" if src.clone3_flags else ""
+        enter, exit_ = "raw_syscalls:sys_enter", "raw_syscalls:sys_exit"
+        if src.kind == "open":
+            self.g.probes.setdefault(exit_, []).append(
+                f"if (args->ret >= 0 && {ids} && tp_compat()) {{\n    u64 a[6] = {{}};\n"
+                f"    a[0] = args->ret;\n    a[1] = args->ret;\n    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        elif src.kind == "syscall":
+            self.g.probes.setdefault(enter, []).append(
+                f"if ({ids} && tp_compat()) {{\n    u64 a[6] = {{}};\n{loads}{clone3}"
+                f"    tp_hook_{hid}(args, a, 0, 0);\n}}")
+        else:
+            keep = f"tp_pre_{hid}(args, a)" if implicit else "1"
+            self.g.probes.setdefault(enter, []).append(
+                f"if ({ids} && tp_compat()) {{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{loads}"
+                f"    u32 tid = (u32)bpf_get_current_pid_tgid();\n    if ({keep})\n"
+                f"        pending_{hid}.update(&tid, &p);\n}}")
+            self.g.probes.setdefault(exit_, []).append(
+                f"if ({ids} && tp_compat()) {{\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    struct tp_pending *p = pending_{hid}.lookup(&tid);\n    if (p) {{\n        u64 a[6] = {{}};\n"
+                + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(n))
+                + (indent(clone3) + "\n" if clone3 else "") + f"        pending_{hid}.delete(&tid);\n"
+                f"        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
+
+    def compat_nr_c(self) -> str:
+        """For a raw_syscalls tracepoint hook: a 32-bit call's i386 number becomes the x86-64
+        number policies name (those its matchArgs on index 0 compare), any other 2^32 + its own."""
+        if not self.g.compat:
+            return ""
+        wanted: set[int] = set()
+        for s in self.hook.selectors:
+            for f in s.match_args:
+                if f.index != 0:
+                    continue
+                for v in f.values:
+                    lo, _, hi = v.partition(":")
+                    try:
+                        a, b = int(lo, 0), int(hi or lo, 0)
+                    except ValueError:
+                        continue
+                    wanted.update(range(a, min(b, a + 1024) + 1))
+        table = {n32: n64 for n32, n64 in compat_x86.i386_to_x86_64().items() if n64 in wanted}
+        self.g.compat_used = True
+        chain = "".join(f"    {'else ' if i else ''}if (c == {n32}) a[0] = {n64};\n"
+                        for i, (n32, n64) in enumerate(sorted(table.items())))
+        chain += ("    else " if table else "    ") + "a[0] = (1ULL << 32) | c;\n"
+        return f"if (tp_compat()) {{\n    u64 c = a[0];\n{chain}}}\n"
+
+    def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
+        """For return hooks: the FollowFD condition checked at the enter already (cheap exit)."""
+        saved = dict(self.slots)
+        pre: list[str] = []
+        for idx, follow in implicit:
+            pre += self.follow_conds(idx, follow)
+        self.slots = saved | self.slots
+        return "\n" + fragment("prefilter_function", hid=self.hid, scope_check=self.g.scope_check,
+                                prologue=fragment("hook_prologue"), pre=indent("\n".join(pre))).rstrip("\n")
+
+
+def _duration_ns(text: str) -> int:
+    """Tetragon's rateLimit: "30s", "5m", "1h" (plain digits: seconds)."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "smh" else text
+    return int(digits) * unit * 1_000_000_000

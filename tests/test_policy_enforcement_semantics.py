@@ -1,0 +1,291 @@
+"""Enforcement semantics the bypass review (issue #12) fixed, on the real kernel: the kill comes
+before a selector's rate limit and beside NoPost; integer arguments compare as their declared type
+(unsigned 32-bit -1, 64-bit values past 2^63); per-process exec state is inherited at fork and
+dropped at exit; Sigkill refused where the hook runs outside the process; notices for followForks
+depth and kills on return hooks. One in-process PolicyManager, as the collector runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import bpf_unavailable_reason, skip_or_fail
+
+from bpf import records
+
+ATTACKER_C = Path(__file__).parent / "bypass" / "attacker.c"
+
+
+class Mgr:
+    def __init__(self, tmp: Path) -> None:
+        from collector import loader, procfs
+        from collector.drain import RecordQueue
+        from collector.policy.manager import PolicyManager
+
+        loader.prepare(tmp / "kernel-headers")
+        self.loop = asyncio.new_event_loop()
+        self.q = RecordQueue(1_000_000, self.loop)
+        self.mgr = PolicyManager(self.q, procfs.host_namespaces())
+        self.hits: list[tuple[int, int, int]] = []   # (pid, policy id, action)
+
+    def hooks(self, policy_id: int, pid: int) -> list[int]:
+        time.sleep(0.6)   # drained every 100 ms
+        for raw in self.q.take(1 << 30):
+            rec = records.decode(raw)
+            if isinstance(rec, records.HookRecord):
+                body = records.decode_hook(rec)
+                self.hits.append((rec.header.pid, body.policy_id, body.action))
+        return [a for p, pol, a in self.hits if p == pid and pol == policy_id]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mgr, Path]]:
+    reason = bpf_unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    tmp = tmp_path_factory.mktemp("semantics")
+    os.chmod(tmp, 0o755)
+    helper = tmp / "semantics-helper"
+    subprocess.run(["gcc", "-O1", "-no-pie", "-pthread", "-o", str(helper), str(ATTACKER_C)], check=True)
+    m = Mgr(tmp)
+    try:
+        yield m, helper
+    finally:
+        m.mgr.stop()
+        m.loop.close()
+
+
+def _policy(name: str, body: str) -> str:
+    return f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n" + \
+        textwrap.indent(textwrap.dedent(body), "  ")
+
+
+@pytest.mark.kernel
+def test_rate_limit_never_spares_the_kill_and_nopost_beside_sigkill(env: tuple[Mgr, Path]) -> None:
+    m, helper = env
+    (lp,) = m.mgr.load_text(_policy("sem-kill-rl", f"""\
+        kprobes:
+        - call: sys_getppid
+          syscall: true
+          selectors:
+          - matchBinaries: [{{operator: In, values: ["{helper}"]}}]
+            matchActions: [{{action: Sigkill}}, {{action: Post, rateLimit: 1m, rateLimitScope: global}}]
+        - call: sys_getpgrp
+          syscall: true
+          selectors:
+          - matchBinaries: [{{operator: In, values: ["{helper}"]}}]
+            matchActions: [{{action: Sigkill}}, {{action: NoPost}}]
+        """), "sem-kill-rl.yaml")
+    try:
+        runs = [_run([str(helper), "sys64", "110"]) for _ in range(3)]    # getppid
+        assert [rc for _pid, rc in runs] == [-9, -9, -9]     # every one killed, not just the first
+        events = [len(m.hooks(lp.policy_id, pid)) for pid, _rc in runs]
+        assert events == [1, 0, 0], "one event per minute (global scope): the rate limit spares events only"
+        pid, rc = _run([str(helper), "sys64", "111"])       # getpgrp: Sigkill + NoPost
+        assert rc == -9
+        assert m.hooks(lp.policy_id, pid) == []             # killed, no event
+    finally:
+        m.mgr.delete("sem-kill-rl")
+
+
+@pytest.mark.kernel
+def test_unsigned_arguments_compare_unsigned(env: tuple[Mgr, Path]) -> None:
+    m, helper = env
+    (lp,) = m.mgr.load_text(_policy("sem-unsigned", f"""\
+        kprobes:
+        - call: sys_setresuid
+          syscall: true
+          args: [{{index: 0, type: uint32}}]
+          selectors:
+          - matchArgs: [{{index: 0, operator: Equal, values: ["4294967295"]}}]
+            matchBinaries: [{{operator: In, values: ["{helper}"]}}]
+        - call: sys_lseek
+          syscall: true
+          args: [{{index: 1, type: uint64}}]
+          selectors:
+          - matchArgs: [{{index: 1, operator: GT, values: ["9223372036854775808"]}}]
+            matchBinaries: [{{operator: In, values: ["{helper}"]}}]
+        """), "sem-unsigned.yaml")
+    try:
+        pid_p, rc = _run([str(helper), "sys64", "117", "-1", "-1", "-1"])   # setresuid(-1, -1, -1)
+        assert rc == 0
+        pid_q, rc = _run([str(helper), "sys64", "8", "0", "-1", "1"])       # lseek(0, -1, SEEK_CUR)
+        assert rc == 0
+        assert len(m.hooks(lp.policy_id, pid_p)) == 1       # uid_t -1 == 4294967295 unsigned
+        assert len(m.hooks(lp.policy_id, pid_q)) == 1       # 2^64-1 > 2^63 unsigned (signed: -1)
+    finally:
+        m.mgr.delete("sem-unsigned")
+
+
+def _run(argv: list[str]) -> tuple[int, int]:
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p.pid, p.wait(30)
+
+
+@pytest.mark.kernel
+def test_namespace_change_state_inherited_at_fork_and_dropped_at_exit(env: tuple[Mgr, Path]) -> None:
+    """A process forked without exec that leaves its UTS namespace is a change (before: no state
+    for the child, so never); the entry leaves the map with the process (a reused pid must not
+    read it)."""
+    m, _helper = env
+    py = os.path.realpath(sys.executable)
+    (lp,) = m.mgr.load_text(_policy("sem-nschange", f"""\
+        kprobes:
+        - call: sys_getppid
+          syscall: true
+          selectors:
+          - matchNamespaceChanges: [{{operator: In, values: [Uts]}}]
+            matchBinaries: [{{operator: In, values: ["{py}"]}}]
+        """), "sem-nschange.yaml")
+    try:
+        code = textwrap.dedent("""
+            import ctypes, os, sys
+            libc = ctypes.CDLL(None, use_errno=True)
+            os.getppid()                      # the exec'd process: no change
+            pid = os.fork()
+            if pid == 0:
+                assert libc.unshare(0x04000000) == 0
+                os.getppid()                  # the forked child, in a new UTS namespace: a change
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print(pid, flush=True)
+        """)
+        proc = subprocess.Popen([py, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        child, p_pid = int(out.split()[0]), proc.pid
+        assert len(m.hooks(lp.policy_id, child)) == 1
+        assert [pid for pid, pol, _a in m.hits if pol == lp.policy_id] == [child]   # not the parent
+        table = lp.bpf["exec_state"]
+        assert not any(k.value == child for k in table), "the exited child's state is still in the map"
+        assert not any(k.value == p_pid for k in table), "the exited parent's state is still in the map"
+    finally:
+        m.mgr.delete("sem-nschange")
+
+
+def test_sigkill_refused_where_the_hook_runs_outside_the_process() -> None:
+    from collector.policy import compiler, parser
+    from collector.policy.model import PolicyError
+
+    text = _policy("sem-close-kill", """\
+        kprobes:
+        - call: tcp_close
+          syscall: false
+          args: [{index: 0, type: sock}]
+          selectors:
+          - matchActions: [{action: Sigkill}]
+        """)
+    (p,) = parser.parse_text(text, "close.yaml")
+    with pytest.raises(PolicyError, match="outside the socket owner's process context"):
+        compiler.compile_policy(p, 1, [0] * 10)
+
+
+def test_load_notices_follow_forks_depth_and_kill_on_return() -> None:
+    from collector.policy import compiler, parser
+
+    text = _policy("sem-notices", """\
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          return: true
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchPIDs: [{operator: In, followForks: true, values: ["1"]}]
+            matchReturnArgs: [{index: 0, operator: GT, values: ["0"]}]
+            matchActions: [{action: Sigkill}]
+        """)
+    (p,) = parser.parse_text(text, "n.yaml")
+    notices = " ".join(compiler.compile_policy(p, 1, [0] * 10).notices)
+    assert "8 ancestors" in notices
+    assert "the call has taken effect" in notices
+
+
+@pytest.mark.parametrize("arg_type,value,ok", [
+    ("uint32", "4294967295", True), ("uint64", "18446744073709551615", True), ("uint64", "-1", False),
+    ("int64", "9223372036854775808", False), ("int", "-1", True)])
+def test_integer_values_checked_against_their_type(arg_type: str, value: str, ok: bool) -> None:
+    from collector.policy import compiler, parser
+    from collector.policy.model import PolicyError
+
+    text = _policy("sem-range", f"""\
+        kprobes:
+        - call: sys_lseek
+          syscall: true
+          args: [{{index: 1, type: {arg_type}}}]
+          selectors:
+          - matchArgs: [{{index: 1, operator: Equal, values: ["{value}"]}}]
+        """)
+    (p,) = parser.parse_text(text, "r.yaml")
+    if ok:
+        c = compiler.compile_policy(p, 1, [0] * 10)
+        assert ("ULL" if arg_type.startswith("uint") else "LL") in c.text
+    else:
+        with pytest.raises(PolicyError, match="out of range"):
+            compiler.compile_policy(p, 1, [0] * 10)
+
+
+
+def test_raw_user_path_comparison_warned_at_load_shipped_policies_silent() -> None:
+    from collector.policy import compiler, parser
+
+    text = _policy("sem-raw", """\
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/"]}]
+        """)
+    (p,) = parser.parse_text(text, "raw.yaml")
+    (warning,) = [n for n in compiler.compile_policy(p, 1, [0] * 10).notices if "WARNING" in n]
+    assert warning.startswith("spec.kprobes[0].selectors[0].matchArgs[0]: WARNING: Prefix compares the path")
+    assert "a relative name" in warning and "symlink" in warning and "judge the file instead" in warning
+    examples = Path(__file__).resolve().parent.parent / "examples" / "policies"
+    for f in sorted(examples.glob("*.yaml")):
+        for pol in parser.parse_file(str(f)):
+            notices = compiler.compile_policy(pol, 1, [0] * 10).notices if not pol.loader or pol.hooks else []
+            assert not [n for n in notices if "WARNING" in n], f"{f.name} compares a raw user path"
+
+
+@pytest.mark.kernel
+def test_tcp_close_in_softirq_names_the_socket_owner(env: tuple[Mgr, Path]) -> None:
+    """The server resets the connection (SO_LINGER 0): on loopback the client socket moves to
+    TCP_CLOSE in softirq, in the server's (this test's) context. The event names the client."""
+    import socket
+    import struct as st
+
+    m, _helper = env
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    (lp,) = m.mgr.load_text(_policy("sem-close", f"""\
+        kprobes:
+        - call: tcp_close
+          syscall: false
+          args: [{{index: 0, type: sock}}]
+          selectors:
+          - matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}]
+        """), "sem-close.yaml")
+    try:
+        code = (f"import socket, time\ns = socket.create_connection(('127.0.0.1', {port}))\n"
+                "print('up', flush=True)\ntime.sleep(3)\n")
+        client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None and client.stdout.readline().strip() == "up"
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, st.pack("ii", 1, 0))
+        conn.close()                 # RST: the client's socket closes in this process's softirq
+        hits = m.hooks(lp.policy_id, client.pid)
+        mine = m.hooks(lp.policy_id, os.getpid())
+        client.wait(10)
+        assert len(hits) == 1 and mine == [], (hits, mine)
+    finally:
+        srv.close()
+        m.mgr.delete("sem-close")

@@ -46,7 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         stage = sinks.stage_for(args.sink)
     except KeyError:
-        sys.exit(f"tetrapipe export: unknown sink {args.sink!r} (json, fluentd, prometheus)")
+        sys.exit(f"tetrapipe export: unknown sink {args.sink!r} (json, fluentd, prometheus, grpc)")
     return run_stage(cfg, stage, f"export-{args.sink}")
 
 
@@ -131,6 +131,12 @@ def cmd_getevents(args: argparse.Namespace) -> int:
     return getevents.main(cfg, args)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from exporters import grpc_client
+
+    return grpc_client.status(_cfg(args), args.timeout)
+
+
 def cmd_tracingpolicy(args: argparse.Namespace) -> int:
     from tetrapipe import control_client
 
@@ -144,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="everything on this host, with the embedded broker unless --kafka")
     config_mod.add_arguments(s)
-    s.add_argument("--exporters", default="json", help="comma list of json, fluentd, prometheus")
+    s.add_argument("--exporters", default="json,grpc",
+                   help="comma list of json, fluentd, prometheus, grpc (Tetragon's gRPC API on --server-address)")
     s.add_argument("--log-dir", default="/var/log/tetrapipe", help="where each service logs")
     s.add_argument("--quiet", action="store_true", help="no live compact view")
     s.add_argument("--user", default=None, metavar="NAME",
@@ -161,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_enricher)
 
     s = sub.add_parser("export", help="forward events to one sink")
-    s.add_argument("sink", help="json, fluentd or prometheus")
+    s.add_argument("sink", help="json, fluentd, prometheus or grpc (Tetragon's gRPC API)")
     config_mod.add_arguments(s)
     s.set_defaults(func=cmd_export)
 
@@ -178,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", nargs="?", help="policy file (add) or name (delete)")
     s.add_argument("--mode", choices=["enforce", "monitor"], help="policy mode at load")
     s.set_defaults(func=cmd_tracingpolicy)
+
+    s = sub.add_parser("status", help="health of the gRPC API server (as tetra status)")
+    config_mod.add_arguments(s, ["server_address", "log_level"])
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("broker", help="start the embedded broker alone")
     s.add_argument("--port", type=int, default=9092)

@@ -91,6 +91,8 @@ class Config:
                                        "(process_kprobe tcp_connect, inet_csk_accept, tcp_close)")
     enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
                                       "a process maps executable (shared libraries)")
+    server_address: str = _opt("localhost:54321", "Tetragon's gRPC API: where `export grpc` listens and "
+                               "getevents/status connect (host:port or unix:///path)")
     enable_udp_events: bool = _opt(False, "UDP sensor: process_kprobe udp_sendmsg events for every "
                                    "datagram sent on an IPv4/IPv6 UDP socket")
 

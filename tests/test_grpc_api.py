@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import REPO, Pipeline, wait_until
 
 from exporters import filters, grpc_api
-from tests.harness import REPO, Pipeline, wait_until
 from tetragon import events_pb2, sensors_pb2, sensors_pb2_grpc, tetragon_pb2
 from tetrapipe.broker import EmbeddedBroker, free_port
 

@@ -11,10 +11,13 @@ so ``tetra`` and programs written against Tetragon's API work against tetrapipe.
 - ``GetHealth``, ``GetVersion``; the standard ``grpc.health.v1.Health`` service.
 - ``ListTracingPolicies``, ``AddTracingPolicy``, ``DeleteTracingPolicy``, ``EnableTracingPolicy``,
   ``DisableTracingPolicy``, ``ConfigureTracingPolicy`` (enable only) are relayed to the
-  collector's control socket (``--control-socket``) of this node. They change what the kernel
-  enforces, so over TCP they are served only to local peers running as root or as the server's own
-  user (the peer's socket owner is looked up in /proc/net/tcp*); over a unix socket the socket is
-  made 0600. Every other call answers UNIMPLEMENTED with what tetrapipe offers instead.
+  collector's control socket (``--control-socket``) of this node. Every other call answers
+  UNIMPLEMENTED with what tetrapipe offers instead.
+- Events carry other users' arguments and written data, policies can kill: GetEvents and the
+  policy calls are served only to local callers running as root or as the server's own user (over
+  TCP the caller's socket owner is looked up in /proc/net/tcp*; a unix socket is made 0600).
+  GetHealth, GetVersion and the health service answer anyone. (Tetragon serves all of them to
+  whoever reaches the port.)
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
 
     # ---- events ---------------------------------------------------------------------------
     async def GetEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self._authorize("GetEvents", context)
         try:
             select = grpc_api.request_selector(request)
         except filters.FilterError as exc:
@@ -111,18 +115,22 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return sensors_pb2.GetVersionResponse(version=version())
 
     # ---- policies (relayed to the collector) ------------------------------------------------
-    async def _control(self, method: str, req: dict[str, Any], context: grpc.aio.ServicerContext,
-                       write: bool = True) -> dict[str, Any]:
-        if write:
-            uid = peer_uid(context.peer(), self.port)
-            if uid is not None and uid not in (0, os.getuid()):
-                CALLS.labels(method, "PERMISSION_DENIED").inc()
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{method} changes kernel enforcement: only root or uid {os.getuid()} may call it")
-            if uid is None and not context.peer().startswith("unix:"):
-                CALLS.labels(method, "PERMISSION_DENIED").inc()
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{method}: the caller is not a local process whose owner can be checked")
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """Events carry other users' arguments and file data; policies can kill: over TCP only local
+        callers running as root or as this server's user are served (the socket's owner in
+        /proc/net/tcp*); a unix socket is 0600, its file mode decides."""
+        peer = context.peer()
+        if peer.startswith("unix:"):
+            return
+        uid = peer_uid(peer, self.port)
+        if uid is None or uid not in (0, os.getuid()):
+            CALLS.labels(method, "PERMISSION_DENIED").inc()
+            who = "a caller whose owner cannot be checked (not local)" if uid is None else f"uid {uid}"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{method} is served to root or uid {os.getuid()} only, not to {who}")
+
+    async def _control(self, method: str, req: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        await self._authorize(method, context)
         loop = asyncio.get_running_loop()
         try:
             reply = await loop.run_in_executor(None, control_client.request, self.cfg.control_socket, req)
@@ -139,7 +147,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return reply
 
     async def ListTracingPolicies(self, request: Any, context: Any) -> Any:  # noqa: N802
-        reply = await self._control("ListTracingPolicies", {"op": "list"}, context, write=False)
+        reply = await self._control("ListTracingPolicies", {"op": "list"}, context)
         return sensors_pb2.ListTracingPoliciesResponse(
             policies=[grpc_api.policy_status(p) for p in reply.get("policies", [])])
 

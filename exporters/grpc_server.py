@@ -29,7 +29,6 @@ import stat
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
@@ -61,6 +60,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.port = 0  # the TCP port it listens on (set once bound)
+        self.topic_ready = False
 
     # ---- events ---------------------------------------------------------------------------
     async def GetEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -70,39 +70,72 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         except filters.FilterError as exc:
             CALLS.labels("GetEvents", "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        from schemas import codec, registry
-        from tetrapipe import kafka
-
-        decode = registry.decoder_for(self.cfg)
-        consumer = kafka.make_consumer(self.cfg, None, [])  # type: ignore[arg-type]
-        await consumer.start()
+        consumer = await self._open_stream(context)
         STREAMS.inc()
         try:
-            await _position_at_end(consumer, self.cfg.events_topic)
             await context.send_initial_metadata((("tetrapipe-stream", "positioned"),))
+            decode = self._decoder()
             while True:
                 got = await consumer.getmany(timeout_ms=500)
                 for msgs in got.values():
                     for m in msgs:
-                        try:
-                            doc = select(protojson.to_protojson(decode(m.value)))
-                        except (codec.CodecError, registry.RegistryError) as exc:
-                            SKIPPED.labels("undecodable").inc()
-                            log.warning("skipping message %s/%s: %s", m.partition, m.offset, exc)
-                            continue
-                        if doc is None:
-                            continue
-                        try:
-                            msg = grpc_api.to_message(doc)
-                        except json_format.ParseError as exc:
-                            SKIPPED.labels("not_in_api").inc()
-                            log.warning("event at %s/%s has no GetEventsResponse form: %s", m.partition, m.offset, exc)
-                            continue
-                        SENT.inc()
-                        yield msg
+                        msg = await self._message(decode, select, m)
+                        if msg is not None:
+                            SENT.inc()
+                            yield msg
         finally:
             STREAMS.dec()
             await consumer.stop()
+
+    def _decoder(self) -> Any:
+        from schemas import registry
+
+        return registry.decoder_for(self.cfg)
+
+    async def _open_stream(self, context: grpc.aio.ServicerContext) -> Any:
+        """A consumer of every partition of the events topic, positioned at its end."""
+        from aiokafka.errors import KafkaError
+
+        from tetrapipe import kafka
+
+        consumer = kafka.make_consumer(self.cfg, None, [])  # type: ignore[arg-type]
+        try:
+            if not self.topic_ready:  # a server started before the pipeline: make the topic as others do
+                await kafka.ensure_topics(self.cfg, [self.cfg.events_topic])
+                self.topic_ready = True
+            await consumer.start()
+            await _position_at_end(consumer, self.cfg.events_topic)
+        except (KafkaError, OSError, RuntimeError) as exc:
+            await consumer.stop()
+            CALLS.labels("GetEvents", "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"events topic {self.cfg.events_topic}: {exc}")
+        CALLS.labels("GetEvents", "OK").inc()
+        return consumer
+
+    async def _message(self, decode: Any, select: Any, m: Any) -> Any:
+        """One Kafka message → the GetEventsResponse to send, or None (filtered out, or skipped and
+        counted). A schema registry that does not answer is waited for: the message is fine."""
+        from schemas import codec, registry
+
+        while True:
+            try:
+                doc = select(protojson.to_protojson(decode(m.value)))
+                break
+            except codec.CodecError as exc:
+                SKIPPED.labels("undecodable").inc()
+                log.warning("skipping message %s/%s: %s", m.partition, m.offset, exc)
+                return None
+            except registry.RegistryError as exc:
+                log.warning("schema registry: %s; trying message %s/%s again in 1 s", exc, m.partition, m.offset)
+                await asyncio.sleep(1.0)
+        if doc is None:
+            return None
+        try:
+            return grpc_api.to_message(doc)
+        except grpc_api.NotInApi as exc:
+            SKIPPED.labels("not_in_api").inc()
+            log.warning("event at %s/%s has no GetEventsResponse form: %s", m.partition, m.offset, exc)
+            return None
 
     async def GetHealth(self, request: Any, context: Any) -> Any:  # noqa: N802
         CALLS.labels("GetHealth", "OK").inc()

@@ -64,11 +64,23 @@ def test_export_line_and_protobuf_are_the_same_event(event: dict[str, Any]) -> N
     line = protojson.dumps(event)                      # what the JSON export writes
     doc = protojson.to_protojson(event)
     msg = json_format.Parse(line, events_pb2.GetEventsResponse())  # protobuf reads our line
+    assert grpc_api.to_message(doc) == msg  # the server's converter makes the same message
     wire = msg.SerializeToString()
     again = events_pb2.GetEventsResponse.FromString(wire)  # as a gRPC client receives it
     assert again == msg
     assert json_format.MessageToDict(again, preserving_proto_field_name=True) == doc  # and back, field for field
     assert protojson.from_protojson(grpc_api.to_doc(again)) == protojson.from_protojson(doc)  # our reader
+
+
+def test_fields_tetragon_has_no_place_for_are_refused() -> None:
+    doc = protojson.to_protojson(exec_event())
+    doc["process_exec"]["process"]["not_a_field"] = 1
+    with pytest.raises(grpc_api.NotInApi, match="no field 'not_a_field'"):
+        grpc_api.to_message(doc)
+    doc = protojson.to_protojson(exit_event())
+    doc["process_exit"]["status"] = "many"
+    with pytest.raises(grpc_api.NotInApi):
+        grpc_api.to_message(doc)
 
 
 def test_seed_tetragon_event_both_ways() -> None:

@@ -280,7 +280,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         path = address.removeprefix("unix://").removeprefix("unix:")
         if os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # left by a server that was killed
-        old_umask = os.umask(0o077)  # the socket is made 0600 from the start, not chmod-ed after
+        old_umask = os.umask(0o077)  # the socket is private from its creation on
     try:
         bound = await _bind(cfg, stop)
     finally:
@@ -289,6 +289,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     if bound is None:
         return
     server, checker = bound
+    if address.startswith("unix:"):
+        os.chmod(path, 0o600)  # made 0700 under the umask above: no moment it was open to others
     for name in ("", SERVICE):
         await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics.set_ready()

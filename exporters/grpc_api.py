@@ -47,17 +47,21 @@ def _field_filter_lines(items: Any) -> str:
     return "\n".join(out)
 
 
-def request_selector(req: events_pb2.GetEventsRequest) -> Callable[[Doc], Doc | None]:
+def request_selector(req: events_pb2.GetEventsRequest,
+                     redaction: list[filters.RedactionFilter] | None = None) -> Callable[[Doc], Doc | None]:
     """The request's allow_list, deny_list and field_filters as one function: protojson dict → the
     dict to send (field filters applied) or None. Raises filters.FilterError for a filter it cannot
     serve (a bad regex, a CEL expression). ``aggregation_options`` is accepted and has no effect:
-    Tetragon aggregates only its retired process_accept/process_connect events."""
+    Tetragon aggregates only its retired process_accept/process_connect events. ``redaction``: the
+    configured redaction filters, applied again as the JSON export does (the enricher applies them
+    first, to every output)."""
     chosen = filters.EventFilter.parse(_filter_lines(req.allow_list), _filter_lines(req.deny_list))
     field_filters = filters.parse_field_filters(_field_filter_lines(req.field_filters), "field_filters")
 
     def select(doc: Doc) -> Doc | None:
         if not chosen(doc):
             return None
+        doc = filters.apply_redaction(redaction or [], doc)  # as the JSON export, after the allow/deny lists
         return filters.apply_field_filters(field_filters, doc) if field_filters else doc
 
     return select

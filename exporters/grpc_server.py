@@ -59,6 +59,10 @@ def version() -> str:
 class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        try:
+            self.redaction = filters.parse_redaction_filters(cfg.redaction_filters)
+        except filters.FilterError as exc:  # refuse to start, as the JSON exporter does
+            raise SystemExit(f"tetrapipe export grpc: {exc}") from None
         self.port = 0  # the TCP port it listens on (set once bound)
         self.topic_ready = False
 
@@ -66,7 +70,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     async def GetEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._authorize("GetEvents", context)
         try:
-            select = grpc_api.request_selector(request)
+            select = grpc_api.request_selector(request, self.redaction)
         except filters.FilterError as exc:
             CALLS.labels("GetEvents", "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -156,3 +156,22 @@ def test_committed_modules_match_the_proto_files(tmp_path: Path) -> None:
     for mod in (tetragon_pb2, events_pb2, sensors_pb2, capabilities_pb2, tetragon.bpf_pb2, tetragon.stack_pb2):
         committed = descriptor_pb2.FileDescriptorProto.FromString(mod.DESCRIPTOR.serialized_pb)
         assert committed == fresh[committed.name], f"{committed.name}: run scripts/gen-proto.sh"
+
+
+def test_request_filters_then_redaction_then_field_filters() -> None:
+    """A GetEventsRequest is served with the JSON export's filter code: allow/deny, the configured
+    redaction filters again, then field filters."""
+    from exporters import filters
+
+    req = events_pb2.GetEventsRequest(allow_list=[events_pb2.Filter(binary_regex=["mysql$"])],
+                                      deny_list=[events_pb2.Filter(arguments_regex=["--version"])])
+    ff = req.field_filters.add(action=events_pb2.INCLUDE)
+    ff.fields.paths.extend(["process.arguments", "process.binary"])
+    red = filters.parse_redaction_filters('{"redact": ["--password=(\\\\S+)"]}')
+    select = grpc_api.request_selector(req, red)
+    doc = protojson.to_protojson(exec_event(binary="/usr/bin/mysql", args="-u root --password=hunter2"))
+    assert select(doc) == {**{k: v for k, v in doc.items() if k != "process_exec"},
+                           "process_exec": {"process": {"binary": "/usr/bin/mysql",
+                                                        "arguments": "-u root --password=*****"}}}
+    assert select(protojson.to_protojson(exec_event(binary="/usr/bin/mysql", args="--version"))) is None
+    assert select(protojson.to_protojson(exec_event(binary="/bin/ls"))) is None

@@ -243,7 +243,7 @@ async def _position_at_end(consumer: Any, topic: str) -> None:
         parts = consumer.partitions_for_topic(topic)
         if parts:
             break
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call for it
+        await consumer.topics()  # fetches the cluster's metadata
         await asyncio.sleep(0.1)
     if not parts:
         raise RuntimeError(f"topic {topic} has no partitions")

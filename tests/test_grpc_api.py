@@ -146,8 +146,9 @@ def test_policies_add_kill_disable_delete(api: Any, tmp_path: Path) -> None:
         assert any("sys_write" in s for s in st.sensors)
         r = subprocess.run([str(victim), "hello"], capture_output=True, timeout=30)
         assert r.returncode == -9  # killed at its write (the syscall tracepoint: the signal lands on return)
-        wait_until(lambda: any(d.get("process_exit", {}).get("signal") == "SIGKILL" for d in stream.docs), 30,
-                   what="the kill on the stream")
+        wait_until(lambda: any(d.get("process_exit", {}).get("signal") == "SIGKILL" for d in stream.docs)
+                   and any("process_kprobe" in d for d in stream.docs), 30,
+                   what="the kill (hook event and SIGKILL exit) on the stream")
         kp = [d["process_kprobe"] for d in stream.docs if "process_kprobe" in d]
         assert kp and kp[0]["policy_name"] == name and kp[0]["action"] == "KPROBE_ACTION_SIGKILL"
 

@@ -1,11 +1,14 @@
-"""``tetrapipe getevents``: read events from the events topic, a JSON export file or stdin, filter
-them as ``tetra getevents`` does, print compact lines or protojson.
+"""``tetrapipe getevents``: read events from the events topic, a JSON export file, stdin or (with
+``--server-address``) a gRPC server with Tetragon's API (ours or Tetragon's); filter them as
+``tetra getevents`` does, print compact lines (byte-identical to tetra's, see exporters/compact.py)
+or protojson.
 
 The flags become Tetragon filters, as tetra sends them to the agent: ``--event-types`` →
 ``event_set``, ``--namespace`` → ``namespace``, ``--pod`` → ``pod_regex``, ``--process`` →
-``binary_regex``, ``--policy-names`` → ``policy_names`` (all AND'd); ``-f``/``-F`` become an
-INCLUDE/EXCLUDE field filter. ``--allowlist``/``--denylist`` take the same filter JSON as the
-JSON export options.
+``binary_regex``, ``--policy-names`` → ``policy_names``, ``--host`` → ``namespace`` "" (processes
+outside any pod) (all AND'd); ``-f``/``-F`` become an INCLUDE/EXCLUDE field filter. Against a gRPC
+server they are sent in the GetEventsRequest, as tetra sends them. ``--allowlist``/``--denylist``
+take the same filter JSON as the JSON export options.
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-F", "--exclude-fields", action="append", default=[], help="field paths to drop")
     p.add_argument("--allowlist", default="", help="Tetragon filter JSON, one per line")
     p.add_argument("--denylist", default="", help="Tetragon filter JSON, one per line")
+    p.add_argument("--host", action="store_true", help="only events of processes outside any pod")
+    p.add_argument("--timestamps", action="store_true", help="compact: start each line with the event time")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="compact: colors")
     p.add_argument("--follow", action="store_true", help="keep reading new events (Kafka)")
     p.add_argument("--from-start", action="store_true", help="Kafka: start at the oldest event")
-    p.add_argument("--timeout", type=float, default=2.0, help="Kafka: stop after this long idle")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="Kafka: stop after this long idle (default 2 s); gRPC: stop after this long (default: never)")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -67,26 +74,57 @@ def flag_filter(args: argparse.Namespace) -> dict[str, Any]:
         f["binary_regex"] = list(args.process)
     if args.policy_names:
         f["policy_names"] = _split(args.policy_names)
+    if getattr(args, "host", False):
+        f["namespace"] = [*f.get("namespace", []), ""]  # as tetra: the empty namespace is the host's
     return f
+
+
+def _allow_text(args: argparse.Namespace) -> str:
+    """The allow list: the flags AND'd with each --allowlist line; alone they are the allow list."""
+    flags = flag_filter(args)
+    if not flags:
+        return args.allowlist
+    lines = [obj for _, obj in filters.iter_json_objects(args.allowlist, "--allowlist")] or [{}]
+    return "\n".join(json.dumps({**obj, **flags}) for obj in lines)
+
+
+def _field_filter_text(args: argparse.Namespace) -> list[str]:
+    out = []
+    include, exclude = _split(args.include_fields), _split(args.exclude_fields)
+    if include:
+        out.append(json.dumps({"fields": ",".join(include), "action": "INCLUDE"}))
+    if exclude:
+        out.append(json.dumps({"fields": ",".join(exclude), "action": "EXCLUDE"}))
+    return out
+
+
+def grpc_request(args: argparse.Namespace) -> Any:
+    """The GetEventsRequest tetra would send for these flags. Raises FilterError."""
+    from google.protobuf import json_format
+
+    from tetragon import events_pb2
+
+    req = events_pb2.GetEventsRequest()
+    build(args)  # the same checks as a local read: a bad regex or flag is refused here
+    try:
+        for where, text in (("allow_list", _allow_text(args)), ("deny_list", args.denylist)):
+            for _, obj in filters.iter_json_objects(text, where):
+                json_format.ParseDict(obj, getattr(req, where).add())
+        for text in _field_filter_text(args):
+            obj = json.loads(text)
+            req.field_filters.add(action=events_pb2.FieldFilterAction.Value(obj["action"])).fields.paths.extend(
+                obj["fields"].split(","))
+    except json_format.ParseError as exc:
+        raise filters.FilterError(f"not a Tetragon filter: {exc}") from None
+    return req
 
 
 def build(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """protojson doc → the doc to print (field filters applied) or None. Raises FilterError."""
-    allow = args.allowlist
-    flags = flag_filter(args)
-    if flags:
-        # the flags AND with each allowlist line; alone they are the allow list
-        lines = [obj for _, obj in filters.iter_json_objects(allow, "--allowlist")] or [{}]
-        allow = "\n".join(json.dumps({**obj, **flags}) for obj in lines)
-    events = filters.EventFilter.parse(allow, args.denylist)
+    events = filters.EventFilter.parse(_allow_text(args), args.denylist)
     field_filters: list[filters.FieldFilter] = []
-    include, exclude = _split(args.include_fields), _split(args.exclude_fields)
-    if include:
-        field_filters += filters.parse_field_filters(
-            json.dumps({"fields": ",".join(include), "action": "INCLUDE"}), "--include-fields")
-    if exclude:
-        field_filters += filters.parse_field_filters(
-            json.dumps({"fields": ",".join(exclude), "action": "EXCLUDE"}), "--exclude-fields")
+    for text in _field_filter_text(args):
+        field_filters += filters.parse_field_filters(text, "--include-fields/--exclude-fields")
 
     def apply(doc: dict[str, Any]) -> dict[str, Any] | None:
         if not events(doc):
@@ -140,7 +178,8 @@ async def _read_kafka(cfg: Config, args: argparse.Namespace, out: Callable[[dict
         raise
     try:
         idle = 0.0
-        while args.follow or idle < args.timeout:
+        limit = 2.0 if args.timeout is None else args.timeout
+        while args.follow or idle < limit:
             got = await consumer.getmany(timeout_ms=200)
             if not got:
                 idle += 0.2
@@ -159,22 +198,32 @@ async def _read_kafka(cfg: Config, args: argparse.Namespace, out: Callable[[dict
 def main(cfg: Config, args: argparse.Namespace) -> int:
     try:
         select = build(args)
+        request = grpc_request(args) if args.server_address is not None else None
     except filters.FilterError as exc:
         print(f"tetrapipe getevents: {exc}", file=sys.stderr)
         return 2
 
-    def out(doc: dict[str, Any]) -> None:
-        shown = select(doc)
-        if shown is None:
-            return
+    view = compact.Compact(color=compact.color_enabled(args.color), timestamps=args.timestamps)
+
+    def show(doc: dict[str, Any], shown: dict[str, Any]) -> None:
         if args.output == "compact":
-            line = compact.render(doc)  # the compact view shows the event as it is
+            line = view.render(doc)  # the compact view shows the event as it is
             if line:
                 print(line, flush=True)
         else:
             print(json.dumps(shown, ensure_ascii=False, separators=(",", ":")), flush=True)
 
+    def out(doc: dict[str, Any]) -> None:
+        shown = select(doc)
+        if shown is not None:
+            show(doc, shown)
+
     try:
+        if args.server_address is not None:  # a gRPC server filters (and field-filters) for us
+            from exporters import grpc_client
+
+            timeout = None if args.follow or not args.timeout else args.timeout
+            return grpc_client.stream(cfg.server_address, request, lambda d: show(d, d), timeout)
         if args.file == "-":
             for doc in read_lines(sys.stdin):
                 out(doc)

@@ -38,7 +38,13 @@ async def _prometheus(cfg: Config, stop: asyncio.Event) -> None:
     await run_sink(cfg, PrometheusSink(cfg), stop)
 
 
-STAGES: dict[str, Stage] = {"json": _json, "fluentd": _fluentd, "prometheus": _prometheus}
+async def _grpc(cfg: Config, stop: asyncio.Event) -> None:
+    from exporters.grpc_server import serve
+
+    await serve(cfg, stop)
+
+
+STAGES: dict[str, Stage] = {"json": _json, "fluentd": _fluentd, "prometheus": _prometheus, "grpc": _grpc}
 
 
 def stage_for(name: str) -> Stage:

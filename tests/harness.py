@@ -37,7 +37,7 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, interval: float =
 
 def free_port_block(n: int) -> int:
     """The first of ``n`` consecutive free loopback ports (``tetrapipe run`` gives its children
-    the metrics port + 0..4). Taken below the kernel's ephemeral range (32768-60999), where a
+    the metrics port + 0..5). Taken below the kernel's ephemeral range (32768-60999), where a
     client socket's local port could otherwise take one of them between the check and the bind."""
     import random
     import socket

@@ -4,7 +4,7 @@ The README's run command itself (`./scripts/run.sh`, setup included), as root, i
 environment: a fresh mount namespace with empty tmpfs over /var/log, /var/run, /var/lib and
 /var/cache (so no log, state, socket, cache or generated header directory exists), no config file,
 no TETRAPIPE_* variable. It also gets a fresh network namespace (loopback only) so that the
-default ports (broker 9092, metrics 2112-2115) are free whatever else runs on this shared machine;
+default ports (broker 9092, metrics 2112-2117, gRPC 54321) are free whatever else runs on this shared machine;
 the kernel programs see every process of the host all the same.
 
 Asserts: the first lines say where everything is and which hook mechanisms the kernel offers; a
@@ -169,12 +169,13 @@ def test_readme_run_command_on_a_pristine_machine(bpf_ok: None) -> None:
         out = text()
         # the first lines: where everything is, and the kernel's hook mechanisms
         for name, port in (("collector", 2112), ("enricher", 2113), ("export-json", 2114),
-                           ("export-prometheus", 2115)):
+                           ("export-prometheus", 2115), ("export-grpc", 2117)):
             assert re.search(rf"^  {name} +http://127\.0\.0\.1:{port}/metrics  "
                              rf"http://127\.0\.0\.1:{port}/healthz", out, re.M), (name, out[:3000])
         assert re.search(r"^  broker +127\.0\.0\.1:9092  \(embedded", out, re.M)
         assert re.search(r"^  logs +/var/log/tetrapipe/\{broker,collector,enricher,export-json,"
-                         r"export-prometheus\}\.log$", out, re.M)
+                         r"export-prometheus,export-grpc\}\.log$", out, re.M)
+        assert re.search(r"^  gRPC API +localhost:54321  \(Tetragon's API", out, re.M)
         assert re.search(r"^  export file +/var/log/tetrapipe/events\.log$", out, re.M)
         assert re.search(r"^  control socket +/var/run/tetrapipe/tetrapipe\.sock", out, re.M)
         kernel = next(t for _, t in lines if t.startswith("  kernel "))

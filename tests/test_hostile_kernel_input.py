@@ -212,7 +212,8 @@ def test_newlines_escapes_and_invalid_utf8_kept_and_counted(hostile: tuple[Pipel
     lines = out.stdout.decode().splitlines()
     evil = [ln for ln in lines if "evil" in ln]
     assert evil and all("\x1b" not in ln and "\x07" not in ln for ln in evil), evil
-    assert any("evil\\nname\\x1b[2J;$(id) line1\\nline2" in ln for ln in evil), evil
+    # as tetra: a field with a character that is not printable is quoted and escaped (strconv.Quote)
+    assert any('evil\\nname\\x1b[2J;$(id)" "line1\\nline2 \\"a b\\" \\x1b]0;pwned\\a"' in ln for ln in evil), evil
 
 
 @pytest.mark.kernel

@@ -18,13 +18,14 @@ from harness import REPO, free_port_block, http_get, wait_until
 
 @pytest.mark.kernel
 def test_run_shows_commands_live(bpf_ok: None, tmp_path: Path) -> None:
-    base_port = free_port_block(5)
+    base_port = free_port_block(6)  # +5: the gRPC API server's metrics
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env["PYTHONPATH"] = str(REPO)
     cmd = [sys.executable, "-m", "tetrapipe", "run", "--log-dir", str(tmp_path),
            "--export-filename", str(tmp_path / "events.log"), "--metrics-address",
            f"127.0.0.1:{base_port}", "--state-dir", str(tmp_path / "state"),
-           "--control-socket", str(tmp_path / "tetrapipe.sock")]
+           "--control-socket", str(tmp_path / "tetrapipe.sock"),
+           "--server-address", f"unix://{tmp_path}/tetragon.sock"]  # the gRPC API (default exporter)
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
                            start_new_session=True)
     lines: list[tuple[float, str]] = []
@@ -92,7 +93,7 @@ def test_run_with_user_keeps_root_only_in_the_collector(bpf_ok: None, tmp_path: 
     nobody = pwd.getpwnam("nobody")
     export_dir = Path(tempfile.mkdtemp(prefix="tetrapipe-run-user-"))
     export_dir.chmod(0o755)
-    base_port = free_port_block(5)
+    base_port = free_port_block(6)  # +5: the gRPC API server's metrics
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
     env["PYTHONPATH"] = str(REPO)
     common = [sys.executable, "-m", "tetrapipe", "run", "--quiet", "--log-dir", str(tmp_path),

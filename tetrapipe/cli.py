@@ -27,7 +27,8 @@ log = logging.getLogger("tetrapipe")
 
 SINKS = {"json": "JSON export file (Tetragon's export format)",
          "fluentd": "fluentd forward protocol, acknowledged",
-         "prometheus": "Tetragon-style event metrics on /metrics"}
+         "prometheus": "Tetragon-style event metrics on /metrics",
+         "grpc": "Tetragon's gRPC API (FineGuidanceSensors) on --server-address"}
 POLICY_ACTIONS = {"add": "load a TracingPolicy file", "delete": "unload a policy by name",
                   "enable": "re-enable a disabled policy", "disable": "stop a policy acting (stays loaded)",
                   "list": "the loaded policies"}
@@ -94,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     exporters = [e for e in args.exporters.split(",") if e]
     unknown = [e for e in exporters if e not in SINKS]
     if unknown:
-        sys.exit(f"tetrapipe run: --exporters: unknown {', '.join(unknown)} (json, fluentd, prometheus)")
+        sys.exit(f"tetrapipe run: --exporters: unknown {', '.join(unknown)} (json, fluentd, prometheus, grpc)")
     sup = Supervisor(cfg, exporters, log_dir=args.log_dir, user=args.user)
     started = time.monotonic()
     signalled: list[int] = []
@@ -220,6 +221,12 @@ def cmd_getevents(args: argparse.Namespace) -> int:
     return getevents.main(cfg, args)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from exporters import grpc_client
+
+    return grpc_client.status(_cfg(args), args.timeout)
+
+
 def cmd_tracingpolicy(args: argparse.Namespace) -> int:
     from tetrapipe import control_client
 
@@ -251,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(sub, "run", "everything on this host: embedded broker (unless --kafka), collector, enricher, "
                             "exporters, live compact view")
     g = s.add_argument_group("run options")
-    g.add_argument("--exporters", default="json,prometheus",
-                   help="comma list of json, fluentd, prometheus (default: 'json,prometheus')")
+    g.add_argument("--exporters", default="json,prometheus,grpc",
+                   help="comma list of json, fluentd, prometheus, grpc (Tetragon's gRPC API on "
+                        "--server-address) (default: 'json,prometheus,grpc')")
     g.add_argument("--log-dir", default="/var/log/tetrapipe",
                    help="where each service logs, made when missing (default: '/var/log/tetrapipe')")
     g.add_argument("--quiet", action="store_true", help="no live compact view (default: off)")
@@ -296,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("target", metavar="NAME", help="policy name (metadata.name)")
         config_mod.add_arguments(a, "tracingpolicy")
         a.set_defaults(func=cmd_tracingpolicy, mode=None, target=None)
+
+    s = _parser(sub, "status", "health of the gRPC API server (as tetra status)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default: 10.0)")
+    config_mod.add_arguments(s, "status")
+    s.set_defaults(func=cmd_status)
 
     s = _parser(sub, "broker", "start the embedded broker alone")
     s.add_argument("--port", type=int, default=9092, help="listen on 127.0.0.1:PORT (default: 9092)")

@@ -33,14 +33,14 @@ from typing import Any
 import yaml
 
 # the commands that read configuration keys (``export-json`` = ``tetrapipe export json``)
-COMMANDS = ("collector", "enricher", "export-json", "export-fluentd", "export-prometheus",
-            "getevents", "tracingpolicy")
-EXPORTERS = "export-json export-fluentd export-prometheus"
+COMMANDS = ("collector", "enricher", "export-json", "export-fluentd", "export-prometheus", "export-grpc",
+            "getevents", "tracingpolicy", "status")
+EXPORTERS = "export-json export-fluentd export-prometheus export-grpc"
 SERVICES = "collector enricher " + EXPORTERS  # what `tetrapipe run` starts
 KAFKA_CLIENTS = SERVICES + " getevents"
 # --help headings, in this order
 SECTIONS = ("General", "Kafka", "Collector", "Collector spool", "Sensors", "Policies", "Enricher", "Redaction",
-            "Kubernetes", "JSON export", "fluentd export", "Prometheus export", "Other")
+            "Kubernetes", "JSON export", "fluentd export", "Prometheus export", "gRPC API", "Other")
 
 
 def _opt(default: Any, help: str, used_by: str = "", section: str = "Other",  # noqa: A002 - argparse's word
@@ -192,6 +192,9 @@ class Config:
     enable_loader_events: bool = _opt(False, "loader sensor: process_loader events for every file "
                                       "a process maps executable (shared libraries)",
         "collector", "Sensors")
+    server_address: str = _opt("localhost:54321", "Tetragon's gRPC API: where `export grpc` listens and "
+                               "getevents/status connect (host:port or unix:///path)",
+        "export-grpc getevents status", "gRPC API")
     enable_udp_events: bool = _opt(False, "UDP sensor: process_kprobe udp_sendmsg events for every "
                                    "datagram sent on an IPv4/IPv6 UDP socket",
         "collector", "Sensors")

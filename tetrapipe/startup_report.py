@@ -47,6 +47,9 @@ def lines(sup: Supervisor, features: Any) -> list[str]:
     if sup.log_dir:
         names = ",".join(["broker"] * (sup.broker is not None) + [c.name for c in sup.children])
         out.append(f"  logs               {os.path.join(sup.log_dir, '{' + names + '}.log')}")
+    if "grpc" in sup.exporters:
+        out.append(f"  gRPC API           {cfg.server_address}  (Tetragon's API: tetrapipe getevents "
+                   f"--server-address, tetra clients)")
     out.append(f"  control socket     {cfg.control_socket}  (tetrapipe tracingpolicy ...)")
     out.append(f"  state, cache       {cfg.state_dir}, {cfg.cache_dir}")
     if features is None:

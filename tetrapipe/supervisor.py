@@ -34,7 +34,7 @@ log = logging.getLogger("tetrapipe.run")
 # metrics ports of the children when run together: the configured metrics port (default 2112)
 # plus this offset (each service alone uses --metrics-address as it is)
 PORT_OFFSETS = {"collector": 0, "enricher": 1, "export-json": 2, "export-prometheus": 3,
-                "export-fluentd": 4}
+                "export-fluentd": 4, "export-grpc": 5}
 DEFAULT_METRICS_PORT = 2112
 # the ports with the default --metrics-address (docker-compose.yml uses the same)
 PORTS = {name: DEFAULT_METRICS_PORT + off for name, off in PORT_OFFSETS.items()}

@@ -1,0 +1,82 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BpfCmd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BPF_MAP_CREATE: _ClassVar[BpfCmd]
+    BPF_MAP_LOOKUP_ELEM: _ClassVar[BpfCmd]
+    BPF_MAP_UPDATE_ELEM: _ClassVar[BpfCmd]
+    BPF_MAP_DELETE_ELEM: _ClassVar[BpfCmd]
+    BPF_MAP_GET_NEXT_KEY: _ClassVar[BpfCmd]
+    BPF_PROG_LOAD: _ClassVar[BpfCmd]
+    BPF_OBJ_PIN: _ClassVar[BpfCmd]
+    BPF_OBJ_GET: _ClassVar[BpfCmd]
+    BPF_PROG_ATTACH: _ClassVar[BpfCmd]
+    BPF_PROG_DETACH: _ClassVar[BpfCmd]
+    BPF_PROG_TEST_RUN: _ClassVar[BpfCmd]
+    BPF_PROG_GET_NEXT_ID: _ClassVar[BpfCmd]
+    BPF_MAP_GET_NEXT_ID: _ClassVar[BpfCmd]
+    BPF_PROG_GET_FD_BY_ID: _ClassVar[BpfCmd]
+    BPF_MAP_GET_FD_BY_ID: _ClassVar[BpfCmd]
+    BPF_OBJ_GET_INFO_BY_FD: _ClassVar[BpfCmd]
+    BPF_PROG_QUERY: _ClassVar[BpfCmd]
+    BPF_RAW_TRACEPOINT_OPEN: _ClassVar[BpfCmd]
+    BPF_BTF_LOAD: _ClassVar[BpfCmd]
+    BPF_BTF_GET_FD_BY_ID: _ClassVar[BpfCmd]
+    BPF_TASK_FD_QUERY: _ClassVar[BpfCmd]
+    BPF_MAP_LOOKUP_AND_DELETE_ELEM: _ClassVar[BpfCmd]
+    BPF_MAP_FREEZE: _ClassVar[BpfCmd]
+    BPF_BTF_GET_NEXT_ID: _ClassVar[BpfCmd]
+    BPF_MAP_LOOKUP_BATCH: _ClassVar[BpfCmd]
+    BPF_MAP_LOOKUP_AND_DELETE_BATCH: _ClassVar[BpfCmd]
+    BPF_MAP_UPDATE_BATCH: _ClassVar[BpfCmd]
+    BPF_MAP_DELETE_BATCH: _ClassVar[BpfCmd]
+    BPF_LINK_CREATE: _ClassVar[BpfCmd]
+    BPF_LINK_UPDATE: _ClassVar[BpfCmd]
+    BPF_LINK_GET_FD_BY_ID: _ClassVar[BpfCmd]
+    BPF_LINK_GET_NEXT_ID: _ClassVar[BpfCmd]
+    BPF_ENABLE_STATS: _ClassVar[BpfCmd]
+    BPF_ITER_CREATE: _ClassVar[BpfCmd]
+    BPF_LINK_DETACH: _ClassVar[BpfCmd]
+    BPF_PROG_BIND_MAP: _ClassVar[BpfCmd]
+    BPF_TOKEN_CREATE: _ClassVar[BpfCmd]
+BPF_MAP_CREATE: BpfCmd
+BPF_MAP_LOOKUP_ELEM: BpfCmd
+BPF_MAP_UPDATE_ELEM: BpfCmd
+BPF_MAP_DELETE_ELEM: BpfCmd
+BPF_MAP_GET_NEXT_KEY: BpfCmd
+BPF_PROG_LOAD: BpfCmd
+BPF_OBJ_PIN: BpfCmd
+BPF_OBJ_GET: BpfCmd
+BPF_PROG_ATTACH: BpfCmd
+BPF_PROG_DETACH: BpfCmd
+BPF_PROG_TEST_RUN: BpfCmd
+BPF_PROG_GET_NEXT_ID: BpfCmd
+BPF_MAP_GET_NEXT_ID: BpfCmd
+BPF_PROG_GET_FD_BY_ID: BpfCmd
+BPF_MAP_GET_FD_BY_ID: BpfCmd
+BPF_OBJ_GET_INFO_BY_FD: BpfCmd
+BPF_PROG_QUERY: BpfCmd
+BPF_RAW_TRACEPOINT_OPEN: BpfCmd
+BPF_BTF_LOAD: BpfCmd
+BPF_BTF_GET_FD_BY_ID: BpfCmd
+BPF_TASK_FD_QUERY: BpfCmd
+BPF_MAP_LOOKUP_AND_DELETE_ELEM: BpfCmd
+BPF_MAP_FREEZE: BpfCmd
+BPF_BTF_GET_NEXT_ID: BpfCmd
+BPF_MAP_LOOKUP_BATCH: BpfCmd
+BPF_MAP_LOOKUP_AND_DELETE_BATCH: BpfCmd
+BPF_MAP_UPDATE_BATCH: BpfCmd
+BPF_MAP_DELETE_BATCH: BpfCmd
+BPF_LINK_CREATE: BpfCmd
+BPF_LINK_UPDATE: BpfCmd
+BPF_LINK_GET_FD_BY_ID: BpfCmd
+BPF_LINK_GET_NEXT_ID: BpfCmd
+BPF_ENABLE_STATS: BpfCmd
+BPF_ITER_CREATE: BpfCmd
+BPF_LINK_DETACH: BpfCmd
+BPF_PROG_BIND_MAP: BpfCmd
+BPF_TOKEN_CREATE: BpfCmd

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("tetrapipe", "collector", "enricher", "exporters", "schemas", "bpf")
+PACKAGES = ("tetrapipe", "collector", "enricher", "exporters", "schemas", "bpf", "tetragon")
 # derived properties of Config → the key they read
 DERIVED = {"metrics_host_port": "metrics_address", "state_path": "state_dir"}
 # modules that read every key generically (config itself, the supervisor handing all to children)

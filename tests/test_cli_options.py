@@ -28,8 +28,10 @@ ENTRIES = {
     "export-json": ["exporters.json_file", "exporters.worker", "tetrapipe.service"],
     "export-fluentd": ["exporters.fluentd", "exporters.worker", "tetrapipe.service"],
     "export-prometheus": ["exporters.prometheus", "exporters.worker", "tetrapipe.service"],
+    "export-grpc": ["exporters.grpc_server", "tetrapipe.service"],
     "getevents": ["exporters.getevents"],
     "tracingpolicy": ["tetrapipe.control_client"],
+    "status": ["exporters.grpc_client"],
 }
 # keys a shared module reads in a function this command never calls (module-level import
 # following cannot tell); each with the reason
@@ -40,13 +42,15 @@ NOT_READ = {
 PARSERS = {  # command → argv that reaches its parser
     "run": ["run"], "collector": ["collector"], "enricher": ["enricher"],
     "export-json": ["export", "json"], "export-fluentd": ["export", "fluentd"],
-    "export-prometheus": ["export", "prometheus"], "getevents": ["getevents"],
-    "tracingpolicy": ["tracingpolicy", "list"],
+    "export-prometheus": ["export", "prometheus"], "export-grpc": ["export", "grpc"], "getevents": ["getevents"],
+    "tracingpolicy": ["tracingpolicy", "list"], "status": ["status"],
 }
 OWN_FLAGS = {  # options a command has besides configuration keys
     "run": {"exporters", "log_dir", "quiet", "user"},
     "getevents": {"output", "file", "event_types", "namespace", "pod", "process", "policy_names",
-                  "include_fields", "exclude_fields", "allowlist", "denylist", "follow", "from_start", "timeout"},
+                  "include_fields", "exclude_fields", "allowlist", "denylist", "follow", "from_start", "timeout",
+                  "color", "host", "timestamps"},
+    "status": {"timeout"},
 }
 
 
@@ -74,7 +78,7 @@ def test_each_command_offers_exactly_the_keys_it_reads(command: str) -> None:
 
 def test_run_offers_every_service_key_and_no_other() -> None:
     services = set()
-    for command in ("collector", "enricher", "export-json", "export-fluentd", "export-prometheus"):
+    for command in ("collector", "enricher", "export-json", "export-fluentd", "export-prometheus", "export-grpc"):
         services |= keys_read(ENTRIES[command], FIELDS, frozenset({"exporters.sinks"}))
     assert _options(_subparser(["run"])) - OWN_FLAGS["run"] == services
 

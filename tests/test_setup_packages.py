@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = ("tetrapipe", "collector", "enricher", "exporters", "schemas", "bpf")
+CODE = ("tetrapipe", "collector", "enricher", "exporters", "schemas", "bpf", "tetragon")
 LOCAL = {*CODE, "bench", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")} \
     | {p.stem for p in (REPO / "bench").glob("*.py")}
 # Python modules that come from Debian, not PyPI (setup.sh links only bcc into the venv)

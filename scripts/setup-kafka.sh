@@ -6,6 +6,8 @@
 set -euo pipefail
 KAFKA_VERSION=${TETRAPIPE_KAFKA_VERSION:-4.1.1}
 LOG4J_VERSION=2.24.3
+SLF4J_VERSION=2.0.17  # log4j-slf4j2-impl binds to slf4j 2; a dependency would pull 1.7 (no logs)
+RECIPE="kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION"
 CACHE=${TETRAPIPE_BUILD_CACHE:-/var/cache/tetrapipe-build}/kafka
 DEST="$CACHE/$KAFKA_VERSION"
 
@@ -20,7 +22,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-if [ -f "$DEST/.complete" ]; then
+if [ -f "$DEST/.complete" ] && [ "$(cat "$DEST/.complete")" = "$RECIPE" ]; then
   echo "setup-kafka: ready ($DEST)"
   exit 0
 fi
@@ -37,6 +39,7 @@ cat > "$work/pom.xml" <<POM
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
   </dependencies>
 </project>
 POM
@@ -61,5 +64,5 @@ mv "$work/libs" "$DEST/libs"
 mv "$work/log4j2.yaml" "$DEST/log4j2.yaml"
 java -cp "$DEST/libs/*" kafka.tools.StorageTool random-uuid >/dev/null \
   || { echo "setup-kafka: the Kafka jars do not run" >&2; exit 1; }
-touch "$DEST/.complete"
+echo "$RECIPE" > "$DEST/.complete"
 echo "setup-kafka: ready ($DEST, $(ls "$DEST/libs" | wc -l) jars)"

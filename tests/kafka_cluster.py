@@ -299,8 +299,16 @@ class KafkaCluster:
 
     # ---- inspection ---------------------------------------------------------------------
     def partition_roles(self, topic: str, partition: int = 0) -> tuple[int, list[int], list[int]]:
-        """(leader, replicas, in-sync replicas) of a partition."""
-        return asyncio.run(self._roles(topic, partition))
+        """(leader, replicas, in-sync replicas) of a partition (asked again while the admin
+        client picks a node that just died)."""
+        for attempt in range(20):
+            try:
+                return asyncio.run(self._roles(topic, partition))
+            except Exception:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
 
     async def _roles(self, topic: str, partition: int) -> tuple[int, list[int], list[int]]:
         from aiokafka.admin import AIOKafkaAdminClient

@@ -9,7 +9,8 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -203,6 +204,12 @@ async def start_producer(cfg: Config, **extra: Any) -> AIOKafkaProducer:
     await producer.start()
     IDEMPOTENT.set(0)
     return producer
+
+
+def is_idempotent(producer: AIOKafkaProducer) -> bool:
+    """Whether the broker gave this producer an id (Apache Kafka does, Tansu refuses). A broker
+    that refuses it is Tansu here, whose end offsets lag (see enricher/state.py)."""
+    return getattr(producer, "_txn_manager", None) is not None
 
 
 def make_consumer(cfg: Config, group: str, topics: list[str], **extra: Any) -> AIOKafkaConsumer:

@@ -30,6 +30,8 @@ PRODUCE_ERRORS = Counter("tetrapipe_raw_produce_errors", "Raw batches the broker
 PROCFS_RECORDS = Counter("tetrapipe_procfs_records", "Processes reported by the /proc bootstrap")
 TOO_LARGE = Counter("tetrapipe_raw_batches_too_large", "Raw batches (one record each) over the broker's "
                     "message size: dead-lettered, cut to fit, with their original size")
+PRODUCER_REPLACED = Counter("tetrapipe_raw_producer_replaced", "Kafka producers the collector replaced "
+                            "after they delivered nothing for kafka_stuck_exit_s")
 BATCH_BYTES_LIMIT = Gauge("tetrapipe_raw_batch_max_bytes", "Raw batches are cut below this size")
 BATCH_OVERHEAD = 4096  # RawBatch header fields and the Kafka record around it, generously
 
@@ -185,12 +187,18 @@ async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -
             backoff = min(backoff * 2, 5.0)
     metrics.set_ready()
     log.info("collector ready: producing to %s", cfg.raw_topic)
+    loop = asyncio.get_running_loop()
+    last_ok = loop.time()
     try:
         while True:
             item = outbox.head()
             if item is None:
                 await outbox.changed.wait()
+                last_ok = loop.time()  # idle is not stuck
                 continue
+            if loop.time() - last_ok > cfg.kafka_stuck_exit_s:
+                producer = await _replace_producer(cfg, producer, loop.time() - last_ok)
+                last_ok = loop.time()
             try:
                 await asyncio.wait_for(producer.send_and_wait(cfg.raw_topic, item.data, key=key),
                                        cfg.spool_send_timeout_s)
@@ -212,6 +220,7 @@ async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -
                 backoff = min(backoff * 2, 5.0)
                 continue
             outbox.done(item)
+            last_ok = loop.time()
             BATCHES.inc()
             if outbox.degraded:
                 log.info("broker answers again; %d batches left to replay", len(outbox))
@@ -222,6 +231,27 @@ async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -
             await asyncio.wait_for(producer.stop(), 2)
         except (TimeoutError, KafkaError):
             pass
+
+
+async def _replace_producer(cfg: Config, old: object, stuck_s: float) -> object:
+    """A producer that delivered nothing for kafka_stuck_exit_s while the broker was retried
+    (seen after every broker of a cluster restarted) is dropped for a fresh one; the collector
+    itself never exits for it (its kernel programs would stop observing). The spool keeps the
+    batches meanwhile; one sent twice is dropped by the sequence audit."""
+    log.warning("raw batches not acknowledged for %.0fs: replacing the Kafka producer", stuck_s)
+    PRODUCER_REPLACED.inc()
+    try:
+        await asyncio.wait_for(old.stop(), 2)  # type: ignore[attr-defined]
+    except (TimeoutError, KafkaError, OSError):
+        pass
+    backoff = 0.5
+    while True:
+        try:
+            return await asyncio.wait_for(kafka.start_producer(cfg, linger_ms=0), cfg.spool_send_timeout_s * 2)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("new producer not started (%s); retrying in %.1fs", _why(exc), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
 
 async def _dead_letter_too_large(cfg: Config, producer: object, data: bytes, exc: BaseException,

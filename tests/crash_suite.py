@@ -188,6 +188,10 @@ class Suite:
         self.kafka = kafka  # a started tests/kafka_cluster.KafkaCluster, or the embedded broker
         self.broker = EmbeddedBroker(log_path=tmp / "broker.log")
         self.policy_missing: dict[str, int] = {}  # sink -> generated execs without their policy event
+        # as `tetrapipe run` or Kubernetes would: a service that exits on its own is started again
+        self.self_restarts: list[str] = []
+        self._killing: set[str] = set()
+        self._sup_stop = threading.Event()
         self.fluent = FluentReceiver()
         self.pipe: Pipeline | None = None
         # phase -> (t_kill, t_ready) of the collector fault
@@ -208,6 +212,7 @@ class Suite:
         svc = self.pipe.services[name]
         argv = svc.argv
         time.sleep(1.0)
+        self._killing.add(name)
         t_kill = time.monotonic()
         svc.signal(signal.SIGKILL)
         assert svc.proc is not None
@@ -220,7 +225,20 @@ class Suite:
                  f"down {t_ready - t_kill:.1f}s")
         if name == "collector":
             self.collector_windows[phase] = (t_kill, t_ready)
+        self._killing.discard(name)
         time.sleep(1.0)
+
+    def _supervise(self) -> None:
+        """Start again a service that exited on its own (not one the suite is killing)."""
+        while not self._sup_stop.wait(1.0):
+            assert self.pipe is not None
+            for name, svc in list(self.pipe.services.items()):
+                if name in self._killing or svc.proc is None or svc.proc.poll() is None:
+                    continue
+                code = svc.proc.returncode
+                self.self_restarts.append(f"{name} exited {code} in phase {self.gen.phase}")
+                self.say(f"{name} exited on its own with {code}: starting it again")
+                self.pipe.start(name, *svc.argv, wait=False)
 
     def broker_outage(self, phase: str) -> None:
         assert self.pipe is not None
@@ -261,10 +279,18 @@ class Suite:
             k.kill9(victim)  # type: ignore[attr-defined]
             self.say(f"kafka: node {victim} ({'leader' if victim == leader else 'follower'} of {topic}) "
                      "killed -9")
-            time.sleep(4.0)
-            new_leader = k.partition_roles(topic)[0]  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            new_leader = leader
+            while time.monotonic() - t0 < 20:  # the cluster notices the death, elects another
+                new_leader = k.partition_roles(topic)[0]  # type: ignore[attr-defined]
+                if new_leader not in (victim, -1) or victim != leader:
+                    break
+                time.sleep(0.5)
+            elect = time.monotonic() - t0
+            time.sleep(max(0.0, 3.0 - elect))  # events flow a while without it
             k.restart_node(victim)  # type: ignore[attr-defined]
-            self.notes[phase] = f"node {victim} killed; leader {leader} -> {new_leader}"
+            self.notes[phase] = (f"node {victim} killed; leader {leader} -> {new_leader} "
+                                 f"after {elect:.0f} s")
         self.say(f"kafka: back ({self.notes[phase]})")
         time.sleep(2.0)
 
@@ -276,6 +302,7 @@ class Suite:
             pol = self.tmp / "policy.yaml"
             pol.write_text(POLICY)
             settings["tracing_policy"] = str(pol)
+            settings["kafka_stuck_exit_s"] = "15"
         else:
             self.broker.start()
             bootstrap = self.broker.bootstrap
@@ -290,6 +317,7 @@ class Suite:
                                        "export_file_max_size_mb": "0"})
         try:
             self.pipe.start_all(exporters=EXPORTERS)
+            threading.Thread(target=self._supervise, name="supervise", daemon=True).start()
             self.gen.start()
             time.sleep(2.0)
             order: list[str] = []
@@ -312,6 +340,7 @@ class Suite:
             return self.collect(["warmup", *order, "after"])
         finally:
             self.gen.stop()
+            self._sup_stop.set()
             if self.pipe:
                 self.pipe.stop()
             if self.kafka is None:
@@ -436,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
     if suite.policy_missing:
         print(f"generated execs without their policy event: {suite.policy_missing}")
+    if suite.self_restarts:
+        print(f"services that exited on their own and were started again: {suite.self_restarts}")
     print_report(results, suite.torn, suite.audit)
     if suite.dead:
         print(f"services that died on their own: {', '.join(suite.dead)}")

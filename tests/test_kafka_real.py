@@ -322,3 +322,53 @@ def test_replication_settings_from_file_and_environment(tmp_path: Path) -> None:
     assert (cfg.topic_replication_factor, cfg.topic_min_insync_replicas, cfg.kafka_max_message_bytes) == (5, 2, 500000)
     assert json.dumps(kafka_lib.replication(Config(), 1)) == "[1, 1]"
     assert kafka_lib.replication(Config(), 5) == (3, 2)
+
+
+def test_rebalance_two_enrichers_kill9_keeps_parents_and_policies(kafka_pipeline: Pipeline) -> None:
+    """Two raw partitions (two nodes), two enrichers in one group on Apache Kafka. Each node's
+    collector sent its policy catalog and a parent exec; then one enricher is killed -9. The
+    survivor takes its partition over in a rebalance, replays the state (process cache and policy
+    catalog), and builds the next hook records and child execs of that node with their policy
+    and parent: no "unknown policy" dead letter."""
+    from bpf import records as r
+
+    pipe = kafka_pipeline
+    pipe.settings.update(topic_partitions="2")
+    a = pipe.start("enricher-a", "enricher")
+    b = pipe.start("enricher-b", "enricher")
+    pipe.start("export-json", "export", "json")
+    raws = {p: RawProducer(pipe) for p in (0, 1)}
+    base = 30000 + int(time.time()) % 10000 * 2
+    cat = {p: {"policy_id": 77 + p, "name": f"rebalance-p{p}", "namespace": "", "mode": "enforce",
+               "state": "loaded", "hooks": [{"id": 0, "kind": "kprobe", "function_name": "sys_openat",
+                                              "args": [], "message": "m", "tags": [],
+                                              "selectors": [["Post"]]}]} for p in (0, 1)}
+    for p in (0, 1):
+        raws[p].send(r.encode_policy(time.monotonic_ns(), json.dumps(cat[p]).encode()),
+                     exec_record(base + p, 1, "/bin/sh", []), partition=p)
+    for p in (0, 1):
+        wait_until(lambda p=p: _one(pipe, "process_exec", base + p), 40, what=f"parent exec on partition {p}")
+    time.sleep(1.0)  # the state writes of both enrichers acknowledged (committed after them)
+    a.signal(9)
+    assert a.proc is not None
+    a.proc.wait()
+    hook = {p: r.encode_hook(base + 10 + p, base + 10 + p, time.monotonic_ns() + 10**9,
+                             r.HookBody(77 + p, 0, 0, 0, 0, 0, [])) for p in (0, 1)}
+    for p in (0, 1):
+        raws[p].send(exec_record(base + 10 + p, base + p, "/bin/ls", []), hook[p], partition=p)
+    for p in (0, 1):
+        child = wait_until(lambda p=p: _one(pipe, "process_exec", base + 10 + p), 60,
+                           what=f"child exec on partition {p} after the rebalance")
+        parent = _one(pipe, "process_exec", base + p)
+        assert child["parent"]["exec_id"] == parent["process"]["exec_id"]
+        kp = wait_until(lambda p=p: _one(pipe, "process_kprobe", base + 10 + p), 30,
+                        what=f"policy event on partition {p}")
+        assert kp["policy_name"] == f"rebalance-p{p}"
+    assert b.metric("tetrapipe_policy_events_unknown_policy_total") == 0
+    assert b.metric("tetrapipe_deadletter_messages_total") == 0
+    assert b.proc is not None and b.proc.poll() is None
+
+
+def _one(pipe: Pipeline, kind: str, pid: int) -> dict | None:
+    evs = [e[kind] for e in pipe.exported() if kind in e and e[kind]["process"]["pid"] == pid]
+    return evs[-1] if evs else None

@@ -40,6 +40,8 @@ class Config:
                                          "0 = min(3, brokers in the cluster)")
     topic_min_insync_replicas: int = _opt(0, "min.insync.replicas of the topics tetrapipe creates "
                                           "(acks=all waits for them); 0 = 2 with 3+ replicas, else 1")
+    kafka_stuck_exit_s: int = _opt(120, "a stage whose producer delivered nothing this long while retrying "
+                                   "exits with 75 (EX_TEMPFAIL) to be restarted with a fresh one")
     kafka_max_message_bytes: int = _opt(1000000, "largest Kafka message tetrapipe writes (raw batches "
                                         "are cut below it); the topic's max.message.bytes if lower")
     schema_registry_url: str = _opt("", "Confluent schema registry; empty = single-object framing")

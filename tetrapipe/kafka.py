@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from typing import Any
 
@@ -204,6 +205,33 @@ async def start_producer(cfg: Config, **extra: Any) -> AIOKafkaProducer:
     await producer.start()
     IDEMPOTENT.set(0)
     return producer
+
+
+PRODUCER_STUCK_S = 120.0
+EX_TEMPFAIL = 75  # sysexits.h: temporary failure, the supervisor starts the stage again
+
+
+class DeliveryWatch:
+    """Counts how long a retry loop has gone without a delivery. Past ``limit_s`` (seen: the
+    producer of a stage delivered nothing after every broker of a cluster restarted) the stage
+    exits at once with EX_TEMPFAIL, without stopping the producer (whose stop would wait for the
+    same undeliverable batches): a fresh process, with a fresh producer, resumes from the
+    committed offsets, and nothing is committed past what was not acknowledged."""
+
+    def __init__(self, what: str, limit_s: float = PRODUCER_STUCK_S) -> None:
+        self.what = what
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def failed(self, why: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+        elif now - self.since > self.limit_s:
+            log.error("%s not acknowledged for %.0fs (%s): exiting with %d so that a fresh process "
+                      "resumes from the committed offsets", self.what, now - self.since, why, EX_TEMPFAIL)
+            logging.shutdown()
+            os._exit(EX_TEMPFAIL)
 
 
 def is_idempotent(producer: AIOKafkaProducer) -> bool:

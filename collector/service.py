@@ -206,6 +206,9 @@ async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -
                 # batches are cut below the limit: only a record too large alone gets here
                 PRODUCE_ERRORS.inc()
                 TOO_LARGE.inc()
+                # a refused batch leaves an idempotent producer's sequence broken (measured:
+                # the next batch fails too): a fresh producer for the dead letter and what follows
+                producer = await _replace_producer(cfg, producer, 0.0, why="after a refused batch")
                 await _dead_letter_too_large(cfg, producer, item.data, exc,
                                              limits.max_bytes if limits else cfg.kafka_max_message_bytes)
                 outbox.done(item)
@@ -233,12 +236,12 @@ async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -
             pass
 
 
-async def _replace_producer(cfg: Config, old: object, stuck_s: float) -> object:
+async def _replace_producer(cfg: Config, old: object, stuck_s: float, why: str = "") -> object:
     """A producer that delivered nothing for kafka_stuck_exit_s while the broker was retried
     (seen after every broker of a cluster restarted) is dropped for a fresh one; the collector
     itself never exits for it (its kernel programs would stop observing). The spool keeps the
     batches meanwhile; one sent twice is dropped by the sequence audit."""
-    log.warning("raw batches not acknowledged for %.0fs: replacing the Kafka producer", stuck_s)
+    log.warning("%s: replacing the Kafka producer", why or f"raw batches not acknowledged for {stuck_s:.0f}s")
     PRODUCER_REPLACED.inc()
     try:
         await asyncio.wait_for(old.stop(), 2)  # type: ignore[attr-defined]

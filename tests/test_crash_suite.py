@@ -61,7 +61,8 @@ def test_crash_suite_on_three_kafka_brokers(bpf_ok: None, kafka_cluster: object,
     with capsys.disabled():
         print()
         print_report(results, suite.torn, suite.audit)
-        print(f"generated execs without their policy event: {suite.policy_missing}")
+        print(f"generated execs without their policy event: {suite.policy_missing}; "
+              f"policy events without their process (flags miss): {suite.policy_without_process}")
         print(f"services that exited on their own and were started again: {suite.self_restarts}")
     assert {r.fault for r in results} == {"warmup", *faults, "after"}
     # a stage may give its producer up (exit 75) only when every broker went down at once

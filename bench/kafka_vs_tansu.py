@@ -38,9 +38,12 @@ BATCH = 500  # records per raw batch: well below Kafka's 1 MiB message limit
 
 
 def frames(node: str, n_events: int) -> tuple[list[bytes], int]:
-    recs = list(ProcessStream().processes(n_events // 2))
+    """Raw batches of n_events // 2 processes, and the events they make (an exec and an exit
+    each, and the stream's first parent: as bench/e2e.py counts them)."""
+    n_procs = n_events // 2
+    recs = list(ProcessStream().processes(n_procs))
     b = Batcher(node, records.layout_id())
-    return [b.frame(recs[i:i + BATCH]) for i in range(0, len(recs), BATCH)], len(recs)
+    return [b.frame(recs[i:i + BATCH]) for i in range(0, len(recs), BATCH)], 2 * n_procs + 1
 
 
 async def produce(cfg: Config, topic: str, batches: list[bytes], key: bytes) -> None:
@@ -53,6 +56,7 @@ async def produce(cfg: Config, topic: str, batches: list[bytes], key: bytes) -> 
 
 
 def one_round(bootstrap: str, tmp: Path, n_events: int) -> dict[str, Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(bootstrap, tmp, settings={"export_file_max_size_mb": "0", "state_topic": ""})
     try:
         pipe.start("enricher", "enricher")
@@ -68,7 +72,7 @@ def one_round(bootstrap: str, tmp: Path, n_events: int) -> dict[str, Any]:
             now = time.monotonic()
             if n > 0 and first is None:
                 first = now
-            if n >= n_recs - 1:  # every exec and exit (the stream's own root has no exec)
+            if n >= n_recs:
                 last = now
                 break
             time.sleep(0.05)

@@ -31,6 +31,9 @@ QUEUE_LOST = Counter(
 QUEUE_DEPTH = Gauge("tetrapipe_observer_ringbuf_queue_depth", "Records waiting to be batched")
 
 
+RECORD_FRAMING = 5  # a record's length prefix in a RawBatch, at most
+
+
 class RecordQueue:
     """Bounded FIFO shared by the drain thread (producer) and the batcher (consumer)."""
 
@@ -39,14 +42,31 @@ class RecordQueue:
         self._q: deque[bytes] = deque()
         self._loop = loop
         self.ready = asyncio.Event()
+        self._drops = 0            # records refused because the queue was full, ever
+        self._drops_reported = 0
+        self._drops_lock = threading.Lock()
 
     def put(self, rec: bytes) -> bool:
         """Called from any thread, counted at once. False when the record was dropped."""
         if self.offer(rec):
             QUEUE_RECEIVED.inc()
             return True
-        QUEUE_LOST.inc()
+        self.count_drops(1)
         return False
+
+    def count_drops(self, n: int) -> None:
+        """Records dropped for a full queue: a metric, and lost_delta() for the next batch."""
+        QUEUE_LOST.inc(n)
+        with self._drops_lock:
+            self._drops += n
+
+    def lost_delta(self) -> int:
+        """Records dropped since the last call: the batcher adds them to the next batch's
+        ``ringbuf_lost``, so the enricher's audit sees them (tetrapipe_enricher_ringbuf_lost)."""
+        with self._drops_lock:
+            d = self._drops - self._drops_reported
+            self._drops_reported = self._drops
+        return d
 
     def offer(self, rec: bytes) -> bool:
         """Like put, uncounted: the caller counts (the drain threads, once per poll)."""
@@ -58,11 +78,18 @@ class RecordQueue:
     def wake(self) -> None:
         self._loop.call_soon_threadsafe(self.ready.set)
 
-    def take(self, n: int) -> list[bytes]:
+    def take(self, n: int, max_bytes: int = 0) -> list[bytes]:
+        """Up to ``n`` records, at most ``max_bytes`` framed (0 = no bound). A record larger
+        than ``max_bytes`` by itself comes alone."""
         q = self._q
-        out = []
-        for _ in range(min(n, len(q))):
+        out: list[bytes] = []
+        size = 0
+        while q and len(out) < n:
+            rec_size = len(q[0]) + RECORD_FRAMING
+            if max_bytes and out and size + rec_size > max_bytes:
+                break
             out.append(q.popleft())
+            size += rec_size
         QUEUE_DEPTH.set(len(q))
         if not q:
             self.ready.clear()
@@ -194,7 +221,7 @@ class RingBufferDrain:
             RINGBUF_RECEIVED.inc(accepted + dropped)
             QUEUE_RECEIVED.inc(accepted)
             if dropped:
-                QUEUE_LOST.inc(dropped)
+                self.queue.count_drops(dropped)
             if accepted:
                 self.queue.wake()
 

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from bpf import records
 from collector import capabilities, loader, procfs, sensors
@@ -28,6 +28,25 @@ log = logging.getLogger("tetrapipe.collector")
 BATCHES = Counter("tetrapipe_raw_batches_produced", "Raw batches the broker acknowledged")
 PRODUCE_ERRORS = Counter("tetrapipe_raw_produce_errors", "Raw batches the broker did not take")
 PROCFS_RECORDS = Counter("tetrapipe_procfs_records", "Processes reported by the /proc bootstrap")
+TOO_LARGE = Counter("tetrapipe_raw_batches_too_large", "Raw batches (one record each) over the broker's "
+                    "message size: dead-lettered, cut to fit, with their original size")
+PRODUCER_REPLACED = Counter("tetrapipe_raw_producer_replaced", "Kafka producers the collector replaced "
+                            "after they delivered nothing for kafka_stuck_exit_s")
+BATCH_BYTES_LIMIT = Gauge("tetrapipe_raw_batch_max_bytes", "Raw batches are cut below this size")
+BATCH_OVERHEAD = 4096  # RawBatch header fields and the Kafka record around it, generously
+
+
+class Limits:
+    """The raw batch size bound: kafka_max_message_bytes, lowered to the raw topic's
+    max.message.bytes once the broker has told it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.set(max_bytes)
+
+    def set(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.records_bytes = max(1024, max_bytes - BATCH_OVERHEAD)
+        BATCH_BYTES_LIMIT.set(max_bytes)
 
 
 class Collector:
@@ -94,7 +113,8 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
     a separate sender delivers them in order from the outbox (memory head, on-disk spool)."""
     outbox = Outbox(Spool(cfg.state_path / "spool", cfg.spool_max_mb * 1024 * 1024),
                     cfg.spool_memory_batches)
-    sender = asyncio.create_task(send_loop(cfg, outbox))
+    limits = Limits(cfg.kafka_max_message_bytes)
+    sender = asyncio.create_task(send_loop(cfg, outbox, limits))
     drain_stopped = False
     try:
         while True:
@@ -112,8 +132,9 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
             if len(col.queue) < cfg.batch_max_records and not stop.is_set():
                 await asyncio.sleep(cfg.batch_max_ms / 1000 / 5)
             col.policies.tick()
-            recs = col.queue.take(cfg.batch_max_records)
-            lost = col.drain.kernel_lost_delta() + col.policies.kernel_lost_delta()
+            recs = col.queue.take(cfg.batch_max_records, limits.records_bytes)
+            lost = (col.drain.kernel_lost_delta() + col.policies.kernel_lost_delta()
+                    + col.queue.lost_delta())
             if not recs and not lost:
                 continue
             outbox.put(col.batcher.frame(recs, lost), len(recs))
@@ -141,7 +162,7 @@ async def _drained(outbox: Outbox, sender: asyncio.Task[None]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def send_loop(cfg: Config, outbox: Outbox) -> None:
+async def send_loop(cfg: Config, outbox: Outbox, limits: Limits | None = None) -> None:
     """Deliver the outbox head, one batch at a time (so a retry never reorders a node's stream),
     acks=all. While the broker does not answer, everything waits on disk and the head is retried
     with backoff; a batch whose delivery is uncertain is sent again (the sequence audit drops
@@ -155,6 +176,9 @@ async def send_loop(cfg: Config, outbox: Outbox) -> None:
                                    cfg.spool_send_timeout_s * 2)
             producer = await asyncio.wait_for(kafka.start_producer(cfg, linger_ms=0),
                                               cfg.spool_send_timeout_s * 2)
+            if limits is not None:
+                limits.set(await asyncio.wait_for(kafka.max_message_bytes(cfg, cfg.raw_topic),
+                                                  cfg.spool_send_timeout_s * 2))
         except (KafkaError, OSError, TimeoutError) as exc:
             outbox.degraded = True
             outbox.spill()
@@ -163,18 +187,30 @@ async def send_loop(cfg: Config, outbox: Outbox) -> None:
             backoff = min(backoff * 2, 5.0)
     metrics.set_ready()
     log.info("collector ready: producing to %s", cfg.raw_topic)
+    loop = asyncio.get_running_loop()
+    last_ok = loop.time()
     try:
         while True:
             item = outbox.head()
             if item is None:
                 await outbox.changed.wait()
+                last_ok = loop.time()  # idle is not stuck
                 continue
+            if loop.time() - last_ok > cfg.kafka_stuck_exit_s:
+                producer = await _replace_producer(cfg, producer, loop.time() - last_ok)
+                last_ok = loop.time()
             try:
                 await asyncio.wait_for(producer.send_and_wait(cfg.raw_topic, item.data, key=key),
                                        cfg.spool_send_timeout_s)
             except MessageSizeTooLargeError as exc:
+                # batches are cut below the limit: only a record too large alone gets here
                 PRODUCE_ERRORS.inc()
-                log.error("raw batch of %d bytes dropped: %s", len(item.data), exc)
+                TOO_LARGE.inc()
+                # a refused batch leaves an idempotent producer's sequence broken (measured:
+                # the next batch fails too): a fresh producer for the dead letter and what follows
+                producer = await _replace_producer(cfg, producer, 0.0, why="after a refused batch")
+                await _dead_letter_too_large(cfg, producer, item.data, exc,
+                                             limits.max_bytes if limits else cfg.kafka_max_message_bytes)
                 outbox.done(item)
                 continue
             except (KafkaError, TimeoutError) as exc:
@@ -187,6 +223,7 @@ async def send_loop(cfg: Config, outbox: Outbox) -> None:
                 backoff = min(backoff * 2, 5.0)
                 continue
             outbox.done(item)
+            last_ok = loop.time()
             BATCHES.inc()
             if outbox.degraded:
                 log.info("broker answers again; %d batches left to replay", len(outbox))
@@ -197,6 +234,39 @@ async def send_loop(cfg: Config, outbox: Outbox) -> None:
             await asyncio.wait_for(producer.stop(), 2)
         except (TimeoutError, KafkaError):
             pass
+
+
+async def _replace_producer(cfg: Config, old: object, stuck_s: float, why: str = "") -> object:
+    """A producer that delivered nothing for kafka_stuck_exit_s while the broker was retried
+    (seen after every broker of a cluster restarted) is dropped for a fresh one; the collector
+    itself never exits for it (its kernel programs would stop observing). The spool keeps the
+    batches meanwhile; one sent twice is dropped by the sequence audit."""
+    log.warning("%s: replacing the Kafka producer", why or f"raw batches not acknowledged for {stuck_s:.0f}s")
+    PRODUCER_REPLACED.inc()
+    try:
+        await asyncio.wait_for(old.stop(), 2)  # type: ignore[attr-defined]
+    except (TimeoutError, KafkaError, OSError):
+        pass
+    backoff = 0.5
+    while True:
+        try:
+            return await asyncio.wait_for(kafka.start_producer(cfg, linger_ms=0), cfg.spool_send_timeout_s * 2)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("new producer not started (%s); retrying in %.1fs", _why(exc), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+async def _dead_letter_too_large(cfg: Config, producer: object, data: bytes, exc: BaseException,
+                                 limit: int) -> None:
+    """A raw batch the broker refuses for its size goes to the dead-letter topic cut to fit,
+    with its original size: its sequence number shows as a gap in the enricher's audit."""
+    keep = max(0, limit - BATCH_OVERHEAD)
+    why = (f"raw batch of {len(data)} bytes over the broker's message size ({exc}); "
+           f"first {min(keep, len(data))} bytes kept")
+    log.error("%s: dead-lettered", why)
+    await kafka.send_dead_letter(producer, cfg, "collector", data[:keep], why,  # type: ignore[arg-type]
+                                 key=cfg.node_name.encode(), source=cfg.raw_topic)
 
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:

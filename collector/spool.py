@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ SPOOL_DROPPED_RECORDS = Counter("tetrapipe_spool_records_dropped",
 SPOOL_UNREADABLE = Counter("tetrapipe_spool_files_unreadable",
                            "Spool files that could not be read back (kept aside as *.bad)")
 OUTBOX_MEMORY = Gauge("tetrapipe_outbox_memory_batches", "Raw batches waiting in memory")
+SPOOL_WRITE_ERRORS = Counter("tetrapipe_spool_write_errors",
+                             "Spool writes that failed (disk full, read-only, I/O error): the batch "
+                             "stayed in memory")
+SPOOL_RETRY_S = 5.0  # after a failed write, the spool is tried again this much later
 
 SUFFIX = ".batch"
 
@@ -89,14 +94,22 @@ class Spool:
             raise ValueError(f"spool id {oid} is not after {self._items[-1][0]}")
         path = self._path(oid)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError:
+            SPOOL_WRITE_ERRORS.inc()
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise
         self._items.append((oid, len(data)))
         self.bytes += len(data)
         SPOOL_WRITTEN.inc()
@@ -155,6 +168,11 @@ class Outbox:
         self.spool = spool
         self.memory_max = max(1, memory_max)
         self.memory: deque[Item] = deque()
+        self.memory_bytes = 0
+        # while the spool cannot be written, batches wait in memory up to the spool's own bound
+        self.fallback_max_bytes = min(spool.max_bytes, 256 * 1024 * 1024)
+        self.spool_broken_until = 0.0
+        self.spool_error = ""
         self._next = spool.next_id
         self.changed = asyncio.Event()
         self.degraded = False  # set by the sender while the broker does not answer
@@ -165,30 +183,68 @@ class Outbox:
         return len(self.spool) + len(self.memory)
 
     def put(self, data: bytes, records: int) -> bool:
-        """Queue one batch; False when it was dropped because the spool is full."""
+        """Queue one batch; False when it was dropped because the spool (or, while the spool
+        cannot be written, memory) is full."""
         oid = self._next
         self._next += 1
         self.changed.set()
         if not self.degraded and not len(self.spool) and len(self.memory) < self.memory_max:
-            self.memory.append(Item(oid, data, records, False))
-            OUTBOX_MEMORY.set(len(self.memory))
+            self._remember(Item(oid, data, records, False))
             return True
         self.spill()
+        if self.memory:  # the spool failed: newer batches queue behind in memory, order kept
+            if self.memory_bytes + len(data) > self.fallback_max_bytes:
+                return self._drop(records, f"spool unwritable ({self.spool_error}) and "
+                                           f"{self.memory_bytes} bytes waiting in memory")
+            self._remember(Item(oid, data, records, False))
+            return True
         if not self.spool.has_room(len(data)):
-            SPOOL_DROPPED.inc()
-            SPOOL_DROPPED_RECORDS.inc(records)
-            log.error("spool full (%d bytes): dropped a raw batch of %d records",
-                      self.spool.bytes, records)
-            return False
-        self.spool.write(oid, data)
+            return self._drop(records, f"spool full ({self.spool.bytes} bytes)")
+        try:
+            self.spool.write(oid, data)
+        except OSError as exc:
+            self._spool_failed(exc)
+            self._remember(Item(oid, data, records, False))
         return True
 
+    def _remember(self, it: Item) -> None:
+        self.memory.append(it)
+        self.memory_bytes += len(it.data)
+        OUTBOX_MEMORY.set(len(self.memory))
+
+    def _drop(self, records: int, why: str) -> bool:
+        SPOOL_DROPPED.inc()
+        SPOOL_DROPPED_RECORDS.inc(records)
+        log.error("%s: dropped a raw batch of %d records", why, records)
+        return False
+
+    def _spool_failed(self, exc: OSError) -> None:
+        if not self.spool_error:
+            log.error("spool %s cannot be written (%s): batches wait in memory (up to %d bytes), "
+                      "the spool is tried again every %.0fs", self.spool.dir, exc,
+                      self.fallback_max_bytes, SPOOL_RETRY_S)
+        self.spool_error = str(exc)
+        self.spool_broken_until = time.monotonic() + SPOOL_RETRY_S
+
     def spill(self) -> None:
-        """Move the memory head to disk, order kept (memory items are newer than the spool's)."""
+        """Move the memory head to disk, order kept (memory items are newer than the spool's).
+        A spool that cannot be written leaves them in memory, tried again later."""
+        if self.memory and time.monotonic() < self.spool_broken_until:
+            return
         while self.memory:
-            it = self.memory.popleft()
-            self.spool.write(it.oid, it.data)
-        OUTBOX_MEMORY.set(0)
+            it = self.memory[0]
+            try:
+                self.spool.write(it.oid, it.data)
+            except OSError as exc:
+                self._spool_failed(exc)
+                break
+            self.memory.popleft()
+            self.memory_bytes -= len(it.data)
+        else:
+            if self.spool_error:
+                log.info("spool %s writable again", self.spool.dir)
+                self.spool_error = ""
+        OUTBOX_MEMORY.set(len(self.memory))
 
     def head(self) -> Item | None:
         if len(self.spool):
@@ -202,7 +258,7 @@ class Outbox:
     def done(self, item: Item) -> None:
         """The broker acknowledged ``item``: forget it (wherever it is now)."""
         if self.memory and self.memory[0].oid == item.oid:
-            self.memory.popleft()
+            self.memory_bytes -= len(self.memory.popleft().data)
             OUTBOX_MEMORY.set(len(self.memory))
         else:
             if self.spool.head_id() == item.oid and item.spooled:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -118,6 +119,8 @@ class Enricher:
                     ev = self.policy_events.on_hook(rec, batch.node_name, batch.boot_time_ns, self.builder)
                 elif isinstance(rec, records.PolicyRecord):
                     ev = self.policy_events.on_catalog(rec, batch.node_name)
+                    if self.journal is not None:
+                        self.journal.policy(batch.node_name, rec.body)
                 elif isinstance(rec, records.ConnectDenyRecord):
                     ev = self.policy_events.on_connect_deny(rec, batch.node_name, batch.boot_time_ns,
                                                             self.builder)
@@ -197,6 +200,7 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
             counted = counters[kind] = EVENTS_OUT.labels(type=kind)
         counted.inc()
     backoff = 0.2
+    watch = kafka.DeliveryWatch("events", cfg.kafka_stuck_exit_s)
     while msgs:
         sent = await _send_batched(producer, cfg.events_topic, msgs)
         results = await asyncio.gather(*(fut for fut, _ in sent), return_exceptions=True)
@@ -207,6 +211,7 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
         log.warning("%d events not acknowledged (%s): sending again in %.1fs", len(failed),
                     ",".join(sorted(errors)), backoff)
         PUBLISH_RETRIES.labels(stage=STAGE).inc(len(failed))
+        watch.failed(",".join(sorted(errors)))
         msgs = failed
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 5.0)
@@ -232,7 +237,9 @@ class StateRestorer(ConsumerRebalanceListener):
         parts = sorted({tp.partition % journal.partitions for tp in assigned})
         self.idle.clear()
         try:
-            entries = await state.replay(self.cfg, parts, self.producer)
+            entries, policies = await state.replay_all(self.cfg, parts, self.producer)
+            for node, body in policies:  # the catalog of every policy a hook record may name
+                self.enricher.policy_events.on_catalog(types.SimpleNamespace(body=body), node)
             builder = self.enricher.builder
             redacted = [e for e in entries if builder.redaction and builder.redact(e.process)]
             builder.cache.restore(entries)
@@ -368,11 +375,12 @@ async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, **kw: Any)
         return fut
 
 
-async def _flush_journal(producer: AIOKafkaProducer, journal: Any) -> None:
+async def _flush_journal(producer: AIOKafkaProducer, journal: Any, stuck_s: float = kafka.PRODUCER_STUCK_S) -> None:
     """State writes until the broker acknowledged them all: what it refused (a broker outage
     longer than the request timeout) is made dirty again and sent again, unless a newer write of
     the same entry is already waiting."""
     backoff = 0.2
+    watch = kafka.DeliveryWatch("state writes", stuck_s)
     while journal.dirty:
         pending = dict(journal.dirty)
         try:
@@ -387,7 +395,10 @@ async def _flush_journal(producer: AIOKafkaProducer, journal: Any) -> None:
         for k in failed:
             journal.dirty.setdefault(k, pending[k])
         PUBLISH_RETRIES.labels(stage=f"{STAGE}-state").inc(len(failed))
-        log.warning("%d state writes not acknowledged: sending again in %.1fs", len(failed), backoff)
+        errors = {type(r).__name__ for r in results if isinstance(r, Exception)} or {"refused"}
+        log.warning("%d state writes not acknowledged (%s): sending again in %.1fs", len(failed),
+                    ",".join(sorted(errors)), backoff)
+        watch.failed(",".join(sorted(errors)))
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 5.0)
 
@@ -399,7 +410,7 @@ async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Co
     """Events and state writes acknowledged first, then raw offsets committed, never past an
     event still held for pod metadata."""
     if enricher.journal is not None:
-        await _flush_journal(producer, enricher.journal)
+        await _flush_journal(producer, enricher.journal, cfg.kafka_stuck_exit_s)
     await publish(producer, cfg, events, serializer, stamper)
     floor = enricher.pending.floor()
     offsets = {}

@@ -23,8 +23,7 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter, Gauge
 
 from enricher.process_cache import CacheListener, Entry
@@ -35,10 +34,19 @@ log = logging.getLogger("tetrapipe.enricher.state")
 
 STATE_WRITES = Counter("tetrapipe_state_writes", "Process-cache state messages acknowledged", ["kind"])
 STATE_RESTORED = Counter("tetrapipe_state_restored_entries", "Process-cache entries replayed at start")
+STATE_POLICIES = Counter("tetrapipe_state_restored_policies", "Policy catalog entries replayed at start")
 STATE_REPLAY_SECONDS = Gauge("tetrapipe_state_replay_seconds", "Duration of the last state replay")
 VERSION = 1
 REPLAY_TIMEOUT_S = 120.0
 MARKER_KEY = b"\x00replay-marker"  # not an exec_id; compaction keeps only the latest marker
+POLICY_KEY = "\x00policy\x00"  # + node + "\x00" + policy id: the policy catalog journal
+
+
+class PolicyBlob:
+    """A policy catalog record body (collector JSON), journaled as it came."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 def entry_to_json(e: Entry) -> bytes:
@@ -79,11 +87,27 @@ class StateJournal(CacheListener):
         p = entry.extra.get("state_partition", self.partition % self.partitions)
         self.dirty[entry.exec_id] = (p, None)
 
+    def policy(self, node: str, body: bytes) -> None:
+        """A policy catalog record seen in raw: journaled under its node and id (a deleted
+        policy's key is tombstoned), so an enricher that takes this partition over knows
+        every policy a hook record may name."""
+        try:
+            doc = json.loads(body)
+            pid = int(doc["policy_id"])
+        except (ValueError, KeyError, TypeError):
+            return  # the enricher dead-letters it
+        key = f"{POLICY_KEY}{node}\x00{pid}"
+        self.dirty[key] = (self.partition % self.partitions,
+                           None if doc.get("state") == "deleted" else PolicyBlob(body))  # type: ignore[assignment]
+
     async def flush(self, producer: AIOKafkaProducer) -> list[asyncio.Future]:
         """Send the dirty entries; the caller awaits the returned futures before committing."""
         futures = []
         for eid, (p, entry) in self.dirty.items():
-            value = entry_to_json(entry) if entry is not None else None
+            if isinstance(entry, PolicyBlob):
+                value: bytes | None = entry.data
+            else:
+                value = entry_to_json(entry) if entry is not None else None
             fut = await producer.send(self.topic, value, key=eid.encode(), partition=p)
             fut.add_done_callback(_count(entry is None))
             futures.append(fut)
@@ -99,43 +123,48 @@ def _count(tombstone: bool) -> Any:
 
 
 async def ensure_state_topic(cfg: Config) -> None:
-    """Create the state topic, compacted, with as many partitions as tetrapipe gives raw."""
+    """Create the state topic, compacted, with as many partitions as tetrapipe gives raw,
+    replicated as the other topics (kafka.create_missing)."""
     admin = AIOKafkaAdminClient(**kafka.client_settings(cfg))
     await admin.start()
     try:
-        if cfg.state_topic in set(await admin.list_topics()):
-            return
-        try:
-            await admin.create_topics([NewTopic(cfg.state_topic, num_partitions=cfg.topic_partitions,
-                                                replication_factor=1,
-                                                topic_configs={"cleanup.policy": "compact"})])
-            log.info("created state topic %s (cleanup.policy=compact)", cfg.state_topic)
-        except TopicAlreadyExistsError:
-            pass
+        await kafka.create_missing(cfg, admin, [cfg.state_topic], {"cleanup.policy": "compact"})
     finally:
         await admin.close()
 
 
 async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer) -> list[Entry]:
-    """The latest entry of every exec_id in the given state partitions (tombstoned ones left
-    out), read from the beginning up to a marker this replay wrote at each partition's end.
+    return (await replay_all(cfg, partitions, producer))[0]
 
-    A marker rather than the end offsets: the embedded broker (Tansu 0.6) reports a high
-    watermark that lags when one produce request carried several records."""
+
+async def replay_all(cfg: Config, partitions: list[int],
+                     producer: AIOKafkaProducer) -> tuple[list[Entry], list[tuple[str, bytes]]]:
+    """The latest entry of every exec_id in the given state partitions (tombstoned ones left
+    out), read from the beginning of the compacted topic up to its end offsets.
+
+    Apache Kafka reports exact end offsets. The embedded broker (Tansu 0.6) reports a high
+    watermark that lags when one produce request carried several records, and refuses the
+    idempotent producer: with such a producer, the replay writes a marker at each partition's
+    end and reads up to it instead."""
     t0 = time.monotonic()
     token = uuid.uuid4().hex.encode()
-    marks = [await producer.send(cfg.state_topic, token, key=MARKER_KEY, partition=p) for p in partitions]
-    end = {TopicPartition(cfg.state_topic, p): (await m).offset for p, m in zip(partitions, marks, strict=True)}
+    tps = [TopicPartition(cfg.state_topic, p) for p in partitions]
+    use_marker = not kafka.is_idempotent(producer)
+    end: dict[TopicPartition, int] = {}
+    if use_marker:
+        marks = [await producer.send(cfg.state_topic, token, key=MARKER_KEY, partition=p) for p in partitions]
+        end = {tp: (await m).offset for tp, m in zip(tps, marks, strict=True)}
     consumer = AIOKafkaConsumer(**kafka.client_settings(cfg), group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=kafka.MAX_MESSAGE_BYTES)
     await consumer.start()
     latest: dict[str, bytes | None] = {}
     bad = 0
     try:
-        tps = [TopicPartition(cfg.state_topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        todo = set(tps)
+        if not use_marker:  # after the seek: aiokafka fetches nothing when asked before it
+            end = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if use_marker or end[tp] > 0}
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         while todo and time.monotonic() < deadline:
             got = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
@@ -147,6 +176,10 @@ async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer)
                         continue
                     if m.offset < end[tp] and m.key is not None:
                         latest[m.key.decode(errors="replace")] = m.value
+                # compaction keeps a partition's last record (the active segment is never
+                # cleaned): offset end - 1 is always read
+                if not use_marker and msgs and msgs[-1].offset >= end[tp] - 1:
+                    todo.discard(tp)
         if todo:
             log.error("state replay stopped after %.0fs with partitions %s unfinished: "
                       "processes started before may lack parent and pod", REPLAY_TIMEOUT_S,
@@ -154,8 +187,12 @@ async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer)
     finally:
         await consumer.stop()
     entries = []
-    for value in latest.values():
+    policies = []
+    for key, value in latest.items():
         if value is None:
+            continue
+        if key.startswith(POLICY_KEY):
+            policies.append((key[len(POLICY_KEY):].rpartition("\x00")[0], value))
             continue
         try:
             entries.append(entry_from_json(value))
@@ -164,8 +201,9 @@ async def replay(cfg: Config, partitions: list[int], producer: AIOKafkaProducer)
     if bad:
         log.warning("state replay skipped %d unreadable entries", bad)
     STATE_RESTORED.inc(len(entries))
+    STATE_POLICIES.inc(len(policies))
     STATE_REPLAY_SECONDS.set(time.monotonic() - t0)
-    log.info("state replay: %d live process entries (%d keys, end offsets %s) from %s partitions %s "
+    log.info("state replay: %d live process entries (%d keys, end offsets %s by %s) from %s partitions %s "
              "in %.2fs", len(entries), len(latest), {tp.partition: o for tp, o in end.items()},
-             cfg.state_topic, partitions, time.monotonic() - t0)
-    return entries
+             "marker" if use_marker else "the broker", cfg.state_topic, partitions, time.monotonic() - t0)
+    return entries, policies

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/setup-opa.sh               # real OPA server for the OPA policy-source tests (cached)
 ./scripts/setup-kube-apiserver.sh    # real API server (apiextensions-apiserver + etcd) for the CRD tests (cached)
+[ "${TETRAPIPE_WITH_KAFKA:-1}" = 1 ] && ./scripts/setup-kafka.sh  # Apache Kafka (KRaft) and kcat for the tests (cached)
 echo "setup-test: ready"

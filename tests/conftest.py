@@ -71,3 +71,50 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         yield p
     finally:
         p.stop()
+
+
+# ---- Apache Kafka (tests/kafka_cluster.py; installed by scripts/setup-kafka.sh) --------------
+KAFKA_USERS = {"alice": "alice-secret-1", "bob": "bob-secret-2"}
+
+
+@pytest.fixture(scope="session")
+def kafka_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(ca.pem, the brokers' PEM keystore): a CA made for this session."""
+    from kafka_cluster import make_tls_pem
+
+    return make_tls_pem(tmp_path_factory.mktemp("kafka-certs"))
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_certs: tuple[Path, Path]) -> Iterator[object]:
+    """One Apache Kafka broker (KRaft) for the session: PLAINTEXT, SASL_PLAINTEXT and SASL_SSL
+    with SCRAM-SHA-256/512 users KAFKA_USERS, SSL with a CA made here."""
+    from kafka_cluster import KafkaCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    with KafkaCluster(tmp_path_factory.mktemp("kafka1"), size=1, scram_users=KAFKA_USERS,
+                      tls_pem=kafka_certs[1]) as k:
+        yield k
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Three Apache Kafka nodes (KRaft, each broker and controller) on loopback, for the session."""
+    from kafka_cluster import KafkaCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    with KafkaCluster(tmp_path_factory.mktemp("kafka3"), size=3) as k:
+        yield k
+
+
+@pytest.fixture
+def kafka_pipeline(kafka: object, tmp_path: Path) -> Iterator[Pipeline]:
+    p = Pipeline(kafka.bootstrap, tmp_path)  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.stop()

@@ -86,3 +86,43 @@ def test_unreadable_file_set_aside(tmp_path: Path) -> None:
     before = _sample("tetrapipe_spool_files_unreadable_total")
     assert _drain(box) == [b"b0", b"b2"]
     assert _sample("tetrapipe_spool_files_unreadable_total") - before == 1
+
+
+def test_disk_full_and_read_only_spool_survived_in_order(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The spool on a real 64 KiB tmpfs: it fills up (ENOSPC) and is then remounted read-only
+    (EROFS). The outbox keeps batches in memory, in order, counts each failed write, and writes
+    to the spool again once it can; nothing raises into the collector."""
+    import os
+    import subprocess
+
+    from conftest import skip_or_fail
+
+    from collector import spool as spool_mod
+
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tetrapipe-spool-test", str(mnt)], check=True)
+    monkeypatch.setattr(spool_mod, "SPOOL_RETRY_S", 0.0)
+    try:
+        box = _outbox(mnt / "spool", max_bytes=10 << 20, memory=1)
+        box.degraded = True  # the broker is away: everything goes to the spool
+        errors0 = _sample("tetrapipe_spool_write_errors_total")
+        batches = [bytes([i % 256]) * 8000 for i in range(20)]  # 160 kB: more than the disk
+        for b in batches:
+            assert box.put(b, 1)
+        assert _sample("tetrapipe_spool_write_errors_total") > errors0
+        assert len(box.spool) >= 5 and len(box.memory) >= 5 and box.spool_error
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        more = [b"ro-%d" % i * 100 for i in range(5)]
+        for b in more:
+            assert box.put(b, 1)
+        assert "Read-only" in box.spool_error or "read-only" in box.spool_error.lower()
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        got = _drain(box)  # the broker answers again: everything, in order, none lost
+        assert got == batches + more
+        box.put(b"after", 1)
+        assert _drain(box) == [b"after"] and not box.memory_bytes
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -74,6 +74,18 @@ class Config:
         SERVICES, "Kafka")
     topic_partitions: int = _opt(1, "partitions when tetrapipe creates a topic",
         SERVICES, "Kafka")
+    topic_replication_factor: int = _opt(0, "replicas of each topic tetrapipe creates; "
+                                         "0 = min(3, brokers in the cluster)",
+        SERVICES, "Kafka")
+    topic_min_insync_replicas: int = _opt(0, "min.insync.replicas of the topics tetrapipe creates "
+                                          "(acks=all waits for them); 0 = 2 with 3+ replicas, else 1",
+        SERVICES, "Kafka")
+    kafka_stuck_exit_s: int = _opt(120, "a stage whose producer delivered nothing this long while retrying "
+                                   "exits with 75 (EX_TEMPFAIL) to be restarted with a fresh one",
+        "collector enricher", "Kafka")
+    kafka_max_message_bytes: int = _opt(1000000, "largest Kafka message tetrapipe writes (raw batches "
+                                        "are cut below it); the topic's max.message.bytes if lower",
+        "collector", "Kafka")
     schema_registry_url: str = _opt("", "Confluent schema registry; empty = single-object framing",
         "enricher getevents " + EXPORTERS, "Kafka")
     kafka_security_protocol: str = _opt("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -20,13 +22,17 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
 )
+from prometheus_client import Gauge
 
 from tetrapipe.config import Config
 from tetrapipe.metrics import DEAD_LETTERS
 
 log = logging.getLogger("tetrapipe.kafka")
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # fetch sizes, and the producer's client-side request cap
+
+IDEMPOTENT = Gauge("tetrapipe_kafka_idempotent_producer",
+                   "1 when this process's producer is idempotent, 0 when the broker refused it")
 
 
 def client_settings(cfg: Config) -> dict[str, Any]:
@@ -112,19 +118,64 @@ async def ensure_topics(cfg: Config, topics: list[str]) -> None:
     finally:
         client_log.removeFilter(_drop_bootstrap_errors)
     try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=cfg.topic_partitions, replication_factor=1)
-                     for t in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass
-            log.info("created topics %s", ", ".join(missing))
+        await create_missing(cfg, admin, topics)
     finally:
         await admin.close()
+
+
+def replication(cfg: Config, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the topics tetrapipe creates: as configured,
+    else 3 replicas (fewer on a smaller cluster) with 2 in sync."""
+    rf = cfg.topic_replication_factor or max(1, min(3, brokers))
+    min_isr = cfg.topic_min_insync_replicas or (2 if rf >= 3 else 1)
+    if min_isr > rf:
+        raise ValueError(f"topic_min_insync_replicas {min_isr} is more than topic_replication_factor {rf}: "
+                         "every acks=all write would be refused")
+    return rf, min_isr
+
+
+async def create_missing(cfg: Config, admin: AIOKafkaAdminClient, topics: list[str],
+                         configs: dict[str, str] | None = None) -> list[str]:
+    """Create the topics of ``topics`` that do not exist, replicated as configured; the names
+    created. ``configs``: topic configs on top (e.g. cleanup.policy=compact)."""
+    existing = set(await admin.list_topics())
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    # brokers from the metadata the admin client holds (Tansu has no DescribeCluster)
+    rf, min_isr = replication(cfg, len(admin._client.cluster.brokers()) or 1)
+    tconf = dict(configs or {})
+    if rf > 1:  # a one-replica topic keeps the broker's default (Tansu knows no topic configs)
+        tconf["min.insync.replicas"] = str(min_isr)
+    try:
+        await admin.create_topics([NewTopic(t, num_partitions=cfg.topic_partitions, replication_factor=rf,
+                                            topic_configs=tconf) for t in missing])
+    except TopicAlreadyExistsError:
+        pass
+    log.info("created topics %s (partitions %d, replication factor %d, min.insync.replicas %s%s)",
+             ", ".join(missing), cfg.topic_partitions, rf, min_isr if rf > 1 else "default",
+             "".join(f", {k}={v}" for k, v in (configs or {}).items()))
+    return missing
+
+
+async def max_message_bytes(cfg: Config, topic: str) -> int:
+    """The largest message ``topic`` takes: the topic's max.message.bytes where the broker
+    describes it, bounded by kafka_max_message_bytes."""
+    limit = cfg.kafka_max_message_bytes
+    admin = AIOKafkaAdminClient(**client_settings(cfg))
+    try:
+        await admin.start()
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                               {"max.message.bytes": None})])
+        for res in resp.resources:
+            for entry in res[4]:
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    limit = min(limit, int(entry[1]))
+    except Exception as exc:  # noqa: BLE001 - a broker that cannot describe it: the setting alone
+        log.info("max.message.bytes of %s not described (%s): using %d", topic, exc, limit)
+    finally:
+        await admin.close()
+    return limit
 
 
 async def start_producer(cfg: Config, **extra: Any) -> AIOKafkaProducer:
@@ -141,15 +192,52 @@ async def start_producer(cfg: Config, **extra: Any) -> AIOKafkaProducer:
     sender_log.setLevel(logging.CRITICAL)  # the refusal is expected on some brokers
     try:
         await producer.start()
+        IDEMPOTENT.set(1)
         return producer
     except KafkaError as exc:
-        log.info("broker refused an idempotent producer (%s): using acks=all without it", exc)
+        # Tansu answers InitProducerId with an error: acks=all alone, duplicates left to the audit
+        log.warning("broker refused an idempotent producer (%s: %s): using acks=all without it; "
+                    "consumers drop retried duplicates by sequence", type(exc).__name__, exc)
         await producer.stop()
     finally:
         sender_log.setLevel(level)
     producer = AIOKafkaProducer(**base)
     await producer.start()
+    IDEMPOTENT.set(0)
     return producer
+
+
+PRODUCER_STUCK_S = 120.0
+EX_TEMPFAIL = 75  # sysexits.h: temporary failure, the supervisor starts the stage again
+
+
+class DeliveryWatch:
+    """Counts how long a retry loop has gone without a delivery. Past ``limit_s`` (seen: the
+    producer of a stage delivered nothing after every broker of a cluster restarted) the stage
+    exits at once with EX_TEMPFAIL, without stopping the producer (whose stop would wait for the
+    same undeliverable batches): a fresh process, with a fresh producer, resumes from the
+    committed offsets, and nothing is committed past what was not acknowledged."""
+
+    def __init__(self, what: str, limit_s: float = PRODUCER_STUCK_S) -> None:
+        self.what = what
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def failed(self, why: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+        elif now - self.since > self.limit_s:
+            log.error("%s not acknowledged for %.0fs (%s): exiting with %d so that a fresh process "
+                      "resumes from the committed offsets", self.what, now - self.since, why, EX_TEMPFAIL)
+            logging.shutdown()
+            os._exit(EX_TEMPFAIL)
+
+
+def is_idempotent(producer: AIOKafkaProducer) -> bool:
+    """Whether the broker gave this producer an id (Apache Kafka does, Tansu refuses). A broker
+    that refuses it is Tansu here, whose end offsets lag (see enricher/state.py)."""
+    return getattr(producer, "_txn_manager", None) is not None
 
 
 def make_consumer(cfg: Config, group: str, topics: list[str], **extra: Any) -> AIOKafkaConsumer:

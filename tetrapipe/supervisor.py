@@ -39,6 +39,18 @@ DEFAULT_METRICS_PORT = 2112
 # the ports with the default --metrics-address (docker-compose.yml uses the same)
 PORTS = {name: DEFAULT_METRICS_PORT + off for name, off in PORT_OFFSETS.items()}
 
+# restart policy (docs/ARCHITECTURE.md "Supervision"): a child that dies is started again after
+# a backoff doubling from BACKOFF_MIN_S to BACKOFF_MAX_S per failure in a row; a child that ran
+# HEALTHY_S counts as healthy and its backoff starts over. One child failing never stops another.
+# Exit status 78 (EX_CONFIG, sysexits.h): "fatal configuration or kernel error, do not retry":
+# such a child is started again at most EX_CONFIG_RETRIES times, then left stopped, its reason
+# (the last line of its log) shown; the other children keep running.
+EX_CONFIG = 78
+EX_CONFIG_RETRIES = 2
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+HEALTHY_S = 60.0
+
 
 def child_env(cfg: Config, metrics_port: int) -> dict[str, str]:
     env = dict(os.environ)
@@ -65,14 +77,55 @@ class Child:
     restarts: int = 0
     started: float = 0.0
     port: int = 0  # its /metrics and /healthz port (0 = off)
+    failures: int = 0            # deaths in a row without a healthy run between them
+    config_failures: int = 0     # exits with EX_CONFIG in a row
+    next_start: float = 0.0      # when a dead child is started again (monotonic)
+    given_up: str = ""           # the reason it is left stopped
+    command: list[str] = field(default_factory=list)  # instead of python -m tetrapipe argv (tests)
+    log_dir: str | None = None
 
     def start(self, log_dir: str | None) -> None:
+        self.log_dir = log_dir
         if log_dir:
             ensure_dir(log_dir, 0o755, "service logs, --log-dir", check_writable=False)
         out = open(os.path.join(log_dir, f"{self.name}.log"), "ab") if log_dir else None  # noqa: SIM115
-        self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "tetrapipe", *self.argv],
-                                     env=self.env, stdout=out, stderr=out or None)
+        cmd = self.command or [sys.executable, "-m", "tetrapipe", *self.argv]
+        self.proc = subprocess.Popen([*self.wrap, *cmd], env=self.env, stdout=out, stderr=out or None)
         self.started = time.monotonic()
+
+    def last_line(self) -> str:
+        """The last non-empty line of the child's log: its one-line reason."""
+        if not self.log_dir:
+            return "(its output is above)"
+        try:
+            with open(os.path.join(self.log_dir, f"{self.name}.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "(no log)"
+        return lines[-1].strip()[:500] if lines else "(empty log)"
+
+    def died(self, now: float) -> str:
+        """Decide about a child found dead: schedule its restart or give up on it. Returns the
+        log line to write."""
+        assert self.proc is not None
+        code = self.proc.returncode
+        if now - self.started >= HEALTHY_S:
+            self.failures = 0
+            self.config_failures = 0
+        self.failures += 1
+        if code == EX_CONFIG:
+            self.config_failures += 1
+            if self.config_failures > EX_CONFIG_RETRIES:
+                self.given_up = self.last_line()
+                return (f"{self.name} exited with {EX_CONFIG} (fatal configuration or kernel error) "
+                        f"{self.config_failures} times: left stopped: {self.given_up}")
+        else:
+            self.config_failures = 0
+        delay = min(BACKOFF_MIN_S * 2 ** (self.failures - 1), BACKOFF_MAX_S)
+        self.next_start = now + delay
+        return f"{self.name} exited with {code}; restarting in {delay:.1f}s"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -148,23 +201,43 @@ class Supervisor:
             c.start(self.log_dir)
             self.children.append(c)
 
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Restart children that die (with a pause), until stop."""
+    async def watch(self, stop: asyncio.Event, interval: float = 0.25) -> None:
+        """Restart children that die, with backoff, until stop (restart policy above)."""
         while not stop.is_set():
-            for c in self.children:
-                if c.proc and c.proc.poll() is not None:
-                    code = c.proc.returncode
-                    if time.monotonic() - c.started < 2 and c.restarts >= 3:
-                        log.error("%s keeps failing (exit %s); see its log", c.name, code)
-                        stop.set()
-                        break
-                    log.warning("%s exited with %s; restarting", c.name, code)
-                    c.restarts += 1
-                    c.start(self.log_dir)
+            self.check(time.monotonic())
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 pass
+
+    def check(self, now: float) -> None:
+        for c in self.children:
+            if c.given_up or c.proc is None:
+                continue
+            if c.proc.poll() is None:
+                continue
+            if c.next_start <= c.started:  # just found dead
+                msg = c.died(now)
+                if not c.given_up:  # why it died: its own one-line reason
+                    msg += f" (its last words: {c.last_line()})"
+                (log.error if c.given_up else log.warning)("%s", msg)
+                if c.given_up:
+                    continue
+            if now >= c.next_start:
+                c.restarts += 1
+                c.start(self.log_dir)
+
+    def status(self) -> dict[str, str]:
+        """Per child: running, restarting, or stopped with its reason."""
+        out = {}
+        for c in self.children:
+            if c.given_up:
+                out[c.name] = f"stopped: {c.given_up}"
+            elif c.proc is not None and c.proc.poll() is None:
+                out[c.name] = "running"
+            else:
+                out[c.name] = "restarting"
+        return out
 
     def stop(self) -> None:
         for c in reversed(self.children):

@@ -116,6 +116,7 @@ class PolicyManager:
         self.loaded: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}       # source or name → last load error
         self.dir_files: dict[str, tuple[float, list[str]]] = {}  # watched file → (mtime, names)
+        self.dir_texts: dict[str, str] = {}  # watched file → text of its loaded version
         self._lock = threading.RLock()
         self._last_catalog = 0.0
         self._last_counts = 0.0
@@ -481,15 +482,51 @@ class PolicyManager:
             known = self.dir_files.get(path)
             if known and known[0] == mtime:
                 continue
+            if known and known[1] and not self._new_version_compiles(path):
+                self.dir_files[path] = (mtime, known[1])  # the old version keeps acting
+                continue
+            old_text = self.dir_texts.get(path)
             self._drop_file(path)
             try:
                 loaded = self.load_file(path)
                 self.dir_files[path] = (mtime, [lp.name for lp in loaded])
+                self.dir_texts[path] = Path(path).read_text(encoding="utf-8", errors="replace")
             except PolicyError as exc:
                 log.error("policy not loaded: %s", exc)
                 self.dir_files[path] = (mtime, [])
+                if old_text is not None:  # the kernel refused the new version: the old one again
+                    self._restore_old(path, mtime, old_text, exc)
+
+    def _new_version_compiles(self, path: str) -> bool:
+        """A watched file changed: its new text must parse and compile before the policies of
+        the old one are unloaded. If not, the old ones keep acting and the reason is logged
+        and listed."""
+        try:
+            check_file_owner(path)
+            text = Path(path).read_text(encoding="utf-8")
+            for p in parser.parse_text(text, path, None):
+                compiler.compile_policy(p, 1, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
+        except (PolicyError, OSError, UnicodeDecodeError) as exc:
+            LOAD_ERRORS.labels(reason="invalid").inc()
+            why = f"new version refused, the loaded one keeps acting: {exc}"
+            self.errors[path] = why
+            log.error("policy file %s: %s", path, why)
+            self._update_gauge()
+            return False
+        return True
+
+    def _restore_old(self, path: str, mtime: float, text: str, exc: PolicyError) -> None:
+        try:
+            loaded = self.load_text(text, path)
+        except PolicyError as again:
+            log.error("policy file %s: the previous version did not load again either: %s", path, again)
+            return
+        self.dir_files[path] = (mtime, [lp.name for lp in loaded])
+        self.errors[path] = f"new version refused by the kernel, the previous one acts again: {exc}"
+        log.error("policy file %s: %s", path, self.errors[path])
 
     def _drop_file(self, path: str) -> None:
+        self.dir_texts.pop(path, None)
         known = self.dir_files.pop(path, None)
         self.errors.pop(path, None)
         for name in known[1] if known else []:

@@ -65,6 +65,33 @@ static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_stru
     return n;
 }
 
+/* Path of a struct path (security_path_*, vfs_* arguments), walked up to the task's root. */
+static __always_inline u32 tp_path_ptr(struct tp_path_buf *pb, struct task_struct *task,
+                                       struct path *p, char *out, u32 *flags)
+{
+    struct fs_struct *fs = 0;
+    struct path root = {}, fp = {};
+    TP_RD(fs, task->fs);
+    if (fs)
+        TP_RD(root, fs->root);
+    TP_RD(fp, *p);
+    u32 pf = 0;
+    u32 n = tp_path_walk(pb, fp.dentry, fp.mnt, root.dentry, root.mnt, out, &pf);
+    if (pf & 1)
+        *flags |= TP_ARGF_TRUNC;
+    return n;
+}
+
+/* Path of a dentry inside its file system (no mount to cross: as Tetragon's dentry argument). */
+static __always_inline u32 tp_dentry_path(struct tp_path_buf *pb, struct dentry *d, char *out, u32 *flags)
+{
+    u32 pf = 0;
+    u32 n = tp_path_walk(pb, d, 0, 0, 0, out, &pf);
+    if (pf & 1)
+        *flags |= TP_ARGF_TRUNC;
+    return n;
+}
+
 static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struct *task, char *out,
                                        u32 *flags)
 {

@@ -10,6 +10,7 @@ from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
 from collector.policy.selectors import SelectorGen
 
+SOURCE_NAMES = {"syscall_ret": "syscall", "kfunc": "kernel-function"}
 # integer-valued kernel argument types (a capability number) reported as int_arg
 KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
@@ -117,8 +118,9 @@ class HookGen(SelectorGen):
                     raise self.fail(f"{arg.path}", "a char_buf argument needs sizeArgIndex or returnCopy")
                 out.append(f"off = tp_put_user_buf(b, off, a[{arg.index}], {size});")
             else:
+                where = SOURCE_NAMES.get(self.src.kind, self.src.kind)
                 raise self.fail(f"{arg.path}.type", f"argument type {arg.type} is not supported at "
-                                                    f"{self.src.kind.replace('_ret', '')} hooks by tetrapipe")
+                                                    f"{where} hooks by tetrapipe (yet)")
         return "\n".join(out)
 
     def _probes(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gzip
-import os
 import shutil
 import subprocess
 import sys
@@ -33,13 +31,15 @@ import pytest
 
 from bpf import records
 from bpf.names import ACTION_NUMBERS
-from collector import kernel_features, kernel_headers, loader, procfs
+from collector import kernel_features, loader, procfs
 from collector.drain import RecordQueue
 from collector.policy.manager import Loaded, PolicyManager
+from guest.kfunc_common import Hooks, config_for_btf_tree
 
 ROOT = Path(f"/tmp/tpk-{uuid.uuid4().hex[:8]}")
 SEED = Path(__file__).resolve().parent.parent / "data" / "seed" / "deny-tmp-forbidden-write.yaml"
 PY = sys.executable
+SEED_TARGET = Path("/tmp/forbidden/donotchange.me")
 
 
 def native_policy() -> str:
@@ -151,46 +151,10 @@ spec:
 """
 
 
-class Hooks:
-    """The loaded policies and every hook record seen so far."""
-
-    def __init__(self, mgr: PolicyManager) -> None:
-        self.mgr = mgr
-        self.seen: list[tuple[int, records.HookBody]] = []   # (pid, body)
-
-    def drain(self) -> None:
-        for raw in self.mgr.queue.take(1_000_000):
-            rec = records.decode(raw)
-            if isinstance(rec, records.HookRecord):
-                self.seen.append((rec.header.pid, records.decode_hook(rec)))
-
-    def of(self, lp: Loaded, hook_id: int, pid: int | None = None) -> list[records.HookBody]:
-        self.drain()
-        return [b for p, b in self.seen if b.policy_id == lp.policy_id and b.hook_id == hook_id
-                and (pid is None or p == pid)]
-
-    def wait(self, lp: Loaded, hook_id: int, pid: int, timeout: float = 10.0) -> list[records.HookBody]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            got = self.of(lp, hook_id, pid)
-            if got:
-                return got
-            time.sleep(0.1)
-        return []
-
-
-def _config_for_btf_tree(tmp: Path) -> None:
-    cfg = Path(f"/boot/config-{os.uname().release}")
-    if not kernel_headers.CONFIG_GZ.exists() and cfg.is_file():
-        gz = tmp / "config.gz"
-        gz.write_bytes(gzip.compress(cfg.read_bytes()))
-        kernel_headers.CONFIG_GZ = gz
-
-
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hooks, dict[str, Loaded]]]:
     tmp = tmp_path_factory.mktemp("kfunc")
-    _config_for_btf_tree(tmp)
+    config_for_btf_tree(tmp)
     loader.prepare(tmp / "kernel-headers")
     for d in ("perm", "open", "bin", "lsm", "kperm", "kopen", "fmod", "other"):
         (ROOT / d).mkdir(parents=True, exist_ok=True)
@@ -201,6 +165,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hooks, di
         shutil.copy("/usr/bin/touch", ROOT / "bin" / name)
     Path("/tmp/forbidden").mkdir(exist_ok=True)
     Path("/tmp/notforbidden").mkdir(exist_ok=True)
+    # written before the seed policy loads: after, any writer of it is killed (this process too)
+    SEED_TARGET.write_text("old\n")
     feats = kernel_features.probe()
     native = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(), feats)
     masked = kernel_features.with_features(feats, trampolines=False, bpf_lsm=False)
@@ -338,8 +304,7 @@ def test_override_on_security_bprm_check_denies_exec_before_it_runs(loaded) -> N
 def test_seed_policy_on_the_real_fd_install(loaded) -> None:
     hooks, lps = loaded
     seed = lps["seed"]
-    target = Path("/tmp/forbidden/donotchange.me")
-    target.write_text("old\n")
+    target = SEED_TARGET
     code = (f"import os, time\nfd = os.open({str(target)!r}, os.O_WRONLY)\ntime.sleep(0.2)\n"
             "os.write(fd, b'new content\\n')\nprint('wrote')")
     p = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)

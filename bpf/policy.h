@@ -123,7 +123,9 @@ static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v,
     for (u32 i = 0; i < TP_STR_MAX; i++) {
         if (i >= n)
             break;
-        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
+        /* both indexes masked in asm: clang may drop a C mask it proves redundant and fold the
+         * two loop exits into one count, which the 6.1 verifier cannot bound (6.12's can) */
+        if (s[TP_BOUND(start + i, 0xfff)] != v->s[TP_BOUND(i, 0xff)])
             return 0;
     }
     return 1;

@@ -89,6 +89,7 @@ static __always_inline void tp_exec_state_save(void)
         struct task_struct *task = (struct task_struct *)bpf_get_current_task();
         u32 sf = 0;
         s->slen[0] = tp_exe_path(pb, task, s->slot[0], &sf);
+        s->sflags[0] = sf;
         if (${cond}) {
             struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
             u8 one = 1;

@@ -164,6 +164,8 @@ class SelectorGen:
             sid = self.g.string_id(v, f"{path}.values[{j}]")
             parts.append(f"tp_str_cmp(s->slot[{k}], s->slen[{k}], tp_strv({sid}), {how})")
         any_match = "(" + " || ".join(parts) + ")"
+        if how != 2:   # a truncated path lost its start: never matched as if whole (Postfix still sees its end)
+            any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
         return f"!{any_match}" if op.startswith("Not") else any_match
 
     def arg_filter(self, f: ArgFilter, path: str, ret: bool = False) -> list[str]:

@@ -34,7 +34,7 @@ from bpf.names import ACTION_NUMBERS
 from collector import kernel_features, loader, procfs
 from collector.drain import RecordQueue
 from collector.policy.manager import Loaded, PolicyManager
-from guest.kfunc_common import Hooks, config_for_btf_tree
+from guest.kfunc_common import Hooks, config_for_btf_tree, load_or_known_limit
 
 ROOT = Path(f"/tmp/tpk-{uuid.uuid4().hex[:8]}")
 SEED = Path(__file__).resolve().parent.parent / "data" / "seed" / "deny-tmp-forbidden-write.yaml"
@@ -174,9 +174,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hooks, di
     mgrs = [native, kp]
     try:
         t0 = time.monotonic()
-        (n,) = native.load_text(native_policy(), "kf-native.yaml")
-        (k,) = kp.load_text(kprobe_policy(), "kf-kprobe.yaml")
-        (s,) = native.load_text(SEED.read_text(), str(SEED))
+        (n,) = load_or_known_limit(native, "load_text", native_policy(), "kf-native.yaml")
+        (k,) = load_or_known_limit(kp, "load_text", kprobe_policy(), "kf-kprobe.yaml")
+        (s,) = load_or_known_limit(native, "load_text", SEED.read_text(), str(SEED))
         print(f"3 policies compiled and loaded in {time.monotonic() - t0:.1f}s; {feats.summary()}")
         hooks = Hooks(native)
         hooks_kp = Hooks(kp)

@@ -27,7 +27,7 @@ from bpf.names import ACTION_NUMBERS
 from collector import kernel_features, loader, procfs
 from collector.drain import RecordQueue
 from collector.policy.manager import Loaded, PolicyManager
-from guest.kfunc_common import Hooks, config_for_btf_tree
+from guest.kfunc_common import Hooks, config_for_btf_tree, load_or_known_limit
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "policies" / "stock-kernels"
 TAG = uuid.uuid4().hex[:8]
@@ -51,7 +51,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hooks, 
     try:
         loaded = {}
         for name in ("file-integrity", "exec-control", "kernel-tampering", "egress"):
-            (lp,) = mgr.load_file(str(EXAMPLES / f"{name}.yaml"))
+            (lp,) = load_or_known_limit(mgr, "load_file", str(EXAMPLES / f"{name}.yaml"))
             loaded[name] = lp
         yield Hooks(mgr), loaded
     finally:

@@ -65,6 +65,33 @@ static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_stru
     return n;
 }
 
+/* Path of a struct path (security_path_*, vfs_* arguments), walked up to the task's root. */
+static __always_inline u32 tp_path_ptr(struct tp_path_buf *pb, struct task_struct *task,
+                                       struct path *p, char *out, u32 *flags)
+{
+    struct fs_struct *fs = 0;
+    struct path root = {}, fp = {};
+    TP_RD(fs, task->fs);
+    if (fs)
+        TP_RD(root, fs->root);
+    TP_RD(fp, *p);
+    u32 pf = 0;
+    u32 n = tp_path_walk(pb, fp.dentry, fp.mnt, root.dentry, root.mnt, out, &pf);
+    if (pf & 1)
+        *flags |= TP_ARGF_TRUNC;
+    return n;
+}
+
+/* Path of a dentry inside its file system (no mount to cross: as Tetragon's dentry argument). */
+static __always_inline u32 tp_dentry_path(struct tp_path_buf *pb, struct dentry *d, char *out, u32 *flags)
+{
+    u32 pf = 0;
+    u32 n = tp_path_walk(pb, d, 0, 0, 0, out, &pf);
+    if (pf & 1)
+        *flags |= TP_ARGF_TRUNC;
+    return n;
+}
+
 static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struct *task, char *out,
                                        u32 *flags)
 {
@@ -96,7 +123,9 @@ static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v,
     for (u32 i = 0; i < TP_STR_MAX; i++) {
         if (i >= n)
             break;
-        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
+        /* both indexes masked in asm: clang may drop a C mask it proves redundant and fold the
+         * two loop exits into one count, which the 6.1 verifier cannot bound (6.12's can) */
+        if (s[TP_BOUND(start + i, 0xfff)] != v->s[TP_BOUND(i, 0xff)])
             return 0;
     }
     return 1;
@@ -164,9 +193,11 @@ static __always_inline u64 tp_caps(struct task_struct *task, int which)
     const struct cred *cred = 0;
     u64 v = 0;
     TP_RD(cred, task->cred);
-    if (which == 0) TP_RD(v, cred->cap_effective.val);
-    else if (which == 1) TP_RD(v, cred->cap_inheritable.val);
-    else TP_RD(v, cred->cap_permitted.val);
+    /* kernel_cap_t is a u64 `val` since 6.3 and `u32 cap[2]` before: the same 8 bytes (x86-64,
+     * little-endian), read whole so the C compiles against either kernel's BTF */
+    if (which == 0) TP_RD(v, cred->cap_effective);
+    else if (which == 1) TP_RD(v, cred->cap_inheritable);
+    else TP_RD(v, cred->cap_permitted);
     return v;
 }
 

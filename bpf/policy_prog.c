@@ -19,7 +19,7 @@
 static __always_inline int tp_hook_${hid}(void *ctx, u64 *a, s64 ret, u32 is_ret)
 {
 ${scope_check}${prologue}    int sel = -1;
-    u32 act = 0;
+    u32 act = 0;${decls}
 ${pre}
     if (!ok)
         return 0;
@@ -48,7 +48,7 @@ ${serialize}
     b->e.h.size = sizeof(struct tp_hook) + off;
     if (tp_emit(b, sizeof(struct tp_hook) + off) < 0)
         tp_drop();
-    return 0;
+    return ${result};
 }
 
 // @@ prefilter_function
@@ -89,6 +89,7 @@ static __always_inline void tp_exec_state_save(void)
         struct task_struct *task = (struct task_struct *)bpf_get_current_task();
         u32 sf = 0;
         s->slen[0] = tp_exe_path(pb, task, s->slot[0], &sf);
+        s->sflags[0] = sf;
         if (${cond}) {
             struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
             u8 one = 1;
@@ -142,4 +143,58 @@ static __always_inline int tp_compat(void)
     u32 st = 0;
     bpf_probe_read_kernel(&st, sizeof(st), &t->thread_info.status);
     return (st & 0x0002) != 0;
+}
+
+// @@ kfunc_fentry
+KFUNC_PROBE(${func})
+{
+${body}
+    return 0;
+}
+
+// @@ kfunc_fexit
+KRETFUNC_PROBE(${func})
+{
+${body}
+    return 0;
+}
+
+// @@ kfunc_lsm
+LSM_PROBE(${func})
+{
+    int ovr = 0;
+${body}
+    return ovr;
+}
+
+// @@ kfunc_fmod_ret
+KMOD_RET(${func})
+{
+    int ovr = 0;
+${body}
+    return ovr;
+}
+
+// @@ kfunc_kprobe
+int tp_kprobe__${func}(struct pt_regs *ctx)
+{
+${body}
+    return 0;
+}
+
+// @@ kfunc_kretprobe
+int tp_kretprobe__${func}(struct pt_regs *ctx)
+{
+${body}
+    return 0;
+}
+
+// @@ kfunc_kprobe_override
+int tp_kprobe__${func}(struct pt_regs *ctx)
+{
+    int ovr = 0;
+${body}
+    if (ovr)
+        bpf_override_return(ctx, (unsigned long)(long)ovr);
+    return 0;
 }

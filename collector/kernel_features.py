@@ -15,8 +15,16 @@ in all, most of it finding two function ids in the vmlinux BTF):
 - ``override_return``: a kprobe program calling ``bpf_override_return`` passes the verifier
   (CONFIG_BPF_KPROBE_OVERRIDE) and kprobes are there to run it.
 
+Also read: ``error_injection``, the functions of debugfs's ``error_injection/list`` (where fmod_ret
+and bpf_override_return may change the return value), and ``btf`` (the kernel has BTF).
+
 Every program and event is closed at once (nothing stays attached). Needs root (CAP_BPF,
 CAP_PERFMON); as another user every mechanism is reported missing with that reason.
+
+The policy compiler chooses each hook's mechanism from this (collector/policy/mechanism.py names
+features by their field: ``trampolines`` for fentry/fexit, ``kprobe_override`` for
+override_return, ``syscall_tracepoints`` for tracepoints); the startup report prints the
+mechanism names. ``why`` answers under both names.
 ``collector/capabilities.py`` keeps the older file-presence summary the collector logs.
 """
 
@@ -26,7 +34,7 @@ import ctypes
 import os
 import platform
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 MECHANISMS = ("kprobes", "fentry", "fmod_ret", "bpf_lsm", "override_return", "tracepoints", "uprobes")
@@ -43,29 +51,75 @@ _BTF_KIND_FUNC = 12
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+# mechanism name (reports) → KernelFeatures field (the policy compiler's feature names)
+FIELD = {"kprobes": "kprobes", "fentry": "trampolines", "fmod_ret": "fmod_ret", "bpf_lsm": "bpf_lsm",
+         "override_return": "kprobe_override", "tracepoints": "syscall_tracepoints", "uprobes": "uprobes"}
+DEBUGFS = Path("/sys/kernel/debug")
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+
+
 @dataclass(frozen=True)
 class KernelFeatures:
     release: str
-    kprobes: bool = False
-    fentry: bool = False
-    fmod_ret: bool = False
-    bpf_lsm: bool = False
-    override_return: bool = False
-    tracepoints: bool = False
+    kprobes: bool = False               # kprobe perf events (CONFIG_KPROBES)
+    trampolines: bool = False           # fentry/fexit programs load and attach
+    fmod_ret: bool = False              # fmod_ret programs load and attach
+    bpf_lsm: bool = False               # "bpf" among the LSMs and an LSM program attaches
+    kprobe_override: bool = False       # bpf_override_return passes the verifier, and kprobes
+    syscall_tracepoints: bool = False
     uprobes: bool = False
-    why: dict[str, str] = field(default_factory=dict, hash=False)  # mechanism → why it is missing
+    btf: bool = False
+    error_injection: frozenset[str] = field(default_factory=frozenset, hash=False)  # from debugfs
+    why: dict[str, str] = field(default_factory=dict, hash=False)  # mechanism/feature → why it is missing
+
+    @property
+    def fentry(self) -> bool:
+        return self.trampolines
+
+    @property
+    def override_return(self) -> bool:
+        return self.kprobe_override
+
+    @property
+    def tracepoints(self) -> bool:
+        return self.syscall_tracepoints
+
+    def has(self, feature: str) -> bool:
+        """A feature by its field name ("" = always)."""
+        return feature == "" or bool(getattr(self, feature))
 
     def available(self) -> list[str]:
-        return [m for m in MECHANISMS if getattr(self, m)]
+        return [m for m in MECHANISMS if getattr(self, FIELD[m])]
 
     def missing(self) -> list[str]:
-        return [m for m in MECHANISMS if not getattr(self, m)]
+        return [m for m in MECHANISMS if not getattr(self, FIELD[m])]
 
     def summary(self) -> str:
         """``kernel 6.18.0: tracepoints, uprobes; not kprobes, fentry, ...``"""
         have = ", ".join(self.available()) or "none"
         lack = ", ".join(self.missing())
         return f"kernel {self.release}: {have}" + (f"; not {lack}" if lack else "")
+
+
+# the build machines' kernel (no kprobes, no trampolines): what compiler tests assume by default
+NONE = KernelFeatures(release="", syscall_tracepoints=True, uprobes=True, btf=True)
+
+
+def with_features(base: KernelFeatures, **changes: object) -> KernelFeatures:
+    """A copy with some features changed (tests; and reports of what a kernel would choose)."""
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _error_injection() -> frozenset[str]:
+    try:
+        text = (DEBUGFS / "error_injection" / "list").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(line.split()[0] for line in text.splitlines() if line.strip())
+
+
+def _with_both_names(why: dict[str, str]) -> dict[str, str]:
+    return {**why, **{FIELD[m]: r for m, r in why.items() if m in FIELD}}
 
 
 class _Refused(Exception):
@@ -116,7 +170,7 @@ def _pmu_type(name: str) -> int:
         raise _Refused(f"no {name} PMU (CONFIG_{name.upper()}_EVENTS unset?)") from None
 
 
-def _btf_func_ids(names: list[str], path: str = "/sys/kernel/btf/vmlinux") -> dict[str, int]:
+def _btf_func_ids(names: list[str], path: str = BTF_PATH) -> dict[str, int]:
     """BTF type ids of the FUNC entries with these names, read from the kernel's BTF."""
     try:
         data = Path(path).read_bytes()
@@ -169,7 +223,8 @@ def probe() -> KernelFeatures:
     """Try each mechanism once; see the module's docstring."""
     release = platform.release()
     if os.geteuid() != 0:
-        return KernelFeatures(release, why={m: "not root" for m in MECHANISMS})
+        return KernelFeatures(release, btf=os.path.exists(BTF_PATH),
+                              why=_with_both_names({m: "not root" for m in MECHANISMS}))
     res: dict[str, bool] = {}
     why: dict[str, str] = {}
     _try(res, why, "kprobes", lambda: _perf_open(_pmu_type("kprobe"), config1=b"security_file_open"))
@@ -204,8 +259,9 @@ def probe() -> KernelFeatures:
             raise _Refused("the helper loads but kprobes are missing")
 
     _try(res, why, "override_return", override)
-    known = {f.name for f in fields(KernelFeatures)}
-    return KernelFeatures(release, **{k: v for k, v in res.items() if k in known}, why=why)
+    return KernelFeatures(release, **{FIELD[k]: v for k, v in res.items() if k in FIELD},
+                          btf=os.path.exists(BTF_PATH), error_injection=_error_injection(),
+                          why=_with_both_names(why))
 
 
 if __name__ == "__main__":

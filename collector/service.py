@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import capabilities, loader, procfs, sensors
+from collector import capabilities, kernel_features, loader, procfs, sensors
 from collector.batcher import Batcher
 from collector.drain import ORDER_POLL_MS, RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
@@ -66,7 +66,10 @@ class Collector:
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
         self.pods = PodIndex() if cfg.enable_k8s_api else None
-        self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.features.kprobes,
+        # kprobes, trampolines, BPF LSM, fmod_ret, override: each hook's mechanism is chosen from these
+        self.kernel_features = kernel_features.probe()
+        log.info("%s", self.kernel_features.summary())
+        self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.kernel_features,
                                       pod_scope=PodScope(self.pods) if self.pods is not None else None)
         self.policies.loader_builtin = "loader" in self.sensors_on  # else spec.loader loads it alone
         self.policies.order_after = self.drain

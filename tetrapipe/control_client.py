@@ -75,10 +75,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             print(f"{args.action}d {args.target}")
             return 0
         reply = request(cfg.control_socket, {"op": "list"})
-        print(f"{'NAME':<32} {'STATE':<11} {'MODE':<8} {'HOOKS':<5} SOURCE")
+        print(f"{'NAME':<32} {'STATE':<11} {'MODE':<8} {'HOOKS':<5} {'MECHANISM':<24} SOURCE")
         for p in reply.get("policies", []):
+            mechs = ",".join(dict.fromkeys(h.get("mechanism") or "?" for h in p.get("hooks", []))) or "-"
             print(f"{p.get('name') or '-':<32} {p.get('state', ''):<11} {p.get('mode', '-'):<8} "
-                  f"{len(p.get('hooks', [])):<5} {p.get('source', '')}"
+                  f"{len(p.get('hooks', [])):<5} {mechs:<24} {p.get('source', '')}"
                   + (f"\n  error: {p['error']}" if p.get("error") else "")
                   + (f"\n  scoped to pods: acts in {p['pod_cgroups']} container cgroups"
                      if "pod_cgroups" in p else ""))

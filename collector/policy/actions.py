@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from collector import connect_deny
 from collector.policy.hookfn import ACTION_RANK
-from collector.policy.mechanism import row
+from collector.policy.mechanism import Source
 from collector.policy.model import Hook, Selector
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ PROCESS_FILTERS = (("match_pids", "matchPIDs"), ("match_binaries", "matchBinarie
 OUTSIDE_PROCESS_CONTEXT = {"tcp_close": "sock:inet_sock_set_state (often softirq: RST, timeouts, FIN)"}
 
 
-def check_actions(g: ProgramGen, hook: Hook, hid: int) -> None:
+def check_actions(g: ProgramGen, hook: Hook, hid: int, src: Source) -> None:
     for index, s in enumerate(hook.selectors):
         if hook.kind == "kprobe" and hook.call == "tcp_connect" and any(
                 a.action == "Override" for a in s.match_actions):
@@ -55,8 +55,9 @@ def check_actions(g: ProgramGen, hook: Hook, hid: int) -> None:
         for a in s.match_actions + s.match_return_actions:
             if a.action == "Override" and hook.kind == "kprobe" and hook.call == "tcp_connect":
                 continue
-            if a.action == "Override":
-                raise g.fail(f"{a.path}.action", f"Override cannot be served: {row('Override').missing}")
+            if a.action == "Override" and not src.override:
+                raise g.fail(f"{a.path}.action", f"Override cannot be served at {hook.call or hook.event}: "
+                                                 f"{src.kind} hooks cannot change a return value")
             if a.action not in ACTION_RANK:
                 raise g.fail(f"{a.path}.action", f"action {a.action} is not supported by tetrapipe")
         for a in s.match_actions:

@@ -19,7 +19,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector import connect_deny, sock_hooks, uprobes
+from collector import connect_deny, kernel_features, sock_hooks, uprobes
+from collector.kernel_features import KernelFeatures
 from collector.policy import actions, evasion, mechanism
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
@@ -30,10 +31,14 @@ from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and t
     syscall_name,
     tracepoint_fields,
 )
-from collector.policy.csrc import fragment
+from collector.policy.csrc import fragment, indent
 from collector.policy.hookfn import ACTION_RANK, SEL_SLOTS, HookGen  # noqa: F401  (re-exported)
 from collector.policy.model import Hook, Policy, PolicyError, Selector
 
+# mechanism → its program's fragment in bpf/policy_prog.c
+KFUNC_FRAGMENT = {"fentry": "kfunc_fentry", "fexit": "kfunc_fexit", "lsm": "kfunc_lsm", "fmod_ret": "kfunc_fmod_ret",
+                  "kprobe": "kfunc_kprobe", "kretprobe": "kfunc_kretprobe",
+                  "kprobe+bpf_override_return": "kfunc_kprobe_override"}
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192
@@ -48,6 +53,7 @@ class CompiledHook:
     serve: str                   # how it is served, said at load
     uprobe: uprobes.Target | None = None   # uprobes: where the manager attaches ``uprobe_fn``
     uprobe_fn: str = ""
+    mechanism: str = ""          # how the hook is attached: tracepoint, uprobe, fentry, kprobe, lsm, ...
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Compiled:
     hooks: list[CompiledHook]
     notices: list[str] = field(default_factory=list)
     connect_rules: list[connect_deny.ConnectRule] = field(default_factory=list)  # Override on tcp_connect
+    kattach: list[tuple[str, str]] = field(default_factory=list)  # (mechanism, kernel function) to attach
 
 
 class _Fail:
@@ -68,15 +75,17 @@ class _Fail:
         return PolicyError(path, reason, self.policy.line_of(path), self.policy.source)
 
 
-def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: bool = False,
+def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features: KernelFeatures | None = None,
                    tracefs: Path = TRACEFS, ringbuf_pages: int = 64) -> Compiled:
+    """``features``: what the kernel offers (collector/kernel_features.py ``probe()``); None: a
+    kernel with syscall tracepoints only (no kprobes, no trampolines), as the build machines'."""
     fail = _Fail(policy)
-    gen = ProgramGen(policy, policy_id, host_ns, fail, tracefs)
+    gen = ProgramGen(policy, policy_id, host_ns, fail, tracefs, features or kernel_features.NONE)
     follow = _follow_selectors(policy)
     compiled: list[CompiledHook] = []
     for hid, hook in enumerate(policy.hooks):
         try:
-            compiled.append(gen.hook(hid, hook, follow, kprobes))
+            compiled.append(gen.hook(hid, hook, follow))
         except PolicyError as exc:
             if not (hook.ignore_call_not_found and exc.path == f"{hook.path}.call"):
                 raise
@@ -89,7 +98,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], kprobes: 
         raise fail(scope_path(policy), "an Override on tcp_connect is enforced by cgroup/connect4+6 programs "
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
-    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules)
+    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs))
 
 
 def scope_path(policy: Policy) -> str:
@@ -113,8 +122,10 @@ def _follow_selectors(policy: Policy) -> list[tuple[Selector, int]]:
 class ProgramGen:
     """One policy's program: collects the hook functions, maps and probes, then assembles them."""
 
-    def __init__(self, policy: Policy, policy_id: int, host_ns: list[int], fail: _Fail, tracefs: Path) -> None:
+    def __init__(self, policy: Policy, policy_id: int, host_ns: list[int], fail: _Fail, tracefs: Path,
+                 features: KernelFeatures) -> None:
         self.policy = policy
+        self.features = features
         self.policy_id = policy_id
         self.host_ns = host_ns
         self.fail = fail
@@ -123,6 +134,7 @@ class ProgramGen:
         self.notices: list[str] = []
         self.functions: list[str] = []
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
+        self.kfuncs: dict[tuple[str, str], list[str]] = {}   # (mechanism, function) → statements
         self.pending_maps: list[str] = []
         self.exec_state = False
         self.ratelimit = False
@@ -149,9 +161,9 @@ class ProgramGen:
         return len(self.strings) - 1
 
     # ---- hooks -----------------------------------------------------------------------------
-    def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]], kprobes: bool) -> CompiledHook:
-        src, fname, serve = mechanism.choose(self, hook, kprobes)
-        actions.check_actions(self, hook, hid)
+    def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
+        src, fname, serve = mechanism.choose(self, hook)
+        actions.check_actions(self, hook, hid, src)
         self.notices += evasion.raw_path_warnings(hook, src)
         h = HookGen(self, hid, hook, src)
         # fd-typed arguments of other hooks match only what FollowFD selectors followed
@@ -172,8 +184,10 @@ class ProgramGen:
                                        f"at most {MAX_SLOTS} per hook")
         self.max_slots = max(self.max_slots, h.nslots)
         if src.kind == "uprobe":
-            return CompiledHook(hid, hook, [], fname, serve, src.target, f"tp_uprobe_{hid}")
-        return CompiledHook(hid, hook, attach, fname, serve)
+            return CompiledHook(hid, hook, [], fname, serve, src.target, f"tp_uprobe_{hid}", mechanism="uprobe")
+        mech = src.mech or {"syscall": "tracepoint", "syscall_ret": "tracepoint", "tracepoint": "tracepoint",
+                            "sock": "tracepoint", "open": "tracepoint (fd_install emulation)"}.get(src.kind, src.kind)
+        return CompiledHook(hid, hook, attach, fname, serve, mechanism=mech)
 
     def follow_children(self, op: str, values: list[str], path: str, h: HookGen) -> int:
         """Register a followChildren binaries filter: exec-time marking and fork-time inheritance."""
@@ -247,6 +261,9 @@ class ProgramGen:
                             f"pk = {{.filter = {fid}, .tgid = tg}};"))
         out += self.functions
         out += self.uprobe_entries
+        for (mech, func), stmts in self.kfuncs.items():
+            name = KFUNC_FRAGMENT[mech]
+            out.append(fragment(name, func=func, body=indent("\n".join(stmts))).rstrip("\n"))
         for tp, stmts in self.probes.items():
             subsys, event = tp.split(":")
             out.append(f"TRACEPOINT_PROBE({subsys}, {event})\n{{\n" + "\n".join(

@@ -4,13 +4,17 @@ event record) and the probe statements that call it from each attach point."""
 from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
-from collector import sock_hooks, uprobes
+from collector import btf_funcs, sock_hooks, uprobes
 from collector.policy import compat_x86
 from collector.policy.argtypes import INT_ARG_KIND
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
 from collector.policy.selectors import SelectorGen
 
+SOURCE_NAMES = {"syscall_ret": "syscall", "kfunc": "kernel-function"}
+# integer-valued kernel argument types (a capability number) reported as int_arg
+KERNEL_INT_TYPES = frozenset({"capability"})
+SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
 ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post"]
@@ -43,12 +47,19 @@ class HookGen(SelectorGen):
             conds = self.selector_conds(s)
             sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(indent(c) for c in conds)
                             + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
-        # order: the signal first (a rate limit or NoPost only spares the event, never the kill),
-        # then the rate limit, then NoPost
+        result = "ovr" if self.src.override else "0"
+        # order: the signal and the override first (a rate limit or NoPost only spares the event,
+        # never the action), then the rate limit, then NoPost
         effects = []
         for i, _main, sig in actions:
             if sig and not self.g.monitor:
                 effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
+        overrides = self.src.override and not self.g.monitor
+        for i, s in enumerate(hook.selectors):
+            ov = next((a for a in s.match_actions if a.action == "Override"), None)
+            if ov is not None and overrides:
+                # argError as Tetragon takes it: a negative errno (0 or absent: -EPERM)
+                effects.append(f"if (sel == {i}) ovr = {ov.arg_error or -1};")
         for i, s in enumerate(hook.selectors):
             rl = next((a for a in s.match_actions if a.rate_limit), None)
             if rl is None:
@@ -59,12 +70,13 @@ class HookGen(SelectorGen):
             effects.append(
                 f"if (sel == {i}) {{\n    u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();\n"
                 f"    struct tp_rl_key k = {{.hook_sel = {hid * SEL_SLOTS + i}, .scope = {scope}}};\n"
-                f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n        return 0;\n"
+                f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n"
+                f"        return {result};\n"
                 "    ratelimit.update(&k, &now);\n}")
         for i, s in enumerate(hook.selectors):
             # NoPost beside any other action (Sigkill included): the action is taken, no event
             if any(a.action == "NoPost" for a in s.match_actions):
-                effects.append(f"if (sel == {i}) {{ return 0; }}")
+                effects.append(f"if (sel == {i}) {{ return {result}; }}")
         ser = self.serialize()
         flags = "TP_HOOK_MONITOR" if self.g.monitor else "0"
         fn = "\n" + fragment(
@@ -74,7 +86,8 @@ class HookGen(SelectorGen):
             policy_id=self.g.policy_id, flags=flags, serialize=indent(ser),
             # tcp_close: the socket's owner (a[5]) is the event's process, not the interrupted task
             owner=("\n    if (a[5])\n        id = (a[5] << 32) | a[5];"
-                   if self.src.kind == "sock" and hook.call == "tcp_close" else "")).rstrip("\n")
+                   if self.src.kind == "sock" and hook.call == "tcp_close" else ""),
+            decls="\n    int ovr = 0;" if self.src.override else "", result=result).rstrip("\n")
         self._probes(implicit)
         self._compat_probes(bool(implicit))
         return fn
@@ -83,15 +96,22 @@ class HookGen(SelectorGen):
         out = []
         for arg in self.hook.args:
             f = self._field(arg.index)
-            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind in ("sock", "kfunc"):
+                if self.src.kind == "kfunc" and f.ctype not in ("struct sock *", "u64"):
+                    raise self.fail(f"{arg.path}.type", f"a sock argument reads struct sock *; argument "
+                                                        f"{arg.index} of {self.src.func} is {f.ctype} {f.name}")
                 out.append(sock_hooks.put_sock_c(arg.index))
                 continue
-            if arg.type in INT_ARG_KIND:
+            if arg.type == "nop" and self.src.kind == "kfunc":
+                continue   # Tetragon's nop: the argument is not read
+            if arg.type in KERNEL_INT_TYPES and self.src.kind == "kfunc":
+                out.append(f"off = tp_put_u64(b, off, TP_ARG_INT, a[{arg.index}]);")
+            elif arg.type in INT_ARG_KIND:
                 out.append(f"off = tp_put_u64(b, off, {INT_ARG_KIND[arg.type]}, a[{arg.index}]);")
             elif self.is_stringy(arg):
                 ensure, k = self.ensure_arg_slot(arg)
-                kind = {"fd": "TP_ARG_FILE", "file": "TP_ARG_FILE",
-                        "path": "TP_ARG_PATH"}.get(arg.type, "TP_ARG_STRING")
+                kind = {"fd": "TP_ARG_FILE", "file": "TP_ARG_FILE", "path": "TP_ARG_PATH", "dentry": "TP_ARG_PATH",
+                        "linux_binprm": "TP_ARG_FILE"}.get(arg.type, "TP_ARG_STRING")
                 out.append(f"{ensure}\noff = tp_put_slot(b, s, off, {kind}, {k});")
             elif arg.type in ("char_buf", "char_iovec", "const_buf"):
                 if arg.type != "char_buf" or not f.is_pointer:
@@ -104,8 +124,9 @@ class HookGen(SelectorGen):
                     raise self.fail(f"{arg.path}", "a char_buf argument needs sizeArgIndex or returnCopy")
                 out.append(f"off = tp_put_user_buf(b, off, a[{arg.index}], {size});")
             else:
+                where = SOURCE_NAMES.get(self.src.kind, self.src.kind)
                 raise self.fail(f"{arg.path}.type", f"argument type {arg.type} is not supported at "
-                                                    f"{self.src.kind.replace('_ret', '')} hooks by tetrapipe")
+                                                    f"{where} hooks by tetrapipe (yet)")
         return "\n".join(out)
 
     def _probes(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> None:
@@ -114,6 +135,9 @@ class HookGen(SelectorGen):
         n = len(src.fields)
         loads = "\n".join(f"a[{i}] = (u64)args->{'data_loc_' if f.is_data_loc else ''}{f.name};"
                           for i, f in enumerate(src.fields[:6]))
+        if src.kind == "kfunc":
+            self._kfunc_probes(implicit)
+            return
         if src.kind == "uprobe":
             self.g.uprobe_entries.append(uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
             return
@@ -244,6 +268,63 @@ class HookGen(SelectorGen):
                         for i, (n32, n64) in enumerate(sorted(table.items())))
         chain += ("    else " if table else "    ") + "a[0] = (1ULL << 32) | c;\n"
         return f"if (tp_compat()) {{\n    u64 c = a[0];\n{chain}}}\n"
+
+    def _kfunc_probes(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> None:
+        """Kernel functions: the statements of the fentry/fexit/LSM/fmod_ret/kprobe program that
+        calls this hook (one program per function and mechanism, shared by the policy's hooks)."""
+        hid, src = self.hid, self.src
+        n = min(len(src.fields), 6)
+        if src.mech in ("kprobe", "kretprobe", "kprobe+bpf_override_return"):
+            loads = "\n".join(f"a[{i}] = PT_REGS_PARM{i + 1}(ctx);" for i in range(n))
+        else:
+            loads = "\n".join(f"a[{i}] = ctx[{i}];" for i in range(n))
+        if src.wrapper:   # __x64_sys_*(struct pt_regs *regs): the syscall's arguments are in *regs
+            first = "PT_REGS_PARM1(ctx)" if src.mech.startswith("kprobe") else "ctx[0]"
+            loads = (f"struct pt_regs *sr = (struct pt_regs *){first};\n"
+                     + "\n".join(f"TP_RD(a[{i}], sr->{reg});" for i, reg in enumerate(SYSCALL_REGS[:n])))
+        # sock arguments: the struct sock read into a struct tp_sockinfo on the stack first
+        sockfill = "".join(f"struct tp_sockinfo si{i} = {{}};\ntp_sk_info((struct sock *)a[{i}], &si{i});\n"
+                           f"a[{i}] = (u64)&si{i};\n" for i in self.sock_args)
+        if sockfill:
+            self.g.sock = True
+
+        def call(ret: str = "0", is_ret: int = 0, result: str = "") -> str:
+            return f"{sockfill}{result}tp_hook_{hid}(ctx, a, {ret}, {is_ret});"
+
+        if src.mech in ("fentry", "kprobe"):
+            body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
+        elif src.mech == "fexit":
+            ret = f"(s64)ctx[{len(src.fields)}]" if self._has_ret() else "0"
+            body = f"u64 a[6] = {{}};\n{loads}\n{call(ret, 1)}"
+        elif src.mech in ("lsm", "fmod_ret", "kprobe+bpf_override_return"):
+            body = f"u64 a[6] = {{}};\n{loads}\n{call(result='int r = ')}\nif (r)\n    ovr = r;"
+        else:   # kretprobe: the arguments remembered at the entry, the event made at the return
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, pending_{hid}, 16384);')
+            pre = ""
+            if implicit:
+                pre = f"if (!tp_pre_{hid}(ctx, a))\n    return 0;\n"
+                self.g.functions.append(self._prefilter(implicit))
+            self.g.kfuncs.setdefault(("kprobe", src.func), []).append(
+                ("if (tp_in_scope()) " if self.g.policy.scoped else "")
+                + f"{{\n    struct tp_pending p = {{}};\n    u64 *a = p.a;\n{indent(loads)}\n"
+                f"{indent(pre)}\n    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                f"    pending_{hid}.update(&tid, &p);\n}}")
+            body = (f"u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+                    f"struct tp_pending *p = pending_{hid}.lookup(&tid);\n"
+                    f"if (p) {{\n    u64 a[6] = {{}};\n"
+                    + "".join(f"    a[{i}] = p->a[{i}];\n" for i in range(n))
+                    + f"    pending_{hid}.delete(&tid);\n"
+                    f"{indent(call('(s64)PT_REGS_RC(ctx)', 1))}\n}}")
+        self.g.kfuncs.setdefault((src.mech, src.func), []).append("{\n" + indent(body) + "\n}")
+
+    def _has_ret(self) -> bool:
+        funcs = btf_funcs.vmlinux()
+        proto = funcs.proto(self.src.func) if funcs else None
+        return proto is not None and proto.ret != "void"
+
+    @property
+    def sock_args(self) -> list[int]:
+        return [a.index for a in self.hook.args if a.type == "sock" and self.src.kind == "kfunc"]
 
     def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
         """For return hooks: the FollowFD condition checked at the enter already (cheap exit)."""

@@ -23,9 +23,10 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import connect_deny, loader, sensors, uprobes
+from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
-from collector.policy import compiler, parser
+from collector.kernel_features import KernelFeatures
+from collector.policy import compiler, kattach, parser
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
 
@@ -68,6 +69,7 @@ class Loaded:
     enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
     lost_seen: int = 0
+    link_fds: list[int] = field(default_factory=list)   # fmod_ret attachments (closed at unload)
 
     @property
     def name(self) -> str:
@@ -79,7 +81,8 @@ class Loaded:
             "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode,
             "state": "enabled" if self.enabled else "disabled",
             "id": self.policy_id, "source": p.source,
-            "hooks": [{"function_name": h.function_name, "serve": h.serve} for h in self.compiled.hooks],
+            "hooks": [{"function_name": h.function_name, "serve": h.serve, "mechanism": h.mechanism}
+                      for h in self.compiled.hooks],
             "loader": p.loader,
             "notices": p.notices + self.compiled.notices,
         }
@@ -106,12 +109,14 @@ class Loaded:
 
 
 class PolicyManager:
-    def __init__(self, queue: RecordQueue, host_ns: list[int], kprobes: bool = False,
+    def __init__(self, queue: RecordQueue, host_ns: list[int], features: KernelFeatures | None = None,
                  ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
+        """``features``: what the kernel offers hooks (kernel_features.probe(), probed by the caller
+        once); None probes here."""
         self.queue = queue
         self.pod_scope = pod_scope               # None: the Kubernetes API is off, scoped policies refused
         self.host_ns = host_ns
-        self.kprobes = kprobes
+        self.features = features if features is not None else kernel_features.probe()
         self.ringbuf_pages = ringbuf_pages
         self.loaded: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}       # source or name → last load error
@@ -225,7 +230,7 @@ class PolicyManager:
                                     "containerSelector) needs the pods of this node: set enable_k8s_api "
                                     "(and k8s_kubeconfig) for the collector", p.line_of(path), p.source)
         pid = random.getrandbits(31) | 1
-        comp = compiler.compile_policy(p, pid, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
+        comp = compiler.compile_policy(p, pid, self.host_ns, self.features, ringbuf_pages=self.ringbuf_pages)
         t0 = time.monotonic()
         if p.loader:
             self._loader_wanted_by(p)
@@ -243,14 +248,18 @@ class PolicyManager:
         except Exception:
             self._sync_loader()
             raise
+        link_fds: list[int] = []
         try:
             for ch in comp.hooks:
                 if ch.uprobe is not None:
                     uprobes.attach(bpf, ch.uprobe, ch.uprobe_fn)
+            for mech, func in comp.kattach:
+                kattach.attach(bpf, mech, func, link_fds)
         except Exception as exc:
+            kattach.close(link_fds)
             bpf.cleanup()
             self._sync_loader()
-            raise loader.LoadError(f"policy {p.name}: uprobe did not attach: {exc}") from exc
+            raise loader.LoadError(f"policy {p.name}: did not attach: {exc}") from exc
         try:
             strs = bpf["strs"]
             for i, raw in enumerate(comp.strings):
@@ -266,10 +275,11 @@ class PolicyManager:
         except Exception:
             if self.pod_scope is not None:
                 self.pod_scope.remove(p.name)
+            kattach.close(link_fds)
             bpf.cleanup()  # attached but never enabled: detach before giving up
             self._sync_loader()
             raise
-        lp = Loaded(p, comp, pid, bpf, drain)
+        lp = Loaded(p, comp, pid, bpf, drain, link_fds=link_fds)
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog()).encode()))
         drain.start()
         bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(1)
@@ -340,6 +350,7 @@ class PolicyManager:
                 log.error("connect rules after unloading %s: %s", lp.name, exc)
         self.queue.put(records.encode_policy(time.monotonic_ns(), json.dumps(lp.catalog("deleted")).encode()))
         self.queue.wake()
+        kattach.close(lp.link_fds)
         if lp.bpf is not None:
             lp.bpf.cleanup()
         log.info("policy %s unloaded", lp.name)

@@ -18,11 +18,14 @@ On a kernel without kprobes and BPF trampolines (the build machines):
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from collector import sock_hooks, uprobes
+from collector import btf_funcs, sock_hooks, uprobes
+from collector.kernel_features import KernelFeatures
 from collector.policy.argtypes import (
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -30,7 +33,7 @@ from collector.policy.argtypes import (
     syscall_name,
     tracepoint_fields,
 )
-from collector.policy.model import Hook
+from collector.policy.model import Action, Hook
 
 if TYPE_CHECKING:
     from collector.policy.compiler import ProgramGen
@@ -44,28 +47,63 @@ class Row:
     missing: str       # why the row cannot serve, when the feature is missing
 
 
-# hook kind × kernel feature → mechanism (first row whose feature the kernel has wins)
+# hook kind × kernel feature → mechanism (first row whose feature the kernel has wins); the
+# features are collector/kernel_features.py's, measured at start
 TABLE: list[Row] = [
-    Row("tracepoint", "tracefs", "tracepoint", "no tracefs"),
+    Row("tracepoint", "", "tracepoint", ""),
     Row("uprobe", "", "uprobe", ""),
+    # syscall: true keeps the syscall tracepoints on every kernel: they see every entry (32-bit
+    # and io_uring-less paths included) and their arguments are the syscall's, not pt_regs
     Row("syscall", "syscall_tracepoints", "syscall tracepoint (sys_enter_/sys_exit_)",
         "no syscall tracepoints"),
-    Row("sock", "tracefs", "sock tracepoints (collector/sock_hooks.py)", "no tracefs"),
+    Row("sock", "syscall_tracepoints", "sock tracepoints (collector/sock_hooks.py)", "no syscall tracepoints"),
+    Row("fd_install+FollowFD", "trampolines", "fentry", "BPF trampolines refused"),
+    Row("fd_install+FollowFD", "kprobes", "kprobe", "no kprobes"),
     Row("fd_install+FollowFD", "syscall_tracepoints", "exits of open/openat/openat2/creat (emulation)",
         "no syscall tracepoints"),
-    Row("kernel function", "kprobes", "refused",
-        "this kernel has no kprobes (CONFIG_KPROBES unset) and refuses BPF trampolines "
-        "(fentry), so kernel functions cannot be hooked"),
-    Row("lsmhook", "", "refused",
-        "BPF LSM programs need BPF trampolines, which this kernel refuses (EPERM)"),
-    Row("Override", "", "refused",
-        "it needs bpf_override_return on a kprobe (CONFIG_BPF_KPROBE_OVERRIDE); this kernel has no "
-        "kprobes and a syscall tracepoint cannot change a return value"),
+    Row("kernel function", "trampolines", "fentry", "BPF trampolines refused"),
+    Row("kernel function", "kprobes", "kprobe", "no kprobes"),
+    Row("kernel function return", "trampolines", "fexit", "BPF trampolines refused"),
+    Row("kernel function return", "kprobes", "kretprobe", "no kprobes"),
+    Row("lsmhook", "bpf_lsm", "lsm", "no BPF LSM"),
+    # Override on security_<hook>: the LSM hook itself where BPF LSM works (runs before the effect)
+    Row("Override", "bpf_lsm", "lsm", "no BPF LSM"),
+    # Override on security_* or an error-injectable function (ALLOW_ERROR_INJECTION)
+    Row("Override", "fmod_ret", "fmod_ret", "fmod_ret programs refused"),
+    # Override on an error-injectable function, from a kprobe
+    Row("Override", "kprobe_override", "kprobe+bpf_override_return", "no CONFIG_BPF_KPROBE_OVERRIDE"),
 ]
 
+KFUNC_MECHANISMS = ("fentry", "fexit", "kprobe", "kretprobe", "lsm", "fmod_ret", "kprobe+bpf_override_return")
 
-def row(hook_kind: str) -> Row:
-    return next(r for r in TABLE if r.hook_kind == hook_kind)
+
+def rows(hook_kind: str) -> list[Row]:
+    return [r for r in TABLE if r.hook_kind == hook_kind]
+
+
+def pick(features: KernelFeatures, hook_kind: str,
+         allowed: Callable[[Row], str] | None = None) -> tuple[Row | None, list[str]]:
+    """The first row of ``hook_kind`` the kernel serves (and ``allowed`` accepts: it returns ""
+    or why not); else None and every row's reason."""
+    why = []
+    for r in rows(hook_kind):
+        if not features.has(r.feature):
+            why.append(f"{r.mechanism}: {features.why.get(r.feature, r.missing)}")
+            continue
+        no = allowed(r) if allowed else ""
+        if no:
+            why.append(f"{r.mechanism}: {no}")
+            continue
+        return r, why
+    return None, why
+
+
+# what the build machines' kernel (no kprobes, trampolines refused) says for each refusal
+NO_KFUNC = ("this kernel has no kprobes (CONFIG_KPROBES unset) and refuses BPF trampolines "
+            "(fentry), so kernel functions cannot be hooked")
+NO_LSM = "BPF LSM programs need BPF trampolines, which this kernel refuses (EPERM)"
+NO_OVERRIDE = ("it needs bpf_override_return on a kprobe (CONFIG_BPF_KPROBE_OVERRIDE); this kernel has no "
+               "kprobes and a syscall tracepoint cannot change a return value")
 
 
 @dataclass
@@ -78,13 +116,18 @@ class Source:
     attach_exit: list[str] = field(default_factory=list)
     target: uprobes.Target | None = None
     clone3_flags: bool = False   # clone3: argument 0 is clone_args.flags, read from user memory
+    mech: str = ""               # kernel functions: one of KFUNC_MECHANISMS
+    func: str = ""               # kernel functions: what the program attaches to
+    ret: bool = False            # kernel functions: the event is made at the return
+    override: bool = False       # the program can change the return value (Override)
+    wrapper: bool = False        # a syscall wrapper (__x64_sys_*): arguments in its struct pt_regs
 
 
-def choose(g: ProgramGen, hook: Hook, kprobes: bool) -> tuple[Source, str, str]:
+def choose(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
     """(source, the call name events carry, how it is served) for ``hook``; PolicyError if none."""
     p = hook.path
     if hook.kind == "lsmhook":
-        raise g.fail(f"{p}.hook", f"lsmhook {hook.call!r} cannot be served: {row('lsmhook').missing}")
+        return _lsm_source(g, hook)
     if hook.kind == "tracepoint":
         fields = tracepoint_fields(hook.subsystem, hook.event, g.tracefs)
         if fields is None:
@@ -101,16 +144,142 @@ def choose(g: ProgramGen, hook: Hook, kprobes: bool) -> tuple[Source, str, str]:
     fields = tracepoint_fields("syscalls", f"sys_enter_{name}", g.tracefs)
     is_sys = hook.syscall or hook.call != name
     if is_sys and fields is not None:
+        if override_action(hook) is not None:
+            return _override_source(g, hook, SYSCALL_WRAPPER + name, fields)
         return _syscall_source(g, hook, name, fields)
     if hook.syscall:
         raise g.fail(f"{p}.call", f"{hook.call!r} is not a syscall of this kernel "
                                   f"(no tracepoint syscalls:sys_enter_{name})")
     if hook.call == "fd_install" and any(a.action == "FollowFD" for s in hook.selectors
                                          for a in s.match_actions):
-        return _fd_install_emulation(g, hook)
-    why = (row("kernel function").missing if not kprobes else
-           "tetrapipe attaches kernel functions only through syscall tracepoints so far")
-    raise g.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {why}")
+        r, _ = pick(g.features, "fd_install+FollowFD")
+        if r is None or r.mechanism not in KFUNC_MECHANISMS:
+            return _fd_install_emulation(g, hook)
+    if override_action(hook) is not None:
+        return _override_source(g, hook, hook.call, None)
+    return _kfunc_source(g, hook)
+
+
+SYSCALL_WRAPPER = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}.get(platform.machine(), "__x64_sys_")
+
+
+def override_action(hook: Hook) -> Action | None:
+    """The first Override action of the hook (tcp_connect's are connect rules, not here)."""
+    if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
+        return None
+    return next((a for s in hook.selectors for a in s.match_actions + s.match_return_actions
+                 if a.action == "Override"), None)
+
+
+def _needs_return(hook: Hook) -> bool:
+    return hook.return_ or any(a.return_copy for a in hook.args) or any(
+        s.match_return_args for s in hook.selectors)
+
+
+def _proto(g: ProgramGen, func: str, path: str) -> btf_funcs.FuncProto | None:
+    """The function's BTF prototype; PolicyError when the kernel has BTF and not this function."""
+    funcs = btf_funcs.vmlinux() if g.features.btf else None
+    if funcs is None:
+        return None
+    proto = funcs.proto(func)
+    if proto is None:
+        raise g.fail(path, f"kernel function {func!r} is not in this kernel's BTF (no such function, "
+                           "or inlined)")
+    return proto
+
+
+def _fields(proto: btf_funcs.FuncProto | None, wrapper_fields: list[Field] | None = None) -> list[Field]:
+    if wrapper_fields is not None:
+        return wrapper_fields
+    if proto is None:   # kprobes without BTF: six untyped register arguments
+        return [Field(f"arg{i}", "u64") for i in range(6)]
+    return [Field(pa.name or f"arg{i}", pa.ctype) for i, pa in enumerate(proto.params)]
+
+
+def _kfunc_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
+    p = hook.path
+    ret = _needs_return(hook)
+    kind = "kernel function return" if ret else "kernel function"
+    r, why = pick(g.features, kind)
+    if r is None:
+        reason = NO_KFUNC if not g.features.kprobes and not g.features.trampolines and not g.features.release \
+            else "; ".join(why)
+        raise g.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: {reason}")
+    proto = _proto(g, hook.call, f"{p}.call")
+    if r.mechanism in ("fentry", "fexit") and proto is None:
+        r, _ = pick(g.features, kind, lambda row: "no BTF" if row.mechanism in ("fentry", "fexit") else "")
+        if r is None:
+            raise g.fail(f"{p}.call", f"kernel function {hook.call!r} cannot be served: no BTF for "
+                                      "trampolines and no kprobes")
+    fields = _fields(proto)
+    check_indexes(g, hook, fields, f"kernel function {hook.call}")
+    if ret and hook.call == "fd_install":
+        raise g.fail(f"{p}.return", "fd_install has no return value")
+    src = Source("kfunc", fields, mech=r.mechanism, func=hook.call, ret=ret)
+    return src, hook.call, f"{r.mechanism} {hook.call}"
+
+
+def _lsm_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
+    p = hook.path
+    r, why = pick(g.features, "lsmhook")
+    if r is None:
+        reason = NO_LSM if not g.features.release else "; ".join(why)
+        raise g.fail(f"{p}.hook", f"lsmhook {hook.call!r} cannot be served: {reason}")
+    proto = _proto(g, f"bpf_lsm_{hook.call}", f"{p}.hook")
+    if hook.return_:
+        raise g.fail(f"{p}.return", "an lsmhook has no return value to report (its program decides it)")
+    fields = _fields(proto)
+    check_indexes(g, hook, fields, f"LSM hook {hook.call}")
+    src = Source("kfunc", fields, mech="lsm", func=hook.call, override=override_action(hook) is not None)
+    return src, hook.call, f"lsm {hook.call}"
+
+
+def lsm_hook_of(func: str, funcs: btf_funcs.BtfFuncs | None) -> str:
+    """The LSM hook ``security_<x>`` calls (``bpf_lsm_<hook>`` in BTF), "" if none: mostly ``x``,
+    some named apart (security_bprm_check → bprm_check_security)."""
+    if not func.startswith("security_") or funcs is None:
+        return ""
+    x = func.removeprefix("security_")
+    for cand in (x, f"{x}_security"):
+        if funcs.proto(f"bpf_lsm_{cand}") is not None:
+            return cand
+    return ""
+
+
+def _override_source(g: ProgramGen, hook: Hook, func: str,
+                     syscall_fields: list[Field] | None) -> tuple[Source, str, str]:
+    """Override: a program that can change ``func``'s return value before its effect."""
+    act = override_action(hook)
+    assert act is not None
+    funcs = btf_funcs.vmlinux() if g.features.btf else None
+    lsm_hook = lsm_hook_of(func, funcs)
+    is_lsm = bool(lsm_hook)
+    inj = func in g.features.error_injection
+
+    def allowed(r: Row) -> str:
+        if r.mechanism == "lsm":
+            return "" if is_lsm else f"{func} is not an LSM hook (no bpf_lsm_* for it in BTF)"
+        if r.mechanism == "fmod_ret":
+            return "" if (func.startswith("security_") or inj) else \
+                f"{func} is neither security_* nor error-injectable (debugfs error_injection/list)"
+        return "" if inj else f"{func} is not error-injectable (debugfs error_injection/list)"
+
+    r, why = pick(g.features, "Override", allowed)
+    if r is None:
+        reason = NO_OVERRIDE if not g.features.release else "; ".join(why)
+        raise g.fail(f"{act.path}.action", f"Override cannot be served: {reason}")
+    if _needs_return(hook):
+        raise g.fail(f"{hook.path}.return", "a hook with Override is served at the call (the override "
+                                            "replaces the function): no return value to report")
+    attach = lsm_hook if r.mechanism == "lsm" else func
+    proto = _proto(g, f"bpf_lsm_{lsm_hook}" if r.mechanism == "lsm" else func, f"{hook.path}.call")
+    fields = _fields(proto, [f for f in syscall_fields if f.name != "__syscall_nr"] if syscall_fields else None)
+    check_indexes(g, hook, fields, f"kernel function {func}")
+    src = Source("kfunc", fields, mech=r.mechanism, func=attach, override=True,
+                 wrapper=syscall_fields is not None)
+    if syscall_fields is not None and not hook.syscall:
+        g.notices.append(f"{hook.path}: {hook.call} served as the {func} syscall wrapper (Override)")
+    return src, hook.call, f"{r.mechanism} {attach}" + (" (Override)" if r.mechanism != "lsm" else " (Override)")
 
 
 def _sock_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:

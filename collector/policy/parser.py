@@ -254,7 +254,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "fentries", "enforcers", "lists", "selectorsMacros"):
+    for key in ("usdts", "enforcers", "lists", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -286,6 +286,10 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
                                                     CONTAINER_SELECTOR_KEYS)
     for i, h in enumerate(c.seq(spec.get("kprobes"), "spec.kprobes")):
         policy.hooks.append(_kprobe(c, h, f"spec.kprobes[{i}]", i))
+    # fentries: kernel functions as kprobes are; the mechanism is chosen per kernel all the same
+    # (fentry/fexit where BPF trampolines load; collector/policy/mechanism.py)
+    for i, h in enumerate(c.seq(spec.get("fentries"), "spec.fentries")):
+        policy.hooks.append(_kprobe(c, h, f"spec.fentries[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("tracepoints"), "spec.tracepoints")):
         policy.hooks.append(_tracepoint(c, h, f"spec.tracepoints[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("lsmhooks"), "spec.lsmhooks")):
@@ -368,12 +372,12 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
     hook.syscall = c.boolean(m.get("syscall"), f"{path}.syscall")
     hook.return_ = c.boolean(m.get("return"), f"{path}.return")
     if m.get("returnArg") is not None:
-        if not hook.return_:
-            raise c.fail(f"{path}.returnArg", "returnArg needs return: true")
+        if not hook.return_:   # Tetragon reads it only with return: true
+            c.notices.append(f"{path}.returnArg: ignored without return: true")
         hook.return_arg = _arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
     if m.get("data"):
         raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
-    if m.get("returnArgAction"):
+    if m.get("returnArgAction") not in (None, "", "Post"):   # Post: the default, an event at the return
         raise c.fail(f"{path}.returnArgAction", "returnArgAction (TrackSock/UntrackSock) is not supported by tetrapipe")
     ign = c.mapping(m.get("ignore"), f"{path}.ignore", {"callNotFound"})
     hook.ignore_call_not_found = c.boolean(ign.get("callNotFound"), f"{path}.ignore.callNotFound")

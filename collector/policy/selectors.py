@@ -26,6 +26,23 @@ from collector.policy.model import (
 if TYPE_CHECKING:
     from collector.policy.compiler import ProgramGen
 
+# typed kernel arguments read as paths (Tetragon's file_arg, path_arg, dentry path, linux_binprm_arg):
+# type → (the C type of the function's argument, C that fills slot k from a[i])
+KERNEL_PATH_TYPES = {
+    "file": ("struct file *",
+             "if (a[{i}]) s->slen[{k}] = tp_file_path(pb, task, (struct file *)a[{i}], s->slot[{k}], &sf);\n"
+             "else sf |= TP_ARGF_ERROR;"),
+    "path": ("struct path *",
+             "if (a[{i}]) s->slen[{k}] = tp_path_ptr(pb, task, (struct path *)a[{i}], s->slot[{k}], &sf);\n"
+             "else sf |= TP_ARGF_ERROR;"),
+    "dentry": ("struct dentry *",
+               "if (a[{i}]) s->slen[{k}] = tp_dentry_path(pb, (struct dentry *)a[{i}], s->slot[{k}], &sf);\n"
+               "else sf |= TP_ARGF_ERROR;"),
+    "linux_binprm": ("struct linux_binprm *",
+                     "struct file *bf = 0;\nif (a[{i}]) TP_RD(bf, ((struct linux_binprm *)a[{i}])->file);\n"
+                     "if (bf) s->slen[{k}] = tp_file_path(pb, task, bf, s->slot[{k}], &sf);\n"
+                     "else sf |= TP_ARGF_ERROR;"),
+}
 NS_INDEX = {n: i for i, n in enumerate(NAMESPACES)}
 CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 
@@ -73,14 +90,21 @@ class SelectorGen:
         return self.src.fields[idx]
 
     def is_stringy(self, arg: ArgSpec) -> bool:
-        return arg.type in FILE_TYPES or arg.type in STRING_TYPES
+        return arg.type in FILE_TYPES or arg.type in STRING_TYPES or (
+            self.src.kind == "kfunc" and arg.type in KERNEL_PATH_TYPES)
 
     def ensure_arg_slot(self, arg: ArgSpec, as_fd: bool = False) -> tuple[str, int]:
         """(C that fills the slot once, slot index) for a string-valued argument."""
         f = self._field(arg.index)
         k = self.slot(f"arg{arg.index}")
         t = "fd" if as_fd else arg.type
-        if self.src.kind == "open" or (t in FILE_TYPES and not f.is_pointer and not f.is_data_loc):
+        if self.src.kind == "kfunc" and t in KERNEL_PATH_TYPES and f.is_pointer:
+            want, read = KERNEL_PATH_TYPES[t]
+            if f.ctype != want and f.ctype != "u64":
+                raise self.fail(f"{arg.path}.type", f"a {t} argument reads {want}; argument {arg.index} of "
+                                                    f"{self.src.func} is {f.ctype} {f.name}")
+            fill = read.format(i=arg.index, k=k)
+        elif self.src.kind == "open" or (t in FILE_TYPES and not f.is_pointer and not f.is_data_loc):
             fill = (f"struct file *fl = tp_fd_file(task, (long)a[{arg.index}]);\n"
                     f"if (fl) s->slen[{k}] = tp_file_path(pb, task, fl, s->slot[{k}], &sf);\n"
                     "else sf |= TP_ARGF_ERROR;")
@@ -175,6 +199,8 @@ class SelectorGen:
                 cmp = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {cmp})"
             parts.append(cmp)
         any_match = "(" + " || ".join(parts) + ")"
+        if how != 2:   # a truncated path lost its start: never matched as if whole (Postfix still sees its end)
+            any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
         return f"!{any_match}" if op.startswith("Not") else any_match
 
     def arg_filter(self, f: ArgFilter, path: str, ret: bool = False) -> list[str]:
@@ -182,7 +208,7 @@ class SelectorGen:
             return [f"if (ok) ok = is_ret && {self.int_cond('ret', f, path)};"]
         arg = self.hook.arg(f.index)
         assert arg is not None
-        if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind == "sock":
+        if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind in ("sock", "kfunc"):
             try:
                 cond = sock_hooks.sock_cond(f"((struct tp_sockinfo *)a[{f.index}])", f.operator, f.values)
             except sock_hooks.SockFilterError as exc:
@@ -193,7 +219,8 @@ class SelectorGen:
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:
             ensure, k = self.ensure_arg_slot(arg)
             return [f"if (ok) {{\n{indent(ensure)}\n    ok = {self.str_cond(k, f.operator, f.values, path)};\n}}"]
-        if arg.type in INT_ARG_KIND or (arg.type in ("fd", "file") and not self._field(arg.index).is_pointer):
+        if arg.type in INT_ARG_KIND or arg.type == "capability" or (
+                arg.type in ("fd", "file") and not self._field(arg.index).is_pointer):
             if f.operator in STRING_OPERATORS - INT_OPERATORS:
                 raise self.fail(f"{path}.operator", f"operator {f.operator} does not apply to a {arg.type} argument")
             expr, unsigned = int_expr(arg.type, f"a[{f.index}]")

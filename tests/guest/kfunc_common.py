@@ -1,0 +1,67 @@
+"""Shared by the kernel-function guest tests: hook records of loaded policies, and the kernel
+config the BTF include tree needs (Debian keeps it in /boot/config-<release> only)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from pathlib import Path
+
+from bpf import records
+from collector import kernel_headers
+from collector.policy.manager import Loaded, PolicyManager
+
+
+class Hooks:
+    """The loaded policies and every hook record seen so far."""
+
+    def __init__(self, mgr: PolicyManager) -> None:
+        self.mgr = mgr
+        self.seen: list[tuple[int, records.HookBody]] = []   # (pid, body)
+
+    def drain(self) -> None:
+        for raw in self.mgr.queue.take(1_000_000):
+            rec = records.decode(raw)
+            if isinstance(rec, records.HookRecord):
+                self.seen.append((rec.header.pid, records.decode_hook(rec)))
+
+    def of(self, lp: Loaded, hook_id: int, pid: int | None = None) -> list[records.HookBody]:
+        self.drain()
+        return [b for p, b in self.seen if b.policy_id == lp.policy_id and b.hook_id == hook_id
+                and (pid is None or p == pid)]
+
+    def wait(self, lp: Loaded, hook_id: int, pid: int, timeout: float = 10.0) -> list[records.HookBody]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = self.of(lp, hook_id, pid)
+            if got:
+                return got
+            time.sleep(0.1)
+        return []
+
+
+def config_for_btf_tree(tmp: Path) -> None:
+    cfg = Path(f"/boot/config-{os.uname().release}")
+    if not kernel_headers.CONFIG_GZ.exists() and cfg.is_file():
+        gz = tmp / "config.gz"
+        gz.write_bytes(gzip.compress(cfg.read_bytes()))
+        kernel_headers.CONFIG_GZ = gz
+
+
+def load_or_known_limit(mgr: PolicyManager, load: object, *args: object) -> list[Loaded]:
+    """``mgr.<load>(*args)``; on Debian 6.1 a refusal by its verifier's branch limit in the
+    selector string compare (README: "On Debian 6.1 ...") turns the tests into expected failures
+    with that reason instead of errors. Any other refusal is raised."""
+    import pytest
+
+    from collector.policy.model import PolicyError
+
+    try:
+        return getattr(mgr, str(load))(*args)
+    except PolicyError as exc:
+        # the verifier's log ("The sequence of 8193 jumps is too complex") goes to stderr; the
+        # load fails with EFAULT, which bcc words as "Bad address"
+        if os.uname().release.startswith("6.1.") and "Bad address" in str(exc):
+            pytest.xfail(f"6.1 verifier: string compare loop too complex (known, README): {exc}")
+        raise

@@ -37,7 +37,8 @@ ENTRIES = {
 # following cannot tell); each with the reason
 NOT_READ = {
     # getevents only consumes: tetrapipe/kafka.py's dead-letter producer and topic creation
-    "getevents": {"deadletter_topic", "topic_partitions"},
+    "getevents": {"deadletter_topic", "topic_partitions", "topic_replication_factor", "topic_min_insync_replicas",
+                  "kafka_max_message_bytes"},
 }
 PARSERS = {  # command → argv that reaches its parser
     "run": ["run"], "collector": ["collector"], "enricher": ["enricher"],

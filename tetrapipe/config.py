@@ -85,7 +85,7 @@ class Config:
         "collector enricher", "Kafka")
     kafka_max_message_bytes: int = _opt(1000000, "largest Kafka message tetrapipe writes (raw batches "
                                         "are cut below it); the topic's max.message.bytes if lower",
-        "collector", "Kafka")
+        SERVICES, "Kafka")
     schema_registry_url: str = _opt("", "Confluent schema registry; empty = single-object framing",
         "enricher getevents " + EXPORTERS, "Kafka")
     kafka_security_protocol: str = _opt("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

@@ -28,7 +28,7 @@
 static long (*cd_set_retval)(int retval) = (void *)187;
 
 #define CD_MAX_RULES 16
-#define CD_MAX_ADDRS 8
+#define CD_MAX_ADDRS 8 /* powers of 2: indexes are masked with N - 1 */
 #define CD_MAX_PORTS 8
 #define CD_AF_INET 2
 #define CD_AF_INET6 10
@@ -92,7 +92,8 @@ static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
     for (u32 i = 0; i < CD_MAX_ADDRS; i++) {
         if (i >= n)
             break;
-        struct cd_cidr *c = &r->addrs[i];
+        /* masked: the 6.1 verifier loses this loop's bound on i (off the end of the value) */
+        struct cd_cidr *c = &r->addrs[i & (CD_MAX_ADDRS - 1)];
         if (c->family != d->family)
             continue;
         if ((d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
@@ -109,7 +110,8 @@ static __always_inline int cd_port_in(struct cd_rule *r, u16 port)
     for (u32 i = 0; i < CD_MAX_PORTS; i++) {
         if (i >= n)
             break;
-        if (port >= r->port_lo[i] && port <= r->port_hi[i])
+        u32 j = i & (CD_MAX_PORTS - 1); /* masked: see cd_addr_in */
+        if (port >= r->port_lo[j] && port <= r->port_hi[j])
             return 1;
     }
     return 0;

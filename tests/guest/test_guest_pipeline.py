@@ -80,10 +80,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
     threading.Thread(target=reader, daemon=True).start()
     try:
-        wait_until(lambda: proc.poll() is not None or http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
-                   START_TIMEOUT, interval=1.0, what="collector ready")
-        wait_until(lambda: proc.poll() is not None or http_get(f"http://127.0.0.1:{port + 2}/healthz")[0] == 200,
-                   120, interval=1.0, what="json exporter ready")
+        try:
+            wait_until(lambda: proc.poll() is not None or http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+                       START_TIMEOUT, interval=1.0, what="collector ready")
+            wait_until(lambda: proc.poll() is not None or http_get(f"http://127.0.0.1:{port + 2}/healthz")[0] == 200,
+                       120, interval=1.0, what="json exporter ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} ({time.monotonic() - t0:.0f}s)\n{r.logs()}") from None
         r.started_s = time.monotonic() - t0
         print(f"\n{os.uname().release}: tetrapipe run ready in {r.started_s:.1f}s")
         yield r

@@ -28,7 +28,7 @@
 static long (*cd_set_retval)(int retval) = (void *)187;
 
 #define CD_MAX_RULES 16
-#define CD_MAX_ADDRS 8 /* powers of 2: indexes are masked with N - 1 */
+#define CD_MAX_ADDRS 8
 #define CD_MAX_PORTS 8
 #define CD_AF_INET 2
 #define CD_AF_INET6 10
@@ -88,12 +88,13 @@ BPF_PERCPU_ARRAY(cd_rec_scratch, struct tp_connect_deny, 1);
 static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
 {
     u32 n = r->naddrs;
-#pragma clang loop unroll(disable)
+    /* unrolled: as a loop, clang turns the index into a moving pointer with a trip count from
+     * naddrs, whose bound the 6.1 verifier loses (an access off the end of the rule) */
+#pragma clang loop unroll(full)
     for (u32 i = 0; i < CD_MAX_ADDRS; i++) {
         if (i >= n)
             break;
-        /* masked: the 6.1 verifier loses this loop's bound on i (off the end of the value) */
-        struct cd_cidr *c = &r->addrs[i & (CD_MAX_ADDRS - 1)];
+        struct cd_cidr *c = &r->addrs[i];
         if (c->family != d->family)
             continue;
         if ((d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
@@ -106,12 +107,11 @@ static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
 static __always_inline int cd_port_in(struct cd_rule *r, u16 port)
 {
     u32 n = r->nports;
-#pragma clang loop unroll(disable)
+#pragma clang loop unroll(full) /* see cd_addr_in */
     for (u32 i = 0; i < CD_MAX_PORTS; i++) {
         if (i >= n)
             break;
-        u32 j = i & (CD_MAX_PORTS - 1); /* masked: see cd_addr_in */
-        if (port >= r->port_lo[j] && port <= r->port_hi[j])
+        if (port >= r->port_lo[i] && port <= r->port_hi[i])
             return 1;
     }
     return 0;

@@ -52,7 +52,6 @@ static __always_inline int ldr_buildid(u64 base, u8 *out)
     if (phentsize != 56)
         return 0;
     u64 load_bias = etype == 2 ? 0 : base; /* ET_EXEC: addresses are absolute */
-#pragma clang loop unroll(disable)
     for (int i = 0; i < LDR_PHDR_MAX; i++) {
         if (i >= phnum)
             break;
@@ -65,7 +64,6 @@ static __always_inline int ldr_buildid(u64 base, u8 *out)
             continue;
         u64 note = load_bias + ph[2];
         u64 end = note + ph[4];
-#pragma clang loop unroll(disable)
         for (int n = 0; n < LDR_NOTE_MAX; n++) {
             u32 nh[4] = {}; /* namesz, descsz, type, name[0..3] */
             if (note + 16 > end)

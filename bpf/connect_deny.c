@@ -28,8 +28,9 @@
 static long (*cd_set_retval)(int retval) = (void *)187;
 
 #define CD_MAX_RULES 16
-#define CD_MAX_ADDRS 8
+#define CD_MAX_ADDRS 8 /* powers of 2: CD_BOUND(i, N - 1) below */
 #define CD_MAX_PORTS 8
+#define CD_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
 #define CD_AF_INET 2
 #define CD_AF_INET6 10
 
@@ -88,13 +89,13 @@ BPF_PERCPU_ARRAY(cd_rec_scratch, struct tp_connect_deny, 1);
 static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
 {
     u32 n = r->naddrs;
-    /* unrolled: as a loop, clang turns the index into a moving pointer with a trip count from
-     * naddrs, whose bound the 6.1 verifier loses (an access off the end of the rule) */
-#pragma clang loop unroll(full)
+#pragma clang loop unroll(disable)
     for (u32 i = 0; i < CD_MAX_ADDRS; i++) {
         if (i >= n)
             break;
-        struct cd_cidr *c = &r->addrs[i];
+        /* the index bounded in asm: else clang turns it into a moving pointer with a trip count
+         * from naddrs, whose bound the 6.1 verifier loses (an access off the end of the rule) */
+        struct cd_cidr *c = &r->addrs[CD_BOUND(i, 7)];
         if (c->family != d->family)
             continue;
         if ((d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
@@ -107,11 +108,12 @@ static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
 static __always_inline int cd_port_in(struct cd_rule *r, u16 port)
 {
     u32 n = r->nports;
-#pragma clang loop unroll(full) /* see cd_addr_in */
+#pragma clang loop unroll(disable)
     for (u32 i = 0; i < CD_MAX_PORTS; i++) {
         if (i >= n)
             break;
-        if (port >= r->port_lo[i] && port <= r->port_hi[i])
+        u64 j = CD_BOUND(i, 7); /* see cd_addr_in */
+        if (port >= r->port_lo[j] && port <= r->port_hi[j])
             return 1;
     }
     return 0;

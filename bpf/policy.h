@@ -96,7 +96,9 @@ static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v,
     for (u32 i = 0; i < TP_STR_MAX; i++) {
         if (i >= n)
             break;
-        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
+        /* the index bounded in asm: clang turns a plain `i & (TP_STR_MAX - 1)` into a moving
+         * pointer whose bound the 6.1 verifier loses (an access off the end of v->s) */
+        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[TP_BOUND(i, 0xff)])
             return 0;
     }
     return 1;

@@ -28,9 +28,8 @@
 static long (*cd_set_retval)(int retval) = (void *)187;
 
 #define CD_MAX_RULES 16
-#define CD_MAX_ADDRS 8 /* powers of 2: CD_BOUND(i, N - 1) below */
+#define CD_MAX_ADDRS 8
 #define CD_MAX_PORTS 8
-#define CD_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
 #define CD_AF_INET 2
 #define CD_AF_INET6 10
 
@@ -93,9 +92,7 @@ static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
     for (u32 i = 0; i < CD_MAX_ADDRS; i++) {
         if (i >= n)
             break;
-        /* the index bounded in asm: else clang turns it into a moving pointer with a trip count
-         * from naddrs, whose bound the 6.1 verifier loses (an access off the end of the rule) */
-        struct cd_cidr *c = &r->addrs[CD_BOUND(i, 7)];
+        struct cd_cidr *c = &r->addrs[i];
         if (c->family != d->family)
             continue;
         if ((d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
@@ -112,8 +109,7 @@ static __always_inline int cd_port_in(struct cd_rule *r, u16 port)
     for (u32 i = 0; i < CD_MAX_PORTS; i++) {
         if (i >= n)
             break;
-        u64 j = CD_BOUND(i, 7); /* see cd_addr_in */
-        if (port >= r->port_lo[j] && port <= r->port_hi[j])
+        if (port >= r->port_lo[i] && port <= r->port_hi[i])
             return 1;
     }
     return 0;

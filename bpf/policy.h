@@ -96,9 +96,7 @@ static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v,
     for (u32 i = 0; i < TP_STR_MAX; i++) {
         if (i >= n)
             break;
-        /* the index bounded in asm: clang turns a plain `i & (TP_STR_MAX - 1)` into a moving
-         * pointer whose bound the 6.1 verifier loses (an access off the end of v->s) */
-        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[TP_BOUND(i, 0xff)])
+        if (s[(start + i) & (TP_PATH_MAX - 1)] != v->s[i & (TP_STR_MAX - 1)])
             return 0;
     }
     return 1;
@@ -166,10 +164,9 @@ static __always_inline u64 tp_caps(struct task_struct *task, int which)
     const struct cred *cred = 0;
     u64 v = 0;
     TP_RD(cred, task->cred);
-    /* kernel_cap_t is 8 bytes: { u64 val } since 6.3, { u32 cap[2] } (same bits) before */
-    if (which == 0) TP_RD(v, cred->cap_effective);
-    else if (which == 1) TP_RD(v, cred->cap_inheritable);
-    else TP_RD(v, cred->cap_permitted);
+    if (which == 0) TP_RD(v, cred->cap_effective.val);
+    else if (which == 1) TP_RD(v, cred->cap_inheritable.val);
+    else TP_RD(v, cred->cap_permitted.val);
     return v;
 }
 

@@ -164,9 +164,10 @@ static __always_inline u64 tp_caps(struct task_struct *task, int which)
     const struct cred *cred = 0;
     u64 v = 0;
     TP_RD(cred, task->cred);
-    if (which == 0) TP_RD(v, cred->cap_effective.val);
-    else if (which == 1) TP_RD(v, cred->cap_inheritable.val);
-    else TP_RD(v, cred->cap_permitted.val);
+    /* kernel_cap_t is 8 bytes: { u64 val } since 6.3, { u32 cap[2] } (same bits) before */
+    if (which == 0) TP_RD(v, cred->cap_effective);
+    else if (which == 1) TP_RD(v, cred->cap_inheritable);
+    else TP_RD(v, cred->cap_permitted);
     return v;
 }
 

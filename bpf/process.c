@@ -6,6 +6,13 @@
 #include "path.h"
 
 #define TP_SIGNAL_GROUP_EXIT 0x00000004
+/* fields that differ between kernel versions: collector/kernel_variants.py picks these at load */
+#ifndef TP_KERNFS_PARENT
+#define TP_KERNFS_PARENT __parent
+#endif
+#ifndef TP_HAVE_EXIT_GROUP_DEAD
+#define TP_HAVE_EXIT_GROUP_DEAD 1
+#endif
 
 BPF_RINGBUF_OUTPUT(events, TP_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(drops, u64, 1);
@@ -49,9 +56,10 @@ static __always_inline void tp_fill_creds(struct tp_exec *e, struct task_struct 
     TP_RD(e->fsuid, cred->fsuid.val);
     TP_RD(e->fsgid, cred->fsgid.val);
     TP_RD(e->securebits, cred->securebits);
-    TP_RD(e->cap_permitted, cred->cap_permitted.val);
-    TP_RD(e->cap_effective, cred->cap_effective.val);
-    TP_RD(e->cap_inheritable, cred->cap_inheritable.val);
+    /* kernel_cap_t is 8 bytes: { u64 val } since 6.3, { u32 cap[2] } (same bits) before */
+    TP_RD(e->cap_permitted, cred->cap_permitted);
+    TP_RD(e->cap_effective, cred->cap_effective);
+    TP_RD(e->cap_inheritable, cred->cap_inheritable);
     TP_RD(e->auid, task->loginuid.val);
 
     struct user_namespace *uns = 0;
@@ -217,7 +225,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         if (!kn)
             break;
         struct kernfs_node *up = 0;
-        TP_RD(up, kn->__parent);
+        TP_RD(up, kn->TP_KERNFS_PARENT);
         kn = up;
         if (!kn)
             break;
@@ -249,9 +257,24 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+#if TP_HAVE_EXIT_GROUP_DEAD
     if (!args->group_dead)
         return 0;
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+#else
+    /* older kernels' tracepoint has no group_dead: do_exit() has already decremented
+     * signal->live when it fires, so the group is dead when that reached 0 (two threads of one
+     * process exiting at the same instant may both see 0 and report the exit twice) */
+    {
+        struct signal_struct *sg = 0;
+        int live = 1;
+        TP_RD(sg, task->signal);
+        if (sg)
+            TP_RD(live, sg->live.counter);
+        if (live)
+            return 0;
+    }
+#endif
     struct tp_exit x = {};
     struct task_struct *parent = 0;
     struct signal_struct *sig = 0;

@@ -16,7 +16,8 @@ BTF, so we synthesise a tree bcc accepts:
 * ``include/linux/types.h`` pulls in vmlinux.h (bcc's ``bpf.h`` includes it
   first) plus ``tetrapipe/kernel_macros.h``: the ``#define`` constants that BTF
   cannot carry (PAGE_SIZE, PF_KTHREAD, AF_*, errno, S_IF*).
-* ``include/generated/autoconf.h`` from /proc/config.gz, ``linux/kconfig.h``
+* ``include/generated/autoconf.h`` from /proc/config.gz or /boot/config-<release> (empty
+  when neither exists: our programs test no CONFIG_ option), ``linux/kconfig.h``
   (force-included by bcc), ``linux/version.h`` from ``uname -r``, the other
   headers bcc's ``helpers.h`` includes (``linux/log2.h``, ``asm/page.h``,
   ``uapi/linux/if_packet.h``, ``linux/bpf_common.h``) and stubs for headers bcc
@@ -51,8 +52,9 @@ from pathlib import Path
 DEFAULT_CACHE_DIR = Path("/var/cache/tetrapipe/kernel-headers")
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 CONFIG_GZ = Path("/proc/config.gz")
+BOOT_DIR = Path("/boot")
 TRACEFS = Path("/sys/kernel/tracing")
-TREE_FORMAT = "2"  # bump when the generated files change
+TREE_FORMAT = "3"  # bump when the generated files change
 _STAMP = ".tetrapipe-tree"
 _LIBBCC_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -141,11 +143,23 @@ def _bcc_builtin_bpf_h() -> str:
     return data[start : end + len(end_marker)].decode("utf-8", "replace")
 
 
-def _kernel_config() -> str:
+def boot_config_path(release: str) -> Path:
+    return BOOT_DIR / f"config-{release}"
+
+
+def _kernel_config(release: str) -> tuple[str, str]:
+    """(kernel config text, where it came from): /proc/config.gz (CONFIG_IKCONFIG_PROC), else
+    /boot/config-<release> (Debian, Ubuntu, RHEL), else none: the tree then has an empty
+    autoconf.h, which our programs do without (they test no CONFIG_ option)."""
     try:
-        return gzip.decompress(CONFIG_GZ.read_bytes()).decode()
-    except OSError as exc:
-        raise KernelHeadersError(f"{CONFIG_GZ} not readable ({exc}); need CONFIG_IKCONFIG_PROC=y") from exc
+        return gzip.decompress(CONFIG_GZ.read_bytes()).decode(), str(CONFIG_GZ)
+    except OSError:
+        pass
+    boot = boot_config_path(release)
+    try:
+        return boot.read_text(), str(boot)
+    except OSError:
+        return "", "none"
 
 
 # --------------------------------------------------------------------------
@@ -219,8 +233,8 @@ def split_bitfield_runs(vmlinux_h: str) -> str:
     return _FULL_WIDTH_PAD.sub(lambda m: f"{m[0]}\n{m[1]}{m[2].split(':')[0]}: 0;", vmlinux_h)
 
 
-def autoconf_h(config: str) -> str:
-    lines = ["/* generated from /proc/config.gz */", "#ifndef __TETRAPIPE_AUTOCONF_H", "#define __TETRAPIPE_AUTOCONF_H"]
+def autoconf_h(config: str, source: str = "/proc/config.gz") -> str:
+    lines = [f"/* generated from {source} */", "#ifndef __TETRAPIPE_AUTOCONF_H", "#define __TETRAPIPE_AUTOCONF_H"]
     for line in config.splitlines():
         name, sep, value = line.partition("=")
         if not sep or not name.startswith("CONFIG_"):
@@ -451,10 +465,10 @@ _STUB_HEADERS = [
 ]
 
 
-def _tree_files(vmlinux_h: str, config: str, release: str) -> dict[str, str]:
+def _tree_files(vmlinux_h: str, config: tuple[str, str], release: str) -> dict[str, str]:
     files = {
         "include/vmlinux.h": vmlinux_h,
-        "include/generated/autoconf.h": autoconf_h(config),
+        "include/generated/autoconf.h": autoconf_h(*config),
         "include/linux/kconfig.h": _KCONFIG_H,
         "include/linux/version.h": version_h(release),
         "include/generated/uapi/linux/version.h": version_h(release),
@@ -501,7 +515,7 @@ def kernel_include_tree(cache_dir: Path | None = None) -> KernelTree:
     tags, enumerators = clashing_names(vmlinux_h, bcc_bpf_h)
     vmlinux_h = fix_enum_sizes(vmlinux_h, raw_btf)
     vmlinux_h = split_bitfield_runs(rename_clashes(vmlinux_h, tags, enumerators))
-    files = _tree_files(vmlinux_h, _kernel_config(), release)
+    files = _tree_files(vmlinux_h, _kernel_config(release), release)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
@@ -533,19 +547,17 @@ def kernel_include_tree(cache_dir: Path | None = None) -> KernelTree:
 
 
 def prepare_bcc_environment(cache_dir: Path | None = None) -> KernelTree:
-    """Point bcc at kernel headers: real ones if installed, else the BTF tree.
+    """Point bcc at the BTF-generated include tree of the running kernel.
 
-    Never falls back to /usr/src/linux-headers-*: headers of another kernel
-    version compile fine but give wrong struct offsets.
+    Our programs use kernel-internal types (``struct mount``, whole ``task_struct``, ``cred``)
+    that only BTF describes completely: installed headers (Debian's split ``-amd64``/``-common``
+    packages, or a full tree) do not declare them, so they are never used in place of BTF, and
+    never from /usr/src/linux-headers-* of another version (wrong struct offsets).
     """
-    release = os.uname().release
-    build = Path("/lib/modules") / release / "build"
-    if (build / "include/linux/kconfig.h").is_file():
-        return KernelTree(build, release, "", generated=False)
     if not BTF_PATH.is_file():
         raise KernelHeadersError(
-            f"no kernel headers at {build} and no BTF at {BTF_PATH}: cannot compile "
-            "BPF programs for this kernel (need CONFIG_DEBUG_INFO_BTF=y or matching headers)"
+            f"no BTF at {BTF_PATH}: tetrapipe's kernel programs read kernel-internal types that "
+            "only BTF describes; this kernel needs CONFIG_DEBUG_INFO_BTF=y (kernel headers are not enough)"
         )
     tree = kernel_include_tree(cache_dir)
     os.environ["BCC_KERNEL_SOURCE"] = str(tree.path)

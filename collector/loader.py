@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from collector import kernel_variants
 from collector.kernel_headers import KernelTree, ensure_tracefs, prepare_bcc_environment
 
 log = logging.getLogger("tetrapipe.collector")
@@ -22,10 +23,19 @@ class LoadError(RuntimeError):
     pass
 
 
+# -D values for fields that differ between kernel versions (collector/kernel_variants.py)
+_variants: dict[str, str] = {}
+
+
 def prepare(cache_dir: Path | None = None) -> KernelTree:
-    """Make bcc usable here: tracefs mounted, kernel include tree built or reused."""
-    ensure_tracefs()
-    return prepare_bcc_environment(cache_dir)
+    """Make bcc usable here: tracefs mounted, kernel include tree built or reused, the
+    version-dependent field variants of this kernel chosen."""
+    tracefs = ensure_tracefs()
+    tree = prepare_bcc_environment(cache_dir)
+    _variants.clear()
+    _variants.update(kernel_variants.defines(tree.path, tracefs))
+    log.info("kernel variants: %s", " ".join(f"{k}={v}" for k, v in sorted(_variants.items())))
+    return tree
 
 
 def load_program(source_name: str, defines: dict[str, Any] | None = None, text: str | None = None) -> Any:
@@ -35,7 +45,7 @@ def load_program(source_name: str, defines: dict[str, Any] | None = None, text: 
 
     src = text if text is not None else (BPF_DIR / source_name).read_text()
     cflags = [f"-I{BPF_DIR}", "-Wno-unused-function", "-Wno-macro-redefined"]
-    for k, v in (defines or {}).items():
+    for k, v in {**_variants, **(defines or {})}.items():
         cflags.append(f"-D{k}={v}")
     t0 = time.monotonic()
     try:

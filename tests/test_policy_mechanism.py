@@ -90,7 +90,7 @@ def test_refusals_name_the_missing_feature() -> None:
     probed = kernel_features.probe()
     if probed.kprobes or probed.trampolines:
         pytest.skip("this kernel can hook kernel functions")
-    with pytest.raises(PolicyError, match=r"cannot be served: fentry: .*; kprobe: no kprobe_events"):
+    with pytest.raises(PolicyError, match=r"cannot be served: fentry: .*; kprobe: no kprobe PMU"):
         compile_for(FILE_PERM, probed)
     with pytest.raises(PolicyError, match=r"lsmhook 'file_open' cannot be served: lsm: "):
         compile_for(LSM_OPEN, probed)

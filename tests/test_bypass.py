@@ -338,8 +338,15 @@ def _judge_io_uring(eng: Engine, case: str, run: Run) -> None:
         _record("io-uring", case, result, detail)
 
 
+RACES = {"racing thread"}  # cases an attacker wins only sometimes: "missed" stands when a run did not win
+
+
 def _record(policy: str, case: str, result: str, detail: str) -> None:
     expected, why = EXPECTED.get(policy, {}).get(case, (CAUGHT, ""))
+    if case in RACES and expected == MISSED and result == CAUGHT:
+        # a race the attacker did not win this time: the hole stays (the next run may win it)
+        RESULTS.append((policy, case, MISSED, expected, f"{why} [race not won this run: {detail}]"))
+        return
     RESULTS.append((policy, case, result, expected, f"{why} [{detail}]" if why else detail))
     assert result == expected, (f"{policy} / {case}: {result} ({detail}), the table says {expected}"
                                 f"{': ' + why if why else ''}: fix the hole's row here and in README")

@@ -225,3 +225,37 @@ def export_text(path: Path) -> str:
 
 def body(ev: dict[str, Any]) -> dict[str, Any]:
     return next(v for k, v in ev.items() if k.startswith(("process_", "rate_limit")))
+
+
+class LoopThread:
+    """Runs ``runner.run(stop_event)`` (a policy source, the pod watch: anything the collector runs
+    on its loop) on its own event loop thread; ``.source`` is the runner."""
+
+    def __init__(self, runner: Any) -> None:
+        import asyncio
+        import threading
+
+        self.source = runner
+        self.loop = asyncio.new_event_loop()
+        self.stop_ev: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ready = threading.Event()
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def main() -> None:
+            self.stop_ev = asyncio.Event()
+            self.ready.set()
+            await self.source.run(self.stop_ev)
+        self.loop.run_until_complete(main())
+
+    def start(self) -> LoopThread:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self.stop_ev is not None:
+            self.loop.call_soon_threadsafe(self.stop_ev.set)
+        self.thread.join(15)

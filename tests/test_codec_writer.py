@@ -138,8 +138,10 @@ def test_generated_odd_events_same_outcome_as_before(ev: dict[str, Any]) -> None
 @given(st.lists(processes(odd=False), min_size=1, max_size=3), st.data())
 def test_process_mutated_in_place_between_encodes(procs: list[dict[str, Any]], data: st.DataObject) -> None:
     """One Process dict written, changed in place (a leaf replaced, maybe by an equal value of
-    another type), written again: both times what fastavro does."""
-    for p in procs:
+    another type), written again: both times what fastavro does. The generated values are
+    copied first: a strategy may hand out the same constant object again, and mutating it would
+    change later draws (hypothesis' FlakyStrategyDefinition)."""
+    for p in copy.deepcopy(procs):
         ev = {"process_exec": {"process": p, "parent": p}}
         assert outcome(NOW, ev) == outcome(fastavro_bytes, ev)
         paths = list(_leaf_paths(p))

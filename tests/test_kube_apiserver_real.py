@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import bpf_unavailable_reason, skip_or_fail
-from harness import wait_until
+from harness import LoopThread, wait_until
 from kube_apiserver import TOKEN, KubeAPIServer, available
 
 from collector import loader, procfs
@@ -101,34 +101,10 @@ def _table(kube: KubeAPIServer, path: str) -> tuple[int, Any]:
         return r.status, json.loads(r.read())
 
 
-class SourceThread:
-    def __init__(self, mgr: PolicyManager, kubeconfig: Path) -> None:
-        import threading
+def SourceThread(mgr: PolicyManager, kubeconfig: Path) -> LoopThread:  # noqa: N802 - reads as the class it was
+    from collector.policy.sources.k8s import K8sPolicySource
 
-        from collector.policy.sources.k8s import K8sPolicySource
-
-        self.loop = asyncio.new_event_loop()
-        self.stop_ev: asyncio.Event | None = None
-        self.source = K8sPolicySource(mgr, NODE, str(kubeconfig), backoff_max_s=1.0, watch_timeout_s=5)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.stop_ev = asyncio.Event()
-            self.ready.set()
-            await self.source.run(self.stop_ev)
-        self.loop.run_until_complete(main())
-
-    def start(self) -> SourceThread:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self.stop_ev is not None:
-            self.loop.call_soon_threadsafe(self.stop_ev.set)
-        self.thread.join(15)
+    return LoopThread(K8sPolicySource(mgr, NODE, str(kubeconfig), backoff_max_s=1.0, watch_timeout_s=5))
 
 
 def kill_policy(name: str, target: Path, operator: str = "Equal") -> dict[str, Any]:

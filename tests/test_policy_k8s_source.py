@@ -17,7 +17,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import bpf_unavailable_reason, skip_or_fail
 from fake_kube_api import FakeKubeAPI
-from harness import wait_until
+from harness import LoopThread, wait_until
 
 from collector import loader, procfs
 from collector.drain import RecordQueue
@@ -55,32 +54,9 @@ def kill_policy(name: str, target: Path, kind: str = "TracingPolicy", namespace:
                        "matchActions": [{"action": "Sigkill"}]}]}]}}
 
 
-class SourceThread:
+def SourceThread(mgr: PolicyManager, kubeconfig: Path) -> LoopThread:  # noqa: N802 - reads as the class it was
     """The Kubernetes policy source on its own event loop thread, as in the collector."""
-
-    def __init__(self, mgr: PolicyManager, kubeconfig: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.stop_ev: asyncio.Event | None = None
-        self.source = K8sPolicySource(mgr, NODE, str(kubeconfig), backoff_max_s=1.0, watch_timeout_s=2)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.stop_ev = asyncio.Event()
-            self.ready.set()
-            await self.source.run(self.stop_ev)
-        self.loop.run_until_complete(main())
-
-    def start(self) -> SourceThread:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self.stop_ev is not None:
-            self.loop.call_soon_threadsafe(self.stop_ev.set)
-        self.thread.join(15)
+    return LoopThread(K8sPolicySource(mgr, NODE, str(kubeconfig), backoff_max_s=1.0, watch_timeout_s=2))
 
 
 @pytest.fixture(scope="module")

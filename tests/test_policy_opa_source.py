@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import bpf_unavailable_reason, skip_or_fail
-from harness import free_port_block, wait_until
+from harness import LoopThread, free_port_block, wait_until
 
 from collector import loader, procfs
 from collector.drain import RecordQueue
@@ -109,30 +108,8 @@ class Opa:
             self.proc = None
 
 
-class SourceThread:
-    def __init__(self, mgr: PolicyManager, url: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.stop_ev: asyncio.Event | None = None
-        self.source = OpaPolicySource(mgr, url, "tetrapipe/policies", interval_s=0.3, timeout_s=2)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.stop_ev = asyncio.Event()
-            self.ready.set()
-            await self.source.run(self.stop_ev)
-        self.loop.run_until_complete(main())
-
-    def start(self) -> SourceThread:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self.stop_ev is not None:
-            self.loop.call_soon_threadsafe(self.stop_ev.set)
-        self.thread.join(15)
+def SourceThread(mgr: PolicyManager, url: str) -> LoopThread:  # noqa: N802 - reads as the class it was
+    return LoopThread(OpaPolicySource(mgr, url, "tetrapipe/policies", interval_s=0.3, timeout_s=2))
 
 
 @pytest.fixture

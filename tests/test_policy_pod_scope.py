@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import textwrap
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import bpf_unavailable_reason, skip_or_fail
 from fake_kube_api import FakeKubeAPI, make_pod
-from harness import Pipeline, wait_until
+from harness import LoopThread, Pipeline, wait_until
 
 from collector import connect_deny, loader, procfs
 from collector.drain import RecordQueue
@@ -96,34 +95,11 @@ def policy_text(name: str, target: Path, scope: str, kind: str = "TracingPolicy"
             """), "  "))
 
 
-class Watch:
+def Watch(index: PodIndex, kubeconfig: Path) -> LoopThread:  # noqa: N802 - reads as the class it was
     """The real pod watch (tetrapipe/k8s/watch.py) on its own event loop thread."""
+    from tetrapipe.k8s.watch import PodWatcher
 
-    def __init__(self, index: PodIndex, kubeconfig: Path) -> None:
-        from tetrapipe.k8s.watch import PodWatcher
-
-        self.loop = asyncio.new_event_loop()
-        self.stop_ev: asyncio.Event | None = None
-        self.watcher = PodWatcher(index, NODE, str(kubeconfig), backoff_max_s=1.0)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.stop_ev = asyncio.Event()
-            self.ready.set()
-            await self.watcher.run(self.stop_ev)
-        self.loop.run_until_complete(main())
-
-    def start(self) -> Watch:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self.stop_ev is not None:
-            self.loop.call_soon_threadsafe(self.stop_ev.set)
-        self.thread.join(15)
+    return LoopThread(PodWatcher(index, NODE, str(kubeconfig), backoff_max_s=1.0))
 
 
 @pytest.fixture(scope="module")

@@ -516,7 +516,7 @@ class PolicyManager:
             check_file_owner(path)
             text = Path(path).read_text(encoding="utf-8")
             for p in parser.parse_text(text, path, None):
-                compiler.compile_policy(p, 1, self.host_ns, self.kprobes, ringbuf_pages=self.ringbuf_pages)
+                compiler.compile_policy(p, 1, self.host_ns, self.features, ringbuf_pages=self.ringbuf_pages)
         except (PolicyError, OSError, UnicodeDecodeError) as exc:
             LOAD_ERRORS.labels(reason="invalid").inc()
             why = f"new version refused, the loaded one keeps acting: {exc}"

@@ -14,17 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 from prometheus_client import Counter, Gauge
 
+from tetrapipe.k8s.apiclient import api_client
 from tetrapipe.k8s.pods import PodIndex
 
 log = logging.getLogger("tetrapipe.k8s")
@@ -57,15 +57,8 @@ class PodWatcher:
         self.server = ""
 
     async def _api_client(self) -> client.ApiClient:
-        conf = client.Configuration()
-        if self.kubeconfig:
-            await config.load_kube_config(config_file=self.kubeconfig, client_configuration=conf)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=conf)
-        else:
-            await config.load_kube_config(client_configuration=conf)
-        self.server = conf.host
-        return client.ApiClient(configuration=conf)
+        api, self.server = await api_client(self.kubeconfig)
+        return api
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = BACKOFF_FIRST_S

@@ -30,13 +30,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
@@ -49,6 +48,7 @@ from collector.policy.sources.policyset import (
     PolicySet,
     count_states,
 )
+from tetrapipe.k8s.apiclient import api_client
 
 log = logging.getLogger("tetrapipe.policy.k8s")
 
@@ -134,15 +134,8 @@ class K8sPolicySource:
         self.synced: dict[str, bool] = dict.fromkeys(PLURALS, False)
 
     async def _api_client(self) -> client.ApiClient:
-        conf = client.Configuration()
-        if self.kubeconfig:
-            await config.load_kube_config(config_file=self.kubeconfig, client_configuration=conf)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=conf)
-        else:
-            await config.load_kube_config(client_configuration=conf)
-        self.server = conf.host
-        return client.ApiClient(configuration=conf)
+        api, self.server = await api_client(self.kubeconfig)
+        return api
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch both kinds until ``stop``; what is loaded stays loaded when this ends (the

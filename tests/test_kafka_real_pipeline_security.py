@@ -101,3 +101,24 @@ def test_wrong_password_and_untrusted_ca_said_in_one_line_per_stage(bpf_ok: None
             pipe.stop()
     for case in cases:
         _no_secret(tmp_path / case, KAFKA_USERS[USER], [])
+
+
+def test_untrusted_certificate_is_not_called_a_refused_login() -> None:
+    """ssl.SSLCertVerificationError is also a ValueError, which aiokafka's SCRAM client raises for
+    a refused login: the certificate is told apart first, with or without SASL."""
+    import ssl
+
+    from tetrapipe import kafka as kafka_lib
+    from tetrapipe.config import Config
+
+    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    exc.verify_message = "self-signed certificate in certificate chain"
+    for kw in ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": MECH, "kafka_sasl_username": USER},
+               {"kafka_security_protocol": "SSL"}):
+        err = kafka_lib._auth_refused(Config(kafka="b:9093", kafka_ssl_cafile="/etc/ca.pem", **kw), exc)
+        assert isinstance(err, kafka_lib.KafkaTlsError) and isinstance(err, kafka_lib.KafkaAuthError)
+        assert str(err).endswith("broker b:9093 over " + kw["kafka_security_protocol"] + ": certificate verify failed "
+                            "(self-signed certificate in certificate chain): check kafka_ssl_cafile (/etc/ca.pem)")
+    login = kafka_lib._auth_refused(Config(kafka="b", kafka_sasl_mechanism=MECH, kafka_sasl_username=USER),
+                                    ValueError("bad server signature"))
+    assert login is not None and not isinstance(login, kafka_lib.KafkaTlsError) and "login of user" in str(login)

@@ -56,10 +56,27 @@ class KafkaAuthError(KafkaError):
     never the password."""
 
 
+class KafkaTlsError(KafkaAuthError):
+    """The broker's TLS certificate was not accepted (kafka_ssl_cafile): no login was tried."""
+
+
+def _tls_refused(cfg: Config, exc: BaseException) -> KafkaTlsError | None:
+    """A certificate the CA file does not vouch for. ssl.SSLCertVerificationError is also a
+    ValueError, which aiokafka's SCRAM client raises for a refused login: told apart first."""
+    if not isinstance(exc, ssl.SSLCertVerificationError):
+        return None
+    why = exc.verify_message or exc.reason or "certificate verify failed"
+    return KafkaTlsError(f"broker {cfg.kafka} over {cfg.kafka_security_protocol}: certificate verify failed "
+                         f"({why}): check kafka_ssl_cafile ({cfg.kafka_ssl_cafile or 'the system CAs'})")
+
+
 def _auth_refused(cfg: Config, exc: BaseException) -> KafkaAuthError | None:
-    """A SASL failure, told apart from an unreachable broker. aiokafka's SCRAM client raises
-    KeyError/ValueError when the server answers its final message with an error (``e=...``)
-    or a wrong signature."""
+    """A SASL failure or an untrusted certificate, told apart from an unreachable broker.
+    aiokafka's SCRAM client raises KeyError/ValueError when the server answers its final message
+    with an error (``e=...``) or a wrong signature."""
+    tls = _tls_refused(cfg, exc)
+    if tls is not None:
+        return tls
     if not cfg.kafka_sasl_mechanism:
         return None
     if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError | UnsupportedSaslMechanismError

@@ -183,3 +183,56 @@ def test_colors_as_fatih_color() -> None:
     empty = "\x1b[35m\x1b[0m"
     assert line == body + " " + empty.rjust(120 - len(body.encode()))
     assert compact.color_enabled("always") and not compact.color_enabled("never")
+
+
+def tracepoint(subsys: str, event: str, args: list[Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"process": {"binary": "/usr/bin/curl", "pod": POD}, "subsys": subsys, "event": event}
+    if args is not None:
+        body["args"] = args
+    return {"process_tracepoint": body}
+
+
+SYSCALL = "☎  syscall kube-system/tetragon /usr/bin/curl "
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    # the syscall's arguments from the table; values only where the next arguments are size_args
+    ([{"long_arg": "1"}], "write(unsigned int fd=?, const char * buf=?, size_t count=?)"),
+    ([{"long_arg": "1"}, {"size_arg": "2"}, {"size_arg": "140726189559808"}, {"size_arg": "12"}],
+     "write(unsigned int fd=2, const char *buf=0x7ffd5e8a1000, size_t count=12)"),
+    ([{"long_arg": "59"}, {"int_arg": 3}],  # not a size_arg: '?'
+     "execve(const char * filename=?, const char *const * argv=?, const char *const * envp=?)"),
+    ([{"long_arg": "175"}, {"size_arg": "18446744073709551615"}],
+     "init_module(void *umod=0xffffffffffffffff, unsigned long len=?, const char * uargs=?)"),
+    # another ABI: the name prefixed, no arguments (as tetra: it looks them up by the prefixed name)
+    ([{"syscall_id": {"id": 4, "abi": "i386"}}], "i386/write"),
+    ([{"syscall_id": {"id": 1, "abi": "x64"}}], "write(unsigned int fd=?, const char * buf=?, size_t count=?)"),
+    ([{"syscall_id": {"id": 1}}], "unknown"),  # no ABI
+    # numbers tetra does not name: none, negative, past the table -- and, as tetra, 424 and up
+    # (tetra compares the number with the table's entry count, 374)
+    (None, "unknown"),
+    ([{"long_arg": "-1"}], "unknown"),
+    ([{"long_arg": "335"}], "unknown"),
+    ([{"long_arg": "435"}], "unknown"),
+    ([{"string_arg": "1"}], "unknown"),
+])
+def test_raw_syscalls_sys_enter(args: list[Any] | None, shown: str) -> None:
+    assert compact.render(tracepoint("raw_syscalls", "sys_enter", args)) == SYSCALL + shown
+
+
+def test_other_tracepoints_show_subsystem_and_event() -> None:
+    assert compact.render(tracepoint("raw_syscalls", "sys_exit", [{"long_arg": "1"}])) == \
+        "⁉️ tracepoint kube-system/tetragon /usr/bin/curl raw_syscalls sys_exit"
+    assert compact.render(tracepoint("sched", "sched_process_fork")) == \
+        "⁉️ tracepoint kube-system/tetragon /usr/bin/curl sched sched_process_fork"
+
+
+def test_syscall_table_covers_tetras_names() -> None:
+    """Every x86-64 number 0-334 and 424-462 is named (tetra's table has exactly these, 374), and
+    the common syscalls have their arguments."""
+    table = compact._syscalls()
+    assert sorted(int(n) for n in table["x64"]) == [*range(335), *range(424, 463)]
+    assert (table["x64"]["257"], table["x64"]["321"], table["x64"]["462"]) == ("openat", "bpf", "mseal")
+    assert table["i386"]["11"] == "execve" and table["i386"]["102"] == "socketcall"
+    for name in ("read", "write", "openat", "connect", "execve", "bpf", "ptrace", "init_module", "mmap"):
+        assert table["args"][name], name

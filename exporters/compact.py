@@ -30,6 +30,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from exporters import compact_extras
+
 Doc = dict[str, Any]
 CAPS_PAD = 120
 CAP_SYS_ADMIN = 21
@@ -113,9 +115,12 @@ def _str(d: Doc | None, key: str) -> str:
 class Compact:
     """One renderer: color on or off, timestamps or not (tetra's ``--color``, ``--timestamps``)."""
 
-    def __init__(self, color: bool = False, timestamps: bool = False) -> None:
+    def __init__(self, color: bool = False, timestamps: bool = False, stack_traces: bool = False,
+                 ima_hash: bool = False) -> None:
         self.color = color
         self.timestamps = timestamps
+        self.stack_traces = stack_traces  # tetra's --stack-traces, --ima-hash: lines under the line
+        self.ima_hash = ima_hash
 
     def c(self, code: int, s: str) -> str:
         return f"\x1b[{code}m{s}\x1b[0m" if self.color else s
@@ -149,6 +154,16 @@ class Compact:
         if line and self.timestamps:
             line = f"{timestamp(doc.get('time'))} {line}"
         return line
+
+    def output(self, doc: Doc) -> str:
+        """What tetra writes for one event: the line and its newline, then the ``--stack-traces``
+        and ``--ima-hash`` lines ('' for an event tetra does not print). With colors the reset
+        of the last such line follows its newline, as tetra writes it."""
+        line = self.render(doc)
+        if not line:
+            return ""
+        return line + "\n" + (compact_extras.stack_traces(self, doc) if self.stack_traces else "") + \
+            (compact_extras.ima_hash(self, doc) if self.ima_hash else "")
 
     def line(self, doc: Doc) -> str:
         node = doc.get("node_name", "") or ""

@@ -236,3 +236,37 @@ def test_syscall_table_covers_tetras_names() -> None:
     assert table["i386"]["11"] == "execve" and table["i386"]["102"] == "socketcall"
     for name in ("read", "write", "openat", "connect", "execve", "bpf", "ptrace", "init_module", "mmap"):
         assert table["args"][name], name
+
+
+def test_stack_traces_under_the_line() -> None:
+    """tetra's --stack-traces: the kernel stack (address: symbol+offset), then the user stack
+    (address: symbol (module+offset), the symbol left out where unknown)."""
+    ev = kprobe("unhandled_function")
+    ev["process_kprobe"]["kernel_stack_trace"] = [{"address": "18446744071579845236", "offset": "132",
+                                                   "symbol": "do_sys_openat2"}]
+    ev["process_kprobe"]["user_stack_trace"] = [{"address": "140234", "offset": "4096", "module": "/lib/libc.so.6",
+                                                 "symbol": "open64"}, {"address": "4198400", "offset": "16",
+                                                                       "module": "/usr/bin/curl"}]
+    view = compact.Compact(stack_traces=True)
+    assert view.output(ev) == ("❓ syscall kube-system/tetragon /usr/bin/curl unhandled_function\n"
+                               "Kernel:\n   0xffffffff810f4274: do_sys_openat2+0x84\n"
+                               "User:\n   0x223ca: open64 (/lib/libc.so.6+0x1000)\n   0x401000: (/usr/bin/curl+0x10)\n")
+    assert compact.Compact().output(ev) == "❓ syscall kube-system/tetragon /usr/bin/curl unhandled_function\n"
+    colored = compact.Compact(color=True, stack_traces=True).output(ev).split("\n")
+    # as fatih/color writes it: the reset after the text, newline included
+    assert colored[2:4] == ["\x1b[32m   0xffffffff810f4274:\x1b[0m\x1b[34m do_sys_openat2\x1b[0m+\x1b[33m0x84",
+                            "\x1b[0mUser:"]
+
+
+@pytest.mark.parametrize(("fn", "arg", "shown"), [
+    ("bprm_check_security", {"linux_binprm_arg": {"path": "/usr/bin/curl"}}, "   /usr/bin/curl sha256:ab12"),
+    ("file_open", {"file_arg": {"path": "/etc/shadow"}}, "   /etc/shadow sha256:ab12"),
+    ("file_open", {"linux_binprm_arg": {"path": "/etc/shadow"}}, None),  # the other argument kind: no path
+    ("task_alloc", {"file_arg": {"path": "/etc/shadow"}}, None),  # not a hook tetra takes a path of
+])
+def test_ima_hash_under_lsm_lines(fn: str, arg: dict[str, Any], shown: str | None) -> None:
+    ev = {"process_lsm": {"process": {"binary": "/usr/bin/curl", "pod": POD}, "function_name": fn,
+                          "args": [arg], "ima_hash": "sha256:ab12"}}
+    line = f"🔒 LSM     kube-system/tetragon /usr/bin/curl {fn}"
+    assert compact.Compact(ima_hash=True).output(ev) == (f"{line}\n{shown}\n" if shown else f"{line}\n")
+    assert compact.render(ev) == line

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 from collector.policy import compat_x86  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing/events/syscalls")
-# the same numbers on x86-64 and i386 (the unified numbering from 424 on); map_shadow_stack is x86-64 only
+# the same numbers on x86-64 and i386 (the unified numbering from 424 on)
 NEWER = {"cachestat": 451, "fchmodat2": 452, "map_shadow_stack": 453, "futex_wake": 454, "futex_wait": 455,
          "futex_requeue": 456, "statmount": 457, "listmount": 458, "lsm_get_self_attr": 459,
          "lsm_set_self_attr": 460, "lsm_list_modules": 461, "mseal": 462}
@@ -58,7 +58,7 @@ def main() -> None:
     if not TRACEFS.is_dir():
         sys.exit(f"gen-syscall-table: no {TRACEFS} (mount tracefs; run as root)")
     x64 = {**compat_x86.X86_64, **NEWER}
-    i386 = {**compat_x86.I386, **{k: v for k, v in NEWER.items() if k != "map_shadow_stack"}}
+    i386 = {**compat_x86.I386, **NEWER}  # tetra's i386 table names 453 too
     names = sorted(set(x64))
     table = {
         "x64": {str(n): s for s, n in sorted(x64.items(), key=lambda kv: kv[1])},

@@ -208,6 +208,8 @@ SYSCALL = "☎  syscall kube-system/tetragon /usr/bin/curl "
     ([{"syscall_id": {"id": 4, "abi": "i386"}}], "i386/write"),
     ([{"syscall_id": {"id": 1, "abi": "x64"}}], "write(unsigned int fd=?, const char * buf=?, size_t count=?)"),
     ([{"syscall_id": {"id": 1}}], "unknown"),  # no ABI
+    ([{"syscall_id": {"id": 451, "abi": "i386"}}], "i386/cachestat"),
+    ([{"syscall_id": {"id": 452, "abi": "i386"}}], "unknown"),  # i386's entry count is 452
     # numbers tetra does not name: none, negative, past the table -- and, as tetra, 424 and up
     # (tetra compares the number with the table's entry count, 374)
     (None, "unknown"),

@@ -20,7 +20,7 @@ if [ -z "$GO" ]; then
 fi
 mkdir -p "$CACHE/bin" "$CACHE/gopath" "$CACHE/gocache"
 echo "setup-tetragon-client: building the test client on Tetragon's Go API (a few minutes on 2 cores, once)"
-export GOPATH="$CACHE/gopath" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=readonly CGO_ENABLED=0
+export GOPATH="$CACHE/gopath" GOCACHE="$CACHE/gocache" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
 nice -n 10 "$GO" build -p 1 -ldflags=-s -o "$BIN.new" .
 mv "$BIN.new" "$BIN"
 rm -f "$CACHE/bin"/.source-*

@@ -21,11 +21,16 @@ trailer is not empty); so do we.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+from exporters import compact_extras
 
 Doc = dict[str, Any]
 CAPS_PAD = 120
@@ -33,12 +38,6 @@ CAP_SYS_ADMIN = 21
 
 # fatih/color foreground codes, as Tetragon's colorer uses them
 RED, GREEN, YELLOW, BLUE, MAGENTA, CYAN = 31, 32, 33, 34, 35, 36
-
-# x86-64 syscall numbers of the names a raw_syscalls/sys_enter line most often shows
-_SYSCALL_NAMES = {0: "read", 1: "write", 2: "open", 3: "close", 9: "mmap", 21: "access", 41: "socket",
-                  42: "connect", 56: "clone", 57: "fork", 59: "execve", 60: "exit", 62: "kill",
-                  101: "ptrace", 105: "setuid", 161: "chroot", 165: "mount", 257: "openat",
-                  321: "bpf", 435: "clone3"}
 
 _NS = {0: "any", 0x2000000: "cgroup", 0x8000000: "ipc", 0x40000000: "net", 0x20000: "mnt", 0x20000000: "pid",
        0x80: "time", 0x10000000: "user", 0x4000000: "uts"}
@@ -116,9 +115,12 @@ def _str(d: Doc | None, key: str) -> str:
 class Compact:
     """One renderer: color on or off, timestamps or not (tetra's ``--color``, ``--timestamps``)."""
 
-    def __init__(self, color: bool = False, timestamps: bool = False) -> None:
+    def __init__(self, color: bool = False, timestamps: bool = False, stack_traces: bool = False,
+                 ima_hash: bool = False) -> None:
         self.color = color
         self.timestamps = timestamps
+        self.stack_traces = stack_traces  # tetra's --stack-traces, --ima-hash: lines under the line
+        self.ima_hash = ima_hash
 
     def c(self, code: int, s: str) -> str:
         return f"\x1b[{code}m{s}\x1b[0m" if self.color else s
@@ -152,6 +154,16 @@ class Compact:
         if line and self.timestamps:
             line = f"{timestamp(doc.get('time'))} {line}"
         return line
+
+    def output(self, doc: Doc) -> str:
+        """What tetra writes for one event: the line and its newline, then the ``--stack-traces``
+        and ``--ima-hash`` lines ('' for an event tetra does not print). With colors the reset
+        of the last such line follows its newline, as tetra writes it."""
+        line = self.render(doc)
+        if not line:
+            return ""
+        return line + "\n" + (compact_extras.stack_traces(self, doc) if self.stack_traces else "") + \
+            (compact_extras.ima_hash(self, doc) if self.ima_hash else "")
 
     def line(self, doc: Doc) -> str:
         node = doc.get("node_name", "") or ""
@@ -207,11 +219,53 @@ def _loader(r: Compact, body: Doc, p: Doc, info: str) -> str:
 
 def _tracepoint(r: Compact, body: Doc, p: Doc, info: str) -> str:
     if (body.get("subsys"), body.get("event")) == ("raw_syscalls", "sys_enter"):
-        args = body.get("args") or []
-        first = _arg(args, 0)
-        nr = _num(first, "long_arg") if first and "long_arg" in first else -1
-        return f"{r.head('☎ ', 'syscall')} {info} {_SYSCALL_NAMES.get(nr, 'unknown')}"
+        return f"{r.head('☎ ', 'syscall')} {info} {raw_syscall_enter(body.get('args') or [])}"
     return f"{r.head('⁉️', 'tracepoint')} {info} {_str(body, 'subsys')} {_str(body, 'event')}"
+
+
+@cache
+def _syscalls() -> dict[str, Any]:
+    """exporters/syscalls.json (scripts/gen-syscall-table.py): names by number per ABI, arguments."""
+    with open(Path(__file__).with_name("syscalls.json"), encoding="utf-8") as f:
+        table: dict[str, Any] = json.load(f)
+    return table
+
+
+def raw_syscall_enter(args: list[Any]) -> str:
+    """What tetra prints for a raw_syscalls/sys_enter event: the syscall of the first argument (a
+    long_arg number of the x86-64 table, or a syscall_id with its ABI: ``i386/write``), then, for
+    a syscall of the default ABI whose arguments are known, each argument as ``type name=value``
+    where the value is that of a size_arg at the next argument positions (``0x...`` for a pointer)
+    and ``?`` for anything else. As tetra, a number at or past the table's entry count is
+    ``unknown`` (the x86-64 table has 374 entries, so 424 and up -- io_uring_setup, clone3,
+    openat2 -- print ``unknown`` in tetra too)."""
+    table = _syscalls()
+    abi, nr = "x64", -1
+    first = _arg(args, 0)
+    if first is not None and "long_arg" in first:
+        nr = _num(first, "long_arg")
+    elif first is not None and isinstance(first.get("syscall_id"), dict):
+        nr, abi = _num(first["syscall_id"], "id"), str(first["syscall_id"].get("abi", ""))
+    names: dict[str, str] = table.get(abi, {}) if abi in ("x64", "i386") else {}
+    name = names.get(str(nr), "") if 0 <= nr < len(names) else ""
+    if not name:
+        return "unknown"
+    if abi != "x64":
+        return f"{abi}/{name}"  # tetra looks the arguments up by the prefixed name: none found
+    spec = table["args"].get(name)
+    if spec is None:
+        return name
+    parts = []
+    for j, (typ, arg_name) in enumerate(spec):
+        a = _arg(args, j + 1)
+        ptr = typ.endswith("*")
+        if a is not None and "size_arg" in a:
+            v = _num(a, "size_arg") & 0xFFFFFFFFFFFFFFFF
+            value = f"0x{v:x}" if ptr else str(v)
+        else:
+            value, ptr = "?", False
+        parts.append(f"{typ}{arg_name}={value}" if ptr else f"{typ} {arg_name}={value}")
+    return f"{name}({', '.join(parts)})"
 
 
 def _uprobe(r: Compact, body: Doc, p: Doc, info: str) -> str:

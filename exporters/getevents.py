@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--denylist", default="", help="Tetragon filter JSON, one per line")
     p.add_argument("--host", action="store_true", help="only events of processes outside any pod")
     p.add_argument("--timestamps", action="store_true", help="compact: start each line with the event time")
+    p.add_argument("--stack-traces", action="store_true", help="compact: kprobe stack traces under the line")
+    p.add_argument("--ima-hash", action="store_true", help="compact: LSM events' IMA hashes under the line")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="compact: colors")
     p.add_argument("--follow", action="store_true", help="keep reading new events (Kafka)")
     p.add_argument("--from-start", action="store_true", help="Kafka: start at the oldest event")
@@ -203,13 +205,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         print(f"tetrapipe getevents: {exc}", file=sys.stderr)
         return 2
 
-    view = compact.Compact(color=compact.color_enabled(args.color), timestamps=args.timestamps)
+    view = compact.Compact(color=compact.color_enabled(args.color), timestamps=args.timestamps,
+                          stack_traces=args.stack_traces, ima_hash=args.ima_hash)
 
     def show(doc: dict[str, Any], shown: dict[str, Any]) -> None:
         if args.output == "compact":
-            line = view.render(doc)  # the compact view shows the event as it is
-            if line:
-                print(line, flush=True)
+            text = view.output(doc)  # the compact view shows the event as it is
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
         else:
             print(json.dumps(shown, ensure_ascii=False, separators=(",", ":")), flush=True)
 

@@ -50,7 +50,7 @@ OWN_FLAGS = {  # options a command has besides configuration keys
     "run": {"exporters", "log_dir", "quiet", "user"},
     "getevents": {"output", "file", "event_types", "namespace", "pod", "process", "policy_names",
                   "include_fields", "exclude_fields", "allowlist", "denylist", "follow", "from_start", "timeout",
-                  "color", "host", "timestamps"},
+                  "color", "host", "timestamps", "stack_traces", "ima_hash"},
     "status": {"timeout"},
 }
 

@@ -183,3 +183,92 @@ def test_colors_as_fatih_color() -> None:
     empty = "\x1b[35m\x1b[0m"
     assert line == body + " " + empty.rjust(120 - len(body.encode()))
     assert compact.color_enabled("always") and not compact.color_enabled("never")
+
+
+def tracepoint(subsys: str, event: str, args: list[Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"process": {"binary": "/usr/bin/curl", "pod": POD}, "subsys": subsys, "event": event}
+    if args is not None:
+        body["args"] = args
+    return {"process_tracepoint": body}
+
+
+SYSCALL = "☎  syscall kube-system/tetragon /usr/bin/curl "
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    # the syscall's arguments from the table; values only where the next arguments are size_args
+    ([{"long_arg": "1"}], "write(unsigned int fd=?, const char * buf=?, size_t count=?)"),
+    ([{"long_arg": "1"}, {"size_arg": "2"}, {"size_arg": "140726189559808"}, {"size_arg": "12"}],
+     "write(unsigned int fd=2, const char *buf=0x7ffd5e8a1000, size_t count=12)"),
+    ([{"long_arg": "59"}, {"int_arg": 3}],  # not a size_arg: '?'
+     "execve(const char * filename=?, const char *const * argv=?, const char *const * envp=?)"),
+    ([{"long_arg": "175"}, {"size_arg": "18446744073709551615"}],
+     "init_module(void *umod=0xffffffffffffffff, unsigned long len=?, const char * uargs=?)"),
+    # another ABI: the name prefixed, no arguments (as tetra: it looks them up by the prefixed name)
+    ([{"syscall_id": {"id": 4, "abi": "i386"}}], "i386/write"),
+    ([{"syscall_id": {"id": 1, "abi": "x64"}}], "write(unsigned int fd=?, const char * buf=?, size_t count=?)"),
+    ([{"syscall_id": {"id": 1}}], "unknown"),  # no ABI
+    ([{"syscall_id": {"id": 451, "abi": "i386"}}], "i386/cachestat"),
+    ([{"syscall_id": {"id": 452, "abi": "i386"}}], "unknown"),  # i386's entry count is 452
+    # numbers tetra does not name: none, negative, past the table -- and, as tetra, 424 and up
+    # (tetra compares the number with the table's entry count, 374)
+    (None, "unknown"),
+    ([{"long_arg": "-1"}], "unknown"),
+    ([{"long_arg": "335"}], "unknown"),
+    ([{"long_arg": "435"}], "unknown"),
+    ([{"string_arg": "1"}], "unknown"),
+])
+def test_raw_syscalls_sys_enter(args: list[Any] | None, shown: str) -> None:
+    assert compact.render(tracepoint("raw_syscalls", "sys_enter", args)) == SYSCALL + shown
+
+
+def test_other_tracepoints_show_subsystem_and_event() -> None:
+    assert compact.render(tracepoint("raw_syscalls", "sys_exit", [{"long_arg": "1"}])) == \
+        "⁉️ tracepoint kube-system/tetragon /usr/bin/curl raw_syscalls sys_exit"
+    assert compact.render(tracepoint("sched", "sched_process_fork")) == \
+        "⁉️ tracepoint kube-system/tetragon /usr/bin/curl sched sched_process_fork"
+
+
+def test_syscall_table_covers_tetras_names() -> None:
+    """Every x86-64 number 0-334 and 424-462 is named (tetra's table has exactly these, 374), and
+    the common syscalls have their arguments."""
+    table = compact._syscalls()
+    assert sorted(int(n) for n in table["x64"]) == [*range(335), *range(424, 463)]
+    assert (table["x64"]["257"], table["x64"]["321"], table["x64"]["462"]) == ("openat", "bpf", "mseal")
+    assert table["i386"]["11"] == "execve" and table["i386"]["102"] == "socketcall"
+    for name in ("read", "write", "openat", "connect", "execve", "bpf", "ptrace", "init_module", "mmap"):
+        assert table["args"][name], name
+
+
+def test_stack_traces_under_the_line() -> None:
+    """tetra's --stack-traces: the kernel stack (address: symbol+offset), then the user stack
+    (address: symbol (module+offset), the symbol left out where unknown)."""
+    ev = kprobe("unhandled_function")
+    ev["process_kprobe"]["kernel_stack_trace"] = [{"address": "18446744071579845236", "offset": "132",
+                                                   "symbol": "do_sys_openat2"}]
+    ev["process_kprobe"]["user_stack_trace"] = [{"address": "140234", "offset": "4096", "module": "/lib/libc.so.6",
+                                                 "symbol": "open64"}, {"address": "4198400", "offset": "16",
+                                                                       "module": "/usr/bin/curl"}]
+    view = compact.Compact(stack_traces=True)
+    assert view.output(ev) == ("❓ syscall kube-system/tetragon /usr/bin/curl unhandled_function\n"
+                               "Kernel:\n   0xffffffff810f4274: do_sys_openat2+0x84\n"
+                               "User:\n   0x223ca: open64 (/lib/libc.so.6+0x1000)\n   0x401000: (/usr/bin/curl+0x10)\n")
+    assert compact.Compact().output(ev) == "❓ syscall kube-system/tetragon /usr/bin/curl unhandled_function\n"
+    colored = compact.Compact(color=True, stack_traces=True).output(ev).split("\n")
+    # as fatih/color writes it: the reset after the text, newline included
+    assert colored[2:4] == ["\x1b[32m   0xffffffff810f4274:\x1b[0m\x1b[34m do_sys_openat2\x1b[0m+\x1b[33m0x84",
+                            "\x1b[0mUser:"]
+
+
+@pytest.mark.parametrize(("fn", "arg", "shown"), [
+    ("bprm_check_security", {"linux_binprm_arg": {"path": "/usr/bin/curl"}}, "   /usr/bin/curl sha256:ab12"),
+    ("file_open", {"file_arg": {"path": "/etc/shadow"}}, "   /etc/shadow sha256:ab12"),
+    ("file_open", {"linux_binprm_arg": {"path": "/etc/shadow"}}, None),  # the other argument kind: no path
+    ("task_alloc", {"file_arg": {"path": "/etc/shadow"}}, None),  # not a hook tetra takes a path of
+])
+def test_ima_hash_under_lsm_lines(fn: str, arg: dict[str, Any], shown: str | None) -> None:
+    ev = {"process_lsm": {"process": {"binary": "/usr/bin/curl", "pod": POD}, "function_name": fn,
+                          "args": [arg], "ima_hash": "sha256:ab12"}}
+    line = f"🔒 LSM     kube-system/tetragon /usr/bin/curl {fn}"
+    assert compact.Compact(ima_hash=True).output(ev) == (f"{line}\n{shown}\n" if shown else f"{line}\n")
+    assert compact.render(ev) == line

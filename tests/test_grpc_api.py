@@ -7,11 +7,15 @@ JSON exporter and the gRPC server (TCP on loopback).
 - policies managed end to end: add (Sigkill) → the kill is seen on the stream → disable → delete;
   a broken policy is refused with its reason; a caller that is not root cannot change policies;
 - GetHealth, GetVersion, grpc.health.v1, UNIMPLEMENTED for the rest; ``tetrapipe status`` and
-  ``tetrapipe getevents --server-address`` as tetra uses them.
+  ``tetrapipe getevents --server-address`` as tetra uses them;
+- Tetragon's own client (tests/tetragon_client, built on Tetragon's generated Go code by
+  scripts/setup-tetragon-client.sh) streams the same events, knows every field we send, and manages
+  policies (add → kill seen → delete).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +28,8 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import skip_or_fail
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import REPO, Pipeline, wait_until
 
@@ -240,3 +246,104 @@ def test_health_version_unimplemented_and_cli(api: Any) -> None:
     assert line.startswith(f"💥 exit    {p.node_name} ") and line.rstrip("\n").split("🛑")[0].rstrip().endswith(
         f"{marker} 0"), line
     assert all(ln.startswith("💥 exit") and "echo" in ln for ln in lines)
+
+
+TETRAGON_CLIENT = Path("/var/cache/tetrapipe-build/tetragon-client/bin/tetragon-client")
+
+
+def _tetragon_client(address: str, *args: str) -> dict[str, Any]:
+    """One unary call by Tetragon's own Go client; its JSON line."""
+    if not TETRAGON_CLIENT.exists():
+        skip_or_fail(f"{TETRAGON_CLIENT} not built: run scripts/setup-tetragon-client.sh")
+    r = subprocess.run([str(TETRAGON_CLIENT), "-address", address, "-timeout", "30s", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    assert out["unknown_fields"] == [] and "error" not in out, out
+    return out["message"]
+
+
+class GoStream:
+    """``tetragon-client events``: GetEvents through Tetragon's generated Go client; ``lines``
+    fills with its JSON lines as events arrive."""
+
+    def __init__(self, address: str, request: dict[str, Any]) -> None:
+        if not TETRAGON_CLIENT.exists():
+            skip_or_fail(f"{TETRAGON_CLIENT} not built: run scripts/setup-tetragon-client.sh")
+        self.proc = subprocess.Popen([str(TETRAGON_CLIENT), "-address", address, "-timeout", "90s",
+                                      "-request", json.dumps(request), "events"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        first = self.proc.stderr.readline()  # after the server's headers: its position is fixed
+        assert first == "streaming\n", first + self.proc.stderr.read()
+        self.lines: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(json.loads(ln) for ln in self.proc.stdout),
+                                       daemon=True)
+        self.thread.start()
+
+    def docs(self) -> list[dict[str, Any]]:
+        """The events as our protojson dicts: Go's JSON → the protobuf message → to_doc."""
+        return [grpc_api.to_doc(json_format.Parse(json.dumps(ln["message"]), events_pb2.GetEventsResponse()))
+                for ln in list(self.lines) if "message" in ln]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.thread.join(5)
+
+
+def test_tetragons_own_client_streams_and_manages_policies(api: Any, tmp_path: Path) -> None:
+    """Tetragon's generated Go client (not one made from our .proto): health and version, a
+    GetEvents stream with an allow_list equal to the JSON file's events (every field known to
+    Tetragon's code), and AddTracingPolicy → the kill seen on its stream → DeleteTracingPolicy."""
+    p, address, _, _ = api
+    health = _tetragon_client(address, "health")
+    assert health["health_status"] == [{"event": "HEALTH_STATUS_TYPE_STATUS", "status": "HEALTH_STATUS_RUNNING",
+                                        "details": "running"}] or \
+        health["health_status"] == [{"status": "HEALTH_STATUS_RUNNING", "details": "running"}], health
+    assert _tetragon_client(address, "version")["version"].startswith("tetrapipe")
+
+    marker = f"go-{uuid.uuid4().hex[:10]}"
+    name = f"go-kill-{uuid.uuid4().hex[:8]}"
+    victim = tmp_path / f"victim-{name}"
+    shutil.copy("/bin/echo", victim)
+    request = {"allow_list": [{"arguments_regex": [marker]}, {"binary_regex": [f"{victim}$"]}]}
+    stream = GoStream(address, request)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(VICTIM_POLICY.format(name=name, victim=victim))
+    try:
+        subprocess.run(["/bin/sh", "-c", f"/bin/echo {marker}; /bin/true {marker}; exit 3"], check=False,
+                       stdout=subprocess.DEVNULL)
+        assert _tetragon_client(address, "add", str(policy)) == {}
+        listed = {tp["name"]: tp for tp in _tetragon_client(address, "list")["policies"]}
+        assert listed[name]["state"] == "TP_STATE_ENABLED" and listed[name]["mode"] == "TP_MODE_ENFORCE", listed
+        assert subprocess.run([str(victim), marker], capture_output=True, timeout=30).returncode == -9
+        wait_until(lambda: len(_exits(stream.docs(), marker)) >= 3, 30, what="exits on the Go client's stream")
+        wait_until(lambda: any(d.get("process_exit", {}).get("signal") == "SIGKILL" for d in stream.docs())
+                   and any("process_kprobe" in d for d in stream.docs()), 30,
+                   what="the kill (hook event and SIGKILL exit) on the Go client's stream")
+        wait_until(lambda: len(_exits(p.exported(), marker)) >= 4, 30, what="exits in the JSON file")
+    finally:
+        stream.close()
+        deleted = _tetragon_client(address, "delete", name)
+    assert deleted == {}
+    assert name not in {tp["name"] for tp in _tetragon_client(address, "list").get("policies", [])}
+    assert subprocess.run([str(victim), "hello"], capture_output=True, timeout=30).returncode == 0
+
+    assert all(ln["unknown_fields"] == [] for ln in stream.lines), [ln for ln in stream.lines if ln["unknown_fields"]]
+
+    def ours(d: dict[str, Any]) -> bool:
+        # the victim ran with the marker too (its last run did not); the client's own request holds
+        # the marker, and its exec may or may not reach the stream it opens
+        return marker in json.dumps(d) and filters.process(d)["binary"] != str(TETRAGON_CLIENT)
+
+    got = [d for d in stream.docs() if ours(d)]
+    select = grpc_api.request_selector(json_format.ParseDict(request, events_pb2.GetEventsRequest()))
+    expected = [d for d in (select(e) for e in p.exported()) if d is not None and ours(d)]
+    assert got == expected
+    kinds = sorted(filters.event_key(d) + ":" + os.path.basename(filters.process(d)["binary"]) for d in got)
+    assert kinds == sorted(["process_exec:sh", "process_exec:echo", "process_exec:true", "process_exit:sh",
+                            "process_exit:echo", "process_exit:true", f"process_exec:{victim.name}",
+                            f"process_exit:{victim.name}", f"process_kprobe:{victim.name}"]), kinds
+    kp = [d["process_kprobe"] for d in stream.docs() if "process_kprobe" in d]
+    assert kp[0]["policy_name"] == name and kp[0]["action"] == "KPROBE_ACTION_SIGKILL"

@@ -175,3 +175,75 @@ def test_request_filters_then_redaction_then_field_filters() -> None:
                                                         "arguments": "-u root --password=*****"}}}
     assert select(protojson.to_protojson(exec_event(binary="/usr/bin/mysql", args="--version"))) is None
     assert select(protojson.to_protojson(exec_event(binary="/bin/ls"))) is None
+
+
+TETRAGON_API_CACHE = Path("/var/cache/tetrapipe-build/tetragon-client/gopath/pkg/mod/github.com/cilium/tetragon")
+# in our .proto, not in Tetragon's v1.7 API: GetStackTraceTree (in Tetragon's API up to v1.6), kept
+# so that older clients get a clean UNIMPLEMENTED
+ONLY_OURS = {"GetStackTraceTreeRequest", "GetStackTraceTreeResponse", "StackAddress", "StackTrace",
+             "StackTraceLabel", "StackTraceNode"}
+
+
+def _tetragon_api_dir() -> Path:
+    """Tetragon's own .proto files: in its Go API module, which scripts/setup-tetragon-client.sh
+    fetches (the version tests/tetragon_client/go.mod names)."""
+    gomod = (REPO / "tests" / "tetragon_client" / "go.mod").read_text()
+    version = next(ln.split()[-1] for ln in gomod.splitlines() if "github.com/cilium/tetragon/api v" in ln)
+    d = TETRAGON_API_CACHE / f"api@{version}" / "v1"
+    if not (d / "tetragon" / "tetragon.proto").exists():
+        from conftest import skip_or_fail
+
+        skip_or_fail(f"Tetragon's API module {version} not fetched: run scripts/setup-tetragon-client.sh")
+    return d
+
+
+def _fields(root: Path, tmp: Path) -> tuple[dict[str, dict[str, tuple[int, int, str, int]]], dict[str, dict[str, int]]]:
+    """message → field → (number, type, type name, label), enum → value → number, of package tetragon."""
+    import grpc_tools
+
+    out = tmp / f"{root.name}-{abs(hash(str(root)))}.pb"
+    protos = sorted(f"tetragon/{p.name}" for p in (root / "tetragon").glob("*.proto"))
+    r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(root),
+                        "-I", str(Path(grpc_tools.__file__).parent / "_proto"), f"--descriptor_set_out={out}",
+                        *protos], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    msgs: dict[str, dict[str, tuple[int, int, str, int]]] = {}
+    enums: dict[str, dict[str, int]] = {}
+
+    def walk(prefix: str, m: descriptor_pb2.DescriptorProto) -> None:
+        msgs[prefix + m.name] = {f.name: (f.number, f.type, f.type_name, f.label) for f in m.field}
+        for e in m.enum_type:
+            enums[f"{prefix}{m.name}.{e.name}"] = {v.name: v.number for v in e.value}
+        for n in m.nested_type:
+            walk(f"{prefix}{m.name}.", n)
+
+    for f in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        for m in f.message_type:
+            walk("", m)
+        for e in f.enum_type:
+            enums[e.name] = {v.name: v.number for v in e.value}
+    return msgs, enums
+
+
+def test_every_field_number_is_tetragons(tmp_path: Path) -> None:
+    """Each message, field (number, type, label) and enum value of our .proto is the same in the
+    .proto files of Tetragon's published Go API module: a binary message of ours decodes in
+    Tetragon's clients field for field."""
+    pytest.importorskip("grpc_tools")
+    theirs, their_enums = _fields(_tetragon_api_dir(), tmp_path)
+    ours, our_enums = _fields(REPO / "schemas" / "proto", tmp_path)
+    diffs = []
+    for name, fields in sorted(ours.items()):
+        if name not in theirs:
+            if name not in ONLY_OURS:
+                diffs.append(f"message {name} is not Tetragon's")
+            continue
+        for f, spec in fields.items():
+            if theirs[name].get(f) != spec:
+                diffs.append(f"{name}.{f}: ours {spec}, Tetragon's {theirs[name].get(f)}")
+    for name, values in sorted(our_enums.items()):
+        for v, n in values.items():
+            if their_enums.get(name, {}).get(v) != n:
+                diffs.append(f"enum {name}.{v}: ours {n}, Tetragon's {their_enums.get(name, {}).get(v)}")
+    assert not diffs, "\n".join(diffs)
+    assert ours["Pod"]["uid"][0] == 3 and ours["ProcessUsdt"]["action"][0] == 11  # the ones once wrong

@@ -1,0 +1,3 @@
+module github.com/cilium/tetragon
+
+go 1.26.0

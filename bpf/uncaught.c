@@ -273,6 +273,7 @@ static __always_inline void uc_connect(struct sockaddr_in *ua, u32 via)
     uc_send(e);
 }
 
+#if UC_URING_SUBMIT_REQ   /* 6.1 names it io_uring_submit_sqe, with other arguments */
 /* io_uring CONNECT: the address is read at submission (the request's prep kept the pointer) */
 RAW_TRACEPOINT_PROBE(io_uring_submit_req)
 {
@@ -287,7 +288,9 @@ RAW_TRACEPOINT_PROBE(io_uring_submit_req)
     uc_connect((struct sockaddr_in *)ua, UC_VIA_URING);
     return 0;
 }
+#endif
 
+#if UC_CONNECT_ROADS   /* only while a policy judges connects: raw_syscalls runs for every syscall */
 /* 32-bit connect(362) and socketcall(102, SYS_CONNECT): syscalls:* never fire for them */
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
@@ -309,6 +312,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
     uc_connect((struct sockaddr_in *)(u64)ua, UC_VIA_COMPAT);
     return 0;
 }
+#endif
 
 /* rename(2) over a name: the name (read at the exit, resident then) and its directory */
 static __always_inline int uc_rename_enter(s64 dfd, const char *name)

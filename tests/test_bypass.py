@@ -240,6 +240,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     eng.mgr.uncaught.enabled = True   # off elsewhere in the suite (tests/conftest.py)
     t0 = time.monotonic()
     try:
+        # first: the uncaught-road counter is compiled once, with its connect probe, at the first load
+        eng.load("unexpected-outbound-connections", (EXAMPLES / "unexpected-outbound-connections.yaml").read_text())
         eng.load("deny-tmp-forbidden-write (seed)", SEED.read_text())
         passwd = (EXAMPLES / "etc-passwd-shadow-writes.yaml").read_text()
         eng.load("etc-passwd-shadow-writes", passwd)
@@ -248,8 +250,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         keys = (EXAMPLES / "private-key-reads.yaml").read_text()
         eng.load("private-key-reads", keys)
         eng.load("private-key-reads + Sigkill", _kill_variant(keys, "keys-kill", attacker))
-        for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape",
-                     "unexpected-outbound-connections", "io-uring"):
+        for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
         yield {"eng": eng, "tmp": tmp, "attacker": attacker, "free": free, "load_s": load_s}

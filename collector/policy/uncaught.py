@@ -126,6 +126,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost_seen = 0
+        self._connect = False
         # TETRAPIPE_COUNT_UNCAUGHT=0: never loaded (the test suite sets it: a compile per manager)
         self.enabled = os.environ.get("TETRAPIPE_COUNT_UNCAUGHT", "1") != "0"
 
@@ -136,8 +137,14 @@ class Watcher:
         if not prot or not self.enabled:
             self.close()
             return
+        connect = any(p.connect for p in prot)
+        if self.bpf is not None and connect != self._connect:
+            self.close()   # the 32-bit connect probe (raw_syscalls: every syscall) only when needed
         if self.bpf is None:
-            self.bpf = self._load_program("uncaught.c")
+            self._connect = connect
+            submit = os.path.exists("/sys/kernel/tracing/events/io_uring/io_uring_submit_req")
+            self.bpf = self._load_program("uncaught.c", {"UC_CONNECT_ROADS": int(connect),
+                                                         "UC_URING_SUBMIT_REQ": int(submit and connect)})
             self.bpf["uc_events"].open_ring_buffer(self._on_event)
             nrs = self.bpf["uc_nrs"]
             for nr in ROADS64:
@@ -181,6 +188,7 @@ class Watcher:
         self.bpf.ring_buffer_consume()
         self.bpf.cleanup()
         self.bpf = None
+        self._lost_seen = 0
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -52,25 +52,36 @@ SEED_ORIGINAL = b"original content, keep me\n"   # what tests/test_policy_seed.p
 RACE_TRIES = 20000
 
 # ---- what we say about each road (README "Enforcement" holds the same table) -------------------
-IO_URING = ("io_uring requests never pass the syscall tracepoints; metric "
-            "tetrapipe_tracingpolicy_selector_actions_total of examples/policies/io-uring.yaml "
+IO_URING = ("io_uring requests never pass the syscall tracepoints; counted (road io_uring / io_uring "
+            "OPENAT / io_uring CONNECT), and examples/policies/io-uring.yaml's events "
             "(io_uring:io_uring_create; add Sigkill to refuse io_uring to matched binaries)")
 HARDLINK = ("another name of the same inode: the resolved path is the link's; no hook sees the inode "
-            "of an open on this kernel (LSM file_open would); no metric")
-BIND = ("another mount of the directory: the resolved path is the bind mount's; no metric "
+            "of an open on this kernel (LSM file_open would); counted")
+BIND = ("another mount of the directory: the resolved path is the bind mount's; counted "
         "(needs CAP_SYS_ADMIN in the file's mount namespace)")
 AT_OPEN = ("the effect happens inside open/rename/truncate, before any write-type hook; the "
-           "policy judges write-type syscalls on fds only; no metric")
+           "policy judges write-type syscalls on fds only; counted")
 SEED_ONLY_WRITE = ("the seed policy hooks write(2) only, as written: this syscall is not judged "
                    "(the open is reported, FollowFD)")
-SEED_NO_OPEN = "the seed policy hooks write(2) only, as written; this syscall opens nothing; no metric"
+SEED_NO_OPEN = "the seed policy hooks write(2) only, as written; this syscall opens nothing; counted"
 RAW = "raw user string compared at sys_enter (what the load warning says evades it)"
 FTRUNCATE = ("killed at the call's entry, but ftruncate does not check for a pending signal: the "
              "truncation lands; the event is made")
 DEEP_FILE = ("the file is deeper than 32 path components: the resolved path keeps its last 32 "
-             "components (flagged truncated), so a Prefix on the top misses it; no metric")
+             "components (flagged truncated), so a Prefix on the top misses it; not counted (README)")
 
 CAUGHT, SEEN, MISSED, NA = "caught", "seen", "missed", "n/a"
+
+# a missed row's counter: the roads of tetrapipe_enforcement_uncaught_total{road,policy} one of which
+# must move for the policy when the attacker takes the road (collector/policy/uncaught.py)
+COUNTED: dict[str, set[str]] = {
+    "hardlink": {"hard link"}, "bind mount": {"bind mount"}, "O_TRUNC": {"O_TRUNC/creat at the open"},
+    "truncate(path)": {"truncate(path)"}, "rename over": {"rename over"},
+    "io_uring OPENAT+WRITE": {"io_uring", "io_uring OPENAT"}, "io_uring OPENAT+READ": {"io_uring OPENAT"},
+    "io_uring CONNECT+SEND": {"io_uring CONNECT"}, "int 0x80 socketcall connect": {"32-bit connect/socketcall"},
+}
+# missed rows without a counter: the raw-path form (its load WARNING names the roads) and these
+NOT_COUNTED = {("deny-tmp-forbidden-write (seed)", "deep file (40 dirs)")}
 
 # policy → case → (expected, why); a missing case is expected ``caught``
 EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
@@ -124,9 +135,13 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     "bpf-loads": {},
     "privilege-escalation": {},
     "namespace-escape": {},
-    "unexpected-outbound-connections": {"io_uring CONNECT+SEND": (MISSED, IO_URING)},
+    "unexpected-outbound-connections": {
+        "io_uring CONNECT+SEND": (MISSED, IO_URING),
+        "int 0x80 socketcall connect": (MISSED, "32-bit socket calls reach no socket hook (socketcall, connect)"),
+    },
 }
 RESULTS: list[tuple[str, str, str, str, str]] = []   # (policy, case, result, expected, detail)
+RAW_LABEL = "raw-path openat (the form before #12)"
 
 
 # ---- the engine: the policies loaded as the collector loads them -------------------------------
@@ -145,10 +160,12 @@ class Engine:
     mgr: object
     names: dict[int, str] = field(default_factory=dict)   # policy id → our label
     hits: list[Hit] = field(default_factory=list)
+    policy_name: dict[str, str] = field(default_factory=dict)   # our label → metadata.name
 
     def load(self, label: str, text: str) -> None:
         (lp,) = self.mgr.load_text(text, f"{label}.yaml")
         self.names[lp.policy_id] = label
+        self.policy_name[label] = lp.name
 
     def collect(self) -> None:
         for raw in self.q.take(1 << 30):
@@ -220,8 +237,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     loop = asyncio.new_event_loop()
     q = RecordQueue(4_000_000, loop)
     eng = Engine(q, PolicyManager(q, procfs.host_namespaces()))
+    eng.mgr.uncaught.enabled = True   # off elsewhere in the suite (tests/conftest.py)
     t0 = time.monotonic()
     try:
+        # first: the uncaught-road counter is compiled once, with its connect probe, at the first load
+        eng.load("unexpected-outbound-connections", (EXAMPLES / "unexpected-outbound-connections.yaml").read_text())
         eng.load("deny-tmp-forbidden-write (seed)", SEED.read_text())
         passwd = (EXAMPLES / "etc-passwd-shadow-writes.yaml").read_text()
         eng.load("etc-passwd-shadow-writes", passwd)
@@ -230,8 +250,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         keys = (EXAMPLES / "private-key-reads.yaml").read_text()
         eng.load("private-key-reads", keys)
         eng.load("private-key-reads + Sigkill", _kill_variant(keys, "keys-kill", attacker))
-        for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape",
-                     "unexpected-outbound-connections", "io-uring"):
+        for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
         yield {"eng": eng, "tmp": tmp, "attacker": attacker, "free": free, "load_s": load_s}
@@ -341,8 +360,50 @@ def _judge_io_uring(eng: Engine, case: str, run: Run) -> None:
 RACES = {"racing thread"}  # cases an attacker wins only sometimes: "missed" stands when a run did not win
 
 
-def _record(policy: str, case: str, result: str, detail: str) -> None:
+def _uc_snapshot() -> dict[tuple[str, str], float]:
+    """tetrapipe_enforcement_uncaught_total by (road, policy), as Prometheus exports it."""
+    from prometheus_client import REGISTRY
+    return {(s.labels["road"], s.labels["policy"]): s.value for m in REGISTRY.collect()
+            if m.name == "tetrapipe_enforcement_uncaught" for s in m.samples if s.name.endswith("_total")}
+
+
+@dataclass
+class Count:
+    """What the uncaught-road counter saw of one run: (eng, run pids, snapshot before it)."""
+    eng: Engine
+    pids: set[int]
+    before: dict[tuple[str, str], float]
+
+
+def _counted(policy: str, case: str, cnt: Count | None) -> str:
+    """For a missed row: the counter moved for this policy on one of the road's labels, and the
+    report names a process of the run. Returns what was counted, '' if the row needs no counter."""
+    if policy == RAW_LABEL or (policy, case) in NOT_COUNTED or case not in COUNTED:
+        return ""
+    assert cnt is not None, f"{policy} / {case}: missed, and no counter checked"
+    name = cnt.eng.policy_name[policy]
+    roads = COUNTED[case]
+    reps = []
+    for _ in range(20):   # the watcher's drain polls every 100 ms
+        reps = [r for r in cnt.eng.mgr.uncaught.recent if r.pid in cnt.pids and r.policy == name and r.road in roads]
+        if reps:
+            break
+        time.sleep(0.1)
+    after = _uc_snapshot()
+    moved = {road: after.get((road, name), 0) - cnt.before.get((road, name), 0) for road in roads}
+    assert reps and any(v > 0 for v in moved.values()), (
+        f"{policy} / {case}: missed and NOT counted: tetrapipe_enforcement_uncaught_total{{road in {sorted(roads)}, "
+        f"policy={name}}} moved {moved}; reports of the run: "
+        f"{[r for r in cnt.eng.mgr.uncaught.recent if r.pid in cnt.pids]}")
+    return f"counted: {reps[0].road} ({reps[0].what})"
+
+
+def _record(policy: str, case: str, result: str, detail: str, cnt: Count | None = None) -> None:
     expected, why = EXPECTED.get(policy, {}).get(case, (CAUGHT, ""))
+    if result == MISSED and expected == MISSED:
+        counted = _counted(policy, case, cnt)
+        if counted:
+            detail = f"{detail}; {counted}"
     if case in RACES and expected == MISSED and result == CAUGHT:
         # a race the attacker did not win this time: the hole stays (the next run may win it)
         RESULTS.append((policy, case, MISSED, expected, f"{why} [race not won this run: {detail}]"))
@@ -371,7 +432,9 @@ WRITE_ROADS: list[tuple[str, object]] = [
     ("O_TRUNC", lambda t, d, n, s: (["otrunc", t], "")),
     ("truncate(path)", lambda t, d, n, s: (["truncate", t], "")),
     ("ftruncate", lambda t, d, n, s: (["ftruncate", t], "")),
-    ("rename over", lambda t, d, n, s: (["rename", t, f"{s}/new"], f"echo evil > {s}/new")),
+    # the new file on the same mount (/etc is a bind mount: from elsewhere the rename fails, EXDEV)
+    ("rename over", lambda t, d, n, s: (["rename", t, f"{d}/.new" if d == "/etc" else f"{s}/new"],
+                                        f"echo evil > {d}/.new" if d == "/etc" else f"echo evil > {s}/new")),
     ("pwrite", lambda t, d, n, s: (["pwrite", t], "")),
     ("writev", lambda t, d, n, s: (["writev", t], "")),
     ("pwritev2", lambda t, d, n, s: (["pwritev2", t], "")),
@@ -409,6 +472,7 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
         (etc / n).write_bytes(ORIGINAL)
     argv, setup = road("/etc/passwd", "/etc", "passwd", str(s))
     setup = " && ".join(x for x in (f"mount --bind {etc} /etc", setup) if x)
+    before = _uc_snapshot()
     run = _attack(world, argv, setup)
     assert "unknown mode" not in run.err
     changed = (etc / "passwd").read_bytes() != ORIGINAL if (etc / "passwd").exists() else True
@@ -434,7 +498,7 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
             want = "/etc/passwd" if not label.startswith("raw") else None
             result, detail = _judge_alert(eng, label, run, want)
         try:
-            _record(label, case, result, detail)
+            _record(label, case, result, detail, Count(eng, run.pids, before))
         except AssertionError as exc:
             failures.append(str(exc))
     assert not failures, "\n".join(failures) + f"\nattacker: rc={run.rc} err={run.err.strip()[-300:]}"
@@ -450,13 +514,14 @@ def test_seed_policy_roads(world: dict, case: str, road) -> None:
     target = FORBIDDEN
     _restore(FORBIDDEN)
     argv, setup = road(str(target), str(target.parent), target.name, str(s))
+    before = _uc_snapshot()
     run = _attack(world, argv, setup)
     changed = FORBIDDEN.read_bytes() != SEED_ORIGINAL if FORBIDDEN.exists() else True
     _wait_hits(eng, [label], run.pids)
     (target.parent / ".hl").unlink(missing_ok=True)
     _restore(FORBIDDEN)
     result, detail = _judge_kill(eng, label, run, changed)
-    _record(label, case, result, detail + f" err={run.err.strip()[-120:]}")
+    _record(label, case, result, detail + f" err={run.err.strip()[-120:]}", Count(eng, run.pids, before))
 
 
 @pytest.mark.kernel
@@ -501,6 +566,7 @@ def test_private_key_roads(world: dict, case: str, road) -> None:
     key = d / "id_rsa"
     key.write_bytes(ORIGINAL)
     argv, setup = road(str(key), str(d), "id_rsa", str(s))
+    before = _uc_snapshot()
     run = _attack(world, argv, setup)
     _wait_hits(eng, KEY_POLICIES, run.pids)
     _judge_io_uring(eng, case, run)
@@ -513,7 +579,7 @@ def test_private_key_roads(world: dict, case: str, road) -> None:
         else:
             result, detail = _judge_alert(eng, label, run, "/id_rsa")
         try:
-            _record(label, case, result, detail)
+            _record(label, case, result, detail, Count(eng, run.pids, before))
         except AssertionError as exc:
             failures.append(str(exc))
     assert not failures, "\n".join(failures) + f"\nattacker: rc={run.rc} err={run.err.strip()[-300:]}"
@@ -545,7 +611,8 @@ def test_syscall_roads(world: dict, policy: str, case: str, argv: list[str]) -> 
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("case,mode", [("connect+send", "connect"), ("io_uring CONNECT+SEND", "uring_connect")])
+@pytest.mark.parametrize("case,mode", [("connect+send", "connect"), ("io_uring CONNECT+SEND", "uring_connect"),
+                                       ("int 0x80 socketcall connect", "int80_connect")])
 def test_outbound_roads(world: dict, case: str, mode: str) -> None:
     """A non-loopback destination: an address of a network namespace made here."""
     eng: Engine = world["eng"]
@@ -561,6 +628,7 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
                                       "s.bind(('10.251.7.1', 7077)); s.listen(); print('up', flush=True)\n"
                                       "c,_=s.accept(); c.recv(1)"], stdout=subprocess.PIPE, text=True)
         assert srv.stdout is not None and srv.stdout.readline().strip() == "up"
+        before = _uc_snapshot()
         p = subprocess.Popen(ipn + [str(world["attacker"]), mode, "10.251.7.1", "7077"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = p.communicate(timeout=30)   # ip netns exec execs the attacker: same pid
@@ -571,5 +639,5 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
     assert run.rc == 0, run.err
     _wait_hits(eng, ["unexpected-outbound-connections"], run.pids)
     result, detail = _judge_alert(eng, "unexpected-outbound-connections", run, None)
-    _record("unexpected-outbound-connections", case, result, detail)
+    _record("unexpected-outbound-connections", case, result, detail, Count(eng, run.pids, before))
     _judge_io_uring(eng, case, run)

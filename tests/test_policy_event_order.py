@@ -2,7 +2,8 @@
 buffer is drained by another thread than the process program's, so without ordering a hook record
 could reach the enricher before the exec record of its process and be attributed to the image
 before the exec (measured before the fix: 8 of 300 `exec /bin/cat` open events named /bin/sh,
-python or no process). Real kernel, real pipeline."""
+python or no process). The same run checks each process's exit comes after its open event in what
+reached Kafka (issue #12). Real kernel, real pipeline."""
 
 from __future__ import annotations
 
@@ -57,3 +58,22 @@ def test_hook_right_after_exec_is_attributed_to_the_new_image(bpf_ok: None, pipe
     seen = Counter((k["process"].get("binary"), k["process"].get("flags")) for k in kprobes())
     assert seen == Counter({("/bin/cat", "execve clone"): RUNS}), seen
     assert all(k["parent"]["pid"] == os.getpid() for k in kprobes())  # sh became cat: our child
+
+    # issue #12: what reached Kafka (the events topic, as the JSON exporter consumed it) keeps each
+    # process's order: cat's open event before its exit
+    ids = {k["process"]["exec_id"] for k in kprobes()}
+
+    def exits() -> dict[str, int]:
+        return {e["process_exit"]["process"]["exec_id"]: i for i, e in enumerate(pipeline.exported())
+                if e.get("process_exit", {}).get("process", {}).get("exec_id") in ids}
+
+    wait_until(lambda: len(exits()) >= len(ids), 120, what=f"the exits of {len(ids)} cat processes")
+    events = pipeline.exported()
+    first_kprobe = {}
+    for i, e in enumerate(events):
+        k = e.get("process_kprobe", {})
+        if k.get("policy_name") == "open-right-after-exec":
+            first_kprobe.setdefault(k["process"]["exec_id"], i)
+    exit_at = exits()
+    late = [x for x, i in first_kprobe.items() if exit_at[x] < i]
+    assert not late, f"{len(late)} of {len(first_kprobe)} processes: the exit reached Kafka before the open event"

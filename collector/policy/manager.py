@@ -26,7 +26,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, kattach, parser
+from collector.policy import compiler, kattach, parser, uncaught
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
 
@@ -136,6 +136,7 @@ class PolicyManager:
         self.loader_ringbuf_pages = 64
         self._loader_lost = 0                 # drops of a loader sensor turned off, not yet reported
         self.order_after: RingBufferDrain | None = None   # the process program's drain (exec first)
+        self.uncaught = uncaught.Watcher(loader.load_program)  # roads the policies do not judge, counted
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -291,6 +292,7 @@ class PolicyManager:
             except Exception:
                 self._unload(lp)
                 raise
+        self._sync_uncaught()
         for n in p.notices + comp.notices:
             log.warning("policy %s: %s", p.name, n)
         log.info("policy %s loaded (%s mode, id %d) in %.2fs: %s", p.name, p.mode, pid,
@@ -343,6 +345,8 @@ class PolicyManager:
             self.loaded.pop(lp.name, None)
         if lp.policy.loader:
             self._sync_loader()
+        if not replaced:
+            self._sync_uncaught()
         if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does
             try:
                 self._update_connect_rules()
@@ -354,6 +358,15 @@ class PolicyManager:
         if lp.bpf is not None:
             lp.bpf.cleanup()
         log.info("policy %s unloaded", lp.name)
+
+    def _sync_uncaught(self) -> None:
+        """The uncaught-road counter follows what the loaded policies protect (never fails a load)."""
+        prot = [x for lp in self.loaded.values()
+                if (x := uncaught.protected_of(lp.name, lp.policy.hooks)) is not None]
+        try:
+            self.uncaught.update(prot)
+        except Exception as exc:  # noqa: BLE001 - the policies act without it
+            log.error("uncaught-road counter not loaded, roads around the policies go uncounted: %s", exc)
 
     # ---- spec.loader: the loader sensor while a policy asks for it ------------------------------
     def _loader_wanted_by(self, p: Policy) -> None:
@@ -400,6 +413,7 @@ class PolicyManager:
             for lp in list(self.loaded.values()):
                 self._unload(lp)
             self._close_connect_deny()
+            self.uncaught.close()
             if self.pod_scope is not None:
                 self.pod_scope.close()
         self._update_gauge()

@@ -312,6 +312,20 @@ int main(int argc, char **argv) {
         if (res != 1) { errno = res < 0 ? -res : EIO; return die("IORING_OP_SEND"); }
         return 0;
     }
+    if (!strcmp(m, "int80_connect")) {       /* int80_connect ADDR PORT: i386 socketcall(SYS_CONNECT) */
+        static struct sockaddr_in sa;        /* below 4 GiB (-no-pie) */
+        static unsigned int sargs[3];
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(atoi(argv[3]));
+        inet_pton(AF_INET, t, &sa.sin_addr);
+        sargs[0] = s;
+        sargs[1] = (unsigned int)(unsigned long)&sa;
+        sargs[2] = sizeof(sa);
+        long r = sys32(102, 3, (long)sargs, 0);
+        if (r < 0) { errno = -r; return die("int 0x80 socketcall connect"); }
+        return send(s, payload, 1, 0) == 1 ? 0 : die("send");
+    }
     if (!strcmp(m, "int80_write")) {          /* i386 open(5) + write(4) through int 0x80 */
         strncpy(lowbuf, t, sizeof(lowbuf) - 1);
         lowbuf2[0] = 'X';

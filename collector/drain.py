@@ -46,6 +46,7 @@ class RecordQueue:
         self.maxlen = maxlen
         self._q: deque[bytes | Span] = deque()
         self._n = 0               # records in _q
+        self._n_lock = threading.Lock()   # drain threads and the batcher change _n
         self._loop = loop
         self.ready = asyncio.Event()
         self._drops = 0            # records refused because the queue was full, ever
@@ -76,21 +77,23 @@ class RecordQueue:
 
     def offer(self, rec: bytes) -> bool:
         """Like put, uncounted: the caller counts (the drain threads, once per poll)."""
-        if self._n >= self.maxlen:
-            return False
-        self._q.append(rec)
-        self._n += 1
+        with self._n_lock:
+            if self._n >= self.maxlen:
+                return False
+            self._q.append(rec)
+            self._n += 1
         return True
 
     def offer_span(self, span: Span) -> int:
         """As many of the span's records as fit, in order; uncounted. Returns how many."""
-        k = min(len(span), self.maxlen - self._n)
-        if k <= 0:
-            return 0
-        if k < len(span):
-            span = span.split(span.i0 + k)[0]
-        self._q.append(span)
-        self._n += k
+        with self._n_lock:
+            k = min(len(span), self.maxlen - self._n)
+            if k <= 0:
+                return 0
+            if k < len(span):
+                span = span.split(span.i0 + k)[0]
+            self._q.append(span)
+            self._n += k
         return k
 
     def wake(self) -> None:
@@ -153,7 +156,8 @@ class RecordQueue:
         return parts, count
 
     def _taken(self, k: int) -> None:
-        self._n -= k
+        with self._n_lock:
+            self._n -= k
         QUEUE_DEPTH.set(self._n)
         if not self._q:
             self.ready.clear()

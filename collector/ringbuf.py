@@ -32,6 +32,8 @@ KTIME_AT, PID_AT = 16, 8
 REC_EXEC, REC_EXIT, REC_FORK = 1, 2, 3
 NO_KTIME = (1 << 64) - 1
 META = 3   # u64 per record in a span's meta: offset in the blob, ktime, kind | pid << 32
+SPAN_MAX = 2 << 20   # bytes copied per drain call at most (the rest: the next call, at once)
+MIN_FRAMED = 28      # a tp_header record framed (u32 length + 24 bytes); smaller ones just wait
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -174,9 +176,13 @@ class MappedRingBuffer:
             _libc.munmap(self._cons, self._cons_len)
             raise OSError(ctypes.get_errno(), "mmap of the ring buffer's data pages failed")
         self._data = self._prod + page
-        self.max_recs = self.size // HDR
-        self._out = (ctypes.c_uint8 * self.size)()
-        self._meta = (ctypes.c_uint64 * (META * self.max_recs))()
+        # copy buffers: anonymous maps (resident only where written), at most SPAN_MAX per call
+        self.cap = min(self.size, SPAN_MAX)
+        self.max_recs = self.cap // MIN_FRAMED + 1
+        self._out_mm = mmap.mmap(-1, self.cap)
+        self._meta_mm = mmap.mmap(-1, META * 8 * self.max_recs)
+        self._out = ctypes.addressof(ctypes.c_char.from_buffer(self._out_mm))
+        self._meta = ctypes.addressof(ctypes.c_char.from_buffer(self._meta_mm))
         self._res = (ctypes.c_uint64 * 5)()
         self._fn = native() if use_native is None else (native() if use_native else None)
         self._ep = select.epoll()
@@ -196,7 +202,7 @@ class MappedRingBuffer:
         """Every committed record, copied and framed; the consumer position advanced once."""
         if self._fn is not None:
             r = self._res
-            self._fn(self._cons, self._prod, self._data, self.size - 1, self._out, self.size,
+            self._fn(self._cons, self._prod, self._data, self.size - 1, self._out, self.cap,
                      self._meta, self.max_recs, r)
             nbytes, n, disc, self.exits, self.starts = r[0], r[1], r[2], r[3], r[4]
         else:
@@ -213,8 +219,8 @@ class MappedRingBuffer:
         prod = ctypes.c_uint64.from_address(self._prod)
         data = (ctypes.c_uint8 * (2 * self.size)).from_address(self._data)
         mv = memoryview(data).cast("B")
-        out = memoryview(self._out).cast("B")
-        meta = self._meta
+        out = memoryview(self._out_mm)
+        meta = memoryview(self._meta_mm).cast("Q")
         c, p, mask = cons.value, prod.value, self.size - 1
         w = n = disc = exits = starts = 0
         u32, u64, u16 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<H")
@@ -228,7 +234,7 @@ class MappedRingBuffer:
             if ln & DISCARD:
                 disc += 1
             else:
-                if w + 4 + size > self.size:
+                if w + 4 + size > self.cap:
                     break
                 src = at + HDR
                 u32.pack_into(out, w, size)

@@ -223,10 +223,11 @@ class MappedRingBuffer:
         meta = memoryview(self._meta_mm).cast("Q")
         c, p, mask = cons.value, prod.value, self.size - 1
         w = n = disc = exits = starts = 0
-        u32, u64, u16 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<H")
+        u32, head = struct.Struct("<I"), struct.Struct("<H6xI4xQ")   # kind, pid, ktime
+        unpack_len, pack_len, unpack_head = u32.unpack_from, u32.pack_into, head.unpack_from
         while c < p and n < self.max_recs:
             at = c & mask
-            (ln,) = u32.unpack_from(mv, at)
+            (ln,) = unpack_len(mv, at)
             if ln & BUSY:
                 break
             size = ln & ~(BUSY | DISCARD)
@@ -237,15 +238,15 @@ class MappedRingBuffer:
                 if w + 4 + size > self.cap:
                     break
                 src = at + HDR
-                u32.pack_into(out, w, size)
+                pack_len(out, w, size)
                 out[w + 4:w + 4 + size] = mv[src:src + size]
                 ktime, kp = NO_KTIME, 0xFFFF
                 if size >= KTIME_AT + 8:
-                    (ktime,) = u64.unpack_from(mv, src + KTIME_AT)
-                    (kind,) = u16.unpack_from(mv, src)
-                    kp = kind | u32.unpack_from(mv, src + PID_AT)[0] << 32
-                    exits += kind == REC_EXIT
-                    starts += kind in (REC_EXEC, REC_FORK)
+                    kind, pid, ktime = unpack_head(mv, src)
+                    kp = kind | pid << 32
+                    if kind <= REC_FORK:
+                        exits += kind == REC_EXIT
+                        starts += kind != REC_EXIT and kind != 0
                 meta[META * n], meta[META * n + 1], meta[META * n + 2] = w, ktime, kp
                 n += 1
                 w += 4 + size

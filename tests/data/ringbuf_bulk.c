@@ -3,7 +3,10 @@
  * Layout as tp_header (bpf/records.h): kind u16 at 0, seq u32 at 4, pid u32 at 8, ktime u64 at 16;
  * seq again at 24 (the body). A record that does not fit is counted in rb_drops. */
 #define TAG (1 << 30)
-BPF_RINGBUF_OUTPUT(rb, 1);
+#ifndef RB_PAGES
+#define RB_PAGES 1
+#endif
+BPF_RINGBUF_OUTPUT(rb, RB_PAGES);
 BPF_PERCPU_ARRAY(rb_drops, u64, 1);
 struct big { u16 kind; u16 pad; u32 seq; u32 pid; u32 tid; u64 ktime; u32 seq2; u8 fill[172]; };
 BPF_PERCPU_ARRAY(scratch, struct big, 1);

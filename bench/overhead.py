@@ -86,7 +86,7 @@ class Agent:
             if n == last:
                 return n
             last = n
-            time.sleep(0.5)
+            time.sleep(0.25)
         return last
 
     def stop(self) -> None:

@@ -78,8 +78,9 @@ class Agent:
     def events(self) -> float:
         return self.enricher.metric("tetrapipe_enricher_events_total") if self.enricher else 0.0
 
-    def settled_events(self, timeout: float = 10.0) -> float:
-        """The enricher's event count once it stopped growing (the pipeline caught up)."""
+    def settled_events(self, timeout: float = 2.0) -> float:
+        """The enricher's event count once it stopped growing (the pipeline caught up), or after
+        ``timeout`` (a policy matching every write on the machine never stops growing)."""
         last, t_end = -1.0, time.monotonic() + timeout
         while time.monotonic() < t_end:
             n = self.events()

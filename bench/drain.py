@@ -123,7 +123,9 @@ def _policy_collector_steps(ctx: Any, d: Path, tag: str, target: Any) -> dict[st
     try:
         svc = pipe.start("collector", "collector")
         ctx.note_pid("collector (policy)", svc.proc.pid if svc.proc else 0)
+        cpu0 = common.cpu_seconds(svc.proc.pid) if svc.proc else 0.0
         steps = Steps(ctx, "open", target).run(tag)
+        cpu = (common.cpu_seconds(svc.proc.pid) if svc.proc else 0.0) - cpu0
         kernel_lost = svc.metric("tetrapipe_observer_ringbuf_events_lost_total")
         queue_lost = svc.metric("tetrapipe_observer_ringbuf_queue_events_lost_total")
         pipe.stop_services()
@@ -140,7 +142,8 @@ def _policy_collector_steps(ctx: Any, d: Path, tag: str, target: Any) -> dict[st
     for s in steps:
         s["seen"] = by_pid.get(s["pid"], 0)
         s["lost"] = s["ops"] - s["seen"]
-    return {"steps": steps, "kernel_lost": kernel_lost, "queue_lost": queue_lost}
+    return {"steps": steps, "kernel_lost": kernel_lost, "queue_lost": queue_lost,
+            "collector_cpu_s": cpu, "records": sum(s["seen"] for s in steps)}
 
 
 def _exec_section(ctx: Any) -> dict[str, Any]:
@@ -179,7 +182,9 @@ def _exec_section(ctx: Any) -> dict[str, Any]:
                 try:
                     svc = pipe.start("collector", "collector")
                     ctx.note_pid("collector", svc.proc.pid if svc.proc else 0)
+                    cpu0 = common.cpu_seconds(svc.proc.pid) if svc.proc else 0.0
                     steps = Steps(ctx, "exec", target).run(tag)
+                    cpu = (common.cpu_seconds(svc.proc.pid) if svc.proc else 0.0) - cpu0
                     kernel_lost = svc.metric("tetrapipe_observer_ringbuf_events_lost_total")
                     queue_lost = svc.metric("tetrapipe_observer_ringbuf_queue_events_lost_total")
                     pipe.stop_services()  # the collector flushes what it drained
@@ -190,8 +195,10 @@ def _exec_section(ctx: Any) -> dict[str, Any]:
                 for s in steps:
                     s["seen"] = counts.get(s["target"].encode(), 0)
                     s["lost"] = s["ops"] - s["seen"]
+                # the exec loop makes 3 records per op (fork, exec, exit): CPU per record
                 res["tetrapipe"].append({"steps": steps, "kernel_lost": kernel_lost,
-                                         "queue_lost": queue_lost})
+                                         "queue_lost": queue_lost, "collector_cpu_s": cpu,
+                                         "records": 3 * sum(s["seen"] for s in steps)})
     return _summarise(res, "exec loop", "sched:sched_process_exec (+exit, fork)")
 
 
@@ -227,6 +234,11 @@ def _summarise(res: dict[str, list[Any]], loop: str, tracepoint: str) -> dict[st
             "zero_loss_rate": common.spread([_best_zero_loss(r["steps"]) or 0.0 for r in rounds]),
             "events_lost": sum(max(s["lost"], 0) for r in rounds for s in r["steps"]),
         }
+        if agent == "tetrapipe":   # the collector's CPU per record drained (all steps of a round)
+            out[agent]["collector_cpu_us_per_record"] = common.spread(
+                [1e6 * r["collector_cpu_s"] / r["records"] for r in rounds if r.get("records")])
+            out[agent]["kernel_lost"] = sum(r.get("kernel_lost") or 0 for r in rounds)
+            out[agent]["queue_lost"] = sum(r.get("queue_lost") or 0 for r in rounds)
     return out
 
 

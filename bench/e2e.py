@@ -163,7 +163,8 @@ def kafka_throughput(ctx: Any, n_enrichers: int, profile: bool = False) -> dict[
         profiles = {name: spy.stop() for name, spy in spies.items()}
         res: dict[str, Any] = {"enrichers": n_enrichers, "events": total,
                                "produce_seconds": t_produced - t0, "peak_rss_mib": rss.peak,
-                               "cpu_seconds": cpu}
+                               "cpu_seconds": cpu,
+                               "cpu_us_per_event": {n: 1e6 * c / total for n, c in cpu.items()}}
         if profile:
             res["py_spy"] = profiles
         for k in first:
@@ -334,6 +335,8 @@ def run(ctx: Any) -> dict[str, Any]:
     for key, rounds in (("one", rounds1), ("two", rounds2)):
         out[f"enricher_rate_{key}"] = common.spread([r.get("enricher_events_per_s") for r in rounds])
         out[f"json_rate_{key}"] = common.spread([r.get("json_events_per_s") for r in rounds])
+    out["cpu_us_per_event_one"] = {n: common.spread([r["cpu_us_per_event"][n] for r in rounds1])
+                                   for n in (rounds1[0]["cpu_us_per_event"] if rounds1 else {})}
     out["latency"] = latency(ctx, ctx.size.latency_rate)
     out["latency_low"] = latency(ctx, ctx.size.latency_low_rate)
     return out

@@ -8,6 +8,7 @@ are not countable on this VM)."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class Agent:
         self.ctx = ctx
         self.name = name
         self.stoppers: list[Any] = []
+        self.pids: dict[str, int] = {}      # the pipeline's processes, for CPU per event
+        self.enricher: Any = None
 
     def start(self, rnd: int) -> None:
         d = self.ctx.ws.sub(f"oh/{self.name}-{rnd}")
@@ -66,9 +69,26 @@ class Agent:
                 extra["tracing_policy"] = str(pol)
             pipe = self.ctx.new_pipeline(d, **extra)
             self.stoppers.append(pipe.stop)
-            pipe.start("enricher", "enricher")
-            pipe.start("export-json", "export", "json")
-            pipe.start("collector", "collector")
+            self.enricher = pipe.start("enricher", "enricher")
+            exp = pipe.start("export-json", "export", "json")
+            col = pipe.start("collector", "collector")
+            self.pids = {"collector": col.proc.pid, "enricher": self.enricher.proc.pid,
+                         "export-json": exp.proc.pid, "broker": pipe.broker_pid}
+
+    def events(self) -> float:
+        return self.enricher.metric("tetrapipe_enricher_events_total") if self.enricher else 0.0
+
+    def settled_events(self, timeout: float = 2.0) -> float:
+        """The enricher's event count once it stopped growing (the pipeline caught up), or after
+        ``timeout`` (a policy matching every write on the machine never stops growing)."""
+        last, t_end = -1.0, time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            n = self.events()
+            if n == last:
+                return n
+            last = n
+            time.sleep(0.25)
+        return last
 
     def stop(self) -> None:
         while self.stoppers:
@@ -101,7 +121,18 @@ def run(ctx: Any) -> dict[str, Any]:
             try:
                 agent.start(rnd)
                 for mode, target in (("exec", str(exe)), ("write", str(wfile))):
+                    stage = mode == "exec" and bool(agent.pids)
+                    if stage:
+                        ev0 = agent.settled_events()
+                        cpu0 = {n: common.cpu_seconds(p) for n, p in agent.pids.items()}
                     r = common.run_load(ctx.binary, mode, target, ctx.size.seconds)
+                    if stage:   # CPU µs per event of each stage, the exec loop's events
+                        ev = agent.settled_events() - ev0
+                        for n, p in agent.pids.items():
+                            if ev > 0:
+                                rows[name].setdefault(f"exec_cpu_us_per_event_{n}", []).append(
+                                    1e6 * (common.cpu_seconds(p) - cpu0[n]) / ev)
+                        rows[name].setdefault("exec_events_per_op", []).append(ev / r.ops if r.ops else 0)
                     per_op = (r.seconds / r.ops, r.cpu_seconds / r.ops) if r.ops else (0.0, 0.0)
                     raw.append({"round": rnd, "agent": name, "mode": mode, "ops": r.ops,
                                 "rate": r.rate, "cpu_s": r.cpu_seconds})

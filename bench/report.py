@@ -78,6 +78,11 @@ def table(res: dict[str, Any]) -> str:
                              sp(tp.get("full_speed_loss_pct"), "%"), sp(bt.get("full_speed_loss_pct"), "%"), "0"])
                 rows.append([f"{what}: highest rate with 0 lost",
                              sp(tp.get("zero_loss_rate"), "/s"), sp(bt.get("zero_loss_rate"), "/s"), "full speed"])
+                rows.append([f"{what}: events lost, all steps (kernel ring buffer / drain queue)",
+                             f"{num(tp.get('events_lost'))} ({num(tp.get('kernel_lost'))} / "
+                             f"{num(tp.get('queue_lost'))})", num(bt.get("events_lost")), "0"])
+                rows.append([f"{what}: collector CPU µs per record drained",
+                             sp(tp.get("collector_cpu_us_per_record"), " µs"), "", ""])
     if "e2e" in s:
         e = s["e2e"]
         c = e["cpu"]
@@ -89,6 +94,10 @@ def table(res: dict[str, Any]) -> str:
                      sp(e.get("enricher_rate_one"), "/s"), "", "≥ 30k"])
         rows.append(["through Kafka, 2 enricher processes (2 partitions): events/s",
                      sp(e.get("enricher_rate_two"), "/s"), "", ""])
+        per = e.get("cpu_us_per_event_one") or {}
+        if per:
+            rows.append(["through Kafka, 1 enricher: CPU µs per event: "
+                         + ", ".join(per), " / ".join(sp(v, "") for v in per.values()), "", ""])
         rows.append(["through Kafka, JSON sink (1 exporter) with 1 / 2 enrichers: events/s",
                      f"{sp(e.get('json_rate_one'), '/s')} / {sp(e.get('json_rate_two'), '/s')}", "", ""])
         for key in ("latency", "latency_low"):
@@ -116,6 +125,13 @@ def table(res: dict[str, Any]) -> str:
                 rows.append([row[0], "", val, ""])
             else:
                 rows.append([row[0], val, "", "≤ bpftrace"])
+        for agent, fig in o.items():
+            stages = {k.removeprefix("exec_cpu_us_per_event_"): v for k, v in fig.items()
+                      if k.startswith("exec_cpu_us_per_event_")}
+            if stages:
+                rows.append([f"  {agent}, exec loop: CPU µs per event: " + ", ".join(stages)
+                             + f" ({sp(fig.get('exec_events_per_op'))} events per exec)",
+                             " / ".join(sp(v, "") for v in stages.values()), "", ""])
         none = o.get("none", {})
         rows.append(["  no-agent loop rates: exec / write",
                      f"{sp(none.get('exec_rate'), '/s')} / {sp(none.get('write_rate'), '/s')}", "", ""])

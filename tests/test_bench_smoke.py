@@ -35,6 +35,7 @@ def test_bench_tiny_run_prints_and_writes_every_section(bpf_ok: None, tmp_path: 
         assert all(s["ops"] > 0 and s["seen"] >= 0 for s in steps)
         # a BPF program that attached and a drain that shipped: something of ours reached Kafka
         assert sum(s["seen"] for s in steps) > 0
+        assert tp["collector_cpu_us_per_record"]["n"] == 1   # the collector's CPU per record
         if shutil.which("bpftrace"):
             assert drain[key]["bpftrace"]["full_speed_rate"]["median"] > 0
 
@@ -50,6 +51,8 @@ def test_bench_tiny_run_prints_and_writes_every_section(bpf_ok: None, tmp_path: 
     oh = res["sections"]["overhead"]
     assert not [x for x in oh["raw"] if "error" in x]
     assert oh["summary"]["tetrapipe"]["exec_wall_ratio"]["median"] > 0
+    for stage in ("collector", "enricher", "export-json", "broker"):   # CPU per event, each stage
+        assert oh["summary"]["tetrapipe"][f"exec_cpu_us_per_event_{stage}"]["n"] == 1
 
     fp = res["sections"]["footprint"]
     assert fp["probe_cold"]["headers_s"]["median"] > fp["probe_warm"]["headers_s"]["median"]

@@ -71,7 +71,8 @@ class Enricher:
         self.metadata = ProcessMetadata(self.pods)
         self.builder = EventBuilder(ProcessCache(cfg.process_cache_size), ancestors_for=ancestors,
                                     cluster_name=cfg.cluster_name, pod_resolver=self.metadata,
-                                    redaction=redaction)
+                                    redaction=redaction, process_cred=cfg.enable_process_cred,
+                                    process_ns=cfg.enable_process_ns)
         self.pending = PendingEvents(self.builder, self.metadata, cfg.event_cache_hold_ms / 1000,
                                      cfg.event_cache_size)
         self.journal = state.StateJournal(cfg.state_topic) if cfg.state_topic else None

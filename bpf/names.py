@@ -3,21 +3,14 @@ the enricher (events): capability bits and Tetragon's KprobeAction numbers."""
 
 from __future__ import annotations
 
-# capability bit numbers, include/uapi/linux/capability.h
-CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-]
+from schemas.capabilities import EVENT_NAMES
+
+# capability bit numbers (include/uapi/linux/capability.h), as policies spell them
+CAPABILITIES = ["CAP_DAC_OVERRIDE" if c == "DAC_OVERRIDE" else c for c in EVENT_NAMES]
 
 # Tetragon's CapabilitiesType enum (api/v1/tetragon/capabilities.proto) spells bit 1 without
-# the CAP_ prefix; events use the enum's names
-EVENT_CAPABILITIES = ["DAC_OVERRIDE" if c == "CAP_DAC_OVERRIDE" else c for c in CAPABILITIES]
+# the CAP_ prefix; events use the enum's names (one table: schemas/capabilities.py)
+EVENT_CAPABILITIES = list(EVENT_NAMES)
 
 # the actions a policy selector names → Tetragon's KprobeAction numbers (hook records carry them)
 ACTION_NUMBERS = {

@@ -16,15 +16,13 @@ from typing import Any
 from prometheus_client import Counter
 
 from bpf import records as r
-from bpf.names import EVENT_CAPABILITIES
 from enricher import loader_events, network_events
 from enricher.process_cache import Entry, ProcessCache, exec_id
+from schemas import capabilities
 from tetrapipe.redaction import RedactionFilter, redact_process
 
 REDACTED_PROCESSES = Counter("tetrapipe_enricher_redacted_processes",
                              "Process entries whose arguments or environment the redaction filters changed")
-
-CAP_NAMES = EVENT_CAPABILITIES  # bit number → Tetragon's CapabilitiesType name
 
 S_ISUID = 0o4000
 S_ISGID = 0o2000
@@ -42,23 +40,14 @@ def securebits_names(bits: int) -> list[str]:
     return [name for i, name in enumerate(SECUREBITS) if bits >> i & 1]
 
 
-def cap_names(mask: int) -> list[str]:
-    return [CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP_{i}" for i in range(64) if mask >> i & 1]
+cap_names = capabilities.names  # mask → Tetragon's CapabilitiesType names (at the edges only)
 
 
-_CAP_SETS: dict[tuple[int, int, int], tuple[list[str], list[str], list[str]]] = {}
-
-
-def capabilities(permitted: int, effective: int, inheritable: int) -> dict[str, list[str]]:
-    """Tetragon's Capabilities of three masks (fresh lists; the names of a triple seen before
-    are copied from a table, not computed again: a node has few distinct triples)."""
-    names = _CAP_SETS.get((permitted, effective, inheritable))
-    if names is None:
-        if len(_CAP_SETS) >= 4096:
-            _CAP_SETS.clear()
-        names = _CAP_SETS[(permitted, effective, inheritable)] = (
-            cap_names(permitted), cap_names(effective), cap_names(inheritable))
-    return {"permitted": names[0][:], "effective": names[1][:], "inheritable": names[2][:]}
+def namespaces(inums: tuple[int, ...] | list[int], host_ns: list[int]) -> dict[str, Any]:
+    """Tetragon's Namespaces of the 10 inums an exec record carries (0 = not read: left out)."""
+    hns = host_ns or INIT_NS_INUMS
+    return {name: {"inum": inum, "is_host": inum == hns[i]}
+            for i, (name, inum) in enumerate(zip(r.NS_NAMES, inums, strict=False)) if inum}
 
 
 def text(b: bytes) -> str:
@@ -109,6 +98,11 @@ class EventBuilder:
     # Tetragon's redaction filters (tetrapipe/redaction.py): applied once to each entry made by
     # an exec (a clone copies its parent's redacted entry), so no event carries the secret
     redaction: list[RedactionFilter] = field(default_factory=list)
+    # Tetragon's --enable-process-cred (cap, process_credentials, binary_properties) and
+    # --enable-process-ns (ns): off by default, as there; set on the process when it is made, so
+    # it shows wherever the process does (process, parent, ancestors of every event type)
+    process_cred: bool = False
+    process_ns: bool = False
 
     # ---- records → events ---------------------------------------------------------------
     def on_record(self, rec: r.Record, node: str, boot_ns: int, host_ns: list[int]) -> dict[str, Any] | None:
@@ -147,10 +141,6 @@ class EventBuilder:
         binary = text(rec.filename)
         if binary and not binary.startswith(("/", "[")) and cwd:
             binary = os.path.normpath(os.path.join(cwd, binary))
-        hns = host_ns or list(INIT_NS_INUMS)
-        ns = {name: {"inum": inum, "is_host": bool(inum) and inum == hns[i]}
-              for i, (name, inum) in enumerate(zip(r.NS_NAMES, rec.ns, strict=False)) if inum}
-        caps = capabilities(rec.cap_permitted, rec.cap_effective, rec.cap_inheritable)
         process: dict[str, Any] = {
             "exec_id": eid,
             "pid": h.pid,
@@ -162,18 +152,12 @@ class EventBuilder:
             "start_time": boot_ns + h.ktime,
             "auid": rec.auid,
             "parent_exec_id": parent.exec_id if parent else "",
-            "cap": caps,
-            "ns": ns,
             "tid": h.tid,
-            "process_credentials": {
-                "uid": rec.uid, "gid": rec.gid, "euid": rec.euid, "egid": rec.egid,
-                "suid": rec.suid, "sgid": rec.sgid, "fsuid": rec.fsuid, "fsgid": rec.fsgid,
-                "securebits": securebits_names(rec.securebits),
-            },
         }
-        props = self._binary_properties(rec, binary)
-        if props:
-            process["binary_properties"] = props
+        if self.process_cred:
+            self._add_cred(process, rec, binary)
+        if self.process_ns:
+            process["ns"] = namespaces(rec.ns, host_ns)
         if self.redaction:
             self.redact(process)
         entry = Entry(eid, h.pid, h.ktime, rec.start_time, process,
@@ -191,7 +175,21 @@ class EventBuilder:
             body["ancestors"] = self._ancestors(parent)
         return self.envelope(node, boot_ns + h.ktime, process_exec=body)
 
-    def _binary_properties(self, rec: r.ExecRecord, binary: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _add_cred(process: dict[str, Any], rec: r.ExecRecord, binary: str) -> None:
+        """cap (bit masks: names are made at the edges), process_credentials, binary_properties."""
+        process["cap"] = capabilities.masks(rec.cap_permitted, rec.cap_effective, rec.cap_inheritable)
+        process["process_credentials"] = {
+            "uid": rec.uid, "gid": rec.gid, "euid": rec.euid, "egid": rec.egid,
+            "suid": rec.suid, "sgid": rec.sgid, "fsuid": rec.fsuid, "fsgid": rec.fsgid,
+            "securebits": securebits_names(rec.securebits),
+        }
+        props = EventBuilder._binary_properties(rec, binary)
+        if props:
+            process["binary_properties"] = props
+
+    @staticmethod
+    def _binary_properties(rec: r.ExecRecord, binary: str) -> dict[str, Any] | None:
         setuid = bool(rec.exe_mode & S_ISUID)
         setgid = bool(rec.exe_mode & S_ISGID)
         if not (setuid or setgid or (rec.exe_ino and rec.exe_nlink == 0)):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from schemas import codec
+from schemas import capabilities, codec
 
 Render = Callable[[Any], Any]
 _EMPTY = object()
@@ -106,7 +106,8 @@ def _record(rec: dict[str, Any], named: dict[str, Any]) -> tuple[Render, Render]
     def to_json(d: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for fname, keep_zero, to_f, _ in fields:
-            v = d.get(fname)
+            # a set carried as a bit mask: its names
+            v = capabilities.set_names(d, fname) if fname in masked else d.get(fname)
             if v is None or (not keep_zero and _is_zero(v)):
                 continue
             out[fname] = to_f(v)
@@ -120,12 +121,29 @@ def _record(rec: dict[str, Any], named: dict[str, Any]) -> tuple[Render, Render]
         return out
 
     _records[name] = (to_json, from_json)
+    masked = _masked_fields(rec)
     for f in rec["fields"]:
         proto = f.get("proto", "")
+        if _mask_of(proto):
+            continue  # not a field of Tetragon's message: rendered as the names of its set
         keep_zero = "wrapper" in proto or "oneof" in proto
         to_f, from_f = _compile(f["type"], named, proto)
         fields.append((f["name"], keep_zero, to_f, from_f))
     return to_json, from_json
+
+
+def _mask_of(proto: str) -> str:
+    """The name-list field a ``mask_of:<field>`` hint renders into ("" for other fields)."""
+    for hint in proto.split(","):
+        if hint.startswith("mask_of:"):
+            return hint[len("mask_of:"):]
+    return ""
+
+
+def _masked_fields(rec: dict[str, Any]) -> frozenset[str]:
+    """Fields of a record whose value may come as a bit mask in another field (capability sets:
+    schemas/capabilities.py makes the names here, at the edge)."""
+    return frozenset(m for f in rec["fields"] if (m := _mask_of(f.get("proto", ""))))
 
 
 @cache
@@ -181,13 +199,17 @@ def _generate_to_json(raw: dict[str, Any]) -> tuple[str, str]:
             return fname
         funcs[fname] = []
         body = ["out = {}", "g = d.get"]
+        masked = _masked_fields(rec)
         for f in rec["fields"]:
             proto = f.get("proto", "")
+            if _mask_of(proto):
+                continue  # rendered as the names of the set it carries (below)
             hints = set(proto.split(",")) if proto else set()
             keep_zero = "wrapper" in hints or "oneof" in hints
             test = ("v is not None" if keep_zero else
                     "v or (v is not None and type(v) not in ZT and not IZ(v))")
-            body += [f"v = g({f['name']!r})", f"if {test}:",
+            get = (f"CAPN(d, {f['name']!r})" if f["name"] in masked else f"g({f['name']!r})")
+            body += [f"v = {get}", f"if {test}:",
                      f"    out[{f['name']!r}] = {conv('v', f['type'], hints)}"]
         body.append("return out")
         funcs[fname] = [f"def {fname}(d):", *("    " + ln for ln in body)]
@@ -201,7 +223,7 @@ def _generate_to_json(raw: dict[str, Any]) -> tuple[str, str]:
 def _generated_to_json() -> Render:
     src, top = _generate_to_json(codec.schema("event").raw)
     env: dict[str, Any] = {"TS": rfc3339, "B64": lambda b: base64.b64encode(b).decode(),
-                           "ZT": _ZERO_TESTED, "IZ": _is_zero}
+                           "ZT": _ZERO_TESTED, "IZ": _is_zero, "CAPN": capabilities.set_names}
     exec(compile(src, "<protojson renderer>", "exec"), env)  # noqa: S102  our own generated code
     fn: Render = env[top]
     fn.source = src  # type: ignore[attr-defined]

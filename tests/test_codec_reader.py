@@ -172,7 +172,7 @@ def test_seed_and_enricher_events_decode_as_fastavro() -> None:
     from enricher.event_builder import EventBuilder
     from enricher.process_cache import ProcessCache
 
-    b = EventBuilder(ProcessCache())
+    b = EventBuilder(ProcessCache(), process_cred=True, process_ns=True)
     evs = [json_events.exec_event(), json_events.exit_event(), json_events.kprobe_event(),
            json_events.exec_event(namespace=None)]
     evs.append(b.on_record(_exec_rec(500, 1, 10, procfs=True), "n", 1_700_000_000_000_000_000, []))
@@ -190,7 +190,8 @@ def test_decoded_events_share_no_objects() -> None:
     from enricher.event_builder import EventBuilder
     from enricher.process_cache import ProcessCache
 
-    ev = EventBuilder(ProcessCache()).on_record(_exec_rec(600, 1, 10, procfs=True), "n", 1, [])
+    builder = EventBuilder(ProcessCache(), process_cred=True, process_ns=True)
+    ev = builder.on_record(_exec_rec(600, 1, 10, procfs=True), "n", 1, [])
     creds = ev["process_exec"]["process"]["process_credentials"]
     creds["caps"] = {"effective": ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]}
     creds["securebits"] = ["SecBitNoRoot", "SecBitKeepCaps"]
@@ -198,10 +199,11 @@ def test_decoded_events_share_no_objects() -> None:
     first = codec.decode("event", msg)
     want = codec.decode("event", msg)
     p = first["process_exec"]["process"]
-    assert p["ns"] and p["process_credentials"] and p["cap"]["permitted"]
+    assert p["ns"] and p["process_credentials"] and p["cap"]["permitted_mask"]
     p["ns"]["mnt"]["inum"] = -5
     p["ns"]["uts"] = None
     p["cap"]["permitted"].append("CAP_MADE_UP")
+    p["cap"]["effective_mask"] = 0
     p["process_credentials"]["caps"]["effective"].clear()
     p["process_credentials"]["securebits"].append("X")
     second = codec.decode("event", msg)

@@ -230,7 +230,7 @@ def test_enricher_events_follow_process_changes() -> None:
     def resolver(entry: Any) -> dict[str, Any]:
         return {"docker": "abc", **({"pod": pods["pod"]} if "pod" in pods else {})}
 
-    b = EventBuilder(ProcessCache(), pod_resolver=resolver)
+    b = EventBuilder(ProcessCache(), pod_resolver=resolver, process_cred=True, process_ns=True)
     node, boot = "node-a", 1_700_000_000_000_000_000
     made: list[dict[str, Any]] = []
 

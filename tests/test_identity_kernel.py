@@ -119,7 +119,7 @@ def test_containers_in_miniature(pipeline: Pipeline, cgroups: Cgroups, tmp_path:
 
         early = _start_in(cg1, ["/bin/sleep", "30"])  # running before the collector: procfs
         time.sleep(0.2)
-        pipeline.settings["enable_ancestors"] = "base"
+        pipeline.settings.update(enable_ancestors="base", enable_process_cred="true", enable_process_ns="true")
         pipeline.start_all()
         wait_until(lambda: one(pipeline, "process_exec", early.pid), what="procfs exec of the early sleeper")
 

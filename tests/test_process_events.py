@@ -50,6 +50,7 @@ def _check_protojson(ev: dict) -> None:
 
 @pytest.mark.kernel
 def test_exec_exit_match_proc(bpf_ok: None, pipeline: Pipeline) -> None:
+    pipeline.settings["enable_process_cred"] = "true"  # process_credentials (off by default, as in Tetragon)
     pipeline.start_all()
     shared = Path(tempfile.mkdtemp(prefix="tetrapipe-test-"))  # reachable by the test's uid
     os.chmod(shared, 0o755)

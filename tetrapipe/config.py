@@ -120,6 +120,12 @@ class Config:
         "enricher", "Enricher")
     process_cache_size: int = _opt(65536, "process cache entries at most",
         "enricher", "Enricher")
+    enable_process_cred: bool = _opt(False, "processes carry cap, process_credentials and "
+                                     "binary_properties (Tetragon's --enable-process-cred)",
+        "enricher", "Enricher")
+    enable_process_ns: bool = _opt(False, "processes carry ns, their namespaces "
+                                   "(Tetragon's --enable-process-ns)",
+        "enricher", "Enricher")
     export_filename: str = _opt("/var/log/tetrapipe/events.log", "JSON export file",
         "export-json", "JSON export")
     export_file_max_size_mb: int = _opt(10, "rotate the export file at this size",

@@ -1,0 +1,202 @@
+"""Enricher events/s through Kafka, one enricher process, for one or more source trees run
+interleaved (e.g. main's and a branch's), on the embedded broker or on Apache Kafka.
+
+    .venv/bin/python -m bench.enricher_kafka --trees /tmp/main-tree,. --rounds 3 \\
+        [--broker embedded|kafka] [--events 20000] [--cpu]
+
+Per run: one enricher (``python -m tetrapipe enricher`` with the tree's code: cwd and
+PYTHONPATH = the tree, default options) is started and given 5 s to join its group, then the raw
+topic gets the synthetic fork/exec/exit records (bench/synth.py, in 2000-record batches as the
+collector frames them); events/s = events ÷ (time the last event was out − time the raw
+production began), the count from the events topic's
+end offset every 20 ms on Kafka (asked of the broker, not the enricher), from the enricher's
+``tetrapipe_enricher_events_total`` every 200 ms on the embedded broker (whose end offsets
+lag); CPU = the enricher process's user+system time
+over the same span (events per CPU second). The state topic is on (the default), as in
+production. No exporter runs, so the two cores are the enricher's and the broker's.
+``--cpu`` adds the Kafka-free figure of each tree (``bench.e2e.enricher_cpu``: decode, build,
+Avro encode in one process). Apache Kafka comes from scripts/setup-kafka.sh's cache
+(tests/kafka_cluster.py starts one KRaft node); the embedded broker is tetrapipe's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.e2e import _frames, _produce
+from tetrapipe import kafka
+from tetrapipe.broker import EmbeddedBroker, free_port
+from tetrapipe.config import Config
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith(name) and ln[len(name)] in " {")
+
+
+async def _count(bootstrap: str, topic: str, port: int) -> Any:
+    """How many events are out: the events topic's end offset on Apache Kafka (asked of the
+    broker, every 20 ms); the enricher's ``tetrapipe_enricher_events_total`` every 200 ms on the
+    embedded broker (Tansu under-reports end offsets, docs/ARCHITECTURE.md)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    if port:
+        async def scrape() -> float:
+            await asyncio.sleep(0.18)
+            return await asyncio.to_thread(_metric, port, "tetrapipe_enricher_events_total")
+        return scrape, None
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    tps = [TopicPartition(topic, 0)]  # made before the enricher starts (topic_partitions 1)
+
+    async def offsets() -> float:
+        return float(sum((await c.end_offsets(tps)).values()))
+    return offsets, c
+
+
+async def _watch_events(bootstrap: str, topic: str, total: int, pid: int, deadline: float,
+                        alive: Any, port: int) -> tuple[float, float, float, float]:
+    """(time, enricher CPU s) when the first and when the last event was out."""
+    count, c = await _count(bootstrap, topic, port)
+    try:
+        first = done = cpu_first = cpu_done = 0.0
+        while time.monotonic() < deadline and alive():
+            n = await count()
+            now = time.monotonic()
+            if n > 0 and not first:
+                first, cpu_first = now, common.cpu_seconds(pid)
+            if n >= total:
+                done, cpu_done = now, common.cpu_seconds(pid)
+                break
+            await asyncio.sleep(0.02)
+        return first, done, cpu_first, cpu_done
+    finally:
+        if c is not None:
+            await c.stop()
+
+
+def one_run(tree: Path, bootstrap: str, n_events: int, work: Path, profile: bool = False,
+            on_kafka: bool = False) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    pipe = common.Pipeline(bootstrap, work)
+    pipe.settings.update({"procfs_bootstrap": "false", "log_level": "warning"})
+    frames, total = _frames(pipe.node_name, n_events // 2)
+    topics = [pipe.base["raw_topic"], pipe.base["events_topic"]]
+    asyncio.run(kafka.ensure_topics(Config(kafka=bootstrap), topics))  # Kafka: no auto-creation
+    port = free_port()
+    env = pipe.env({"metrics_address": f"127.0.0.1:{port}"})
+    env["PYTHONPATH"] = str(tree)
+    log = open(work / f"enricher-{tree.name}.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "tetrapipe", "enricher"], cwd=tree, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    common.wait_until(lambda: _ready(port) or proc.poll() is not None, 90, what="enricher ready")
+    time.sleep(5)  # its consumer group settles (Kafka's initial rebalance delay is 3 s)
+    spy = common.PySpy(proc.pid, work / "enricher.pyspy").start() if profile else None
+    try:
+        t0, cpu0 = time.monotonic(), common.cpu_seconds(proc.pid)
+        asyncio.run(_produce(bootstrap, pipe.base["raw_topic"], [frames], [pipe.node_name.encode()]))
+        first, done, cpu_first, cpu_done = asyncio.run(_watch_events(
+            bootstrap, pipe.base["events_topic"], total, proc.pid, time.monotonic() + 120 + total / 500,
+            lambda: proc.poll() is None, 0 if on_kafka else port))
+        if not done:
+            raise RuntimeError(f"enricher of {tree} did not make {total} events; see {log.name}")
+        row = {"tree": str(tree), "events": total, "seconds": done - t0,
+               "events_per_s": total / (done - t0),
+               "events_per_cpu_s": total / max(cpu_done - cpu0, 1e-9)}
+        if spy is not None:
+            row["py_spy"] = spy.stop(top=20)
+        return row
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def cpu_only(tree: Path, n_events: int) -> float:
+    code = ("from bench import e2e; import json; "
+            f"print(json.dumps(e2e.enricher_cpu({n_events}, profile=False)['enricher_events_per_s_cpu']))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True, check=True, timeout=600)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def start_broker(kind: str, work: Path) -> tuple[str, Any]:
+    if kind == "embedded":
+        b = EmbeddedBroker(log_path=work / "broker.log").start()
+        return b.bootstrap, b
+    from kafka_cluster import KafkaCluster, unavailable_reason  # tests/, on the path by bench.common
+
+    why = unavailable_reason()
+    if why:
+        raise SystemExit(f"no Apache Kafka: {why} (run scripts/setup-kafka.sh)")
+    c = KafkaCluster(work / "kafka").start()
+    return c.bootstrap, c
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trees", default=".", help="comma list of source trees, run in this order each round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
+    p.add_argument("--cpu", action="store_true", help="also the Kafka-free figure of each tree")
+    p.add_argument("--py-spy", action="store_true", help="profile each enricher (py-spy record, from outside)")
+    args = p.parse_args(argv)
+    trees = [Path(t).resolve() for t in args.trees.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="tetrapipe-bench-enricher-"))
+    bootstrap, broker = start_broker(args.broker, work)
+    runs: list[dict[str, Any]] = []
+    try:
+        for r in range(args.rounds):
+            for tree in trees:
+                row = one_run(tree, bootstrap, args.events, work / f"r{r}-{tree.name}", args.py_spy,
+                              args.broker == "kafka")
+                row["round"] = r
+                row["load1"] = os.getloadavg()[0]
+                if args.cpu:
+                    row["cpu_only_events_per_cpu_s"] = cpu_only(tree, args.events)
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        broker.stop()
+    summary = {}
+    for tree in trees:
+        mine = [r for r in runs if r["tree"] == str(tree)]
+        summary[str(tree)] = {k: round(statistics.median(r[k] for r in mine))
+                              for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s")
+                              if k in mine[0]}
+    print(json.dumps({"broker": args.broker, "events": args.events, "median": summary,
+                      "load1_range": [min(r["load1"] for r in runs), max(r["load1"] for r in runs)]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,7 +35,7 @@ from collector.policy.model import PolicyError
 from enricher.event_builder import EventBuilder
 from enricher.policy_events import PolicyEvents
 from enricher.process_cache import ProcessCache
-from exporters import compact, protojson
+from exporters import compact, prometheus, protojson
 from schemas import codec
 from tetragon import events_pb2
 
@@ -207,6 +207,13 @@ def _event(hook_id: int, args: list[r.HookArg]) -> dict:
     return doc
 
 
+def ev_of_lsm() -> dict:
+    pe = PolicyEvents()
+    pe.on_catalog(r.decode(r.encode_policy(1, json.dumps(CATALOG).encode())), "n")
+    rec = r.decode(r.encode_hook(9, 9, 100, r.HookBody(5, 1, 0, 1, 0, 0, [_a(r.ARG_BINPRM, b"/usr/bin/id")])))
+    return pe.on_hook(rec, "n", 0, EventBuilder(ProcessCache(10)))
+
+
 def _a(t: int, data: bytes) -> r.HookArg:
     return r.HookArg(t, 0, len(data), data)
 
@@ -247,3 +254,8 @@ def test_lsmhook_records_become_process_lsm() -> None:
     assert lsm["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": "/usr/bin/id"}}]
     assert lsm["action"] == "KPROBE_ACTION_POST" and lsm["message"] == "exec" and lsm["tags"] == ["t"]
     assert compact.render(doc).startswith("🔒 LSM")
+    # the Prometheus exporter's labels (type PROCESS_LSM, hook lsm:<hook>) come from these
+    # (its counters share names with the enricher's in this process, so it runs in its own tests)
+    ev = codec.decode("event", codec.encode("event", ev_of_lsm()))
+    assert protojson.event_type(ev) == "process_lsm"
+    assert prometheus.hook_of("process_lsm", ev["process_lsm"]) == "lsm:bprm_check_security"

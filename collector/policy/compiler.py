@@ -5,7 +5,8 @@ inside one); selector strings live in the ``strs`` array map, filled from Python
 has no global data). What this kernel cannot serve is refused here with the YAML path and reason.
 
 The parts, one module per concern:
-- ``argtypes``: tracepoint formats, syscall names, argument type kinds;
+- ``argtypes``: tracepoint formats, syscall names, argument type kinds; ``kargs``: kernel-object
+  argument types (cred, bpf_attr, skb, ...) checked against BTF;
 - ``mechanism``: the table hook kind × kernel feature → mechanism, and each hook's source;
 - ``actions``: what matchActions can do where (Override on tcp_connect → connect rules);
 - ``selectors``: selector conditions as C; ``hookfn``: the hook function and its probes;

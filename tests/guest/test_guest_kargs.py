@@ -18,7 +18,6 @@ that is branch kfunc61's work, and the boot is CI time.
 from __future__ import annotations
 
 import asyncio
-import lzma
 import os
 import shutil
 import subprocess
@@ -48,7 +47,8 @@ pytestmark = pytest.mark.skipif(not os.uname().release.startswith("6.12."),
 
 ROOT = Path(f"/tmp/tpa-{uuid.uuid4().hex[:8]}")
 PY = sys.executable
-CAP_CHOWN, CAP_NET_RAW = 1 << 0, 1 << 13
+CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_RAW = 1 << 0, 1 << 6, 1 << 7, 1 << 13
+ACTOR_CAPS = CAP_CHOWN | CAP_SETGID | CAP_SETUID | CAP_NET_RAW   # kept by capset (setgid/setuid follow)
 
 
 def policy() -> str:
@@ -143,8 +143,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Events, L
 
 
 def _child(code: str) -> int:
-    p = subprocess.run([PY, "-c", "import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n" + code],
-                       capture_output=True, timeout=60)
+    p = subprocess.run([PY, "-c", PRELUDE + code], capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     return int(p.stdout.split()[-1])
 
@@ -153,53 +152,14 @@ def _arg(body: dict, label: str) -> dict:
     return next({k: v for k, v in a.items() if k != "label"} for a in body["args"] if a.get("label") == label)
 
 
-def test_mechanisms(loaded) -> None:
-    _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 9 + ["lsm"]
-
-
-def test_commit_creds_cred(loaded) -> None:
-    ev, _ = loaded
-    pid = _child("os.setgid(4321)\nos.setuid(4321)\nprint(os.getpid())")
-    new = [_arg(b, "new")["process_credentials_arg"] for b in ev.of("commit_creds", pid)]
-    last = next(c for c in new if c["uid"] == 4321)
-    assert {k: last[k] for k in ("uid", "euid", "suid", "fsuid", "gid", "egid")} == \
-        {"uid": 4321, "euid": 4321, "suid": 4321, "fsuid": 4321, "gid": 4321, "egid": 4321}
-    assert "caps" not in last or not last["caps"].get("effective")     # setuid from root drops them
-    assert last["user_ns"]["level"] == 0 and last["user_ns"]["ns"]["is_host"] is True
-
-
+PRELUDE = "import ctypes, lzma, os, socket, struct, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 CAPSET = """hdr = struct.pack("<Ii", 0x20080522, 0)
-eff = {eff}
-data = struct.pack("<6I", eff, eff, 0, 0, 0, 0)
+data = struct.pack("<6I", {eff}, {eff}, 0, 0, 0, 0)
 assert libc.capset(hdr, data) == 0, ctypes.get_errno()
-print(os.getpid())"""
-
-
-def test_capset_kernel_cap_t_and_mask_selector(loaded) -> None:
-    ev, _ = loaded
-    pid = _child(CAPSET.format(eff=CAP_NET_RAW | CAP_CHOWN))
-    (b,) = ev.of("security_capset", pid)
-    assert _arg(b, "eff") == {"cap_effective_arg": f"{CAP_NET_RAW | CAP_CHOWN:016x}"}
-    assert _arg(b, "inh") == {"cap_inheritable_arg": "0000000000000000"}
-    assert _arg(b, "prm") == {"kernel_cap_t_arg": f"{CAP_NET_RAW | CAP_CHOWN:016x}"}
-    assert b["args"][0]["process_credentials_arg"]["uid"] == 0
-    quiet = _child(CAPSET.format(eff=CAP_CHOWN))      # no CAP_NET_RAW: the Mask selector stays silent
-    assert ev.of("security_capset", quiet, wait=1) == []
-
-
-def test_security_capable_user_namespace(loaded) -> None:
-    # sethostname (to the name it has) checks CAP_SYS_ADMIN in the UTS namespace's user namespace:
-    # the initial one here (a new user namespace cannot be made: the guest runs chrooted, EPERM)
-    ev, _ = loaded
-    pid = _child("name = os.uname().nodename.encode()\n"
-                 "assert libc.sethostname(name, len(name)) == 0, ctypes.get_errno()\nprint(os.getpid())")
-    nss = [(_arg(b, "ns")["user_ns_arg"], _arg(b, "cap")["capability_arg"]) for b in ev.of("security_capable", pid)]
-    assert nss and all(c == {"value": 21, "name": "CAP_SYS_ADMIN"} for _, c in nss)
-    inum = os.stat("/proc/self/ns/user").st_ino
-    assert nss[0][0] == {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": inum, "is_host": True}}
-
-
+"""
+HOSTNAME = """name = os.uname().nodename.encode()
+assert libc.sethostname(name, len(name)) == 0, ctypes.get_errno()
+"""
 BPF = """attr = bytearray(128)
 struct.pack_into("<IIII", attr, 0, 1, 4, 8, 16)          # BPF_MAP_CREATE: hash, key 4, value 8, 16 entries
 attr[28:37] = b"kargs_map"
@@ -216,67 +176,116 @@ pattr = bytearray(112)
 struct.pack_into("<II", pattr, 0, ktype, 112)
 struct.pack_into("<QQ", pattr, 56, ctypes.addressof(fn), 0)   # kprobe_func, probe_offset
 assert libc.syscall(298, bytes(pattr), -1, 0, -1, 0) >= 0, ctypes.get_errno()
-print(ktype, os.getpid())"""
+"""
+MODULE = """ko = "/lib/modules/%s/kernel/drivers/net/dummy.ko.xz" % os.uname().release
+img = lzma.decompress(open(ko, "rb").read())
+assert libc.syscall(175, img, len(img), b"") == 0, ctypes.get_errno()   # init_module
+libc.syscall(176, b"dummy", 0)                                            # delete_module
+"""
+WRITES = """fd = os.open("{f}", os.O_WRONLY | os.O_CREAT, 0o600)
+os.write(fd, b"hello-ubuf")
+os.writev(fd, [b"first-seg", b"second"])
+os.close(fd)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", 9))
+"""
+# one process does everything the policy reports (python starts slowly under TCG), then drops
+# capabilities (capset), changes its ids and execs the binary the lsmhook reports; another does
+# the near misses and execs true
+ACTOR = (HOSTNAME + BPF + MODULE + WRITES.format(f="{root}/kargs-iov-file") + CAPSET.format(eff=ACTOR_CAPS)
+         + "os.setgid(4321)\nos.setuid(4321)\nprint(os.getpid(), flush=True)\n"
+         + "os.execv('{root}/kargs-lsm-true', ['kargs-lsm-true'])\n")
+QUIET = ("open('{root}/other-file', 'w').write('x')\n" + CAPSET.format(eff=CAP_CHOWN)
+         + "print(os.getpid(), flush=True)\nos.execv('/usr/bin/true', ['true'])\n")
 
 
-def test_bpf_attr_bpf_map_perf_event(loaded) -> None:
+@pytest.fixture(scope="module")
+def pids(loaded) -> tuple[int, int]:
+    """(pid of the process that did everything, pid of the near misses)"""
+    actor, quiet = _child(ACTOR.replace("{root}", str(ROOT))), _child(QUIET.replace("{root}", str(ROOT)))
+    # the near misses' exec (their last act) commits creds: once that is drained, so is the rest
     ev, _ = loaded
-    pid = _child(BPF)
-    (b,) = ev.of("bpf_check", pid)
+    assert ev.of("commit_creds", quiet)
+    return actor, quiet
+
+
+def test_mechanisms(loaded) -> None:
+    _, lp = loaded
+    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 9 + ["lsm"]
+
+
+def test_commit_creds_cred(loaded, pids) -> None:
+    ev, _ = loaded
+    new = [_arg(b, "new")["process_credentials_arg"] for b in ev.of("commit_creds", pids[0])]
+    last = next(c for c in new if c["uid"] == 4321)
+    assert {k: last[k] for k in ("uid", "euid", "suid", "fsuid", "gid", "egid")} == \
+        {"uid": 4321, "euid": 4321, "suid": 4321, "fsuid": 4321, "gid": 4321, "egid": 4321}
+    assert "caps" not in last or not last["caps"].get("effective")     # setuid from root drops them
+    assert last["user_ns"]["level"] == 0 and last["user_ns"]["ns"]["is_host"] is True
+
+
+def test_capset_kernel_cap_t_and_mask_selector(loaded, pids) -> None:
+    ev, _ = loaded
+    (b,) = ev.of("security_capset", pids[0])
+    assert _arg(b, "eff") == {"cap_effective_arg": f"{ACTOR_CAPS:016x}"} == {"cap_effective_arg": "00000000000020c1"}
+    assert _arg(b, "inh") == {"cap_inheritable_arg": "0000000000000000"}
+    assert _arg(b, "prm") == {"kernel_cap_t_arg": f"{ACTOR_CAPS:016x}"}
+    assert b["args"][0]["process_credentials_arg"]["uid"] == 0
+    assert ev.of("security_capset", pids[1], wait=0) == []   # no CAP_NET_RAW: the Mask selector stays silent
+
+
+def test_security_capable_user_namespace(loaded, pids) -> None:
+    # sethostname (to the name it has) checks CAP_SYS_ADMIN in the UTS namespace's user namespace:
+    # the initial one here (a new user namespace cannot be made: the guest runs chrooted, EPERM)
+    ev, _ = loaded
+    nss = [(_arg(b, "ns")["user_ns_arg"], _arg(b, "cap")["capability_arg"])
+           for b in ev.of("security_capable", pids[0])]
+    assert nss and all(c == {"value": 21, "name": "CAP_SYS_ADMIN"} for _, c in nss)
+    inum = os.stat("/proc/self/ns/user").st_ino
+    assert nss[0][0] == {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": inum, "is_host": True}}
+
+
+def test_bpf_attr_bpf_map_perf_event(loaded, pids) -> None:
+    ev, _ = loaded
+    (b,) = ev.of("bpf_check", pids[0])
     assert _arg(b, "attr") == {"bpf_attr_arg": {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2,
                                                 "ProgName": "kargs_probe"}}
-    (m,) = ev.of("security_bpf_map_create", pid)
+    (m,) = ev.of("security_bpf_map_create", pids[0])
     assert _arg(m, "map") == {"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_HASH", "KeySize": 4, "ValueSize": 8,
                                               "MaxEntries": 16, "MapName": "kargs_map"}}
-    (p,) = ev.of("security_perf_event_alloc", pid)
+    (p,) = ev.of("security_perf_event_alloc", pids[0])
     pe = _arg(p, "event")["perf_event_arg"]
     assert pe["KprobeFunc"] == "do_nanosleep" and pe["Type"] != ""
 
 
-def test_module_and_load_info(loaded) -> None:
+def test_module_and_load_info(loaded, pids) -> None:
     ev, _ = loaded
-    ko = Path(f"/lib/modules/{os.uname().release}/kernel/drivers/net/dummy.ko.xz")
-    image = ROOT / "dummy.ko"
-    image.write_bytes(lzma.decompress(ko.read_bytes()))
-    pid = _child(f"img = open({str(image)!r}, 'rb').read()\n"
-                 "assert libc.syscall(175, img, len(img), b'') == 0, ctypes.get_errno()\n"   # init_module
-                 "libc.syscall(176, b'dummy', 0)\nprint(os.getpid())")                      # delete_module
-    (b,) = ev.of("mod_sysfs_setup", pid)
+    (b,) = ev.of("mod_sysfs_setup", pids[0])
     mod, info = _arg(b, "mod")["module_arg"], _arg(b, "info")["module_arg"]
     assert mod["name"] == "dummy" and "signature_ok" not in mod     # struct module: no signature state
     assert info["name"] == "dummy" and isinstance(info.get("signature_ok", False), bool)
 
 
-def test_kiocb_and_iov_iter(loaded) -> None:
+def test_kiocb_and_iov_iter(loaded, pids) -> None:
     ev, _ = loaded
-    f = ROOT / "kargs-iov-file"
-    pid = _child(f"fd = os.open({str(f)!r}, os.O_WRONLY | os.O_CREAT, 0o600)\nos.write(fd, b'hello-ubuf')\n"
-                 "os.writev(fd, [b'first-seg', b'second'])\nprint(os.getpid())")
-    bodies = ev.of("generic_perform_write", pid)
+    bodies = ev.of("generic_perform_write", pids[0])
     assert len(bodies) == 2
     assert all(_arg(b, "iocb")["file_arg"]["path"].endswith("/kargs-iov-file") for b in bodies)
     assert [_arg(b, "iter") for b in bodies] == [{"bytes_arg": "aGVsbG8tdWJ1Zg=="},   # ITER_UBUF: the buffer
                                                  {"bytes_arg": "Zmlyc3Qtc2Vn"}]        # ITER_IOVEC: 1st segment
-    quiet = _child(f"open({str(ROOT / 'other-file')!r}, 'w').write('x')\nprint(os.getpid())")
-    assert ev.of("generic_perform_write", quiet, wait=1) == []
+    assert ev.of("generic_perform_write", pids[1], wait=0) == []   # another file
 
 
-def test_sockaddr_kernel_copy(loaded) -> None:
+def test_sockaddr_kernel_copy(loaded, pids) -> None:
     ev, _ = loaded
-    pid = _child("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                 "s.connect(('127.0.0.1', 9))\nprint(os.getpid())")
-    (b,) = ev.of("security_socket_connect", pid)
+    (b,) = ev.of("security_socket_connect", pids[0])
     assert _arg(b, "addr") == {"sockaddr_arg": {"family": "AF_INET", "addr": "127.0.0.1", "port": 9}}
 
 
-def test_lsmhook_is_a_process_lsm_event_with_linux_binprm(loaded) -> None:
+def test_lsmhook_is_a_process_lsm_event_with_linux_binprm(loaded, pids) -> None:
     ev, _ = loaded
-    p = subprocess.Popen([str(ROOT / "kargs-lsm-true")])
-    assert p.wait(timeout=30) == 0
-    (b,) = ev.of("bprm_check_security", p.pid, kind="process_lsm")
+    (b,) = ev.of("bprm_check_security", pids[0], kind="process_lsm")
     assert b["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": str(ROOT / "kargs-lsm-true")}}]
     assert b["policy_name"] == "kargs" and b["action"] == "KPROBE_ACTION_POST"
-    q = subprocess.Popen(["/usr/bin/true"])
-    assert q.wait(timeout=30) == 0
-    assert ev.of("bprm_check_security", q.pid, wait=1, kind="process_lsm") == []
+    assert ev.of("bprm_check_security", pids[1], wait=0, kind="process_lsm") == []   # /usr/bin/true
     assert not [d for d in ev.docs if d.get("process_kprobe", {}).get("function_name") == "bprm_check_security"]

@@ -121,6 +121,21 @@ struct tp_fork {
 #define TP_ARG_FILE 7
 #define TP_ARG_PATH 8
 #define TP_ARG_SOCK 9              /* struct tp_sockinfo (collector/sock_hooks.py) */
+/* typed kernel objects (bpf/kargs.h reads them; collector/policy/kargs.py checks them against BTF) */
+#define TP_ARG_CRED 10             /* struct tp_cred_arg: commit_creds(struct cred *) and the like */
+#define TP_ARG_KERNEL_CAP 11       /* 8 bytes: a kernel_cap_t (its 64 capability bits) */
+#define TP_ARG_CAP_INH 12          /* 8 bytes: kernel_cap_t declared cap_inheritable */
+#define TP_ARG_CAP_PRM 13          /* 8 bytes: kernel_cap_t declared cap_permitted */
+#define TP_ARG_CAP_EFF 14          /* 8 bytes: kernel_cap_t declared cap_effective */
+#define TP_ARG_USER_NS 15          /* struct tp_userns_arg */
+#define TP_ARG_BPF_ATTR 16         /* struct tp_bpf_attr_arg (BPF_PROG_LOAD's fields) */
+#define TP_ARG_PERF_EVENT 17       /* struct tp_perf_event_arg */
+#define TP_ARG_BPF_MAP 18          /* struct tp_bpf_map_arg */
+#define TP_ARG_MODULE 19           /* struct tp_module_arg (struct module or struct load_info) */
+#define TP_ARG_SOCKADDR 20         /* struct tp_sockaddr_arg */
+#define TP_ARG_SKB 21              /* struct tp_skb_arg */
+#define TP_ARG_BINPRM 22           /* linux_binprm: the path of its file, bytes as TP_ARG_FILE */
+#define TP_ARG_CAPABILITY 23       /* 8 bytes: a capability number (Tetragon's capability type) */
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */
@@ -142,6 +157,69 @@ struct tp_arg {
     __u8 flags;
     __u16 len;
     __u32 orig_size;           /* char_buf: bytes the call had; else len */
+} __attribute__((packed));
+
+struct tp_userns_arg {
+    __s32 level;               /* 0 = the initial user namespace */
+    __u32 uid;                 /* owner */
+    __u32 gid;                 /* group */
+    __u32 inum;
+} __attribute__((packed));
+
+struct tp_cred_arg {
+    __u32 uid, gid, euid, egid, suid, sgid, fsuid, fsgid;
+    __u32 securebits;
+    __u32 pad;
+    __u64 cap_permitted, cap_effective, cap_inheritable;
+    struct tp_userns_arg user_ns;
+} __attribute__((packed));
+
+struct tp_bpf_attr_arg {
+    __u32 prog_type;
+    __u32 insn_cnt;
+    char prog_name[16];        /* BPF_OBJ_NAME_LEN, NUL padded */
+} __attribute__((packed));
+
+#define TP_KSYM_NAME_LEN 128
+struct tp_perf_event_arg {
+    __u64 config;
+    __u64 probe_offset;
+    __u32 type;
+    __u32 pad;
+    char kprobe_func[TP_KSYM_NAME_LEN];   /* attr.kprobe_func as a string, "" when unreadable */
+} __attribute__((packed));
+
+struct tp_bpf_map_arg {
+    __u32 map_type, key_size, value_size, max_entries;
+    char name[16];
+} __attribute__((packed));
+
+#define TP_MODULE_SIG_KNOWN (1 << 0)   /* load_info with sig_ok in this kernel */
+#define TP_MODULE_SIG_OK (1 << 1)
+#define TP_MODULE_NAME_LEN 64
+struct tp_module_arg {
+    __u32 flags;               /* TP_MODULE_SIG_* */
+    __u32 pad;
+    __u64 taints;              /* module->taints: the kernel's TAINT_* bits */
+    char name[TP_MODULE_NAME_LEN];
+} __attribute__((packed));
+
+struct tp_sockaddr_arg {
+    __u16 family;              /* sa_family */
+    __u16 port;                /* host byte order; AF_INET/AF_INET6 only */
+    __u32 pad;
+    __u8 addr[16];             /* AF_INET: first 4 bytes, network order */
+} __attribute__((packed));
+
+struct tp_skb_arg {
+    __u32 hash, len, priority, mark;
+    __u32 sport, dport;        /* host byte order (TCP/UDP) */
+    __u32 proto;               /* IP protocol number */
+    __u32 secpath_len, secpath_olen;   /* 0: not read (see README) */
+    __u16 family;              /* AF_INET 2, AF_INET6 10, 0 = not IP */
+    __u16 pad;
+    __u8 saddr[16];            /* network order; AF_INET: first 4 bytes */
+    __u8 daddr[16];
 } __attribute__((packed));
 
 /* REC_POLICY: struct tp_header (pid = tid = 0) followed by UTF-8 JSON: {"policy_id", "name",

@@ -355,6 +355,18 @@ HOOK_RETURN = 1 << 1
 HOOK_NO_SELECTOR = 255
 ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
 ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO layout
+# typed kernel objects (bpf/kargs.h writes them, records.h has the layouts)
+(ARG_CRED, ARG_KERNEL_CAP, ARG_CAP_INH, ARG_CAP_PRM, ARG_CAP_EFF, ARG_USER_NS, ARG_BPF_ATTR,
+ ARG_PERF_EVENT, ARG_BPF_MAP, ARG_MODULE, ARG_SOCKADDR, ARG_SKB, ARG_BINPRM, ARG_CAPABILITY) = range(10, 24)
+USERNS_ARG = struct.Struct("<iIII")                 # struct tp_userns_arg
+CRED_ARG = struct.Struct("<10I3Q")                  # struct tp_cred_arg without its user_ns
+BPF_ATTR_ARG = struct.Struct("<II16s")              # struct tp_bpf_attr_arg
+PERF_EVENT_ARG = struct.Struct("<QQII128s")         # struct tp_perf_event_arg
+BPF_MAP_ARG = struct.Struct("<IIII16s")             # struct tp_bpf_map_arg
+MODULE_ARG = struct.Struct("<IIQ64s")               # struct tp_module_arg
+MODULE_SIG_KNOWN, MODULE_SIG_OK = 1, 2
+SOCKADDR_ARG = struct.Struct("<HHI16s")             # struct tp_sockaddr_arg
+SKB_ARG = struct.Struct("<9IHH16s16s")              # struct tp_skb_arg
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
 

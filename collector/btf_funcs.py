@@ -17,6 +17,7 @@ BPFTOOL = ("/usr/sbin/bpftool", "/sbin/bpftool", "/usr/local/sbin/bpftool")
 
 _TYPE = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
 _MEMBER = re.compile(r"^\s+'([^']*)' type_id=(\d+)")
+_ENUMERATOR = re.compile(r"^\s+'([^']*)' val=(-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class BtfFuncs:
         self.types: dict[int, tuple[str, str, str]] = {}   # id → (kind, name, rest)
         self.members: dict[int, list[tuple[str, int]]] = {}
         self.funcs: dict[str, int] = {}
+        self.enumerators: list[tuple[str, int]] = []
         cur = -1
         for line in raw.splitlines():
             m = _TYPE.match(line)
@@ -55,6 +57,10 @@ class BtfFuncs:
             mm = _MEMBER.match(line)
             if mm and cur >= 0:
                 self.members.setdefault(cur, []).append((mm.group(1), int(mm.group(2))))
+                continue
+            me = _ENUMERATOR.match(line)
+            if me and cur >= 0:
+                self.enumerators.append((me.group(1), int(me.group(2))))
 
     def _type_id(self, rest: str, key: str = "type_id") -> int:
         m = re.search(rf"\b{key}=(\d+)", rest)
@@ -95,6 +101,44 @@ class BtfFuncs:
             return None
         params = tuple(Param(n, self.ctype(t)) for n, t in self.members.get(pid, []))
         return FuncProto(name, fid, params, self.ctype(self._type_id(rest, "ret_type_id")))
+
+
+    def struct_id(self, name: str) -> int | None:
+        """The BTF id of ``struct <name>`` / ``union <name>`` with members (not a forward
+        declaration); None if this kernel has none."""
+        if not hasattr(self, "_structs"):
+            self._structs: dict[str, int] = {}
+            for tid, (kind, n, _) in self.types.items():
+                if kind in ("STRUCT", "UNION") and n and n != "(anon)" and tid in self.members:
+                    self._structs.setdefault(n, tid)
+        return self._structs.get(name)
+
+    def has_member(self, struct: str, member: str) -> bool:
+        """``struct <struct>`` has ``member``, directly or inside its anonymous structs/unions
+        (as C reaches it: ``it->count`` of ``struct iov_iter``)."""
+        tid = self.struct_id(struct)
+        return tid is not None and self._has(tid, member, 0)
+
+    def _has(self, tid: int, member: str, depth: int) -> bool:
+        if depth > 4:
+            return False
+        for name, mt in self.members.get(tid, []):
+            if name == member:
+                return True
+            if name in ("", "(anon)"):
+                inner = mt
+                while self.types.get(inner, ("", "", ""))[0] in ("CONST", "VOLATILE", "TYPEDEF"):
+                    inner = self._type_id(self.types[inner][2])
+                kind = self.types.get(inner, ("", "", ""))[0]
+                if kind in ("STRUCT", "UNION") and self._has(inner, member, depth + 1):
+                    return True
+        return False
+
+    def enum_value(self, name: str) -> int | None:
+        """The value of enumerator ``name`` (any enum), None if this kernel has none."""
+        if not hasattr(self, "_enums"):
+            self._enums = dict(self.enumerators)
+        return self._enums.get(name)
 
 
 def _bpftool() -> str | None:

@@ -1,4 +1,5 @@
-"""Policy hook records → ``process_kprobe`` / ``process_tracepoint`` events.
+"""Policy hook records → ``process_kprobe`` / ``process_tracepoint`` / ``process_lsm`` (lsmhooks)
+events.
 
 The enricher never reads policy files: the collector puts a catalog record (REC_POLICY, JSON) in
 the raw stream before a policy's first hook record, on every load and unload, and periodically.
@@ -20,7 +21,7 @@ from prometheus_client import Counter
 
 from bpf import records as r
 from bpf.names import ACTION_ENUM_NAMES
-from enricher import network_events
+from enricher import kernel_args, network_events
 
 log = logging.getLogger("tetrapipe.enricher")
 
@@ -79,6 +80,9 @@ def typed_arg(a: r.HookArg, label: str = "") -> dict[str, Any]:
         out["path_arg"] = {"path": _text(a.data)}
     elif a.type == r.ARG_SOCK:
         out["sock_arg"] = network_events.sock_arg_from_bytes(a.data)
+    elif a.type in kernel_args.KINDS:
+        member, value = kernel_args.typed(a)
+        out[member] = value
     else:
         out["string_arg"] = _text(a.data)
     return out
@@ -173,7 +177,7 @@ class PolicyEvents:
         }
         if parent is not None:
             common["parent"] = parent
-        kind = "tracepoint" if hook.get("kind") == "tracepoint" else "kprobe"
+        kind = {"tracepoint": "tracepoint", "lsmhook": "lsm"}.get(hook.get("kind", ""), "kprobe")
         if parent_entry is not None and kind in getattr(builder, "ancestors_for", ()):
             common["ancestors"] = builder._ancestors(parent_entry)  # --enable-ancestors kprobe,tracepoint
         pod = process.get("pod") or {}
@@ -227,6 +231,8 @@ class PolicyEvents:
         if hook.get("kind") == "tracepoint":
             return builder.envelope(node, ts, process_tracepoint={
                 **common, "subsys": hook.get("subsys", ""), "event": hook.get("event", "")})
+        if hook.get("kind") == "lsmhook":   # Tetragon's process_lsm (no return value)
+            return builder.envelope(node, ts, process_lsm={**common, "function_name": hook.get("function_name", "")})
         kprobe = {**common, "function_name": hook.get("function_name", "")}
         if body.flags & r.HOOK_RETURN:
             ret_spec = hook.get("return_arg") or {}

@@ -5,7 +5,8 @@ inside one); selector strings live in the ``strs`` array map, filled from Python
 has no global data). What this kernel cannot serve is refused here with the YAML path and reason.
 
 The parts, one module per concern:
-- ``argtypes``: tracepoint formats, syscall names, argument type kinds;
+- ``argtypes``: tracepoint formats, syscall names, argument type kinds; ``kargs``: kernel-object
+  argument types (cred, bpf_attr, skb, ...) checked against BTF;
 - ``mechanism``: the table hook kind × kernel feature → mechanism, and each hook's source;
 - ``actions``: what matchActions can do where (Override on tcp_connect → connect rules);
 - ``selectors``: selector conditions as C; ``hookfn``: the hook function and its probes;
@@ -19,9 +20,9 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector import connect_deny, kernel_features, sock_hooks, uprobes
+from collector import btf_funcs, connect_deny, kernel_features, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
-from collector.policy import actions, evasion, mechanism
+from collector.policy import actions, evasion, kargs, mechanism
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -140,6 +141,7 @@ class ProgramGen:
         self.ratelimit = False
         self.fc_filters = 0
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
+        self.kargs = False                       # typed kernel objects: bpf/kargs.h (collector/policy/kargs.py)
         self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
         self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
@@ -189,6 +191,12 @@ class ProgramGen:
                             "sock": "tracepoint", "open": "tracepoint (fd_install emulation)"}.get(src.kind, src.kind)
         return CompiledHook(hid, hook, attach, fname, serve, mechanism=mech)
 
+    def _kargs_include(self) -> list[str]:
+        if not self.kargs:
+            return []
+        funcs = btf_funcs.vmlinux() if self.features.btf else None
+        return [*kargs.defines(funcs), '#include "kargs.h"']
+
     def follow_children(self, op: str, values: list[str], path: str, h: HookGen) -> int:
         """Register a followChildren binaries filter: exec-time marking and fork-time inheritance."""
         fid = self.fc_filters
@@ -220,6 +228,7 @@ class ProgramGen:
             '#include "records.h"',
             '#include "path.h"',
             '#include "policy.h"',
+            *(self._kargs_include()),
             "",
             f"BPF_RINGBUF_OUTPUT(events, {ringbuf_pages});",
             "BPF_PERCPU_ARRAY(drops, u64, 1);",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import compat_x86
+from collector.policy import compat_x86, kargs
 from collector.policy.argtypes import INT_ARG_KIND
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
 from collector.policy.selectors import SelectorGen
 
 SOURCE_NAMES = {"syscall_ret": "syscall", "kfunc": "kernel-function"}
-# integer-valued kernel argument types (a capability number) reported as int_arg
+# integer-valued kernel argument types (a capability number, reported as capability_arg)
 KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
@@ -105,14 +105,21 @@ class HookGen(SelectorGen):
             if arg.type == "nop" and self.src.kind == "kfunc":
                 continue   # Tetragon's nop: the argument is not read
             if arg.type in KERNEL_INT_TYPES and self.src.kind == "kfunc":
-                out.append(f"off = tp_put_u64(b, off, TP_ARG_INT, a[{arg.index}]);")
+                out.append(f"off = tp_put_u64(b, off, TP_ARG_CAPABILITY, a[{arg.index}]);")
             elif arg.type in INT_ARG_KIND:
                 out.append(f"off = tp_put_u64(b, off, {INT_ARG_KIND[arg.type]}, a[{arg.index}]);")
             elif self.is_stringy(arg):
                 ensure, k = self.ensure_arg_slot(arg)
                 kind = {"fd": "TP_ARG_FILE", "file": "TP_ARG_FILE", "path": "TP_ARG_PATH", "dentry": "TP_ARG_PATH",
-                        "linux_binprm": "TP_ARG_FILE"}.get(arg.type, "TP_ARG_STRING")
+                        "linux_binprm": "TP_ARG_BINPRM", "kiocb": "TP_ARG_FILE"}.get(arg.type, "TP_ARG_STRING")
                 out.append(f"{ensure}\noff = tp_put_slot(b, s, off, {kind}, {k});")
+            elif arg.type in kargs.TYPES:
+                why = kargs.check(arg.type, self.src.kind, f, self.src.func or self.hook.call) or \
+                    kargs.btf_refusal(arg.type, btf_funcs.vmlinux() if self.g.features.btf else None)
+                if why:
+                    raise self.fail(f"{arg.path}.type", why)
+                self.g.kargs = True
+                out.append(kargs.put_c(arg.type, arg.index, self.user_memory))
             elif arg.type in ("char_buf", "char_iovec", "const_buf"):
                 if arg.type != "char_buf" or not f.is_pointer:
                     raise self.fail(f"{arg.path}.type", f"a {arg.type} argument cannot be read from {f.ctype} {f.name}")
@@ -287,6 +294,9 @@ class HookGen(SelectorGen):
                            f"a[{i}] = (u64)&si{i};\n" for i in self.sock_args)
         if sockfill:
             self.g.sock = True
+        # kernel_cap_t by pointer: the capability bits replace the pointer (selectors compare them)
+        sockfill += "".join(kargs.cap_fill_c(a.index, src.fields[a.index]) for a in self.hook.args
+                            if a.type in kargs.CAP_KINDS and a.index < len(src.fields))
 
         def call(ret: str = "0", is_ret: int = 0, result: str = "") -> str:
             return f"{sockfill}{result}tp_hook_{hid}(ctx, a, {ret}, {is_ret});"
@@ -321,6 +331,11 @@ class HookGen(SelectorGen):
         funcs = btf_funcs.vmlinux()
         proto = funcs.proto(self.src.func) if funcs else None
         return proto is not None and proto.ret != "void"
+
+    @property
+    def user_memory(self) -> bool:
+        """The hook's pointer arguments point into user memory (a syscall's own arguments)."""
+        return self.src.kind in ("syscall", "syscall_ret") or self.src.wrapper
 
     @property
     def sock_args(self) -> list[int]:

@@ -38,6 +38,10 @@ KERNEL_PATH_TYPES = {
     "dentry": ("struct dentry *",
                "if (a[{i}]) s->slen[{k}] = tp_dentry_path(pb, (struct dentry *)a[{i}], s->slot[{k}], &sf);\n"
                "else sf |= TP_ARGF_ERROR;"),
+    "kiocb": ("struct kiocb *",   # Tetragon's kiocb: the file of ki_filp
+              "struct file *kf = 0;\nif (a[{i}]) TP_RD(kf, ((struct kiocb *)a[{i}])->ki_filp);\n"
+              "if (kf) s->slen[{k}] = tp_file_path(pb, task, kf, s->slot[{k}], &sf);\n"
+              "else sf |= TP_ARGF_ERROR;"),
     "linux_binprm": ("struct linux_binprm *",
                      "struct file *bf = 0;\nif (a[{i}]) TP_RD(bf, ((struct linux_binprm *)a[{i}])->file);\n"
                      "if (bf) s->slen[{k}] = tp_file_path(pb, task, bf, s->slot[{k}], &sf);\n"
@@ -48,7 +52,9 @@ CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 
 
 # integer argument types: how a raw register/field value (u64) is compared
-_UNSIGNED_BITS = {"uint8": 8, "uint16": 16, "uint32": 32, "ulong": 64, "uint64": 64, "size_t": 64}
+_UNSIGNED_BITS = {"uint8": 8, "uint16": 16, "uint32": 32, "ulong": 64, "uint64": 64, "size_t": 64,
+                  "kernel_cap_t": 64, "cap_inheritable": 64, "cap_permitted": 64, "cap_effective": 64}
+CAP_ARG_TYPES = ("kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective")  # 64 capability bits
 _SIGNED_BITS = {"int": 32, "int32": 32, "sint32": 32, "int16": 16, "sint16": 16, "int8": 8, "sint8": 8}
 
 
@@ -219,7 +225,7 @@ class SelectorGen:
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:
             ensure, k = self.ensure_arg_slot(arg)
             return [f"if (ok) {{\n{indent(ensure)}\n    ok = {self.str_cond(k, f.operator, f.values, path)};\n}}"]
-        if arg.type in INT_ARG_KIND or arg.type == "capability" or (
+        if arg.type in INT_ARG_KIND or arg.type in ("capability", *CAP_ARG_TYPES) or (
                 arg.type in ("fd", "file") and not self._field(arg.index).is_pointer):
             if f.operator in STRING_OPERATORS - INT_OPERATORS:
                 raise self.fail(f"{path}.operator", f"operator {f.operator} does not apply to a {arg.type} argument")

@@ -96,7 +96,7 @@ def test_exec_control_denies_exec_from_tmp_and_lets_others_run(examples) -> None
                      "except OSError as e:\n    raise SystemExit(e.errno)")
     assert rc == errno.EPERM
     (ev, *_) = hooks.wait(lp, 0, pid)
-    assert ev.action == ACTION_NUMBERS["Override"] and ev.args[0].type == records.ARG_FILE
+    assert ev.action == ACTION_NUMBERS["Override"] and ev.args[0].type == records.ARG_BINPRM
     assert ev.args[0].data.decode() == str(denied)
     ok = subprocess.Popen(["/usr/bin/true"])
     assert ok.wait(timeout=30) == 0

@@ -22,8 +22,9 @@ from typing import Any
 
 from bpf import records as r
 from bpf.names import CAPABILITIES
-from enricher.event_builder import capabilities, securebits_names
+from enricher.event_builder import securebits_names
 from enricher.network_events import FAMILY, PROTOCOL, address
+from schemas import capabilities
 
 CAP_MEMBER = {r.ARG_KERNEL_CAP: "kernel_cap_t_arg", r.ARG_CAP_INH: "cap_inheritable_arg",
               r.ARG_CAP_PRM: "cap_permitted_arg", r.ARG_CAP_EFF: "cap_effective_arg"}
@@ -77,7 +78,7 @@ def cred(data: bytes) -> dict[str, Any]:
     out: dict[str, Any] = dict(zip(("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid"), ids,
                                    strict=True))
     out["securebits"] = securebits_names(securebits)
-    out["caps"] = capabilities(permitted, effective, inheritable)
+    out["caps"] = capabilities.masks(permitted, effective, inheritable)
     out["user_ns"] = user_ns(data[r.CRED_ARG.size:])
     return out
 

@@ -313,15 +313,16 @@ def test_outbound_connection_from_unexpected_binary(library: Library) -> None:
     # in a network namespace of its own: a listener on 192.0.2.1 (not loopback) and on 127.0.0.1;
     # bash connects to loopback (negative) then to 192.0.2.1 (positive)
     listener = library.tmp / "listen.py"
-    listener.write_text("import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 8099))\n"
-                        "s.listen(8)\ntime.sleep(5)\n")
+    ready = library.tmp / "listening"
+    listener.write_text("import socket, sys, time\ns = socket.socket()\ns.bind(('0.0.0.0', 8099))\n"
+                        "s.listen(8)\nopen(sys.argv[1], 'w').close()\ntime.sleep(60)\n")
     script = library.tmp / "net.sh"
     script.write_text(textwrap.dedent(f"""\
         set -e
         ip link set lo up
         ip addr add 192.0.2.1/32 dev lo
-        {sys.executable} {listener} &
-        sleep 0.5
+        {sys.executable} {listener} {ready} &
+        for _ in $(seq 300); do [ -e {ready} ] && break; sleep 0.1; done  # listening (slow when loaded)
         bash -c 'echo $$ > {library.tmp}/bash.pid; exec 3<>/dev/tcp/127.0.0.1/8099; exec 4<>/dev/tcp/192.0.2.1/8099'
         kill %1
     """))

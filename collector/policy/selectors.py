@@ -189,17 +189,9 @@ class SelectorGen:
         return "(" + " || ".join(f"(((u64){expr}) & {v & (2**64 - 1)}ULL)" for v in vals) + ")"
 
     def str_cond(self, k: int, op: str, values: list[str], path: str) -> str:
-        how = {"Equal": 0, "NotEqual": 0, "In": 0, "NotIn": 0, "Prefix": 1, "NotPrefix": 1,
-               "Postfix": 2, "NotPostfix": 2}[op]
-        parts = []
-        for j, v in enumerate(values):
-            sid = self.g.string_id(v, f"{path}.values[{j}]")
-            cmp = f"tp_str_cmp(s->slot[{k}], s->slen[{k}], tp_strv({sid}), {how})"
-            if how != 2:   # a truncated value keeps its tail: only a Postfix can judge it
-                cmp = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {cmp})"
-            parts.append(cmp)
-        any_match = "(" + " || ".join(parts) + ")"
-        if how != 2:   # a truncated path lost its start: never matched as if whole (Postfix still sees its end)
+        any_match = self.g.string_set(k, op, values, path)
+        if op not in ("Postfix", "NotPostfix"):
+            # a truncated value lost its start: never matched as if whole (Postfix sees its end)
             any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
         return f"!{any_match}" if op.startswith("Not") else any_match
 

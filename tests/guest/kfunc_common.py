@@ -50,18 +50,6 @@ def config_for_btf_tree(tmp: Path) -> None:
 
 
 def load_or_known_limit(mgr: PolicyManager, load: object, *args: object) -> list[Loaded]:
-    """``mgr.<load>(*args)``; on Debian 6.1 a refusal by its verifier's branch limit in the
-    selector string compare (README: "On Debian 6.1 ...") turns the tests into expected failures
-    with that reason instead of errors. Any other refusal is raised."""
-    import pytest
-
-    from collector.policy.model import PolicyError
-
-    try:
-        return getattr(mgr, str(load))(*args)
-    except PolicyError as exc:
-        # the verifier's log ("The sequence of 8193 jumps is too complex") goes to stderr; the
-        # load fails with EFAULT, which bcc words as "Bad address"
-        if os.uname().release.startswith("6.1.") and "Bad address" in str(exc):
-            pytest.xfail(f"6.1 verifier: string compare loop too complex (known, README): {exc}")
-        raise
+    """``mgr.<load>(*args)``. (Named for the Debian 6.1 verifier limit it used to turn into
+    expected failures: string sets are map lookups now and load there; any refusal is raised.)"""
+    return getattr(mgr, str(load))(*args)

@@ -35,6 +35,13 @@ struct tp_strkey {
     char s[TP_STR_MAX];
 };
 
+/* InMap/NotInMap: the integer values (ranges expanded) of each filter, keys of `intset` */
+struct tp_intkey {
+    u32 set;
+    u32 pad;
+    u64 v;
+};
+
 struct tp_hook_buf {
     struct tp_hook e;
     char data[TP_DATA_SIZE * 2];   /* arguments are written below TP_DATA_SIZE + TP_BUF_MAX */

@@ -88,6 +88,11 @@ static __always_inline int tp_set_eq(struct tp_strkey *key, const char *str, u32
     bpf_probe_read_kernel(key->s, m, str);
     return strset.lookup(key) != 0;
 }
+static __always_inline int tp_int_in(u32 set, u64 v)
+{
+    struct tp_intkey k = {.set = set, .v = v};
+    return intset.lookup(&k) != 0;
+}
 static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
 static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }
 static __always_inline int tp_emit(struct tp_hook_buf *b, u32 size) { return events.ringbuf_output(b, size, 0); }

@@ -119,6 +119,11 @@ CASES = [
          creat(0o644), creat(0o600)),
     Case("notinrange", arg(3, "NotInRange", '"400:500"'),
          creat(0o600), creat(0o644)),
+    # string sets (one map lookup per value length) and InMap (values and ranges in a hash map)
+    Case("equalset", arg(1, "Equal", '"{d}/zz", "{d}/a", "{d}/bbbbbbb"'), cat, cat, "a", "ab"),
+    Case("postfixset", arg(1, "Postfix", '".log", ".conf", ".x"'), cat, cat, "a.conf", "a.txt"),
+    Case("inmap", arg(3, "InMap", '"100:200", "420"'), creat(0o644), creat(0o600)),
+    Case("notinmap", arg(3, "NotInMap", '"100:200", "420"'), creat(0o600), creat(0o644)),
     # matchReturnArgs: the open failed
     Case("returnlt", None, cat, cat, "missing", "a", hook_extra="    return: true\n"),  # type: ignore[arg-type]
     # matchPIDs

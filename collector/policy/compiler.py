@@ -43,6 +43,7 @@ KFUNC_FRAGMENT = {"fentry": "kfunc_fentry", "fexit": "kfunc_fexit", "lsm": "kfun
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192
+INT_SET_MAX = 65536    # entries of all InMap/NotInMap filters of a policy (ranges count each value)
 SET_LENGTHS_MAX = 64   # distinct value lengths of one Prefix/Postfix filter: one map lookup each
 STRING_HOW = {"Equal": "equal", "NotEqual": "equal", "In": "equal", "NotIn": "equal", "Prefix": "prefix",
               "NotPrefix": "prefix", "Postfix": "postfix", "NotPostfix": "postfix"}
@@ -70,6 +71,7 @@ class Compiled:
     connect_rules: list[connect_deny.ConnectRule] = field(default_factory=list)  # Override on tcp_connect
     kattach: list[tuple[str, str]] = field(default_factory=list)  # (mechanism, kernel function) to attach
     string_sets: list[tuple[int, bytes]] = field(default_factory=list)  # (set id, value): keys of ``strset``
+    int_sets: list[tuple[int, int]] = field(default_factory=list)   # (set id, u64 value): keys of ``intset``
 
 
 class _Fail:
@@ -104,7 +106,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
-                    gen.set_entries)
+                    gen.set_entries, gen.int_entries)
 
 
 def scope_path(policy: Policy) -> str:
@@ -139,6 +141,8 @@ class ProgramGen:
         self.strings: list[bytes] = []
         self.set_entries: list[tuple[int, bytes]] = []   # (set id, value): keys of the strset map
         self.set_functions: list[str] = []
+        self.int_entries: list[tuple[int, int]] = []     # (set id, value): keys of the intset map
+        self.int_sets = 0
         self.notices: list[str] = []
         self.functions: list[str] = []
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
@@ -191,6 +195,21 @@ class ProgramGen:
             f"    struct tp_strkey *key = tp_setkey({sid});\n    if (!key)\n        return 0;\n"
             f"    u32 n = s->slen[{k}];\n{body}\n}}")
         return f"tp_set_{sid}(s)"
+
+    def int_set(self, ranges: list[tuple[int, int]], path: str) -> int:
+        """InMap/NotInMap: the values (ranges expanded) as a set of the ``intset`` map; its id."""
+        sid = self.int_sets
+        self.int_sets += 1
+        values: set[int] = set()
+        for lo, hi in ranges:
+            if hi < lo:
+                raise self.fail(path, f"range {lo}:{hi} is empty")
+            if len(self.int_entries) + len(values) + hi - lo + 1 > INT_SET_MAX:
+                raise self.fail(path, f"the InMap values of this policy expand to more than {INT_SET_MAX} "
+                                      "entries (a range counts each value)")
+            values.update(range(lo, hi + 1))
+        self.int_entries += [(sid, v & (2**64 - 1)) for v in sorted(values)]
+        return sid
 
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
@@ -260,6 +279,7 @@ class ProgramGen:
             "BPF_PERCPU_ARRAY(slot_scratch, struct tp_slots, 1);",
             f"BPF_HASH(strset, struct tp_strkey, u8, {nset});  /* selector string sets (bpf/policy.h) */",
             "BPF_PERCPU_ARRAY(strkey_scratch, struct tp_strkey, 1);",
+            f"BPF_HASH(intset, struct tp_intkey, u8, {max(len(self.int_entries), 1)});  /* InMap values */",
             "BPF_ARRAY(enabled, u32, 1);  /* 0 until the string sets are filled, and while disabled */",
             f"BPF_PERCPU_ARRAY(sel_counts, u64, {ncount});",
             *self.pending_maps,

@@ -266,6 +266,11 @@ class PolicyManager:
                 key = strset.Key()
                 key.set, key.len, key.s = sid, len(raw), raw
                 strset[key] = ctypes.c_uint8(1)
+            intset = bpf["intset"]
+            for sid, value in comp.int_sets:
+                ikey = intset.Key()
+                ikey.set, ikey.v = sid, value
+                intset[ikey] = ctypes.c_uint8(1)
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the

@@ -171,6 +171,12 @@ class SelectorGen:
                 return "(-9223372036854775807LL - 1)"
             return f"{v}{suffix}"
 
+        if op in ("InMap", "NotInMap"):   # values and ranges in the intset hash map: one lookup
+            rs = self._ranges(f, path)
+            for j, (lo, hi) in enumerate(rs):
+                lit(lo, j), lit(hi, j)
+            sid = self.g.int_set(rs, f"{path}.values")
+            return f"{'!' if op == 'NotInMap' else ''}tp_int_in({sid}, (u64){expr})"
         if op in ("InRange", "NotInRange"):
             rs = self._ranges(f, path)
             any_in = " || ".join(f"({expr} >= {lit(lo, j)} && {expr} <= {lit(hi, j)})"

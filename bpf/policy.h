@@ -122,6 +122,45 @@ static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struc
     return tp_file_path(pb, task, exe, out, flags);
 }
 
+/* FileType: the file's type bits (i_mode & S_IFMT) of its inode; 0 when there is none */
+static __always_inline u32 tp_dentry_mode(struct dentry *d)
+{
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (d)
+        TP_RD(ino, d->d_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m & 0170000;
+}
+
+static __always_inline u32 tp_file_mode(struct file *f)
+{
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (f)
+        TP_RD(ino, f->f_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m & 0170000;
+}
+
+static __always_inline u32 tp_path_mode(struct path *p)
+{
+    struct dentry *d = 0;
+    if (p)
+        TP_RD(d, p->dentry);
+    return tp_dentry_mode(d);
+}
+
+static __always_inline u32 tp_binprm_mode(struct linux_binprm *bp)
+{
+    struct file *f = 0;
+    if (bp)
+        TP_RD(f, bp->file);
+    return tp_file_mode(f);
+}
+
 static __always_inline u32 tp_ns_pid(struct task_struct *task)
 {
     struct task_struct *leader = 0;

@@ -405,6 +405,33 @@ BROKEN += [
               operator: SubString
               values: ["passwd"]
     """), "operator SubString is not supported by tetrapipe", 15, True, id="substring-refused"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_read
+          syscall: true
+          args:
+          - index: 0
+            type: fd
+          selectors:
+          - matchArgs:
+            - index: 0
+              operator: FileType
+              values: ["dir", "door"]
+    """), 'matchArgs[0].values[1]: unknown file type "door"', 16, True, id="filetype-unknown"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_read
+          syscall: true
+          args:
+          - index: 2
+            type: size_t
+          selectors:
+          - matchArgs:
+            - index: 2
+              operator: FileType
+              values: ["reg"]
+    """), "operator FileType applies to file, path, dentry, linux_binprm and fd arguments, not to a size_t",
+        15, True, id="filetype-int"),
 ]
 
 

@@ -202,8 +202,7 @@ class ProgramGen:
         self.int_sets += 1
         values: set[int] = set()
         for lo, hi in ranges:
-            if hi < lo:
-                raise self.fail(path, f"range {lo}:{hi} is empty")
+            lo, hi = min(lo, hi), max(lo, hi)   # a reversed range means the same values (as Tetragon)
             if len(self.int_entries) + len(values) + hi - lo + 1 > INT_SET_MAX:
                 raise self.fail(path, f"the InMap values of this policy expand to more than {INT_SET_MAX} "
                                       "entries (a range counts each value)")

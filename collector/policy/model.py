@@ -36,7 +36,7 @@ ARG_OPERATORS = frozenset({
 })
 SERVED_ARG_OPERATORS = frozenset({
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
-    "LessThan", "LT", "Mask", "InRange", "NotInRange", "InMap", "NotInMap",
+    "LessThan", "LT", "Mask", "InRange", "NotInRange", "InMap", "NotInMap", "FileType", "NotFileType",
 })
 STRING_OPERATORS = frozenset({"Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
 INT_OPERATORS = frozenset({"Equal", "NotEqual", "GreaterThan", "GT", "LessThan", "LT", "Mask",

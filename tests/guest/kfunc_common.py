@@ -3,13 +3,10 @@ config the BTF include tree needs (Debian keeps it in /boot/config-<release> onl
 
 from __future__ import annotations
 
-import gzip
-import os
 import time
 from pathlib import Path
 
 from bpf import records
-from collector import kernel_headers
 from collector.policy.manager import Loaded, PolicyManager
 
 
@@ -42,11 +39,10 @@ class Hooks:
 
 
 def config_for_btf_tree(tmp: Path) -> None:
-    cfg = Path(f"/boot/config-{os.uname().release}")
-    if not kernel_headers.CONFIG_GZ.exists() and cfg.is_file():
-        gz = tmp / "config.gz"
-        gz.write_bytes(gzip.compress(cfg.read_bytes()))
-        kernel_headers.CONFIG_GZ = gz
+    """Nothing to do any more: the collector reads /boot/config-<release> itself
+    (collector/kernel_headers.py). It used to point ``CONFIG_GZ`` at a gzipped copy, which, for
+    the rest of the boot's session, made other guest modules' trees name that copy."""
+    del tmp
 
 
 def load_or_known_limit(mgr: PolicyManager, load: object, *args: object) -> list[Loaded]:

@@ -85,34 +85,34 @@ BPF_RINGBUF_OUTPUT(cd_events, CD_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(cd_drops, u64, 1);
 BPF_PERCPU_ARRAY(cd_rec_scratch, struct tp_connect_deny, 1);
 
+/* Both loops run their full constant count, with no early exit, so clang unrolls them: a loop
+ * that stops at `i >= n` becomes a count clang derives from min(n, 8), whose bound Debian 6.1's
+ * verifier loses ("invalid access to map value" past the rule). */
 static __always_inline int cd_addr_in(struct cd_rule *r, struct cd_dest *d)
 {
     u32 n = r->naddrs;
-#pragma clang loop unroll(disable)
+    int hit = 0;
+#pragma unroll
     for (u32 i = 0; i < CD_MAX_ADDRS; i++) {
-        if (i >= n)
-            break;
         struct cd_cidr *c = &r->addrs[i];
-        if (c->family != d->family)
-            continue;
-        if ((d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
+        if (i < n && c->family == d->family &&
+            (d->ip[0] & c->mask[0]) == c->addr[0] && (d->ip[1] & c->mask[1]) == c->addr[1] &&
             (d->ip[2] & c->mask[2]) == c->addr[2] && (d->ip[3] & c->mask[3]) == c->addr[3])
-            return 1;
+            hit = 1;
     }
-    return 0;
+    return hit;
 }
 
 static __always_inline int cd_port_in(struct cd_rule *r, u16 port)
 {
     u32 n = r->nports;
-#pragma clang loop unroll(disable)
+    int hit = 0;
+#pragma unroll
     for (u32 i = 0; i < CD_MAX_PORTS; i++) {
-        if (i >= n)
-            break;
-        if (port >= r->port_lo[i] && port <= r->port_hi[i])
-            return 1;
+        if (i < n && port >= r->port_lo[i] && port <= r->port_hi[i])
+            hit = 1;
     }
-    return 0;
+    return hit;
 }
 
 static __always_inline int cd_rule_matches(u32 idx, struct cd_rule *r, struct cd_dest *d)

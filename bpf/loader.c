@@ -14,6 +14,7 @@
 #define LDR_MAP_ANONYMOUS 0x20
 #define LDR_PHDR_MAX 16
 #define LDR_NOTE_MAX 6
+#define LDR_NOTE_SEGS 2   /* PT_NOTE segments read: gcc/ld put the build id in the first or second */
 
 struct ldr_args {
     s32 fd;
@@ -37,7 +38,36 @@ BPF_HASH(ldr_mmap_args, u32, struct ldr_args, 16384);
 BPF_PERCPU_ARRAY(ldr_scratch, struct ldr_pending, 1);
 BPF_HASH(ldr_pending_rec, u32, struct ldr_pending, 1024);
 
-/* Reads the NT_GNU_BUILD_ID note of the ELF image at `base`; returns its length, 0 if none. */
+/* The NT_GNU_BUILD_ID note in the notes of [note, end) of the process's memory: its length
+ * (copied to out), 0 if none there, -1 if unreadable. Unrolled, no loop (see ldr_buildid). */
+static __always_inline int ldr_note_scan(u64 note, u64 end, u8 *out)
+{
+#pragma unroll
+    for (int n = 0; n < LDR_NOTE_MAX; n++) {
+        u32 nh[4] = {}; /* namesz, descsz, type, name[0..3] */
+        if (note + 16 > end)
+            break;
+        if (bpf_probe_read_user(nh, sizeof(nh), (void *)note) < 0)
+            return -1;
+        u32 namesz = (nh[0] + 3) & ~3U, descsz = (nh[1] + 3) & ~3U;
+        if (nh[2] == 3 && nh[0] == 4 && nh[3] == 0x00554e47 /* "GNU\0" */) {
+            u32 len = nh[1] > TP_LOADER_BUILDID_MAX ? TP_LOADER_BUILDID_MAX : nh[1];
+            len &= 31;
+            if (len == 0 || len > TP_LOADER_BUILDID_MAX)
+                return 0;
+            if (bpf_probe_read_user(out, len, (void *)(note + 12 + namesz)) < 0)
+                return -1;
+            return len;
+        }
+        note += 12 + namesz + descsz;
+    }
+    return 0;
+}
+
+/* Reads the NT_GNU_BUILD_ID note of the ELF image at `base`; returns its length, 0 if none.
+ * Two steps, so Debian 6.1's verifier can follow it ("sequence of 8193 jumps is too complex"
+ * when the note walk sat inside the program header loop): the loop only finds the first
+ * LDR_NOTE_SEGS PT_NOTE segments, their notes are scanned after it, unrolled. */
 static __always_inline int ldr_buildid(u64 base, u8 *out)
 {
     unsigned char eh[64];
@@ -52,38 +82,31 @@ static __always_inline int ldr_buildid(u64 base, u8 *out)
     if (phentsize != 56)
         return 0;
     u64 load_bias = etype == 2 ? 0 : base; /* ET_EXEC: addresses are absolute */
+    u64 seg0 = 0, len0 = 0, seg1 = 0, len1 = 0;
+    u32 found = 0;
     for (int i = 0; i < LDR_PHDR_MAX; i++) {
-        if (i >= phnum)
+        if (i >= phnum || found >= LDR_NOTE_SEGS)
             break;
-        u32 ptype = 0;
         u64 ph[7] = {};  /* p_type|p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align */
         if (bpf_probe_read_user(ph, sizeof(ph), (void *)(base + phoff + i * 56)) < 0)
             return -1;
-        ptype = (u32)ph[0];
-        if (ptype != 4) /* PT_NOTE */
+        if ((u32)ph[0] != 4) /* PT_NOTE */
             continue;
-        u64 note = load_bias + ph[2];
-        u64 end = note + ph[4];
-        for (int n = 0; n < LDR_NOTE_MAX; n++) {
-            u32 nh[4] = {}; /* namesz, descsz, type, name[0..3] */
-            if (note + 16 > end)
-                break;
-            if (bpf_probe_read_user(nh, sizeof(nh), (void *)note) < 0)
-                return -1;
-            u32 namesz = (nh[0] + 3) & ~3U, descsz = (nh[1] + 3) & ~3U;
-            if (nh[2] == 3 && nh[0] == 4 && nh[3] == 0x00554e47 /* "GNU\0" */) {
-                u32 len = nh[1] > TP_LOADER_BUILDID_MAX ? TP_LOADER_BUILDID_MAX : nh[1];
-                len &= 31;
-                if (len == 0 || len > TP_LOADER_BUILDID_MAX)
-                    return 0;
-                if (bpf_probe_read_user(out, len, (void *)(note + 12 + namesz)) < 0)
-                    return -1;
-                return len;
-            }
-            note += 12 + namesz + descsz;
+        if (found == 0) {
+            seg0 = load_bias + ph[2];
+            len0 = ph[4];
+        } else {
+            seg1 = load_bias + ph[2];
+            len1 = ph[4];
         }
+        found++;
     }
-    return 0;
+    int r = 0;
+    if (len0)
+        r = ldr_note_scan(seg0, seg0 + len0, out);
+    if (r == 0 && len1)
+        r = ldr_note_scan(seg1, seg1 + len1, out);
+    return r;
 }
 
 static __always_inline void ldr_send(struct ldr_pending *p)

@@ -5,6 +5,8 @@
  *
  * Limits (records.h has the record layout):
  *   TP_STR_MAX      256 bytes per selector string value (longer values are refused at load)
+ *   string sets     one hash lookup per Equal filter, one per distinct value length for
+ *                   Prefix/Postfix (at most TP_SET_LENGTHS lengths per filter, checked in Python)
  *   TP_DATA_SIZE   8192 bytes of arguments per record (a last char_buf may add TP_BUF_MAX);
  *                  arguments that do not fit are left out
  *   TP_SLOTS          4 string values (paths, strings, binaries) per hook at most
@@ -22,9 +24,22 @@
 /* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
 #define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
 
-struct tp_str {
+/* Selector string sets (Tetragon keeps them in BPF maps, not per-value loops): every value of a
+ * filter is a key of the program's `strset` hash map: its set, its length, its bytes zero-padded.
+ * Equal is one lookup of the whole string; Prefix/Postfix one lookup per distinct value length l
+ * of the set, of the string's first/last l bytes. No loop: Debian 6.1's verifier refused the
+ * byte compare loops this replaced ("sequence of 8193 jumps is too complex"). */
+struct tp_strkey {
+    u32 set;
     u32 len;
     char s[TP_STR_MAX];
+};
+
+/* InMap/NotInMap: the integer values (ranges expanded) of each filter, keys of `intset` */
+struct tp_intkey {
+    u32 set;
+    u32 pad;
+    u64 v;
 };
 
 struct tp_hook_buf {
@@ -107,28 +122,43 @@ static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struc
     return tp_file_path(pb, task, exe, out, flags);
 }
 
-static __always_inline int tp_str_cmp(const char *s, u32 slen, struct tp_str *v, int how)
+/* FileType: the file's type bits (i_mode & S_IFMT) of its inode; 0 when there is none */
+static __always_inline u32 tp_dentry_mode(struct dentry *d)
 {
-    /* how: 0 equal, 1 prefix, 2 postfix */
-    if (!v)
-        return 0;
-    u32 n = v->len;
-    if (n > slen || n > TP_STR_MAX)
-        return 0;
-    if (how == 0 && n != slen)
-        return 0;
-    u32 start = how == 2 ? slen - n : 0;
-    n = TP_BOUND(n, 0x1ff);  /* opaque to clang, so it keeps the i < TP_STR_MAX bound */
-#pragma clang loop unroll(disable)
-    for (u32 i = 0; i < TP_STR_MAX; i++) {
-        if (i >= n)
-            break;
-        /* both indexes masked in asm: clang may drop a C mask it proves redundant and fold the
-         * two loop exits into one count, which the 6.1 verifier cannot bound (6.12's can) */
-        if (s[TP_BOUND(start + i, 0xfff)] != v->s[TP_BOUND(i, 0xff)])
-            return 0;
-    }
-    return 1;
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (d)
+        TP_RD(ino, d->d_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m & 0170000;
+}
+
+static __always_inline u32 tp_file_mode(struct file *f)
+{
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (f)
+        TP_RD(ino, f->f_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m & 0170000;
+}
+
+static __always_inline u32 tp_path_mode(struct path *p)
+{
+    struct dentry *d = 0;
+    if (p)
+        TP_RD(d, p->dentry);
+    return tp_dentry_mode(d);
+}
+
+static __always_inline u32 tp_binprm_mode(struct linux_binprm *bp)
+{
+    struct file *f = 0;
+    if (bp)
+        TP_RD(f, bp->file);
+    return tp_file_mode(f);
 }
 
 static __always_inline u32 tp_ns_pid(struct task_struct *task)

@@ -59,7 +59,40 @@ ${scope_check}${prologue}${pre}
 }
 
 // @@ program_helpers
-static __always_inline struct tp_str *tp_strv(u32 id) { return strs.lookup(&id); }
+/* the set's key in per-CPU scratch, zeroed (a key is 264 bytes: too big for the stack budget) */
+static __always_inline struct tp_strkey *tp_setkey(u32 set)
+{
+    int zero = 0;
+    struct tp_strkey *key = strkey_scratch.lookup(&zero);
+    if (key) {
+        __builtin_memset(key, 0, sizeof(*key));
+        key->set = set;
+    }
+    return key;
+}
+/* the l bytes of str at off are a value of the key's set. l is a constant at every call and
+ * the calls of one set go by rising l, so the bytes past l are still zero (tp_setkey) */
+static __always_inline int tp_set_at(struct tp_strkey *key, const char *str, u32 off, u32 l)
+{
+    key->len = l;
+    bpf_probe_read_kernel(key->s, l, str + TP_BOUND(off, 0xfff));
+    return strset.lookup(key) != 0;
+}
+/* the whole string (n bytes) is a value of the key's set */
+static __always_inline int tp_set_eq(struct tp_strkey *key, const char *str, u32 n)
+{
+    u64 m = TP_BOUND(n, 0x1fff);   /* opaque to clang: it keeps the check the verifier needs */
+    if (m > TP_STR_MAX)
+        return 0;
+    key->len = m;
+    bpf_probe_read_kernel(key->s, m, str);
+    return strset.lookup(key) != 0;
+}
+static __always_inline int tp_int_in(u32 set, u64 v)
+{
+    struct tp_intkey k = {.set = set, .v = v};
+    return intset.lookup(&k) != 0;
+}
 static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
 static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }
 static __always_inline int tp_emit(struct tp_hook_buf *b, u32 size) { return events.ringbuf_output(b, size, 0); }

@@ -104,6 +104,60 @@ def test_matchbinarys_spelling_accepted_with_notice() -> None:
     assert any("matchBinarys" in n for n in p.notices)
 
 
+def test_spec_lists_expand_to_one_hook_per_value() -> None:
+    if not HAVE_TRACEFS:
+        skip_or_fail("needs tracefs syscall formats")
+    c = compile_text(policy("""
+        lists:
+        - name: dups
+          type: syscalls
+          values: ["sys_dup", "sys_dup3"]
+        kprobes:
+        - call: "list:dups"
+          args:
+          - index: 0
+            type: int
+          selectors:
+          - matchArgs:
+            - index: 0
+              operator: InMap
+              values: ["3:5", "9"]
+    """))
+    assert [h.function_name for h in c.hooks] == ["sys_dup", "sys_dup3"]
+    assert [h.attach for h in c.hooks] == [["syscalls:sys_enter_dup"], ["syscalls:sys_enter_dup3"]]
+    # InMap: the values and the expanded range in the intset map, one set per hook
+    assert sorted(c.int_sets) == [(0, 3), (0, 4), (0, 5), (0, 9), (1, 3), (1, 4), (1, 5), (1, 9)]
+    assert "tp_int_in(0, (u64)" in c.text and "BPF_HASH(intset, struct tp_intkey, u8, 8)" in c.text
+
+
+def test_string_sets_are_map_keys_with_one_lookup_per_length() -> None:
+    if not HAVE_TRACEFS:
+        skip_or_fail("needs tracefs syscall formats")
+    c = compile_text(policy("""
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args:
+          - index: 1
+            type: string
+          selectors:
+          - matchArgs:
+            - index: 1
+              operator: Postfix
+              values: [".log", ".conf", ".x", ".txt"]
+          - matchArgs:
+            - index: 1
+              operator: Equal
+              values: ["/etc/passwd", "/etc/shadow"]
+    """))
+    assert c.string_sets == [(0, b".log"), (0, b".conf"), (0, b".x"), (0, b".txt"),
+                             (1, b"/etc/passwd"), (1, b"/etc/shadow")]
+    # Postfix: lengths 2, 4, 5 each one lookup, in rising order; Equal: one lookup
+    assert [ln for ln in c.text.splitlines() if "tp_set_at(key" in ln] == [
+        f"    if (n >= {n} && tp_set_at(key, s->slot[0], n - {n}, {n}))" for n in (2, 4, 5)]
+    assert "return tp_set_eq(key, s->slot[0], n);" in c.text
+
+
 SIX_SELECTORS = "\n".join(["kprobes:", "- call: sys_write", "  syscall: true", "  selectors:"]
                           + ["  - matchActions:\n    - action: Post"] * 6)
 
@@ -297,6 +351,87 @@ BROKEN = [
           event: sched_process_exec
     """), "spec.hostSelector: a hostSelector together with a pod or container selector", 6, False,
         id="host-and-pod-selector"),
+]
+
+
+LIST_HOOK = """
+    kprobes:
+    - call: "list:{name}"
+      syscall: true
+"""
+BROKEN += [
+    pytest.param(policy("lists:\n- name: a\n  values: [sys_dup]\n" + textwrap.dedent(LIST_HOOK.format(name="b"))),
+                 "spec.kprobes[0].call: no list named 'b' in spec.lists", 11, False, id="list-unknown"),
+    pytest.param(policy("lists:\n- name: a\n  type: generated_ftrace\n  pattern: '^vfs_*'\n"
+                        + textwrap.dedent(LIST_HOOK.format(name="a"))),
+                 "spec.lists[0].type: generated lists (generated_ftrace) are not supported", 8, False,
+                 id="list-generated"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args:
+          - index: 1
+            type: string
+          selectors:
+          - matchArgs:
+            - index: 1
+              operator: InMap
+              values: ["/etc/passwd"]
+    """), "matchArgs[0].operator: operator InMap does not apply to a string argument", 15, True, id="inmap-string"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_dup
+          syscall: true
+          args:
+          - index: 0
+            type: int
+          selectors:
+          - matchArgs:
+            - index: 0
+              operator: InMap
+              values: ["0:100000"]
+    """), "expand to more than 65536 entries", 16, True, id="inmap-too-many"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args:
+          - index: 1
+            type: string
+          selectors:
+          - matchArgs:
+            - index: 1
+              operator: SubString
+              values: ["passwd"]
+    """), "operator SubString is not supported by tetrapipe", 15, True, id="substring-refused"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_read
+          syscall: true
+          args:
+          - index: 0
+            type: fd
+          selectors:
+          - matchArgs:
+            - index: 0
+              operator: FileType
+              values: ["dir", "door"]
+    """), 'matchArgs[0].values[1]: unknown file type "door"', 16, True, id="filetype-unknown"),
+    pytest.param(policy("""
+        kprobes:
+        - call: sys_read
+          syscall: true
+          args:
+          - index: 2
+            type: size_t
+          selectors:
+          - matchArgs:
+            - index: 2
+              operator: FileType
+              values: ["reg"]
+    """), "operator FileType applies to file, path, dentry, linux_binprm and fd arguments, not to a size_t",
+        15, True, id="filetype-int"),
 ]
 
 

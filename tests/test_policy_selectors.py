@@ -62,6 +62,15 @@ def orphan_cat(path: str) -> None:
     time.sleep(0.8)
 
 
+def open_at(path: str, dirfd_of: str) -> int:
+    """openat(fd of ``dirfd_of``, absolute ``path``): the kernel ignores the dirfd, a hook sees it."""
+    return run([PY, "-c", f"import os\nd = os.open({dirfd_of!r}, os.O_RDONLY)\n"
+                          f"os.close(os.open({path!r}, os.O_RDONLY, dir_fd=d))"])
+
+
+FD_ARG = '    - index: 0\n      type: "fd"\n'
+
+
 def in_this_process(path: str) -> int:
     os.close(os.open(path, os.O_RDONLY))
     return 0
@@ -88,6 +97,7 @@ class Case:
     nomatch_file: str = "a"
     hook_extra: str = ""
     signal: int = 0                  # the matching process dies of this signal
+    args_extra: str = ""             # YAML lines of more declared arguments (after the path)
 
     @property
     def dir(self) -> Path:
@@ -119,6 +129,16 @@ CASES = [
          creat(0o644), creat(0o600)),
     Case("notinrange", arg(3, "NotInRange", '"400:500"'),
          creat(0o600), creat(0o644)),
+    # string sets (one map lookup per value length) and InMap (values and ranges in a hash map)
+    Case("equalset", arg(1, "Equal", '"{d}/zz", "{d}/a", "{d}/bbbbbbb"'), cat, cat, "a", "ab"),
+    Case("postfixset", arg(1, "Postfix", '".log", ".conf", ".x"'), cat, cat, "a.conf", "a.txt"),
+    Case("inmap", arg(3, "InMap", '"100:200", "420"'), creat(0o644), creat(0o600)),
+    Case("notinmap", arg(3, "NotInMap", '"100:200", "420"'), creat(0o600), creat(0o644)),
+    # FileType on openat's dirfd (an fd argument; an absolute path ignores it, the hook sees it)
+    Case("filetype", arg(0, "FileType", '"dir"'), lambda p: open_at(p, "."), lambda p: open_at(p, CAT),
+         args_extra=FD_ARG),
+    Case("notfiletype", arg(0, "NotFileType", '"dir", "fifo"'), lambda p: open_at(p, CAT),
+         lambda p: open_at(p, "."), args_extra=FD_ARG),
     # matchReturnArgs: the open failed
     Case("returnlt", None, cat, cat, "missing", "a", hook_extra="    return: true\n"),  # type: ignore[arg-type]
     # matchPIDs
@@ -174,7 +194,7 @@ def hook_yaml(c: Case) -> str:
         arg_filters = ""
     return (f'  - call: "sys_openat"\n    syscall: true\n{c.hook_extra}'
             '    args:\n    - index: 1\n      type: "string"\n    - index: 2\n      type: "int"\n'
-            '    - index: 3\n      type: "int"\n'
+            f'    - index: 3\n      type: "int"\n{c.args_extra}'
             f'    selectors:\n    - matchArgs:\n      - index: 1\n        operator: "Prefix"\n'
             f'        values: ["{d}/"]{arg_filters}\n{extra}\n'.replace("\n\n", "\n"))
 

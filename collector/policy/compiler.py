@@ -1,8 +1,9 @@
 """Policy model → one specialised bcc program per policy.
 
 Each hook becomes a C function with its selectors spelled out (first matching selector wins, AND
-inside one); selector strings live in the ``strs`` array map, filled from Python after load (bcc
-has no global data). What this kernel cannot serve is refused here with the YAML path and reason.
+inside one); selector strings are string sets in the ``strset`` hash map (key: set, length,
+zero-padded bytes; bpf/policy.h), filled from Python after load (bcc has no global data). What
+this kernel cannot serve is refused here with the YAML path and reason.
 
 The parts, one module per concern:
 - ``argtypes``: tracepoint formats, syscall names, argument type kinds; ``kargs``: kernel-object
@@ -43,6 +44,10 @@ KFUNC_FRAGMENT = {"fentry": "kfunc_fentry", "fexit": "kfunc_fexit", "lsm": "kfun
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192
+INT_SET_MAX = 65536    # entries of all InMap/NotInMap filters of a policy (ranges count each value)
+SET_LENGTHS_MAX = 64   # distinct value lengths of one Prefix/Postfix filter: one map lookup each
+STRING_HOW = {"Equal": "equal", "NotEqual": "equal", "In": "equal", "NotIn": "equal", "Prefix": "prefix",
+              "NotPrefix": "prefix", "Postfix": "postfix", "NotPostfix": "postfix"}
 
 
 @dataclass
@@ -61,11 +66,13 @@ class CompiledHook:
 class Compiled:
     policy: Policy
     text: str
-    strings: list[bytes]
+    strings: list[bytes]         # the distinct selector string values
     hooks: list[CompiledHook]
     notices: list[str] = field(default_factory=list)
     connect_rules: list[connect_deny.ConnectRule] = field(default_factory=list)  # Override on tcp_connect
     kattach: list[tuple[str, str]] = field(default_factory=list)  # (mechanism, kernel function) to attach
+    string_sets: list[tuple[int, bytes]] = field(default_factory=list)  # (set id, value): keys of ``strset``
+    int_sets: list[tuple[int, int]] = field(default_factory=list)   # (set id, u64 value): keys of ``intset``
 
 
 class _Fail:
@@ -99,7 +106,8 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
         raise fail(scope_path(policy), "an Override on tcp_connect is enforced by cgroup/connect4+6 programs "
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
-    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs))
+    return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
+                    gen.set_entries, gen.int_entries)
 
 
 def scope_path(policy: Policy) -> str:
@@ -132,6 +140,10 @@ class ProgramGen:
         self.fail = fail
         self.tracefs = tracefs
         self.strings: list[bytes] = []
+        self.set_entries: list[tuple[int, bytes]] = []   # (set id, value): keys of the strset map
+        self.set_functions: list[str] = []
+        self.int_entries: list[tuple[int, int]] = []     # (set id, value): keys of the intset map
+        self.int_sets = 0
         self.notices: list[str] = []
         self.functions: list[str] = []
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
@@ -161,6 +173,44 @@ class ProgramGen:
             return self.strings.index(raw)
         self.strings.append(raw)
         return len(self.strings) - 1
+
+    def string_set(self, k: int, op: str, values: list[str], path: str) -> str:
+        """C expression: the string in slot ``k`` is one of ``values`` as ``op`` compares (Equal:
+        the whole string; Prefix/Postfix: its start/end), looked up in the ``strset`` map."""
+        how = STRING_HOW[op]
+        raws = [self.strings[self.string_id(v, f"{path}.values[{j}]")] for j, v in enumerate(values)]
+        sid = len(self.set_functions)
+        self.set_entries += [(sid, r) for r in dict.fromkeys(raws)]
+        if how == "equal":
+            body = f"    return tp_set_eq(key, s->slot[{k}], n);"
+        else:
+            lengths = sorted({len(r) for r in raws})
+            if len(lengths) > SET_LENGTHS_MAX:
+                raise self.fail(f"{path}.values", f"{len(lengths)} different value lengths: a {op} filter "
+                                                  f"takes values of at most {SET_LENGTHS_MAX} different lengths "
+                                                  "(one map lookup each)")
+            off = "0" if how == "prefix" else "n - {l}"
+            body = "\n".join(f"    if (n >= {n} && tp_set_at(key, s->slot[{k}], {off.format(l=n)}, {n}))\n"
+                             "        return 1;" for n in lengths) + "\n    return 0;"
+        self.set_functions.append(
+            f"static __always_inline int tp_set_{sid}(struct tp_slots *s)\n{{\n"
+            f"    struct tp_strkey *key = tp_setkey({sid});\n    if (!key)\n        return 0;\n"
+            f"    u32 n = s->slen[{k}];\n{body}\n}}")
+        return f"tp_set_{sid}(s)"
+
+    def int_set(self, ranges: list[tuple[int, int]], path: str) -> int:
+        """InMap/NotInMap: the values (ranges expanded) as a set of the ``intset`` map; its id."""
+        sid = self.int_sets
+        self.int_sets += 1
+        values: set[int] = set()
+        for lo, hi in ranges:
+            lo, hi = min(lo, hi), max(lo, hi)   # a reversed range means the same values (as Tetragon)
+            if len(self.int_entries) + len(values) + hi - lo + 1 > INT_SET_MAX:
+                raise self.fail(path, f"the InMap values of this policy expand to more than {INT_SET_MAX} "
+                                      "entries (a range counts each value)")
+            values.update(range(lo, hi + 1))
+        self.int_entries += [(sid, v & (2**64 - 1)) for v in sorted(values)]
+        return sid
 
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
@@ -220,7 +270,7 @@ class ProgramGen:
         slots = 1
         while slots < self.max_slots:
             slots *= 2
-        nstr = max(len(self.strings), 1)
+        nset = max(len(self.set_entries), 1)
         ncount = max(len(self.policy.hooks), 1) * SEL_SLOTS
         out = [
             f"/* generated by collector/policy/compiler.py for policy {self.policy.name!r} */",
@@ -235,8 +285,10 @@ class ProgramGen:
             "BPF_PERCPU_ARRAY(path_scratch, struct tp_path_buf, 1);",
             "BPF_PERCPU_ARRAY(hook_scratch, struct tp_hook_buf, 1);",
             "BPF_PERCPU_ARRAY(slot_scratch, struct tp_slots, 1);",
-            f"BPF_ARRAY(strs, struct tp_str, {nstr});",
-            "BPF_ARRAY(enabled, u32, 1);  /* 0 until the strings are filled, and while disabled */",
+            f"BPF_HASH(strset, struct tp_strkey, u8, {nset});  /* selector string sets (bpf/policy.h) */",
+            "BPF_PERCPU_ARRAY(strkey_scratch, struct tp_strkey, 1);",
+            f"BPF_HASH(intset, struct tp_intkey, u8, {max(len(self.int_entries), 1)});  /* InMap values */",
+            "BPF_ARRAY(enabled, u32, 1);  /* 0 until the string sets are filled, and while disabled */",
             f"BPF_PERCPU_ARRAY(sel_counts, u64, {ncount});",
             *self.pending_maps,
         ]
@@ -256,6 +308,7 @@ class ProgramGen:
                     "static __always_inline int tp_in_scope(void) "
                     f"{{ u64 cg = bpf_get_current_cgroup_id(); return {POD_CGROUPS_MAP}.lookup(&cg) != 0; }}"]
         out += ["", fragment("program_helpers").rstrip("\n")]
+        out += self.set_functions
         if self.compat_used:
             out.append("\n" + fragment("compat_helpers").rstrip("\n"))
         if self.exec_state:

@@ -262,12 +262,16 @@ class PolicyManager:
             self._sync_loader()
             raise loader.LoadError(f"policy {p.name}: did not attach: {exc}") from exc
         try:
-            strs = bpf["strs"]
-            for i, raw in enumerate(comp.strings):
-                v = strs.Leaf()
-                v.len = len(raw)
-                v.s = raw
-                strs[ctypes.c_int(i)] = v
+            strset = bpf["strset"]
+            for sid, raw in comp.string_sets:
+                key = strset.Key()
+                key.set, key.len, key.s = sid, len(raw), raw
+                strset[key] = ctypes.c_uint8(1)
+            intset = bpf["intset"]
+            for sid, value in comp.int_sets:
+                ikey = intset.Key()
+                ikey.set, ikey.v = sid, value
+                intset[ikey] = ctypes.c_uint8(1)
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the

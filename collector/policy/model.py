@@ -36,11 +36,11 @@ ARG_OPERATORS = frozenset({
 })
 SERVED_ARG_OPERATORS = frozenset({
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
-    "LessThan", "LT", "Mask", "InRange", "NotInRange",
+    "LessThan", "LT", "Mask", "InRange", "NotInRange", "InMap", "NotInMap", "FileType", "NotFileType",
 })
 STRING_OPERATORS = frozenset({"Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
 INT_OPERATORS = frozenset({"Equal", "NotEqual", "GreaterThan", "GT", "LessThan", "LT", "Mask",
-                           "InRange", "NotInRange"})
+                           "InRange", "NotInRange", "InMap", "NotInMap"})
 PID_OPERATORS = frozenset({"In", "NotIn"})
 BINARY_OPERATORS = frozenset({"In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
 SET_OPERATORS = frozenset({"In", "NotIn"})

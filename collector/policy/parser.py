@@ -254,7 +254,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "lists", "selectorsMacros"):
+    for key in ("usdts", "enforcers", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -284,8 +284,9 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     if spec.get("containerSelector") is not None:
         policy.container_selector = _label_selector(c, spec.get("containerSelector"), "spec.containerSelector",
                                                     CONTAINER_SELECTOR_KEYS)
+    lists = _lists(c, spec.get("lists"))
     for i, h in enumerate(c.seq(spec.get("kprobes"), "spec.kprobes")):
-        policy.hooks.append(_kprobe(c, h, f"spec.kprobes[{i}]", i))
+        policy.hooks += _expand_list(c, _kprobe(c, h, f"spec.kprobes[{i}]", i), lists)
     # fentries: kernel functions as kprobes are; the mechanism is chosen per kernel all the same
     # (fentry/fexit where BPF trampolines load; collector/policy/mechanism.py)
     for i, h in enumerate(c.seq(spec.get("fentries"), "spec.fentries")):
@@ -300,6 +301,46 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
                              "and does not ask for loader events (loader: true)")
     return policy
+
+
+LIST_TYPES = ("", "syscalls", "generated_syscalls", "generated_ftrace")
+
+
+def _lists(c: _Ctx, raw: Any) -> dict[str, tuple[str, list[str]]]:
+    """Tetragon's ``spec.lists``: name → (type, values), for kprobes with ``call: "list:NAME"``.
+    Lists of kernel functions (no type) and of syscalls (``type: syscalls``) are served; the
+    generated ones (every syscall, an ftrace pattern) are refused."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for i, item in enumerate(c.seq(raw, "spec.lists")):
+        p = f"spec.lists[{i}]"
+        m = c.mapping(item, p, {"name", "values", "type", "pattern", "validated"})
+        name = c.string(m.get("name"), f"{p}.name", required=True)
+        if not name or name in out:
+            raise c.fail(f"{p}.name", f"list name {name!r} is empty or given twice")
+        kind = c.string(m.get("type"), f"{p}.type")
+        if kind not in LIST_TYPES:
+            raise c.fail(f"{p}.type", f'unknown list type "{kind}" (one of syscalls, generated_syscalls, '
+                                      "generated_ftrace, or none for kernel functions)")
+        if kind.startswith("generated_") or m.get("pattern"):
+            raise c.fail(f"{p}.type", f"generated lists ({kind or 'pattern'}) are not supported by tetrapipe: "
+                                      "list the functions or syscalls in values")
+        values = [c.string(v, f"{p}.values[{j}]", required=True)
+                  for j, v in enumerate(c.seq(m.get("values"), f"{p}.values"))]
+        if not values:
+            raise c.fail(f"{p}.values", "a list needs at least one value")
+        out[name] = (kind, values)
+    return out
+
+
+def _expand_list(c: _Ctx, hook: Hook, lists: dict[str, tuple[str, list[str]]]) -> list[Hook]:
+    """A kprobe on ``call: "list:NAME"`` → the same hook on each function (syscall) of the list."""
+    if not hook.call.startswith("list:"):
+        return [hook]
+    name = hook.call[len("list:"):]
+    if name not in lists:
+        raise c.fail(f"{hook.path}.call", f"no list named {name!r} in spec.lists")
+    kind, values = lists[name]
+    return [dataclasses.replace(hook, call=v, syscall=hook.syscall or kind == "syscalls") for v in values]
 
 
 def _label_selector(c: _Ctx, raw: Any, path: str, keys: tuple[str, ...] = ()) -> LabelSelector:

@@ -47,6 +47,13 @@ KERNEL_PATH_TYPES = {
                      "if (bf) s->slen[{k}] = tp_file_path(pb, task, bf, s->slot[{k}], &sf);\n"
                      "else sf |= TP_ARGF_ERROR;"),
 }
+# FileType/NotFileType values (Tetragon's names) → S_IF* type bits of the inode's i_mode
+FILE_TYPE_BITS = {"sock": 0o140000, "socket": 0o140000, "lnk": 0o120000, "link": 0o120000, "reg": 0o100000,
+                  "regular": 0o100000, "blk": 0o60000, "block": 0o60000, "dir": 0o40000, "chr": 0o20000,
+                  "char": 0o20000, "fifo": 0o10000, "pipe": 0o10000}
+FILE_MODE_C = {"file": "tp_file_mode((struct file *)a[{i}])", "path": "tp_path_mode((struct path *)a[{i}])",
+               "dentry": "tp_dentry_mode((struct dentry *)a[{i}])",
+               "linux_binprm": "tp_binprm_mode((struct linux_binprm *)a[{i}])"}
 NS_INDEX = {n: i for i, n in enumerate(NAMESPACES)}
 CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 
@@ -177,6 +184,12 @@ class SelectorGen:
                 return "(-9223372036854775807LL - 1)"
             return f"{v}{suffix}"
 
+        if op in ("InMap", "NotInMap"):   # values and ranges in the intset hash map: one lookup
+            rs = self._ranges(f, path)
+            for j, (lo, hi) in enumerate(rs):
+                lit(lo, j), lit(hi, j)
+            sid = self.g.int_set(rs, f"{path}.values")
+            return f"{'!' if op == 'NotInMap' else ''}tp_int_in({sid}, (u64){expr})"
         if op in ("InRange", "NotInRange"):
             rs = self._ranges(f, path)
             any_in = " || ".join(f"({expr} >= {lit(lo, j)} && {expr} <= {lit(hi, j)})"
@@ -195,19 +208,36 @@ class SelectorGen:
         return "(" + " || ".join(f"(((u64){expr}) & {v & (2**64 - 1)}ULL)" for v in vals) + ")"
 
     def str_cond(self, k: int, op: str, values: list[str], path: str) -> str:
-        how = {"Equal": 0, "NotEqual": 0, "In": 0, "NotIn": 0, "Prefix": 1, "NotPrefix": 1,
-               "Postfix": 2, "NotPostfix": 2}[op]
-        parts = []
-        for j, v in enumerate(values):
-            sid = self.g.string_id(v, f"{path}.values[{j}]")
-            cmp = f"tp_str_cmp(s->slot[{k}], s->slen[{k}], tp_strv({sid}), {how})"
-            if how != 2:   # a truncated value keeps its tail: only a Postfix can judge it
-                cmp = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {cmp})"
-            parts.append(cmp)
-        any_match = "(" + " || ".join(parts) + ")"
-        if how != 2:   # a truncated path lost its start: never matched as if whole (Postfix still sees its end)
+        any_match = self.g.string_set(k, op, values, path)
+        if op not in ("Postfix", "NotPostfix"):
+            # a truncated value lost its start: never matched as if whole (Postfix sees its end)
             any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
         return f"!{any_match}" if op.startswith("Not") else any_match
+
+    def file_type_cond(self, arg: ArgSpec, f: ArgFilter, path: str) -> str:
+        """FileType/NotFileType: the type of the argument's inode (a kernel file/path/dentry/
+        linux_binprm pointer, or an fd resolved through the task's fd table)."""
+        fld = self._field(arg.index)
+        if self.src.kind == "kfunc" and arg.type in FILE_MODE_C and fld.is_pointer:
+            want = KERNEL_PATH_TYPES[arg.type][0]
+            if fld.ctype not in (want, "u64"):
+                raise self.fail(f"{arg.path}.type", f"a {arg.type} argument reads {want}; argument {arg.index} of "
+                                                    f"{self.src.func} is {fld.ctype} {fld.name}")
+            mode = FILE_MODE_C[arg.type].format(i=arg.index)
+        elif arg.type in FILE_TYPES and not fld.is_pointer and not fld.is_data_loc and self.src.kind != "open":
+            mode = f"tp_file_mode(tp_fd_file(task, (long)a[{arg.index}]))"
+        else:
+            raise self.fail(f"{path}.operator", f"operator {f.operator} applies to file, path, dentry, linux_binprm "
+                                                f"and fd arguments, not to a {arg.type} argument here")
+        bits = []
+        for j, v in enumerate(f.values):
+            if v.lower() not in FILE_TYPE_BITS:
+                raise self.fail(f"{path}.values[{j}]", f'unknown file type "{v}" (one of '
+                                                       f'{", ".join(FILE_TYPE_BITS)})')
+            bits.append(FILE_TYPE_BITS[v.lower()])
+        any_of = " || ".join(f"m == {b}" for b in dict.fromkeys(bits))
+        neg = "!" if f.operator == "NotFileType" else ""
+        return f"({{ u32 m = {mode}; {neg}({any_of}); }})"
 
     def arg_filter(self, f: ArgFilter, path: str, ret: bool = False) -> list[str]:
         if ret:
@@ -220,6 +250,8 @@ class SelectorGen:
             except sock_hooks.SockFilterError as exc:
                 raise self.fail(f"{path}.operator", str(exc)) from None
             return [f"if (ok) ok = {cond};"]
+        if f.operator in ("FileType", "NotFileType"):
+            return [f"if (ok) ok = {self.file_type_cond(arg, f, path)};"]
         if f.operator not in INT_OPERATORS | STRING_OPERATORS:
             raise self.fail(f"{path}.operator", f"operator {f.operator} is not supported by tetrapipe")
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:

@@ -3,13 +3,10 @@ config the BTF include tree needs (Debian keeps it in /boot/config-<release> onl
 
 from __future__ import annotations
 
-import gzip
-import os
 import time
 from pathlib import Path
 
 from bpf import records
-from collector import kernel_headers
 from collector.policy.manager import Loaded, PolicyManager
 
 
@@ -42,26 +39,13 @@ class Hooks:
 
 
 def config_for_btf_tree(tmp: Path) -> None:
-    cfg = Path(f"/boot/config-{os.uname().release}")
-    if not kernel_headers.CONFIG_GZ.exists() and cfg.is_file():
-        gz = tmp / "config.gz"
-        gz.write_bytes(gzip.compress(cfg.read_bytes()))
-        kernel_headers.CONFIG_GZ = gz
+    """Nothing to do any more: the collector reads /boot/config-<release> itself
+    (collector/kernel_headers.py). It used to point ``CONFIG_GZ`` at a gzipped copy, which, for
+    the rest of the boot's session, made other guest modules' trees name that copy."""
+    del tmp
 
 
 def load_or_known_limit(mgr: PolicyManager, load: object, *args: object) -> list[Loaded]:
-    """``mgr.<load>(*args)``; on Debian 6.1 a refusal by its verifier's branch limit in the
-    selector string compare (README: "On Debian 6.1 ...") turns the tests into expected failures
-    with that reason instead of errors. Any other refusal is raised."""
-    import pytest
-
-    from collector.policy.model import PolicyError
-
-    try:
-        return getattr(mgr, str(load))(*args)
-    except PolicyError as exc:
-        # the verifier's log ("The sequence of 8193 jumps is too complex") goes to stderr; the
-        # load fails with EFAULT, which bcc words as "Bad address"
-        if os.uname().release.startswith("6.1.") and "Bad address" in str(exc):
-            pytest.xfail(f"6.1 verifier: string compare loop too complex (known, README): {exc}")
-        raise
+    """``mgr.<load>(*args)``. (Named for the Debian 6.1 verifier limit it used to turn into
+    expected failures: string sets are map lookups now and load there; any refusal is raised.)"""
+    return getattr(mgr, str(load))(*args)

@@ -7,7 +7,8 @@ records the kernel wrote are decoded and checked field by field. Three compiles 
 - ``kf-native``: the mechanisms the kernel's own features choose (fentry, fexit, BPF LSM, an
   Override on ``security_bprm_check`` served by the LSM hook ``bprm_check_security``);
 - ``kf-kprobe``: the same kind of hooks with trampolines and BPF LSM masked out of the probed
-  features (as on a kernel without them): kprobe, kretprobe, fmod_ret Override;
+  features (as on a kernel without them): kprobe, kretprobe, fmod_ret Override, and FileType +
+  InMap selectors on a kernel function;
 - the seed policy verbatim, its ``fd_install`` hook on the real function (fentry).
 
 The collector's BTF include tree needs the kernel config: the guest, like Debian, has it only in
@@ -148,6 +149,23 @@ spec:
       matchActions:
       - action: Override
         argError: -13
+  - call: security_file_permission
+    args:
+    - index: 0
+      type: file
+    - index: 1
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: Prefix
+        values: ["{ROOT}/ftype"]
+      - index: 0
+        operator: FileType
+        values: ["dir"]
+      - index: 1
+        operator: InMap
+        values: ["4", "32:36"]
 """
 
 
@@ -156,9 +174,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hooks, di
     tmp = tmp_path_factory.mktemp("kfunc")
     config_for_btf_tree(tmp)
     loader.prepare(tmp / "kernel-headers")
-    for d in ("perm", "open", "bin", "lsm", "kperm", "kopen", "fmod", "other"):
+    for d in ("perm", "open", "bin", "lsm", "kperm", "kopen", "fmod", "other", "ftype"):
         (ROOT / d).mkdir(parents=True, exist_ok=True)
-    for d in ("perm", "kperm", "other", "open", "kopen", "lsm", "fmod"):
+    for d in ("perm", "kperm", "other", "open", "kopen", "lsm", "fmod", "ftype"):
         for f in ("a", "denied", "allowed"):
             (ROOT / d / f).write_text("x\n")
     for name in ("denied-touch", "allowed-touch"):
@@ -210,7 +228,7 @@ def test_mechanisms_chosen_from_the_kernel(loaded) -> None:
     _, lps = loaded
     assert [h.mechanism for h in lps["native"].compiled.hooks] == ["fentry", "fexit", "lsm", "lsm"]
     assert lps["native"].compiled.hooks[2].serve == "lsm bprm_check_security (Override)"
-    assert [h.mechanism for h in lps["kprobe"].compiled.hooks] == ["kprobe", "kretprobe", "fmod_ret"]
+    assert [h.mechanism for h in lps["kprobe"].compiled.hooks] == ["kprobe", "kretprobe", "fmod_ret", "kprobe"]
     seed = lps["seed"].compiled.hooks
     assert (seed[0].function_name, seed[0].mechanism) == ("fd_install", "fentry")
     assert [h.mechanism for h in seed[1:]] == ["tracepoint"] * 3
@@ -446,3 +464,18 @@ def test_bypass_seed_on_real_fd_install(loaded, attacker: Path, road: str, argv:
     _seed_restore()
     _row("seed: fd_install (fentry) + FollowFD, write Sigkill", road, result, want,
          f"rc={p.returncode} file {'changed' if changed else 'unchanged'} events={len(evs)} {err.strip()[-80:]}")
+
+
+def test_file_type_and_in_map_on_a_kernel_function(loaded) -> None:
+    """FileType (the inode's type) and InMap (the MAY_* mask in a hash map) on
+    security_file_permission: reading a directory matches, reading a file in it does not."""
+    _, lps = loaded
+    hooks, lp = lps["_kp"], lps["kprobe"]
+    pid, rc = _spawn([PY, "-c", f"import os\nos.listdir({str(ROOT / 'ftype')!r})"])
+    assert rc == 0
+    (ev, *_) = hooks.wait(lp, 3, pid)
+    assert ev.args[0].type == records.ARG_FILE and ev.args[0].data.decode() == f"{ROOT}/ftype"
+    assert int.from_bytes(ev.args[1].data, "little") == 4   # MAY_READ, in the InMap set
+    other, rc = _spawn(["/usr/bin/cat", str(ROOT / "ftype" / "a")])
+    time.sleep(0.5)
+    assert rc == 0 and hooks.of(lp, 3, other) == []

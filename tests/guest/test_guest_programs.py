@@ -41,12 +41,6 @@ def test_variants_match_this_kernel(tree: Path) -> None:
     assert loader._variants["TP_HAVE_EXIT_GROUP_DEAD"] == "0"
 
 
-# Not done: on 6.1 the verifier refuses the loader sensor's ELF build-id walk (bpf/loader.c
-# ldr_buildid: "The sequence of 8193 jumps is too complex"); 6.12 and 6.18 load it.
-LOADER_REFUSED = os.uname().release.startswith("6.1.")
-loader_xfail = pytest.mark.xfail(LOADER_REFUSED, strict=True, reason="6.1 verifier: loader sensor too complex")
-
-
 def test_process_program_with_network_and_udp_sensors(tree: Path) -> None:
     enabled = [s for s in sensors.enabled(ALL_SENSORS) if s.name != "loader"]
     names = [s.name for s in enabled]
@@ -57,8 +51,6 @@ def test_process_program_with_network_and_udp_sensors(tree: Path) -> None:
     _load("process.c + sensors " + ",".join(names), sensors.program_text(base, enabled))
 
 
-@pytest.mark.xfail(os.uname().release.startswith("6.1."), strict=True,
-                   reason="not done: 6.1's verifier loses the rule loops' bound (bpf/connect_deny.c)")
 def test_connect_deny_program(tree: Path) -> None:
     from collector.connect_deny import ConnectDeny
 
@@ -69,7 +61,6 @@ def test_connect_deny_program(tree: Path) -> None:
         deny.bpf.cleanup()
 
 
-@loader_xfail
 def test_process_program_with_every_sensor(tree: Path) -> None:
     enabled = sensors.enabled(ALL_SENSORS)
     assert "loader" in [s.name for s in enabled]
@@ -77,7 +68,6 @@ def test_process_program_with_every_sensor(tree: Path) -> None:
     _load("process.c + every sensor", sensors.program_text(base, enabled))
 
 
-@loader_xfail
 def test_loader_sensor_alone(tree: Path) -> None:  # spec.loader policies load it on its own
     (sensor,) = [s for s in sensors.SENSORS if s.name == "loader"]
     _load("loader sensor (sensor_base.c)", sensors.standalone_text(sensor))

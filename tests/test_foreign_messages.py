@@ -92,7 +92,7 @@ def test_dead_letter_waits_out_a_broker_outage(tmp_path, caplog) -> None:  # noq
         try:
             broker.pause()
             loop = asyncio.get_running_loop()
-            loop.call_later(5.0, broker.resume)  # longer than the request timeout: refused at least once
+            loop.call_later(10.0, broker.resume)  # several request timeouts: refused at least once, even loaded
             before = DEAD_LETTERS.labels(stage="test")._value.get()
             await asyncio.wait_for(kafka.send_dead_letter(p, cfg, "test", b"bad", "why", b"k", "t/0/1"), 60)
             assert DEAD_LETTERS.labels(stage="test")._value.get() == before + 1

@@ -5,7 +5,7 @@ report into the results share; here each kernel's run must have passed every gue
 failure names the guest tests that failed with their output. The kernels come from
 ``scripts/setup-vmkernels.sh``. ``TETRAPIPE_VM_TESTS`` narrows the guest selection (pytest
 arguments, e.g. ``tests/guest/test_guest_pipeline.py -k exec``); ``TETRAPIPE_VM_TIMEOUT`` bounds
-one boot (seconds, default 1500).
+one boot (seconds, default 2700).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from conftest import IN_CI, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = ("6.1", "6.12")
-TIMEOUT = float(os.environ.get("TETRAPIPE_VM_TIMEOUT", "1500"))
+TIMEOUT = float(os.environ.get("TETRAPIPE_VM_TIMEOUT", "2700"))
 
 
 def _runner():  # scripts/vm/runner.py is standalone (no tetrapipe imports), loaded by path

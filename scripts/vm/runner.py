@@ -96,6 +96,18 @@ def _qemu_args(kernel: Kernel, results: Path, serial: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _show_host_dir(cwd: str) -> str:
+    """Shell lines that make a host directory under /tmp or /run visible in the guest, which has
+    fresh tmpfs there: a plain bind of the guest's root (the host's files under the guest's
+    writable overlay) shows what that tmpfs covers. A checkout in /tmp (a fresh clone) runs its
+    guest tests like any other."""
+    if not cwd.startswith(("/tmp/", "/run/")):
+        return ""
+    q = shlex.quote(cwd)
+    return (f"if [ ! -d {q} ]; then mkdir -p /run/tp-root {q} && mount --bind / /run/tp-root && "
+            f"mount --bind /run/tp-root{q} {q} && umount /run/tp-root; fi\n")
+
+
 def boot(
     kernel: Kernel,
     command: str,
@@ -119,7 +131,7 @@ def boot(
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
     (results / "cmd.sh").write_text(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8\n"
-        f"{exports}cd {shlex.quote(cwd)} || exit 125\n{command}\n"
+        f"{exports}{_show_host_dir(cwd)}cd {shlex.quote(cwd)} || exit 125\n{command}\n"
     )
     serial = results / "serial.log"
     start = time.monotonic()

@@ -29,6 +29,7 @@ from exporters import protojson, sinks
 from schemas import codec
 from tetrapipe.config import Config
 from tetrapipe.kafka import MAX_MESSAGE_BYTES
+from tetrapipe.service import tune_gc
 
 BATCH = 2000  # records per raw batch, the collector's default batch_max_records
 
@@ -48,6 +49,7 @@ def enricher_cpu(n_events: int, profile: bool = True, redaction_filters: str = "
     ``/usr/bin/true --bench "a b"``; a filter on ``--bench`` redacts every one of them)."""
     frames, n = _frames("bench-cpu", n_events // 2)
     enr = Enricher(Config(node_name="bench-cpu", redaction_filters=redaction_filters))
+    tune_gc()  # as tetrapipe.service.run_stage does in the enricher process
     encoded: list[bytes] = []
 
     def enrich() -> None:

@@ -2,7 +2,7 @@
 interleaved (e.g. main's and a branch's), on the embedded broker or on Apache Kafka.
 
     .venv/bin/python -m bench.enricher_kafka --trees /tmp/main-tree,. --rounds 3 \\
-        [--broker embedded|kafka] [--events 20000] [--cpu]
+        [--broker embedded|kafka] [--events 20000] [--cpu] [--enrichers 1,2,4]
 
 Per run: one enricher (``python -m tetrapipe enricher`` with the tree's code: cwd and
 PYTHONPATH = the tree, default options) is started and given 5 s to join its group, then the raw
@@ -59,7 +59,7 @@ def _metric(port: int, name: str) -> float:
                if ln.startswith(name) and ln[len(name)] in " {")
 
 
-async def _count(bootstrap: str, topic: str, port: int) -> Any:
+async def _count(bootstrap: str, topic: str, port: int, partitions: int = 1) -> Any:
     """How many events are out: the events topic's end offset on Apache Kafka (asked of the
     broker, every 20 ms); the enricher's ``tetrapipe_enricher_events_total`` every 200 ms on the
     embedded broker (Tansu under-reports end offsets, docs/ARCHITECTURE.md)."""
@@ -72,26 +72,27 @@ async def _count(bootstrap: str, topic: str, port: int) -> Any:
         return scrape, None
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await c.start()
-    tps = [TopicPartition(topic, 0)]  # made before the enricher starts (topic_partitions 1)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]  # made before the enrichers start
 
     async def offsets() -> float:
         return float(sum((await c.end_offsets(tps)).values()))
     return offsets, c
 
 
-async def _watch_events(bootstrap: str, topic: str, total: int, pid: int, deadline: float,
-                        alive: Any, port: int) -> tuple[float, float, float, float]:
-    """(time, enricher CPU s) when the first and when the last event was out."""
-    count, c = await _count(bootstrap, topic, port)
+async def _watch_events(bootstrap: str, topic: str, total: int, pids: list[int], deadline: float,
+                        alive: Any, port: int, partitions: int = 1) -> tuple[float, float, float, float]:
+    """(time, enrichers' CPU s) when the first and when the last event was out."""
+    count, c = await _count(bootstrap, topic, port, partitions)
+    cpu = lambda: sum(common.cpu_seconds(p) for p in pids)  # noqa: E731
     try:
         first = done = cpu_first = cpu_done = 0.0
         while time.monotonic() < deadline and alive():
             n = await count()
             now = time.monotonic()
             if n > 0 and not first:
-                first, cpu_first = now, common.cpu_seconds(pid)
+                first, cpu_first = now, cpu()
             if n >= total:
-                done, cpu_done = now, common.cpu_seconds(pid)
+                done, cpu_done = now, cpu()
                 break
             await asyncio.sleep(0.02)
         return first, done, cpu_first, cpu_done
@@ -101,43 +102,61 @@ async def _watch_events(bootstrap: str, topic: str, total: int, pid: int, deadli
 
 
 def one_run(tree: Path, bootstrap: str, n_events: int, work: Path, profile: bool = False,
-            on_kafka: bool = False) -> dict[str, Any]:
+            on_kafka: bool = False, n_enrichers: int = 1) -> dict[str, Any]:
+    """``n_enrichers`` processes in one group on as many raw (and events) partitions, each
+    partition given its node's share of the records; CPU summed over the processes."""
     work.mkdir(parents=True, exist_ok=True)
     pipe = common.Pipeline(bootstrap, work)
-    pipe.settings.update({"procfs_bootstrap": "false", "log_level": "warning"})
-    frames, total = _frames(pipe.node_name, n_events // 2)
+    pipe.settings.update({"procfs_bootstrap": "false", "log_level": "warning",
+                          "topic_partitions": str(n_enrichers)})
+    per_part, total = [], 0
+    for i in range(n_enrichers):
+        frames, n = _frames(f"{pipe.node_name}-{i}", n_events // (2 * n_enrichers))
+        per_part.append(frames)
+        total += n
     topics = [pipe.base["raw_topic"], pipe.base["events_topic"]]
-    asyncio.run(kafka.ensure_topics(Config(kafka=bootstrap), topics))  # Kafka: no auto-creation
-    port = free_port()
-    env = pipe.env({"metrics_address": f"127.0.0.1:{port}"})
-    env["PYTHONPATH"] = str(tree)
-    log = open(work / f"enricher-{tree.name}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "tetrapipe", "enricher"], cwd=tree, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    common.wait_until(lambda: _ready(port) or proc.poll() is not None, 90, what="enricher ready")
-    time.sleep(5)  # its consumer group settles (Kafka's initial rebalance delay is 3 s)
-    spy = common.PySpy(proc.pid, work / "enricher.pyspy").start() if profile else None
+    asyncio.run(kafka.ensure_topics(Config(kafka=bootstrap, topic_partitions=n_enrichers), topics))
+    procs, logs, ports = [], [], []
     try:
-        t0, cpu0 = time.monotonic(), common.cpu_seconds(proc.pid)
-        asyncio.run(_produce(bootstrap, pipe.base["raw_topic"], [frames], [pipe.node_name.encode()]))
+        for i in range(n_enrichers):
+            port = free_port()
+            env = pipe.env({"metrics_address": f"127.0.0.1:{port}"})
+            env["PYTHONPATH"] = str(tree)
+            log = open(work / f"enricher{i}-{tree.name}.log", "ab")  # noqa: SIM115
+            logs.append(log)
+            ports.append(port)
+            procs.append(subprocess.Popen([sys.executable, "-m", "tetrapipe", "enricher"], cwd=tree, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+        for proc, port in zip(procs, ports, strict=True):
+            common.wait_until(lambda p=proc, q=port: _ready(q) or p.poll() is not None, 90, what="enricher ready")
+        time.sleep(5 + 3 * (n_enrichers > 1))  # the group settles, one partition each (3 s initial delay)
+        spy = common.PySpy(procs[0].pid, work / "enricher.pyspy").start() if profile else None
+        pids = [p.pid for p in procs]
+        t0, cpu0 = time.monotonic(), sum(common.cpu_seconds(p) for p in pids)
+        asyncio.run(_produce(bootstrap, pipe.base["raw_topic"], per_part,
+                             [f"{pipe.node_name}-{i}".encode() for i in range(n_enrichers)]))
         first, done, cpu_first, cpu_done = asyncio.run(_watch_events(
-            bootstrap, pipe.base["events_topic"], total, proc.pid, time.monotonic() + 120 + total / 500,
-            lambda: proc.poll() is None, 0 if on_kafka else port))
+            bootstrap, pipe.base["events_topic"], total, pids, time.monotonic() + 120 + total / 500,
+            lambda: all(p.poll() is None for p in procs), 0 if on_kafka or n_enrichers > 1 else ports[0],
+            n_enrichers))
         if not done:
-            raise RuntimeError(f"enricher of {tree} did not make {total} events; see {log.name}")
-        row = {"tree": str(tree), "events": total, "seconds": done - t0,
+            raise RuntimeError(f"enrichers of {tree} did not make {total} events; see {work}")
+        row = {"tree": str(tree), "enrichers": n_enrichers, "events": total, "seconds": done - t0,
                "events_per_s": total / (done - t0),
                "events_per_cpu_s": total / max(cpu_done - cpu0, 1e-9)}
         if spy is not None:
             row["py_spy"] = spy.stop(top=20)
         return row
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
 
 
 def cpu_only(tree: Path, n_events: int) -> float:
@@ -168,31 +187,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--broker", choices=("embedded", "kafka"), default="embedded")
     p.add_argument("--cpu", action="store_true", help="also the Kafka-free figure of each tree")
+    p.add_argument("--enrichers", default="1",
+                   help="comma list of enricher counts (N processes on N partitions), each run every round")
     p.add_argument("--py-spy", action="store_true", help="profile each enricher (py-spy record, from outside)")
     args = p.parse_args(argv)
     trees = [Path(t).resolve() for t in args.trees.split(",")]
+    counts = [int(n) for n in args.enrichers.split(",")]
+    if max(counts) > 1 and args.broker != "kafka":
+        p.error("--enrichers above 1 counts the events topic's end offsets: --broker kafka")
     work = Path(tempfile.mkdtemp(prefix="tetrapipe-bench-enricher-"))
     bootstrap, broker = start_broker(args.broker, work)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(args.rounds):
-            for tree in trees:
-                row = one_run(tree, bootstrap, args.events, work / f"r{r}-{tree.name}", args.py_spy,
-                              args.broker == "kafka")
-                row["round"] = r
-                row["load1"] = os.getloadavg()[0]
-                if args.cpu:
-                    row["cpu_only_events_per_cpu_s"] = cpu_only(tree, args.events)
-                runs.append(row)
-                print(json.dumps(row), flush=True)
+            for n in counts:
+                for tree in trees:
+                    row = one_run(tree, bootstrap, args.events, work / f"r{r}-{n}-{tree.name}", args.py_spy,
+                                  args.broker == "kafka", n)
+                    row["round"] = r
+                    row["load1"] = os.getloadavg()[0]
+                    if args.cpu and n == counts[0]:
+                        row["cpu_only_events_per_cpu_s"] = cpu_only(tree, args.events)
+                    runs.append(row)
+                    print(json.dumps(row), flush=True)
     finally:
         broker.stop()
     summary = {}
     for tree in trees:
-        mine = [r for r in runs if r["tree"] == str(tree)]
-        summary[str(tree)] = {k: round(statistics.median(r[k] for r in mine))
-                              for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s")
-                              if k in mine[0]}
+        for n in counts:
+            mine = [r for r in runs if r["tree"] == str(tree) and r["enrichers"] == n]
+            name = str(tree) if len(counts) == 1 else f"{tree} x{n}"
+            summary[name] = {k: round(statistics.median(r[k] for r in mine if k in r))
+                             for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s")
+                             if k in mine[0]}
     print(json.dumps({"broker": args.broker, "events": args.events, "median": summary,
                       "load1_range": [min(r["load1"] for r in runs), max(r["load1"] for r in runs)]}))
     return 0

@@ -56,7 +56,9 @@ class ProcessCache:
         self.by_exec_id: OrderedDict[str, Entry] = OrderedDict()
         self.by_pid: dict[int, Entry] = {}
         self.listener: CacheListener = CacheListener()
+        self.misses: dict[str, int] = {}  # lookups missed since count_misses(), by operation
         CACHE_CAPACITY.set(capacity)
+        CACHE_SIZE.set_function(self.__len__)  # read at scrape time, not set per event
 
     def __len__(self) -> int:
         return len(self.by_exec_id)
@@ -67,8 +69,15 @@ class ProcessCache:
     def current(self, pid: int, operation: str = "pid") -> Entry | None:
         e = self.by_pid.get(pid)
         if e is None:
-            CACHE_MISSES.labels(operation=operation).inc()
+            self.misses[operation] = self.misses.get(operation, 0) + 1
         return e
+
+    def count_misses(self) -> None:
+        """Add the misses seen since the last call to the counter (once per batch: a
+        prometheus inc() per lookup cost more than the lookup)."""
+        for operation, n in self.misses.items():
+            CACHE_MISSES.labels(operation=operation).inc(n)
+        self.misses.clear()
 
     def add(self, entry: Entry) -> None:
         """A new incarnation of entry.pid (exec or clone). The previous incarnation of the pid
@@ -91,7 +100,6 @@ class ProcessCache:
         entry.process["refcnt"] = entry.refcnt
         self.listener.changed(entry)
         self._bound()
-        CACHE_SIZE.set(len(self.by_exec_id))
 
     def exit(self, entry: Entry) -> None:
         """The process exited: drop its self reference and its reference on the parent."""
@@ -101,7 +109,6 @@ class ProcessCache:
         if entry.exec_id in self.by_exec_id:
             self.listener.changed(entry)
         self._unref(entry)
-        CACHE_SIZE.set(len(self.by_exec_id))
 
     def _unref(self, entry: Entry) -> None:
         entry.refcnt -= 1
@@ -137,7 +144,6 @@ class ProcessCache:
         for e in self.by_exec_id.values():
             e.process["refcnt"] = e.refcnt
         self._bound()
-        CACHE_SIZE.set(len(self.by_exec_id))
 
     def _bound(self) -> None:
         while len(self.by_exec_id) > self.capacity:

@@ -111,13 +111,12 @@ class Enricher:
         # the kernel programs drain through several ring buffers: restore the kernel's order
         decoded.sort(key=lambda d: d[1].header.ktime)
         deferred: list[tuple[bytes, records.HookRecord]] = []
-        record_counters: dict[int, Any] = {}
+        kinds: dict[int, int] = {}
+        for _raw, rec in decoded:  # counted once per kind and batch, not per record
+            kinds[rec.header.kind] = kinds.get(rec.header.kind, 0) + 1
+        for kind, n in kinds.items():
+            RECORDS.labels(msg_op=KIND_NAMES.get(kind, "other")).inc(n)
         for raw, rec in decoded:
-            counted = record_counters.get(rec.header.kind)
-            if counted is None:  # labels() once per kind and batch, not per record
-                counted = record_counters[rec.header.kind] = RECORDS.labels(
-                    msg_op=KIND_NAMES.get(rec.header.kind, "other"))
-            counted.inc()
             if isinstance(rec, records.ExecRecord):
                 audit_exec(rec)
             try:
@@ -163,6 +162,7 @@ class Enricher:
             if ev is not None:
                 ev[ORIGIN] = origin
                 events.extend(self.pending.offer(ev, event_type(ev), source))
+        self.builder.cache.count_misses()
         return events, bad
 
     def poll_pending(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -296,6 +296,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     log.info("enricher consuming %s as group %s", cfg.raw_topic, group)
     done_upto: dict[TopicPartition, int] = {}   # next offset after the last handled message
     committed: dict[TopicPartition, int] = {}
+    in_flight: asyncio.Task | None = None  # the previous round's publish and commit
     try:
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=200, max_records=50)
@@ -321,16 +322,33 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
                         await kafka.send_dead_letter(producer, cfg, STAGE, raw, err, m.key, where)
                     out.extend(events)
             out.extend(enricher.poll_pending(time.monotonic()))
-            await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed,
-                                      serializer, stamper)
+            # one round in flight: this round's events are built while the broker acknowledges
+            # the last round's; rounds publish and commit one after the other, in order
+            if in_flight is not None:
+                await in_flight
+            _forget_revoked(done_upto, consumer.assignment())
+            in_flight = asyncio.create_task(_publish_and_commit(
+                producer, consumer, cfg, enricher, out, dict(done_upto), committed, serializer, stamper,
+                enricher.pending.floor()), name="enricher-publish")
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
         out = enricher.pending.drain()
         await _publish_and_commit(producer, consumer, cfg, enricher, out, done_upto, committed, serializer,
                                   stamper)
     finally:
+        if in_flight is not None and not in_flight.done():
+            in_flight.cancel()
         if watcher_task is not None:
             watcher_task.cancel()
         await consumer.stop()
         await producer.stop()
+
+
+def _forget_revoked(done_upto: dict[TopicPartition, int], assigned: set[TopicPartition]) -> None:
+    """Offsets of partitions moved to another enricher are not ours to commit any more."""
+    for tp in [tp for tp in done_upto if tp not in assigned]:
+        del done_upto[tp]
 
 
 Message = tuple[bytes, bytes, int | None, list[tuple[str, bytes]] | None]  # value, key, partition, headers
@@ -417,13 +435,16 @@ async def _flush_journal(producer: AIOKafkaProducer, journal: Any, stuck_s: floa
 async def _publish_and_commit(producer: AIOKafkaProducer, consumer: Any, cfg: Config, enricher: Enricher,
                               events: list[dict[str, Any]], done_upto: dict[TopicPartition, int],
                               committed: dict[TopicPartition, int], serializer: Any,
-                              stamper: Stamper | None = None) -> None:
+                              stamper: Stamper | None = None,
+                              floor: dict[tuple[str, int], int] | None = None) -> None:
     """Events and state writes acknowledged first, then raw offsets committed, never past an
-    event still held for pod metadata."""
+    event still held for pod metadata. ``done_upto`` and ``floor`` (the held events' lowest
+    offsets) as they were when ``events`` were made: later rounds do not move this commit."""
     if enricher.journal is not None:
         await _flush_journal(producer, enricher.journal, cfg.kafka_stuck_exit_s)
     await publish(producer, cfg, events, serializer, stamper)
-    floor = enricher.pending.floor()
+    if floor is None:
+        floor = enricher.pending.floor()
     offsets = {}
     assigned = consumer.assignment()
     for tp in [tp for tp in done_upto if tp not in assigned]:  # moved to another enricher

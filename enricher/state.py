@@ -103,7 +103,8 @@ class StateJournal(CacheListener):
     async def flush(self, producer: AIOKafkaProducer) -> list[asyncio.Future]:
         """Send the dirty entries; the caller awaits the returned futures before committing."""
         futures = []
-        for eid, (p, entry) in self.dirty.items():
+        dirty, self.dirty = self.dirty, {}  # the next batch may make entries dirty meanwhile
+        for eid, (p, entry) in dirty.items():
             if isinstance(entry, PolicyBlob):
                 value: bytes | None = entry.data
             else:
@@ -111,7 +112,6 @@ class StateJournal(CacheListener):
             fut = await producer.send(self.topic, value, key=eid.encode(), partition=p)
             fut.add_done_callback(_count(entry is None))
             futures.append(fut)
-        self.dirty.clear()
         return futures
 
 

@@ -169,8 +169,9 @@ class Enricher:
         return self.pending.poll(now)
 
 
-def event_key(ev: dict[str, Any]) -> bytes:
-    body = ev.get(event_type(ev)) or {}
+def event_key(ev: dict[str, Any], kind: str | None = None) -> bytes:
+    """The event's message key: its process's exec_id (``kind``: its event_type, if known)."""
+    body = ev.get(kind or event_type(ev)) or {}
     proc = body.get("process") or {}
     return (proc.get("exec_id") or "").encode()
 
@@ -198,18 +199,17 @@ async def publish(producer: AIOKafkaProducer, cfg: Config, events: list[dict[str
     broker did not acknowledge is sent again, same stamp, until it is (or the task is cancelled)."""
     msgs = []
     parts = sorted(await producer.partitions_for(cfg.events_topic)) if stamper else []
-    counters: dict[str, Any] = {}
+    kinds: dict[str, int] = {}
+    encode = serializer.encode if serializer is not None else lambda ev: codec.encode("event", ev)
     for ev in events:
-        key = event_key(ev)
+        kind = event_type(ev)
+        kinds[kind] = kinds.get(kind, 0) + 1
+        key = event_key(ev, kind)
         part = _partition_of(key, parts) if stamper else None
         headers = stamper.stamp(part, ev.get(ORIGIN, "")) if stamper and part is not None else None
-        value = serializer.encode(ev) if serializer is not None else codec.encode("event", ev)
-        msgs.append((value, key, part, headers))
-        kind = event_type(ev)
-        counted = counters.get(kind)
-        if counted is None:
-            counted = counters[kind] = EVENTS_OUT.labels(type=kind)
-        counted.inc()
+        msgs.append((encode(ev), key, part, headers))
+    for kind, n in kinds.items():  # counted once per kind and round, not per event
+        EVENTS_OUT.labels(type=kind).inc(n)
     backoff = 0.2
     watch = kafka.DeliveryWatch("events", cfg.kafka_stuck_exit_s)
     while msgs:

@@ -79,13 +79,17 @@ class Stamper:
     def __init__(self) -> None:
         self.instance = uuid.uuid4().hex
         self._next: dict[int, int] = {}
+        self._source = (SOURCE_HEADER, self.instance.encode())
+        self._origin = ("", (ORIGIN_HEADER, b""))  # the last origin's header: a batch's events share it
 
     def stamp(self, partition: int, origin: str = "") -> list[tuple[str, bytes]]:
         n = self._next.get(partition, 0)
         self._next[partition] = n + 1
-        headers = [(SOURCE_HEADER, self.instance.encode()), (SEQ_HEADER, str(n).encode())]
+        headers = [self._source, (SEQ_HEADER, str(n).encode())]
         if origin:
-            headers.append((ORIGIN_HEADER, origin.encode()))
+            if self._origin[0] != origin:
+                self._origin = (origin, (ORIGIN_HEADER, origin.encode()))
+            headers.append(self._origin[1])
         return headers
 
 

@@ -67,6 +67,7 @@ def entry_from_json(raw: bytes) -> Entry:
               d["cgroup_id"], d["cgroup_name"], d["nspid"], tuple(d["ns"]), tuple(d["caps"]),
               exited=d["exited"], cgroup_ancestors=d.get("cgroup_ancestors", ""))
     e.extra["state_partition"] = d.get("partition", 0)
+    e.extra["journaled"] = True  # read from the state topic: its removal is a tombstone
     return e
 
 
@@ -78,12 +79,16 @@ class StateJournal(CacheListener):
         self.partition = 0            # raw partition of the batch being handled
         self.partitions = 1           # of the state topic
         self.dirty: dict[str, tuple[int, Entry | None]] = {}
+        self.sent: set[str] = set()   # exec_ids whose value this journal sent, not tombstoned since
 
     def changed(self, entry: Entry) -> None:
         p = entry.extra.setdefault("state_partition", self.partition % self.partitions)
         self.dirty[entry.exec_id] = (p, entry)
 
     def removed(self, entry: Entry) -> None:
+        if entry.exec_id not in self.sent and not entry.extra.get("journaled"):
+            self.dirty.pop(entry.exec_id, None)  # never sent (exec and exit in one round): no
+            return                               # tombstone, and its value need not go either
         p = entry.extra.get("state_partition", self.partition % self.partitions)
         self.dirty[entry.exec_id] = (p, None)
 
@@ -104,6 +109,11 @@ class StateJournal(CacheListener):
         """Send the dirty entries; the caller awaits the returned futures before committing."""
         futures = []
         dirty, self.dirty = self.dirty, {}  # the next batch may make entries dirty meanwhile
+        for eid, (_p, entry) in dirty.items():  # before the first await: a removal from now on
+            if isinstance(entry, Entry):          # is a tombstone
+                self.sent.add(eid)
+            elif entry is None:
+                self.sent.discard(eid)
         for eid, (p, entry) in dirty.items():
             if isinstance(entry, PolicyBlob):
                 value: bytes | None = entry.data

@@ -52,9 +52,8 @@ SEED_ORIGINAL = b"original content, keep me\n"   # what tests/test_policy_seed.p
 RACE_TRIES = 20000
 
 # ---- what we say about each road (README "Enforcement" holds the same table) -------------------
-IO_URING = ("io_uring requests never pass the syscall tracepoints; counted (road io_uring / io_uring "
-            "OPENAT / io_uring CONNECT), and examples/policies/io-uring.yaml's events "
-            "(io_uring:io_uring_create; add Sigkill to refuse io_uring to matched binaries)")
+URING_FIXED = ("a registered (fixed) file: the kernel takes it from the ring's table, not the fd table, "
+               "with no tracepoint there; counted (road io_uring fixed file) where the inode is marked dirty")
 HARDLINK = ("another name of the same inode: the resolved path is the link's; no hook sees the inode "
             "of an open on this kernel (LSM file_open would); counted")
 BIND = ("another mount of the directory: the resolved path is the bind mount's; counted "
@@ -65,6 +64,7 @@ SEED_ONLY_WRITE = ("the seed policy hooks write(2) only, as written: this syscal
                    "(the open is reported, FollowFD)")
 SEED_NO_OPEN = "the seed policy hooks write(2) only, as written; this syscall opens nothing; counted"
 RAW = "raw user string compared at sys_enter (what the load warning says evades it)"
+URING_RAW = RAW + ": io_uring OPENAT passes no openat syscall (only the judged file requests are served)"
 FTRUNCATE = ("killed at the call's entry, but ftruncate does not check for a pending signal: the "
              "truncation lands; the event is made")
 DEEP_FILE = ("the file is deeper than 32 path components: the resolved path keeps its last 32 "
@@ -77,8 +77,7 @@ CAUGHT, SEEN, MISSED, NA = "caught", "seen", "missed", "n/a"
 COUNTED: dict[str, set[str]] = {
     "hardlink": {"hard link"}, "bind mount": {"bind mount"}, "O_TRUNC": {"O_TRUNC/creat at the open"},
     "truncate(path)": {"truncate(path)"}, "rename over": {"rename over"},
-    "io_uring OPENAT+WRITE": {"io_uring", "io_uring OPENAT"}, "io_uring OPENAT+READ": {"io_uring OPENAT"},
-    "io_uring CONNECT+SEND": {"io_uring CONNECT"}, "int 0x80 socketcall connect": {"32-bit connect/socketcall"},
+    "io_uring fixed file WRITE": {"io_uring fixed file"},
 }
 # missed rows without a counter: the raw-path form (its load WARNING names the roads) and these
 NOT_COUNTED = {("deny-tmp-forbidden-write (seed)", "deep file (40 dirs)")}
@@ -95,26 +94,27 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
         "sendfile": (SEEN, SEED_ONLY_WRITE), "splice": (SEEN, SEED_ONLY_WRITE),
         "copy_file_range": (SEEN, SEED_ONLY_WRITE), "mmap+store": (SEEN, SEED_ONLY_WRITE),
         "deep file (40 dirs)": (MISSED, DEEP_FILE),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (SEEN, "the open (FollowFD) is reported; the WRITE on the registered file "
+                                            "is not judged: " + URING_FIXED),
     },
     "etc-passwd-shadow-writes": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (CAUGHT, "creat truncates at the open (not seen), then the write is"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (MISSED, URING_FIXED),
     },
     "etc-passwd-shadow-writes + Sigkill": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (SEEN, "creat truncated the file at the open; the write after it is killed"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (MISSED, URING_FIXED),
         "ftruncate": (SEEN, FTRUNCATE),
     },
     "raw-path openat (the form before #12)": {
         "absolute": (CAUGHT, ""), "creat": (MISSED, RAW + ": creat is another syscall"),
         "truncate(path)": (MISSED, RAW + ": truncate is another syscall"),
         "rename over": (MISSED, RAW + ": rename is another syscall"),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring OPENAT+WRITE": (MISSED, URING_RAW), "io_uring linked OPENAT+WRITE": (MISSED, URING_RAW),
         "int 0x80 open+write": (MISSED, RAW + ": the 32-bit call is open(2); the policy hooks openat"),
         "hardlink": (MISSED, RAW), "bind mount": (MISSED, RAW), "relative name": (MISSED, RAW),
         "..": (MISSED, RAW), "//": (MISSED, RAW), "symlink": (MISSED, RAW), "openat dirfd": (MISSED, RAW),
@@ -125,20 +125,15 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     },
     "private-key-reads": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
     "private-key-reads + Sigkill": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
     "kernel-module-loads": {},
     "bpf-loads": {},
     "privilege-escalation": {},
     "namespace-escape": {},
-    "unexpected-outbound-connections": {
-        "io_uring CONNECT+SEND": (MISSED, IO_URING),
-        "int 0x80 socketcall connect": (MISSED, "32-bit socket calls reach no socket hook (socketcall, connect)"),
-    },
+    "unexpected-outbound-connections": {},
 }
 RESULTS: list[tuple[str, str, str, str, str]] = []   # (policy, case, result, expected, detail)
 RAW_LABEL = "raw-path openat (the form before #12)"
@@ -445,6 +440,10 @@ WRITE_ROADS: list[tuple[str, object]] = [
     ("deep name (40 ./)", lambda t, d, n, s: (["open", d + "/." * 40 + "/" + n], "")),
     ("path on a non-resident page", lambda t, d, n, s: (["nonresident", t], "")),
     ("io_uring OPENAT+WRITE", lambda t, d, n, s: (["uring_write", t], "")),
+    ("io_uring linked OPENAT+WRITE", lambda t, d, n, s: (["uring_link_write", t], "")),
+    ("io_uring SQPOLL WRITE", lambda t, d, n, s: (["uring_sqpoll_write", t], "")),
+    ("io_uring IOSQE_ASYNC WRITE", lambda t, d, n, s: (["uring_async_write", t], "")),
+    ("io_uring fixed file WRITE", lambda t, d, n, s: (["uring_fixed_write", t], "")),
     ("int 0x80 open+write", lambda t, d, n, s: (["int80_write", t], "")),
     ("clone3, no exec", lambda t, d, n, s: (["clone3", t], "")),
     ("racing thread", lambda t, d, n, s: (["race", t, t[:-1] + "_", str(RACE_TRIES)], "")),
@@ -551,6 +550,7 @@ READ_ROADS = [r for r in WRITE_ROADS if r[0] in (
     "openat2 RESOLVE_BENEATH", "deep name (40 ./)", "path on a non-resident page", "clone3, no exec",
     "racing thread")] + [
     ("io_uring OPENAT+READ", lambda t, d, n, s: (["uring_read", t], "")),
+    ("io_uring linked OPENAT+READ", lambda t, d, n, s: (["uring_link_read", t], "")),
     ("int 0x80 open+read", lambda t, d, n, s: (["int80_read", t], "")),
 ]
 KEY_POLICIES = ["private-key-reads", "private-key-reads + Sigkill"]

@@ -134,6 +134,7 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     "privilege-escalation": {},
     "namespace-escape": {},
     "unexpected-outbound-connections": {},
+    "unexpected-outbound-connections + Override": {},
 }
 RESULTS: list[tuple[str, str, str, str, str]] = []   # (policy, case, result, expected, detail)
 RAW_LABEL = "raw-path openat (the form before #12)"
@@ -165,6 +166,10 @@ class Engine:
     def collect(self) -> None:
         for raw in self.q.take(1 << 30):
             rec = records.decode(raw)
+            if isinstance(rec, records.ConnectDenyRecord):   # a connect refused by cgroup connect4/6
+                self.hits.append(Hit(rec.header.pid, self.names.get(rec.policy_id, "?"), rec.action, [],
+                                     rec.header.ktime))
+                continue
             if not isinstance(rec, records.HookRecord):
                 continue
             body = records.decode_hook(rec)
@@ -186,6 +191,20 @@ def _kill_variant(text: str, name: str, attacker: Path) -> str:
         for sel in hook["selectors"]:
             sel.setdefault("matchActions", []).append({"action": "Sigkill"})
             sel.setdefault("matchBinaries", []).append({"operator": "In", "values": [str(attacker)]})
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+DENY_LABEL = "unexpected-outbound-connections + Override"
+
+
+def _override_variant(text: str, name: str, binary: Path) -> str:
+    """The policy with Override (cgroup connect4/6: EPERM before any packet) for ``binary`` only."""
+    doc = yaml.safe_load(text)
+    doc["metadata"]["name"] = name
+    for hook in doc["spec"]["kprobes"]:
+        for sel in hook["selectors"]:
+            sel["matchActions"] = [{"action": "Override", "argError": -1}]   # EPERM
+            sel["matchBinaries"] = [{"operator": "In", "values": [str(binary)]}]
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -245,6 +264,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         keys = (EXAMPLES / "private-key-reads.yaml").read_text()
         eng.load("private-key-reads", keys)
         eng.load("private-key-reads + Sigkill", _kill_variant(keys, "keys-kill", attacker))
+        eng.load(DENY_LABEL, _override_variant(
+            (EXAMPLES / "unexpected-outbound-connections.yaml").read_text(), "outbound-deny", free))
         for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
@@ -634,6 +655,12 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
         out, err = p.communicate(timeout=30)   # ip netns exec execs the attacker: same pid
         srv.wait(10)
         run = Run({p.pid}, p.returncode, out, err)
+        # the Override variant (the free copy only): refused with EPERM by cgroup connect4, whatever
+        # the road (the listener is gone: a connect that got through would fail ECONNREFUSED)
+        d = subprocess.Popen(ipn + [str(world["free"]), mode, "10.251.7.1", "7077"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dout, derr = d.communicate(timeout=30)
+        deny = Run({d.pid}, d.returncode, dout, derr)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert run.rc == 0, run.err
@@ -641,3 +668,8 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
     result, detail = _judge_alert(eng, "unexpected-outbound-connections", run, None)
     _record("unexpected-outbound-connections", case, result, detail, Count(eng, run.pids, before))
     _judge_io_uring(eng, case, run)
+    _wait_hits(eng, [DENY_LABEL], deny.pids, settle=0.2)
+    refused = [h for h in eng.of(DENY_LABEL, deny.pids) if h.action == ACTION_NUMBERS["Override"]]
+    result = CAUGHT if refused and deny.rc != 0 and "Operation not permitted" in deny.err else (
+        SEEN if refused else MISSED)
+    _record(DENY_LABEL, case, result, f"rc={deny.rc} refusals={len(refused)} {deny.err.strip()[-80:]}")

@@ -110,6 +110,8 @@ def probes(h: HookGen, syscall: str) -> None:
         body += "tp_uring_rw(args->req, a);\n"
     if twin.fd_in >= 0:
         body += f"a[{twin.fd_in}] = (u64)(s64)tp_uring_splice_in(args->req);\n"
+    g.notices.append(f"{h.hook.path}: io_uring {'/'.join(IO_URING_OPS[o] for o in twin.ops)} requests are judged as "
+                     f"{syscall} at {FILE_GET} (not on registered files)")
     g.probes.setdefault(FILE_GET, []).append(
         "{\n    u8 op = tp_uring_op(args->req);\n"
         # the request's own file (SPLICE/TEE also get their input file here: judged as fd_in)

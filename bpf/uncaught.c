@@ -277,8 +277,8 @@ RAW_TRACEPOINT_PROBE(io_uring_file_get)
     int fd = (int)ctx->args[1];
     u8 op = 0;
     TP_RD(op, req->opcode);
-    /* WRITEV 2, WRITE_FIXED 5, FALLOCATE 17, WRITE 23, SPLICE 30, TEE 33, FTRUNCATE 55 */
-    if (op != 2 && op != 5 && op != 17 && op != 23 && op != 30 && op != 33 && op != 55)
+    /* WRITEV 2, WRITE_FIXED 5, FALLOCATE 17, WRITE 23, SPLICE 30, TEE 33, FTRUNCATE 55, WRITEV_FIXED 61 */
+    if (op != 2 && op != 5 && op != 17 && op != 23 && op != 30 && op != 33 && op != 55 && op != 61)
         return 0;
     struct file *f = tp_fd_file((struct task_struct *)bpf_get_current_task(), fd);
     if (!f)

@@ -4,8 +4,8 @@ io_uring requests never pass the syscall entry points, so a hook on ``write(2)``
 io_uring WRITE. Each syscall hook whose syscall has an io_uring twin is also called from the
 ``io_uring`` tracepoints, with the arguments laid out as the syscall's:
 
-- file requests (READ/WRITE/READV/WRITEV/READ_FIXED/WRITE_FIXED, FTRUNCATE, FALLOCATE,
-  SPLICE/TEE): ``io_uring:io_uring_file_get``, which the kernel fires in the task that issues the
+- file requests (READ/WRITE/READV/WRITEV, their _FIXED forms (fixed buffers), READ_MULTISHOT,
+  FTRUNCATE, FALLOCATE, SPLICE/TEE): ``io_uring:io_uring_file_get``, which the kernel fires in the task that issues the
   request (the submitter, the SQPOLL thread ``iou-sqp``, an io-wq worker ``iou-wrk`` for
   IOSQE_ASYNC or a punted request, task work after a linked OPENAT) right before it takes the
   file from that task's fd table and issues the request. The hook resolves the fd through the
@@ -16,9 +16,10 @@ io_uring WRITE. Each syscall hook whose syscall has an io_uring twin is also cal
 - OPENAT/OPENAT2 for ``fd_install`` hooks (FollowFD, served at the open syscalls' exits here):
   ``io_uring:io_uring_complete`` with the new fd, before any linked request runs;
 - CONNECT for ``tcp_connect``: ``io_uring:io_uring_complete`` (0 or -EINPROGRESS), the socket of
-  the request's file (an fd's or a registered one's). A Sigkill/Override on tcp_connect is enforced
-  before the connection by the cgroup connect4/connect6 programs (collector/connect_deny.py), which
-  io_uring and 32-bit connects pass too.
+  the request's file (an fd's or a registered one's): a Sigkill there comes after the connect, as
+  at the 64-bit connect's exit; an Override on tcp_connect is enforced before the connection by the
+  cgroup connect4/connect6 programs (collector/connect_deny.py), which io_uring and 32-bit connects
+  pass too.
 The record carries TP_HOOK_IO_URING and the opcode in ``ret``; events name the syscall's hook and
 say ``io_uring`` and the opcode.
 
@@ -55,14 +56,16 @@ class Twin:
 
 
 _W = (OP["WRITE"], OP["WRITE_FIXED"])
-_R = (OP["READ"], OP["READ_FIXED"])
+_R = (OP["READ"], OP["READ_FIXED"], OP["READ_MULTISHOT"])
+_WV = (OP["WRITEV"], OP["WRITEV_FIXED"])
+_RV = (OP["READV"], OP["READV_FIXED"])
 TWINS: dict[str, Twin] = {
     "write": Twin(_W, 0, rw=True), "pwrite64": Twin(_W, 0, rw=True),
-    "writev": Twin((OP["WRITEV"],), 0), "pwritev": Twin((OP["WRITEV"],), 0), "pwritev2": Twin((OP["WRITEV"],), 0),
+    "writev": Twin(_WV, 0), "pwritev": Twin(_WV, 0), "pwritev2": Twin(_WV, 0),
     "ftruncate": Twin((OP["FTRUNCATE"],), 0), "fallocate": Twin((OP["FALLOCATE"],), 0),
     "splice": Twin((OP["SPLICE"],), 2, fd_in=0), "tee": Twin((OP["TEE"],), 1, fd_in=0),
     "read": Twin(_R, 0, rw=True), "pread64": Twin(_R, 0, rw=True),
-    "readv": Twin((OP["READV"],), 0), "preadv": Twin((OP["READV"],), 0), "preadv2": Twin((OP["READV"],), 0),
+    "readv": Twin(_RV, 0), "preadv": Twin(_RV, 0), "preadv2": Twin(_RV, 0),
 }
 FILE_GET = "io_uring:io_uring_file_get"
 COMPLETE = "io_uring:io_uring_complete"

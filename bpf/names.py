@@ -20,3 +20,9 @@ ACTION_NUMBERS = {
 }
 # KprobeAction number → the enum name events carry (KPROBE_ACTION_SIGKILL)
 ACTION_ENUM_NAMES = {n: f"KPROBE_ACTION_{name.upper()}" for name, n in ACTION_NUMBERS.items()}
+
+
+# io_uring opcodes named in events of requests judged as syscalls (TP_HOOK_IO_URING; uapi io_uring.h)
+IO_URING_OPS = {1: "READV", 2: "WRITEV", 4: "READ_FIXED", 5: "WRITE_FIXED", 16: "CONNECT", 17: "FALLOCATE",
+                18: "OPENAT", 22: "READ", 23: "WRITE", 28: "OPENAT2", 30: "SPLICE", 33: "TEE", 49: "READ_MULTISHOT",
+                55: "FTRUNCATE", 60: "READV_FIXED", 61: "WRITEV_FIXED"}

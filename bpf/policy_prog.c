@@ -38,7 +38,7 @@ ${effects}
     b->e.hook_id = ${hid};
     b->e.selector = sel;
     b->e.action = act;
-    b->e.flags = ${flags} | (is_ret ? TP_HOOK_RETURN : 0);
+    b->e.flags = ${flags} | (is_ret == 1 ? TP_HOOK_RETURN : 0) | (is_ret == 2 ? TP_HOOK_IO_URING : 0);
     b->e.nargs = 0;
     b->e.ret = ret;
     u32 off = 0;
@@ -176,6 +176,67 @@ static __always_inline int tp_compat(void)
     u32 st = 0;
     bpf_probe_read_kernel(&st, sizeof(st), &t->thread_info.status);
     return (st & 0x0002) != 0;
+}
+
+// @@ uring_helpers
+/* io_uring requests (collector/policy/uring.py): fields of struct io_kiocb read from the
+ * tracepoint's req. cqe.fd is the request's fd as submitted (an index for fixed files). */
+static __always_inline u8 tp_uring_op(void *r)
+{
+    struct io_kiocb *req = (struct io_kiocb *)r;
+    u8 op = 0;
+    bpf_probe_read_kernel(&op, sizeof(op), &req->opcode);
+    return op;
+}
+static __always_inline int tp_uring_fd(void *r)
+{
+    struct io_kiocb *req = (struct io_kiocb *)r;
+    int fd = -1;
+    bpf_probe_read_kernel(&fd, sizeof(fd), &req->cqe.fd);
+    return fd;
+}
+/* CONNECT at its completion: the socket of the request's file (req->file: an fd's or a registered
+ * file's; cqe.fd is overwritten by the completion's flags by then) */
+static __always_inline struct sock *tp_uring_sk(void *r)
+{
+    struct io_kiocb *req = (struct io_kiocb *)r;
+    struct file *f = 0;
+    struct inode *ino = 0;
+    struct socket *so = 0;
+    struct sock *sk = 0;
+    u16 mode = 0;
+    bpf_probe_read_kernel(&f, sizeof(f), &req->file);
+    if (!f)
+        return 0;
+    bpf_probe_read_kernel(&ino, sizeof(ino), &f->f_inode);
+    if (ino)
+        bpf_probe_read_kernel(&mode, sizeof(mode), &ino->i_mode);
+    if ((mode & 00170000) != 0140000)   /* S_IFSOCK */
+        return 0;
+    bpf_probe_read_kernel(&so, sizeof(so), &f->private_data);
+    if (so)
+        bpf_probe_read_kernel(&sk, sizeof(sk), &so->sk);
+    return sk;
+}
+/* READ/WRITE: the buffer and its length as the syscall's arguments 1 and 2 */
+static __always_inline void tp_uring_rw(void *r, u64 *a)
+{
+    struct io_kiocb *req = (struct io_kiocb *)r;
+    struct io_rw *rw = (struct io_rw *)&req->cmd;
+    u64 addr = 0;
+    u32 len = 0;
+    bpf_probe_read_kernel(&addr, sizeof(addr), &rw->addr);
+    bpf_probe_read_kernel(&len, sizeof(len), &rw->len);
+    a[1] = addr;
+    a[2] = len;
+}
+static __always_inline int tp_uring_splice_in(void *r)
+{
+    struct io_kiocb *req = (struct io_kiocb *)r;
+    struct io_splice *sp = (struct io_splice *)&req->cmd;
+    int fd = -1;
+    bpf_probe_read_kernel(&fd, sizeof(fd), &sp->splice_fd_in);
+    return fd;
 }
 
 // @@ kfunc_fentry

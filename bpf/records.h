@@ -110,6 +110,7 @@ struct tp_fork {
  * followed by len bytes: TP_ARG_INT/UINT/SIZE/LONG carry 8 little-endian bytes, the others bytes. */
 #define TP_HOOK_MONITOR (1 << 0)
 #define TP_HOOK_RETURN (1 << 1)    /* ret holds the return value */
+#define TP_HOOK_IO_URING (1 << 2)  /* an io_uring request judged as the syscall: ret holds its opcode */
 #define TP_HOOK_NO_SELECTOR 255
 
 #define TP_ARG_INT 1

@@ -352,6 +352,7 @@ HOOK_FIXED = struct.Struct("<IHBBBBHq")
 ARG_HDR = struct.Struct("<BBHI")
 HOOK_MONITOR = 1 << 0
 HOOK_RETURN = 1 << 1
+HOOK_IO_URING = 1 << 2   # an io_uring request judged as the hook's syscall; ret = its opcode
 HOOK_NO_SELECTOR = 255
 ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
 ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO layout

@@ -13,7 +13,8 @@
  *     another mount (bind mount) or another name of its inode (hard link): UC_OPEN, with the
  *     file's path in its file system and the path walked to the task's root;
  *   - rename(2) over a name, reported with the name and the directory it is relative to (UC_RENAME);
- *   - a connect no socket hook sees: io_uring CONNECT, 32-bit connect and socketcall (UC_CONNECT).
+ *   - a connect no socket hook sees: 32-bit connect and socketcall where the policies cannot serve
+ *     them (UC_CONNECT; io_uring CONNECT is served by them: collector/policy/uring.py).
  * Limits: names up to 31 bytes; 16 ancestors; 4 aliases of an inode; the kernel stack's pt_regs
  * at UC_THREAD_SIZE (x86-64: 16 KiB) gives the syscall number.
  */
@@ -55,6 +56,10 @@ BPF_RINGBUF_OUTPUT(uc_events, 64);
 BPF_PERCPU_ARRAY(uc_scratch, struct uc_event, 1);
 BPF_PERCPU_ARRAY(path_scratch, struct tp_path_buf, 1);
 BPF_PERCPU_ARRAY(uc_drops, u64, 1);
+/* thread → inode of the file its last write-type io_uring request took by fd (io_uring_file_get):
+ * the policies judge those requests there (collector/policy/uring.py); an inode dirtied by
+ * io_uring without it was written through a registered (fixed) file */
+BPF_TABLE("lru_hash", u32, u64, uc_uring_file, 4096);
 
 static __always_inline int uc_compat(struct task_struct *t)
 {
@@ -168,6 +173,13 @@ RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)
     int worker = (tflags & 0x10) != 0;     /* PF_IO_WORKER: an io_uring request run async */
     int compat = uc_compat(t);
     s64 nr = uc_nr(t);
+    int uring = worker || nr == 426;       /* an io worker, the SQPOLL thread, io_uring_enter */
+    if (uring) {
+        u32 tid = (u32)bpf_get_current_pid_tgid();
+        u64 *judged = uc_uring_file.lookup(&tid);
+        if (judged && *judged == (u64)inode)
+            return 0;
+    }
     if (!worker) {
         u32 idx = ((u32)nr & 511) + (compat ? 512 : 0);
         u8 *want = uc_nrs.lookup(&idx);
@@ -181,7 +193,7 @@ RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)
     struct dentry *d = tp_container_of(first, struct dentry, d_u.d_alias);
     if (!(uc_protected(d, 1) & 1))
         return 0;
-    struct uc_event *e = uc_start(UC_DIRTY, (worker ? UC_VIA_URING : 0) | (compat ? UC_VIA_COMPAT : 0));
+    struct uc_event *e = uc_start(UC_DIRTY, (uring ? UC_VIA_URING : 0) | (compat ? UC_VIA_COMPAT : 0));
     if (!e)
         return 0;
     e->nr = nr;
@@ -258,6 +270,26 @@ RAW_TRACEPOINT_PROBE(io_uring_complete)
     return uc_opened(res, UC_VIA_URING);
 }
 
+/* a write-type io_uring request takes its file by fd: the policies judge it (see uc_uring_file) */
+RAW_TRACEPOINT_PROBE(io_uring_file_get)
+{
+    struct io_kiocb *req = (struct io_kiocb *)ctx->args[0];
+    int fd = (int)ctx->args[1];
+    u8 op = 0;
+    TP_RD(op, req->opcode);
+    /* WRITEV 2, WRITE_FIXED 5, FALLOCATE 17, WRITE 23, SPLICE 30, TEE 33, FTRUNCATE 55, WRITEV_FIXED 61 */
+    if (op != 2 && op != 5 && op != 17 && op != 23 && op != 30 && op != 33 && op != 55 && op != 61)
+        return 0;
+    struct file *f = tp_fd_file((struct task_struct *)bpf_get_current_task(), fd);
+    if (!f)
+        return 0;
+    u64 inode = 0;
+    TP_RD(inode, f->f_inode);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    uc_uring_file.update(&tid, &inode);
+    return 0;
+}
+
 static __always_inline void uc_connect(struct sockaddr_in *ua, u32 via)
 {
     struct sockaddr_in sa = {};
@@ -273,22 +305,6 @@ static __always_inline void uc_connect(struct sockaddr_in *ua, u32 via)
     uc_send(e);
 }
 
-#if UC_URING_SUBMIT_REQ   /* 6.1 names it io_uring_submit_sqe, with other arguments */
-/* io_uring CONNECT: the address is read at submission (the request's prep kept the pointer) */
-RAW_TRACEPOINT_PROBE(io_uring_submit_req)
-{
-    struct io_kiocb *req = (struct io_kiocb *)ctx->args[0];
-    u8 op = 0;
-    TP_RD(op, req->opcode);
-    if (op != 16)                          /* IORING_OP_CONNECT */
-        return 0;
-    struct io_connect *c = (struct io_connect *)&req->cmd;
-    struct sockaddr *ua = 0;
-    TP_RD(ua, c->addr);
-    uc_connect((struct sockaddr_in *)ua, UC_VIA_URING);
-    return 0;
-}
-#endif
 
 #if UC_CONNECT_ROADS   /* only while a policy judges connects: raw_syscalls runs for every syscall */
 /* 32-bit connect(362) and socketcall(102, SYS_CONNECT): syscalls:* never fire for them */

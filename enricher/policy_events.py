@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from bpf import records as r
-from bpf.names import ACTION_ENUM_NAMES
+from bpf.names import ACTION_ENUM_NAMES, IO_URING_OPS
 from enricher import kernel_args, network_events
 
 log = logging.getLogger("tetrapipe.enricher")
@@ -224,6 +224,8 @@ class PolicyEvents:
         common = self._common(entry, hook, h, builder, node, args, body.action,
                               bool(body.flags & r.HOOK_MONITOR))
         ts = boot_ns + h.ktime
+        if body.flags & r.HOOK_IO_URING:   # an io_uring request judged as the hook's syscall
+            common["tags"] = [*common["tags"], "io_uring", f"io_uring.{IO_URING_OPS.get(body.ret, body.ret)}"]
         if hook.get("kind") == "uprobe":
             return builder.envelope(node, ts, process_uprobe={
                 **common, "path": hook.get("path", ""), "symbol": hook.get("symbol", ""),

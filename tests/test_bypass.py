@@ -52,9 +52,8 @@ SEED_ORIGINAL = b"original content, keep me\n"   # what tests/test_policy_seed.p
 RACE_TRIES = 20000
 
 # ---- what we say about each road (README "Enforcement" holds the same table) -------------------
-IO_URING = ("io_uring requests never pass the syscall tracepoints; counted (road io_uring / io_uring "
-            "OPENAT / io_uring CONNECT), and examples/policies/io-uring.yaml's events "
-            "(io_uring:io_uring_create; add Sigkill to refuse io_uring to matched binaries)")
+URING_FIXED = ("a registered (fixed) file: the kernel takes it from the ring's table, not the fd table, "
+               "with no tracepoint there; counted (road io_uring fixed file) where the inode is marked dirty")
 HARDLINK = ("another name of the same inode: the resolved path is the link's; no hook sees the inode "
             "of an open on this kernel (LSM file_open would); counted")
 BIND = ("another mount of the directory: the resolved path is the bind mount's; counted "
@@ -65,6 +64,7 @@ SEED_ONLY_WRITE = ("the seed policy hooks write(2) only, as written: this syscal
                    "(the open is reported, FollowFD)")
 SEED_NO_OPEN = "the seed policy hooks write(2) only, as written; this syscall opens nothing; counted"
 RAW = "raw user string compared at sys_enter (what the load warning says evades it)"
+URING_RAW = RAW + ": io_uring OPENAT passes no openat syscall (only the judged file requests are served)"
 FTRUNCATE = ("killed at the call's entry, but ftruncate does not check for a pending signal: the "
              "truncation lands; the event is made")
 DEEP_FILE = ("the file is deeper than 32 path components: the resolved path keeps its last 32 "
@@ -77,8 +77,7 @@ CAUGHT, SEEN, MISSED, NA = "caught", "seen", "missed", "n/a"
 COUNTED: dict[str, set[str]] = {
     "hardlink": {"hard link"}, "bind mount": {"bind mount"}, "O_TRUNC": {"O_TRUNC/creat at the open"},
     "truncate(path)": {"truncate(path)"}, "rename over": {"rename over"},
-    "io_uring OPENAT+WRITE": {"io_uring", "io_uring OPENAT"}, "io_uring OPENAT+READ": {"io_uring OPENAT"},
-    "io_uring CONNECT+SEND": {"io_uring CONNECT"}, "int 0x80 socketcall connect": {"32-bit connect/socketcall"},
+    "io_uring fixed file WRITE": {"io_uring fixed file"},
 }
 # missed rows without a counter: the raw-path form (its load WARNING names the roads) and these
 NOT_COUNTED = {("deny-tmp-forbidden-write (seed)", "deep file (40 dirs)")}
@@ -95,26 +94,27 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
         "sendfile": (SEEN, SEED_ONLY_WRITE), "splice": (SEEN, SEED_ONLY_WRITE),
         "copy_file_range": (SEEN, SEED_ONLY_WRITE), "mmap+store": (SEEN, SEED_ONLY_WRITE),
         "deep file (40 dirs)": (MISSED, DEEP_FILE),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (SEEN, "the open (FollowFD) is reported; the WRITE on the registered file "
+                                            "is not judged: " + URING_FIXED),
     },
     "etc-passwd-shadow-writes": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (CAUGHT, "creat truncates at the open (not seen), then the write is"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (MISSED, URING_FIXED),
     },
     "etc-passwd-shadow-writes + Sigkill": {
         "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
         "creat": (SEEN, "creat truncated the file at the open; the write after it is killed"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring fixed file WRITE": (MISSED, URING_FIXED),
         "ftruncate": (SEEN, FTRUNCATE),
     },
     "raw-path openat (the form before #12)": {
         "absolute": (CAUGHT, ""), "creat": (MISSED, RAW + ": creat is another syscall"),
         "truncate(path)": (MISSED, RAW + ": truncate is another syscall"),
         "rename over": (MISSED, RAW + ": rename is another syscall"),
-        "io_uring OPENAT+WRITE": (MISSED, IO_URING),
+        "io_uring OPENAT+WRITE": (MISSED, URING_RAW), "io_uring linked OPENAT+WRITE": (MISSED, URING_RAW),
         "int 0x80 open+write": (MISSED, RAW + ": the 32-bit call is open(2); the policy hooks openat"),
         "hardlink": (MISSED, RAW), "bind mount": (MISSED, RAW), "relative name": (MISSED, RAW),
         "..": (MISSED, RAW), "//": (MISSED, RAW), "symlink": (MISSED, RAW), "openat dirfd": (MISSED, RAW),
@@ -125,20 +125,16 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     },
     "private-key-reads": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
     "private-key-reads + Sigkill": {
         "hardlink": (MISSED, HARDLINK),
-        "io_uring OPENAT+READ": (MISSED, IO_URING),
     },
     "kernel-module-loads": {},
     "bpf-loads": {},
     "privilege-escalation": {},
     "namespace-escape": {},
-    "unexpected-outbound-connections": {
-        "io_uring CONNECT+SEND": (MISSED, IO_URING),
-        "int 0x80 socketcall connect": (MISSED, "32-bit socket calls reach no socket hook (socketcall, connect)"),
-    },
+    "unexpected-outbound-connections": {},
+    "unexpected-outbound-connections + Override": {},
 }
 RESULTS: list[tuple[str, str, str, str, str]] = []   # (policy, case, result, expected, detail)
 RAW_LABEL = "raw-path openat (the form before #12)"
@@ -170,6 +166,10 @@ class Engine:
     def collect(self) -> None:
         for raw in self.q.take(1 << 30):
             rec = records.decode(raw)
+            if isinstance(rec, records.ConnectDenyRecord):   # a connect refused by cgroup connect4/6
+                self.hits.append(Hit(rec.header.pid, self.names.get(rec.policy_id, "?"), rec.action, [],
+                                     rec.header.ktime))
+                continue
             if not isinstance(rec, records.HookRecord):
                 continue
             body = records.decode_hook(rec)
@@ -191,6 +191,20 @@ def _kill_variant(text: str, name: str, attacker: Path) -> str:
         for sel in hook["selectors"]:
             sel.setdefault("matchActions", []).append({"action": "Sigkill"})
             sel.setdefault("matchBinaries", []).append({"operator": "In", "values": [str(attacker)]})
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+DENY_LABEL = "unexpected-outbound-connections + Override"
+
+
+def _override_variant(text: str, name: str, binary: Path) -> str:
+    """The policy with Override (cgroup connect4/6: EPERM before any packet) for ``binary`` only."""
+    doc = yaml.safe_load(text)
+    doc["metadata"]["name"] = name
+    for hook in doc["spec"]["kprobes"]:
+        for sel in hook["selectors"]:
+            sel["matchActions"] = [{"action": "Override", "argError": -1}]   # EPERM
+            sel["matchBinaries"] = [{"operator": "In", "values": [str(binary)]}]
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -250,6 +264,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         keys = (EXAMPLES / "private-key-reads.yaml").read_text()
         eng.load("private-key-reads", keys)
         eng.load("private-key-reads + Sigkill", _kill_variant(keys, "keys-kill", attacker))
+        eng.load(DENY_LABEL, _override_variant(
+            (EXAMPLES / "unexpected-outbound-connections.yaml").read_text(), "outbound-deny", free))
         for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
@@ -445,6 +461,10 @@ WRITE_ROADS: list[tuple[str, object]] = [
     ("deep name (40 ./)", lambda t, d, n, s: (["open", d + "/." * 40 + "/" + n], "")),
     ("path on a non-resident page", lambda t, d, n, s: (["nonresident", t], "")),
     ("io_uring OPENAT+WRITE", lambda t, d, n, s: (["uring_write", t], "")),
+    ("io_uring linked OPENAT+WRITE", lambda t, d, n, s: (["uring_link_write", t], "")),
+    ("io_uring SQPOLL WRITE", lambda t, d, n, s: (["uring_sqpoll_write", t], "")),
+    ("io_uring IOSQE_ASYNC WRITE", lambda t, d, n, s: (["uring_async_write", t], "")),
+    ("io_uring fixed file WRITE", lambda t, d, n, s: (["uring_fixed_write", t], "")),
     ("int 0x80 open+write", lambda t, d, n, s: (["int80_write", t], "")),
     ("clone3, no exec", lambda t, d, n, s: (["clone3", t], "")),
     ("racing thread", lambda t, d, n, s: (["race", t, t[:-1] + "_", str(RACE_TRIES)], "")),
@@ -551,6 +571,7 @@ READ_ROADS = [r for r in WRITE_ROADS if r[0] in (
     "openat2 RESOLVE_BENEATH", "deep name (40 ./)", "path on a non-resident page", "clone3, no exec",
     "racing thread")] + [
     ("io_uring OPENAT+READ", lambda t, d, n, s: (["uring_read", t], "")),
+    ("io_uring linked OPENAT+READ", lambda t, d, n, s: (["uring_link_read", t], "")),
     ("int 0x80 open+read", lambda t, d, n, s: (["int80_read", t], "")),
 ]
 KEY_POLICIES = ["private-key-reads", "private-key-reads + Sigkill"]
@@ -634,6 +655,12 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
         out, err = p.communicate(timeout=30)   # ip netns exec execs the attacker: same pid
         srv.wait(10)
         run = Run({p.pid}, p.returncode, out, err)
+        # the Override variant (the free copy only): refused with EPERM by cgroup connect4, whatever
+        # the road (the listener is gone: a connect that got through would fail ECONNREFUSED)
+        d = subprocess.Popen(ipn + [str(world["free"]), mode, "10.251.7.1", "7077"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dout, derr = d.communicate(timeout=30)
+        deny = Run({d.pid}, d.returncode, dout, derr)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert run.rc == 0, run.err
@@ -641,3 +668,8 @@ def test_outbound_roads(world: dict, case: str, mode: str) -> None:
     result, detail = _judge_alert(eng, "unexpected-outbound-connections", run, None)
     _record("unexpected-outbound-connections", case, result, detail, Count(eng, run.pids, before))
     _judge_io_uring(eng, case, run)
+    _wait_hits(eng, [DENY_LABEL], deny.pids, settle=0.2)
+    refused = [h for h in eng.of(DENY_LABEL, deny.pids) if h.action == ACTION_NUMBERS["Override"]]
+    result = CAUGHT if refused and deny.rc != 0 and "Operation not permitted" in deny.err else (
+        SEEN if refused else MISSED)
+    _record(DENY_LABEL, case, result, f"rc={deny.rc} refusals={len(refused)} {deny.err.strip()[-80:]}")

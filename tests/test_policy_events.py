@@ -92,6 +92,17 @@ def test_return_value_and_tracepoint(built: tuple[PolicyEvents, EventBuilder]) -
     assert (tp["subsys"], tp["event"], tp["action"]) == ("sched", "sched_process_exec", "KPROBE_ACTION_SIGKILL")
 
 
+def test_io_uring_request_tags(built: tuple[PolicyEvents, EventBuilder]) -> None:
+    """An io_uring request judged as the hook's syscall: tagged io_uring and its opcode, no return."""
+    pe, b = built
+    k = pe.on_hook(hook(77, 3, 3, [r.HookArg(r.ARG_FILE, 0, 4, b"/a/b")], flags=r.HOOK_IO_URING, ret=23),
+                   NODE, 0, b)["process_kprobe"]
+    assert k["tags"] == ["fim", "io_uring", "io_uring.WRITE"] and "return" not in k
+    k = pe.on_hook(hook(77, 3, 3, [], flags=r.HOOK_IO_URING, ret=99), NODE, 0, b)["process_kprobe"]
+    assert k["tags"][-1] == "io_uring.99"
+    assert pe.on_hook(hook(77, 3, 3, []), NODE, 0, b)["process_kprobe"]["tags"] == ["fim"]
+
+
 def test_unknown_policy_and_deleted_catalog(built: tuple[PolicyEvents, EventBuilder]) -> None:
     pe, b = built
     with pytest.raises(PolicyEventError, match="unknown policy id 5"):

@@ -161,6 +161,7 @@ class ProgramGen:
         # 32-bit syscalls: served from raw_syscalls with TS_COMPAT where the kernel runs them
         self.compat = platform.machine() == "x86_64" and (tracefs / "events" / "raw_syscalls").is_dir()
         self.compat_used = False
+        self.uring_used = False                  # io_uring twins of syscall hooks (collector/policy/uring.py)
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
         self.scope_check = "    if (!tp_in_scope())\n        return 0;\n" if policy.scoped else ""
 
@@ -311,6 +312,8 @@ class ProgramGen:
         out += self.set_functions
         if self.compat_used:
             out.append("\n" + fragment("compat_helpers").rstrip("\n"))
+        if self.uring_used:
+            out.append("\n" + fragment("uring_helpers").rstrip("\n"))
         if self.exec_state:
             out.append("\n" + fragment("exec_state_save"))
             self.probes.setdefault("sched:sched_process_exec", []).insert(0, "tp_exec_state_save();")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import compat_x86, kargs
+from collector.policy import compat_x86, kargs, uring
 from collector.policy.argtypes import INT_ARG_KIND
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
@@ -90,6 +90,8 @@ class HookGen(SelectorGen):
             decls="\n    int ovr = 0;" if self.src.override else "", result=result).rstrip("\n")
         self._probes(implicit)
         self._compat_probes(bool(implicit))
+        if self.src.kind in ("syscall", "syscall_ret", "open", "sock"):
+            uring.probes(self, self.src.attach_enter.removeprefix("syscalls:sys_enter_"))
         return fn
 
     def serialize(self) -> str:
@@ -214,6 +216,9 @@ class HookGen(SelectorGen):
         src, hid = self.src, self.hid
         if not self.g.compat:
             return
+        if src.kind == "sock" and self.hook.call == "tcp_connect":
+            self._compat_connect()
+            return
         if src.kind == "open":
             names = [tp.split("sys_exit_", 1)[1] for tp in src.attach_exit]
         elif src.kind in ("syscall", "syscall_ret") and src.attach_enter.startswith("syscalls:sys_enter_"):
@@ -251,6 +256,25 @@ class HookGen(SelectorGen):
                 + "".join(f"        a[{i}] = p->a[{i}];\n" for i in range(n))
                 + (indent(clone3) + "\n" if clone3 else "") + f"        pending_{hid}.delete(&tid);\n"
                 f"        tp_hook_{hid}(args, a, args->ret, 1);\n    }}\n}}")
+
+    def _compat_connect(self) -> None:
+        """tcp_connect for 32-bit connect(362) and socketcall(102, SYS_CONNECT): the fd at the
+        enter (socketcall: from its argument array in user memory), the socket at the exit."""
+        hid = self.hid
+        self.g.compat_used = True
+        self.g.probes.setdefault("raw_syscalls:sys_enter", []).append(
+            "if ((args->id == 362 || args->id == 102) && tp_compat()) {\n"
+            "    u32 fd = (u32)args->args[0];\n    int ok = args->id == 362;\n"
+            "    if (args->id == 102 && args->args[0] == 3) {   /* SYS_CONNECT: args[1] → u32 [fd, addr, len] */\n"
+            "        u32 sa[3] = {};\n"
+            "        ok = bpf_probe_read_user(sa, sizeof(sa), (void *)(u64)(u32)args->args[1]) == 0;\n"
+            "        fd = sa[0];\n    }\n"
+            "    u32 tid = (u32)bpf_get_current_pid_tgid();\n"
+            f"    if (ok)\n        pending_{hid}.update(&tid, &fd);\n}}")
+        run = sock_hooks.probe_c("tcp_connect", f"tp_hook_{hid}(args, a, 0, 0);", f"pending_{hid}")
+        body = run["syscalls:sys_exit_connect"]
+        self.g.probes.setdefault("raw_syscalls:sys_exit", []).append(
+            f"if ((args->id == 362 || args->id == 102) && tp_compat()) {body}")
 
     def compat_nr_c(self) -> str:
         """For a raw_syscalls tracepoint hook: a 32-bit call's i386 number becomes the x86-64

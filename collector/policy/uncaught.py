@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import platform
 import posixpath
 import socket
 import struct
@@ -48,12 +49,15 @@ CONNECT_CALLS = {"tcp_connect", "connect", "security_socket_connect"}
 # syscall numbers whose effect on a protected file no write-type hook judges → road
 ROADS64 = {76: "truncate(path)", 2: "O_TRUNC/creat at the open", 257: "O_TRUNC/creat at the open",
            85: "O_TRUNC/creat at the open", 437: "O_TRUNC/creat at the open", 86: "hard link",
-           265: "hard link", 82: "rename over", 264: "rename over", 316: "rename over", 426: "io_uring"}
+           265: "hard link", 82: "rename over", 264: "rename over", 316: "rename over", 426: "io_uring fixed file"}
 ROADS32 = {92: "truncate(path)", 193: "truncate(path)", 5: "O_TRUNC/creat at the open",
            8: "O_TRUNC/creat at the open", 295: "O_TRUNC/creat at the open", 437: "O_TRUNC/creat at the open",
            9: "hard link", 303: "hard link", 38: "rename over", 302: "rename over", 353: "rename over",
-           426: "io_uring"}
+           426: "io_uring fixed file"}
 UC_DIRTY, UC_OPEN, UC_RENAME, UC_CONNECT = 1, 2, 3, 4
+# io_uring requests on fds are judged by the policies (collector/policy/uring.py); a protected inode
+# dirtied by io_uring without such a request was written through a registered (fixed) file
+URING_FIXED = "io_uring fixed file"
 VIA_URING, VIA_ALIAS, VIA_COMPAT = 1, 2, 4
 PATH_MAX = 4096
 HEAD = struct.Struct("<4Iq Q 4I 2I")
@@ -142,9 +146,9 @@ class Watcher:
             self.close()   # the 32-bit connect probe (raw_syscalls: every syscall) only when needed
         if self.bpf is None:
             self._connect = connect
-            submit = os.path.exists("/sys/kernel/tracing/events/io_uring/io_uring_submit_req")
-            self.bpf = self._load_program("uncaught.c", {"UC_CONNECT_ROADS": int(connect),
-                                                         "UC_URING_SUBMIT_REQ": int(submit and connect)})
+            # 32-bit connects: the policies' tcp_connect serves them from raw_syscalls on x86-64
+            compat = platform.machine() == "x86_64" and os.path.isdir("/sys/kernel/tracing/events/raw_syscalls")
+            self.bpf = self._load_program("uncaught.c", {"UC_CONNECT_ROADS": int(connect and not compat)})
             self.bpf["uc_events"].open_ring_buffer(self._on_event)
             nrs = self.bpf["uc_nrs"]
             for nr in ROADS64:
@@ -225,11 +229,11 @@ class Watcher:
         out: list[Report] = []
         if kind == UC_CONNECT:
             dest = f"{socket.inet_ntoa(struct.pack('<I', addr))}:{socket.ntohs(port)}"
-            road = "io_uring CONNECT" if via & VIA_URING else "32-bit connect/socketcall"
+            road = "32-bit connect/socketcall"   # io_uring CONNECT: served by the policies
             return [Report(pid, p.policy, road, dest) for p in self.prot if p.connect]
         for p in self.prot:
             if kind == UC_DIRTY and p.write and p.matches(infs, tail=True):
-                road = "io_uring" if via & VIA_URING else (ROADS32 if via & VIA_COMPAT else ROADS64).get(nr)
+                road = URING_FIXED if via & VIA_URING else (ROADS32 if via & VIA_COMPAT else ROADS64).get(nr)
                 if road:
                     out.append(Report(pid, p.policy, road, infs))
             elif kind == UC_OPEN and p.matches(infs, tail=True) and (not p.write or fflags & 3):
@@ -237,8 +241,6 @@ class Watcher:
                     out.append(Report(pid, p.policy, "hard link", f"{full} (another name of {infs})"))
                 elif not p.matches(full) and full != infs:   # the same name elsewhere is another file
                     out.append(Report(pid, p.policy, "bind mount", f"{full} (the file {infs})"))
-                elif via & VIA_URING:
-                    out.append(Report(pid, p.policy, "io_uring OPENAT", full))
             elif kind == UC_RENAME and p.write:
                 path = posixpath.normpath(infs if infs.startswith("/") else posixpath.join(full or "/", infs))
                 if p.matches(path):

@@ -52,9 +52,13 @@ struct ring {
     struct io_uring_cqe *cqes;
 };
 
+static unsigned ring_flags;   /* IORING_SETUP_* of the ring (SQPOLL: the kernel thread iou-sqp submits) */
+
 static int ring_init(struct ring *r) {
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
+    p.flags = ring_flags;
+    if (ring_flags & IORING_SETUP_SQPOLL) p.sq_thread_idle = 1000;
     r->fd = syscall(__NR_io_uring_setup, 4, &p);
     if (r->fd < 0) return die("io_uring_setup");
     size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
@@ -113,6 +117,85 @@ static int uring_rw(struct ring *r, int op, int fd, void *buf, unsigned len) {
     s.len = len;
     s.off = (unsigned long long)-1;   /* the file position (append) */
     return ring_run(r, &s);
+}
+
+/* submit n sqes in one io_uring_enter (linked ones run in order), wait for n completions;
+ * the first failing cqe.res, else the last one */
+static int ring_runv(struct ring *r, struct io_uring_sqe *sqe, unsigned n) {
+    unsigned tail = *r->sq_tail;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned idx = (tail + i) & *r->sq_mask;
+        r->sqes[idx] = sqe[i];
+        r->sq_array[idx] = idx;
+    }
+    __atomic_store_n(r->sq_tail, tail + n, __ATOMIC_RELEASE);
+    int sqpoll = (ring_flags & IORING_SETUP_SQPOLL) != 0;
+    unsigned fl = IORING_ENTER_GETEVENTS | (sqpoll ? IORING_ENTER_SQ_WAKEUP : 0);
+    unsigned submit = sqpoll ? 0 : n, got = 0;
+    int res = 0, bad = 0;
+    while (got < n) {
+        if (syscall(__NR_io_uring_enter, r->fd, submit, n - got, fl, 0, 0) < 0) return -errno;
+        submit = 0;
+        unsigned head = *r->cq_head;
+        while (head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE)) {
+            int v = r->cqes[head & *r->cq_mask].res;
+            if (v < 0 && !bad) bad = v;
+            res = v;
+            head++;
+            got++;
+        }
+        __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    }
+    return bad ? bad : res;
+}
+
+/* io_uring roads for a file: uring_MODE PATH with MODE one of
+ *   link_write / link_read: OPENAT + WRITE/READ linked (IOSQE_IO_LINK) in one submission, the
+ *     fd predicted (the lowest free one);
+ *   sqpoll_write: open(2), the WRITE submitted by the kernel's SQPOLL thread;
+ *   async_write: open(2), the WRITE punted to an io-wq worker (IOSQE_ASYNC);
+ *   fixed_write: open(2), the fd registered, WRITE on the fixed file (IOSQE_FIXED_FILE) */
+static int uring_road(const char *m, const char *t, const char *payload) {
+    struct ring r;
+    struct io_uring_sqe q[2];
+    char b[64];
+    memset(q, 0, sizeof(q));
+    if (!strcmp(m, "uring_sqpoll_write")) ring_flags = IORING_SETUP_SQPOLL;
+    if (ring_init(&r)) return 1;
+    int rd = strstr(m, "read") != 0;
+    if (!strncmp(m, "uring_link_", 11)) {
+        int f = open("/dev/null", O_RDONLY);     /* the next free fd: OPENAT's */
+        close(f);
+        q[0].opcode = IORING_OP_OPENAT;
+        q[0].fd = AT_FDCWD;
+        q[0].addr = (unsigned long)t;
+        q[0].open_flags = rd ? O_RDONLY : O_WRONLY | O_APPEND;
+        q[0].flags = IOSQE_IO_LINK;
+        q[1].opcode = rd ? IORING_OP_READ : IORING_OP_WRITE;
+        q[1].fd = f;
+        q[1].addr = rd ? (unsigned long)b : (unsigned long)payload;
+        q[1].len = rd ? sizeof(b) : 1;
+        q[1].off = (unsigned long long)-1;
+        int n = ring_runv(&r, q, 2);
+        if (n < 0) { errno = -n; return die(m); }
+        return 0;
+    }
+    int f = open(t, O_WRONLY | O_APPEND);
+    if (f < 0) return die("open");
+    q[0].opcode = IORING_OP_WRITE;
+    q[0].fd = f;
+    q[0].addr = (unsigned long)payload;
+    q[0].len = 1;
+    q[0].off = (unsigned long long)-1;
+    if (!strcmp(m, "uring_async_write")) q[0].flags = IOSQE_ASYNC;
+    if (!strcmp(m, "uring_fixed_write")) {
+        if (syscall(__NR_io_uring_register, r.fd, IORING_REGISTER_FILES, &f, 1) < 0) return die("register");
+        q[0].fd = 0;
+        q[0].flags = IOSQE_FIXED_FILE;
+    }
+    int n = ring_runv(&r, q, 1);
+    if (n != 1) { errno = n < 0 ? -n : EIO; return die(m); }
+    return 0;
 }
 
 /* ---- the racing thread: flips the path under the kernel's feet ---- */
@@ -268,6 +351,9 @@ int main(int argc, char **argv) {
         printf("landed %d\n", landed);
         return 0;
     }
+    if (!strncmp(m, "uring_link_", 11) || !strcmp(m, "uring_sqpoll_write") || !strcmp(m, "uring_async_write")
+        || !strcmp(m, "uring_fixed_write"))
+        return uring_road(m, t, payload);
     if (!strcmp(m, "uring_write")) {          /* io_uring OPENAT, then WRITE */
         struct ring r;
         if (ring_init(&r)) return 1;

@@ -432,7 +432,13 @@ SEED_ROADS = [  # (road, argv, setup, expected)
     ("symlink", ["open", "{scratch}/ln"], "ln -s /tmp/forbidden/donotchange.me {scratch}/ln", "caught"),
     ("openat dirfd", ["dirfd", "/tmp/forbidden", "donotchange.me"], "", "caught"),
     ("int 0x80 open+write", ["int80_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
-    ("io_uring OPENAT+WRITE", ["uring_write", "/tmp/forbidden/donotchange.me"], "", "seen"),
+    # io_uring requests judged as write(2) at io_uring_file_get (collector/policy/uring.py)
+    ("io_uring OPENAT+WRITE", ["uring_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
+    ("io_uring linked OPENAT+WRITE", ["uring_link_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
+    ("io_uring SQPOLL WRITE", ["uring_sqpoll_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
+    ("io_uring IOSQE_ASYNC WRITE", ["uring_async_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
+    # a registered file: no tracepoint where the kernel takes it (the open is followed: seen)
+    ("io_uring fixed file WRITE", ["uring_fixed_write", "/tmp/forbidden/donotchange.me"], "", "seen"),
     ("hard link", ["open", "{scratch}/hl"], "ln /tmp/forbidden/donotchange.me {scratch}/hl", "missed"),
 ]
 
@@ -441,8 +447,10 @@ SEED_ROADS = [  # (road, argv, setup, expected)
 def test_bypass_seed_on_real_fd_install(loaded, attacker: Path, road: str, argv: list[str], setup: str,
                                         want: str) -> None:
     """The seed policy with fd_install on the real function (fentry): roads to the file are
-    followed (FollowFD at fd_install, io_uring's open too) and the write(2) killed; io_uring's
-    WRITE is no write(2) (seen: the open's event, the write lands); a hard link is another path."""
+    followed (FollowFD at fd_install, io_uring's open too) and the write(2) killed, io_uring's
+    WRITE too (judged as write(2) where the kernel takes its file: plain, linked, SQPOLL, io-wq);
+    a WRITE on a registered file is not judged (seen: the open's event, the write lands); a hard
+    link is another path."""
     hooks, lps = loaded
     _seed_restore()
     scratch = Path("/tmp") / f"tpg-{uuid.uuid4().hex[:6]}"   # same file system as /tmp/forbidden

@@ -290,3 +290,23 @@ def test_track_sock_refused_without_kernel_function_hooks() -> None:
     with pytest.raises(PolicyError, match="TrackSock needs the socket pointer of a kernel function hook.*"
                                           "feature missing: kprobes or BPF trampolines"):
         compiler.compile_policy(pol, 1, [0] * 8)
+
+
+def test_parser_reads_tetragon_spellings_and_tracking() -> None:
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: acc}\nspec:\n  kprobes:\n"
+            "  - call: sk_alloc\n    return: true\n    args: [{index: 1, type: int}]\n"
+            "    returnArg: {type: sock}\n    returnArgAction: TrackSock\n"
+            "  - call: __sk_free\n    args: [{index: 0, type: sock}]\n    selectors:\n"
+            "    - matchArgs: [{index: 0, operator: family, values: [AF_INET]}]\n"
+            "    - matchActions: [{action: UntrackSock, argSock: 0}]\n")
+    pol = parser.parse_text(text, "acc.yaml")[0]
+    assert pol.hooks[0].return_arg_action == "TrackSock"
+    assert pol.hooks[1].selectors[0].match_args[0].operator == "Family"
+    assert pol.hooks[1].selectors[1].match_actions[0].arg_sock == 0
+    with pytest.raises(PolicyError, match=r"returnArgAction TrackSock needs return: true") as ei:
+        parser.parse_text(text.replace("    return: true\n", ""), "acc.yaml")
+    assert ei.value.line == 9
+    with pytest.raises(PolicyError, match=r'unknown returnArgAction "Track"'):
+        parser.parse_text(text.replace("returnArgAction: TrackSock", "returnArgAction: Track"), "acc.yaml")
+    with pytest.raises(PolicyError, match=r"argSock: no argument with index 3"):
+        parser.parse_text(text.replace("argSock: 0", "argSock: 3"), "acc.yaml")

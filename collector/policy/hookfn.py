@@ -52,7 +52,7 @@ class HookGen(SelectorGen):
         result = "ovr" if self.src.override else "0"
         # order: the signal and the override first (a rate limit or NoPost only spares the event,
         # never the action), then the rate limit, then NoPost
-        effects = []
+        effects = netsel.effects(self)   # the socket's owner, TrackSock/UntrackSock: before any return
         for i, _main, sig in actions:
             if sig and not self.g.monitor:
                 effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
@@ -75,7 +75,6 @@ class HookGen(SelectorGen):
                 f"    u64 *last = ratelimit.lookup(&k);\n    if (last && now - *last < {ns}ULL)\n"
                 f"        return {result};\n"
                 "    ratelimit.update(&k, &now);\n}")
-        effects += netsel.effects(self)   # TrackSock/UntrackSock
         for i, s in enumerate(hook.selectors):
             # NoPost beside any other action (Sigkill included): the action is taken, no event
             if any(a.action == "NoPost" for a in s.match_actions):
@@ -308,6 +307,11 @@ class HookGen(SelectorGen):
             body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
         elif src.mech == "fexit":
             ret = f"(s64)ctx[{len(src.fields)}]" if self._has_ret() else "0"
+            if self._has_ret() and self._ret_type().endswith("*"):
+                # a returned pointer (sk_alloc's sock) is a typed pointer to the verifier, which
+                # refuses the record's byte stores of it: read it as a plain value
+                loads += (f"\nu64 rv = 0;\nbpf_probe_read_kernel(&rv, sizeof(rv), &ctx[{len(src.fields)}]);")
+                ret = "(s64)rv"
             body = f"u64 a[6] = {{}};\n{loads}\n{call(ret, 1)}"
         elif src.mech in ("lsm", "fmod_ret", "kprobe+bpf_override_return"):
             body = f"u64 a[6] = {{}};\n{loads}\n{call(result='int r = ')}\nif (r)\n    ovr = r;"
@@ -329,6 +333,11 @@ class HookGen(SelectorGen):
                     + f"    pending_{hid}.delete(&tid);\n"
                     f"{indent(call('(s64)PT_REGS_RC(ctx)', 1))}\n}}")
         self.g.kfuncs.setdefault((src.mech, src.func), []).append("{\n" + indent(body) + "\n}")
+
+    def _ret_type(self) -> str:
+        funcs = btf_funcs.vmlinux()
+        proto = funcs.proto(self.src.func) if funcs else None
+        return proto.ret if proto is not None else ""
 
     def _has_ret(self) -> bool:
         funcs = btf_funcs.vmlinux()

@@ -253,9 +253,14 @@ def check_tracking(sg: SelectorGen) -> None:
 
 
 def effects(sg: SelectorGen) -> list[str]:
-    """After a selector matched: track or untrack the sockets it names."""
+    """After a selector matched, before any other effect: the owner of the hook's socket is
+    looked up (``tp_owner``, the event's process: owner_c), then the sockets the selector names
+    are tracked or untracked (an UntrackSock hook still reports the owner)."""
     check_tracking(sg)
     hook, out = sg.hook, []
+    lookup = _owner_lookup(sg)
+    if lookup:
+        out.append(lookup)
     for i, s in enumerate(hook.selectors or []):
         for a in s.match_actions:
             if a.action == "TrackSock":
@@ -273,16 +278,23 @@ def effects(sg: SelectorGen) -> list[str]:
     return out
 
 
-def owner_c(sg: SelectorGen) -> str:
-    """In a tracking policy: the event's process is the owner of the hook's (first) socket."""
+def _owner_lookup(sg: SelectorGen) -> str:
     if sg.src.kind != "kfunc" or not policy_tracks(sg.g.policy):
         return ""
     arg = next((a for a in sg.hook.args if a.type in ("sock", "socket", "skb")), None)
     if arg is None:
         return ""
-    return (f"\n    {{\n        u64 osk = {_cookie(sg.hook, arg.index)};\n"
-            "        u32 *own = osk ? socktrack.lookup(&osk) : 0;\n"
-            "        if (own)\n            id = ((u64)*own << 32) | *own;\n    }")
+    sg.g.sock = True
+    return (f"u64 tp_owner = 0;\n{{\n    u64 osk = {_cookie(sg.hook, arg.index)};\n"
+            "    u32 *own = osk ? socktrack.lookup(&osk) : 0;\n"
+            "    if (own)\n        tp_owner = ((u64)*own << 32) | *own;\n}")
+
+
+def owner_c(sg: SelectorGen) -> str:
+    """In a tracking policy: the event's process is the owner of the hook's (first) socket."""
+    if not _owner_lookup(sg):
+        return ""
+    return "\n    if (tp_owner)\n        id = tp_owner;"
 
 
 def fill(bpf: object, entries: Sequence[tuple[int, int, int, bytes]]) -> None:

@@ -253,6 +253,8 @@ REFUSED = [
     ("{index: 1, operator: DAddr, values: ['10.0.0.300']}", "sockaddr", r"values\[0\].*not an IPv4/IPv6 address"),
     ("{index: 1, operator: DPort, values: ['70000']}", "sockaddr", r"not within 0-65535"),
     ("{index: 1, operator: Protocol, values: [IPPROTO_TCP]}", "sockaddr", r"a sockaddr has no protocol"),
+    ("{index: 1, operator: DPort, values: [" + ", ".join(f"'{p}:{p + 100}'" for p in range(0, 6600, 100)) + "]}",
+     "sockaddr", r"66 port values/ranges spanning more than 4096 ports: at most 64"),
     ("{index: 1, operator: Family, values: [AF_BOGUS]}", "sockaddr", r"family 'AF_BOGUS': one of AF_UNSPEC"),
     ("{index: 1, operator: State, values: [TCP_LISTEN]}", "sockaddr", r"a sockaddr has no TCP state"),
     ("{index: 1, operator: Equal, values: ['1']}", "sockaddr", r"operator Equal does not apply to a sockaddr"),

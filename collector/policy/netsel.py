@@ -48,6 +48,8 @@ VIEW_TYPES = ("sock", "socket", "skb", "sockaddr")
 SOCK_CTYPES = {"sock": "struct sock *", "socket": "struct socket *"}
 NET_ADDR_MAX = 16384          # CIDRs per policy (LPM-trie entries; measured in bench/)
 PORT_INLINE_MAX = 8           # port values/ranges compared inline; more go into the intset map
+PORT_SET_SPAN_MAX = 4096      # ... unless they span more ports than this: then compared inline,
+PORT_WIDE_MAX = 64            # at most this many
 TRACK_MAX = 65536             # tracked sockets per policy (LRU: sockets never untracked age out)
 TRACK_ACTIONS = ("TrackSock", "UntrackSock")
 
@@ -134,7 +136,13 @@ def _ports(sg: SelectorGen, v: str, field: str, f: ArgFilter, path: str) -> str:
         ranges = sock_hooks._port_ranges(f.values)
     except sock_hooks.SockFilterError as exc:
         raise sg.fail(f"{path}.values", str(exc)) from None
-    if len(ranges) > PORT_INLINE_MAX:
+    wide = sum(hi - lo + 1 for lo, hi in ranges) > PORT_SET_SPAN_MAX
+    if len(ranges) > PORT_INLINE_MAX and wide:
+        if len(ranges) > PORT_WIDE_MAX:
+            raise sg.fail(f"{path}.values", f"{len(ranges)} port values/ranges spanning more than "
+                                            f"{PORT_SET_SPAN_MAX} ports: at most {PORT_WIDE_MAX} such ranges "
+                                            "(compared one by one), or fewer ports (one map lookup)")
+    elif len(ranges) > PORT_INLINE_MAX:
         sid = sg.g.int_set(ranges, f"{path}.values")
         return f"tp_int_in({sid}, (u64){v}->{field})"
     return " || ".join(f"({v}->{field} == {lo})" if lo == hi else f"({v}->{field} >= {lo} && {v}->{field} <= {hi})"

@@ -10,7 +10,8 @@ from a copied python binary owns the tracked socket: the datagram that reaches i
 the receiver's, though the sender's context queued it; a datagram to an untracked socket is not.
 Every case has a near miss that must stay silent.
 
-Debian 6.1 is left out (boot time; the selectors' C is the same as on the host and 6.12).
+Debian 6.1 is left out of CI for its time budget (one more compile: 80-160 s there); run with
+6.1 allowed on 2026-12-04 the four tests passed there too (same policy, same C).
 """
 
 from __future__ import annotations

@@ -292,3 +292,43 @@ ${body}
         bpf_override_return(ctx, (unsigned long)(long)ovr);
     return 0;
 }
+
+// @@ net_lookup
+/* address sets of network selectors (collector/policy/netsel.py): one LPM-trie lookup of the
+ * set id, the family and the address; an IPv4-mapped IPv6 address (::ffff:a.b.c.d, a dual-stack
+ * socket reaching IPv4) is looked up as the IPv4 address it is */
+struct tp_lpm_key {
+    u32 prefixlen;
+    u32 set;
+    u8 family;
+    u8 pad[3];
+    u32 addr[4];
+};
+BPF_LPM_TRIE(netaddr, struct tp_lpm_key, u8, ${size});
+BPF_PERCPU_ARRAY(netkey_scratch, struct tp_lpm_key, 1);
+
+static __always_inline int tp_net_in(u32 set, u16 family, u32 *a)
+{
+    int zero = 0;
+    struct tp_lpm_key *k = netkey_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    __builtin_memset(k, 0, sizeof(*k));
+    k->prefixlen = 64 + 128;
+    k->set = set;
+    k->family = family;
+    if (family == TP_SK_AF_INET6 && a[0] == 0 && a[1] == 0 && a[2] == ${v4mapped}) {
+        k->family = TP_SK_AF_INET;
+        k->addr[0] = a[3];
+    } else if (family == TP_SK_AF_INET) {
+        k->addr[0] = a[0];
+    } else if (family == TP_SK_AF_INET6) {
+        k->addr[0] = a[0];
+        k->addr[1] = a[1];
+        k->addr[2] = a[2];
+        k->addr[3] = a[3];
+    } else {
+        return 0;
+    }
+    return netaddr.lookup(k) != 0;
+}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from collector import btf_funcs, connect_deny, kernel_features, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
-from collector.policy import actions, evasion, kargs, mechanism
+from collector.policy import actions, evasion, kargs, mechanism, netsel
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -73,6 +73,7 @@ class Compiled:
     kattach: list[tuple[str, str]] = field(default_factory=list)  # (mechanism, kernel function) to attach
     string_sets: list[tuple[int, bytes]] = field(default_factory=list)  # (set id, value): keys of ``strset``
     int_sets: list[tuple[int, int]] = field(default_factory=list)   # (set id, u64 value): keys of ``intset``
+    net_addrs: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # ``netaddr`` CIDRs (netsel.py)
 
 
 class _Fail:
@@ -107,7 +108,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
-                    gen.set_entries, gen.int_entries)
+                    gen.set_entries, gen.int_entries, gen.net.entries)
 
 
 def scope_path(policy: Policy) -> str:
@@ -144,6 +145,7 @@ class ProgramGen:
         self.set_functions: list[str] = []
         self.int_entries: list[tuple[int, int]] = []     # (set id, value): keys of the intset map
         self.int_sets = 0
+        self.net = netsel.NetSets()   # address sets of network selectors
         self.notices: list[str] = []
         self.functions: list[str] = []
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
@@ -303,6 +305,7 @@ class ProgramGen:
             out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
         if self.sock:
             out.append(sock_hooks.SOCK_HELPERS_C)
+            out += netsel.decls(self)
         if self.policy.scoped:
             out += [f"BPF_HASH({POD_CGROUPS_MAP}, u64, u8, {POD_CGROUPS_MAX});  "
                     "/* cgroup ids of the selected containers (collector/policy/pod_scope.py) */",

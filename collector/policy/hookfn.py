@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import compat_x86, kargs, uring
+from collector.policy import compat_x86, kargs, netsel, uring
 from collector.policy.argtypes import INT_ARG_KIND
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import Selector
@@ -17,7 +17,8 @@ KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
-ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post"]
+ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post", "TrackSock",
+               "UntrackSock"]
 
 
 class HookGen(SelectorGen):
@@ -47,10 +48,11 @@ class HookGen(SelectorGen):
             conds = self.selector_conds(s)
             sel_code.append("if (sel < 0) {\n    ok = 1;\n" + "\n".join(indent(c) for c in conds)
                             + f"\n    if (ok) {{ sel = {i}; act = {ACTION_NUMBERS[main]}; }}\n}}")
+        pre += netsel.view_fills(self)   # network arguments the selectors compare, read once
         result = "ovr" if self.src.override else "0"
         # order: the signal and the override first (a rate limit or NoPost only spares the event,
         # never the action), then the rate limit, then NoPost
-        effects = []
+        effects = netsel.effects(self)   # the socket's owner, TrackSock/UntrackSock: before any return
         for i, _main, sig in actions:
             if sig and not self.g.monitor:
                 effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
@@ -86,7 +88,7 @@ class HookGen(SelectorGen):
             policy_id=self.g.policy_id, flags=flags, serialize=indent(ser),
             # tcp_close: the socket's owner (a[5]) is the event's process, not the interrupted task
             owner=("\n    if (a[5])\n        id = (a[5] << 32) | a[5];"
-                   if self.src.kind == "sock" and hook.call == "tcp_close" else ""),
+                   if self.src.kind == "sock" and hook.call == "tcp_close" else netsel.owner_c(self)),
             decls="\n    int ovr = 0;" if self.src.override else "", result=result).rstrip("\n")
         self._probes(implicit)
         self._compat_probes(bool(implicit))
@@ -98,10 +100,11 @@ class HookGen(SelectorGen):
         out = []
         for arg in self.hook.args:
             f = self._field(arg.index)
-            if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind in ("sock", "kfunc"):
-                if self.src.kind == "kfunc" and f.ctype not in ("struct sock *", "u64"):
-                    raise self.fail(f"{arg.path}.type", f"a sock argument reads struct sock *; argument "
-                                                        f"{arg.index} of {self.src.func} is {f.ctype} {f.name}")
+            if (arg.type == "sock" and self.src.kind == "sock") or (
+                    arg.type in netsel.SOCK_CTYPES and self.src.kind == "kfunc"):
+                why = netsel.ctype_refusal(arg, f.ctype, self.src.func) if self.src.kind == "kfunc" else ""
+                if why:
+                    raise self.fail(f"{arg.path}.type", f"{why} {f.name}")
                 out.append(sock_hooks.put_sock_c(arg.index))
                 continue
             if arg.type == "nop" and self.src.kind == "kfunc":
@@ -314,8 +317,7 @@ class HookGen(SelectorGen):
             loads = (f"struct pt_regs *sr = (struct pt_regs *){first};\n"
                      + "\n".join(f"TP_RD(a[{i}], sr->{reg});" for i, reg in enumerate(SYSCALL_REGS[:n])))
         # sock arguments: the struct sock read into a struct tp_sockinfo on the stack first
-        sockfill = "".join(f"struct tp_sockinfo si{i} = {{}};\ntp_sk_info((struct sock *)a[{i}], &si{i});\n"
-                           f"a[{i}] = (u64)&si{i};\n" for i in self.sock_args)
+        sockfill = "".join(netsel.kfunc_fill(a.index, a.type) for a in self.hook.args if a.index in self.sock_args)
         if sockfill:
             self.g.sock = True
         # kernel_cap_t by pointer: the capability bits replace the pointer (selectors compare them)
@@ -329,6 +331,11 @@ class HookGen(SelectorGen):
             body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
         elif src.mech == "fexit":
             ret = f"(s64)ctx[{len(src.fields)}]" if self._has_ret() else "0"
+            if self._has_ret() and self._ret_type().endswith("*"):
+                # a returned pointer (sk_alloc's sock) is a typed pointer to the verifier, which
+                # refuses the record's byte stores of it: read it as a plain value
+                loads += (f"\nu64 rv = 0;\nbpf_probe_read_kernel(&rv, sizeof(rv), &ctx[{len(src.fields)}]);")
+                ret = "(s64)rv"
             body = f"u64 a[6] = {{}};\n{loads}\n{call(ret, 1)}"
         elif src.mech in ("lsm", "fmod_ret", "kprobe+bpf_override_return"):
             body = f"u64 a[6] = {{}};\n{loads}\n{call(result='int r = ')}\nif (r)\n    ovr = r;"
@@ -351,6 +358,11 @@ class HookGen(SelectorGen):
                     f"{indent(call('(s64)PT_REGS_RC(ctx)', 1))}\n}}")
         self.g.kfuncs.setdefault((src.mech, src.func), []).append("{\n" + indent(body) + "\n}")
 
+    def _ret_type(self) -> str:
+        funcs = btf_funcs.vmlinux()
+        proto = funcs.proto(self.src.func) if funcs else None
+        return proto.ret if proto is not None else ""
+
     def _has_ret(self) -> bool:
         funcs = btf_funcs.vmlinux()
         proto = funcs.proto(self.src.func) if funcs else None
@@ -363,7 +375,7 @@ class HookGen(SelectorGen):
 
     @property
     def sock_args(self) -> list[int]:
-        return [a.index for a in self.hook.args if a.type == "sock" and self.src.kind == "kfunc"]
+        return [a.index for a in self.hook.args if a.type in netsel.SOCK_CTYPES and self.src.kind == "kfunc"]
 
     def _prefilter(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
         """For return hooks: the FollowFD condition checked at the enter already (cheap exit)."""

@@ -22,7 +22,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, kattach, parser, uncaught
+from collector.policy import compiler, kattach, netsel, parser, uncaught
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
@@ -250,6 +250,7 @@ class PolicyManager(WatchedFiles):
                 ikey = intset.Key()
                 ikey.set, ikey.v = sid, value
                 intset[ikey] = ctypes.c_uint8(1)
+            netsel.fill(bpf, comp.net_addrs)   # CIDRs of network selectors
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the

@@ -37,6 +37,9 @@ ARG_OPERATORS = frozenset({
 SERVED_ARG_OPERATORS = frozenset({
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
     "LessThan", "LT", "Mask", "InRange", "NotInRange", "InMap", "NotInMap", "FileType", "NotFileType",
+    # network operators on sock/socket/skb/sockaddr (collector/policy/netsel.py)
+    "SPort", "NotSPort", "SPortPriv", "NotSportPriv", "NotSPortPriv", "DPort", "NotDPort", "DPortPriv",
+    "NotDPortPriv", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State",
 })
 STRING_OPERATORS = frozenset({"Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"})
 INT_OPERATORS = frozenset({"Equal", "NotEqual", "GreaterThan", "GT", "LessThan", "LT", "Mask",
@@ -123,6 +126,7 @@ class Action:
     arg_error: int = 0
     arg_fd: int = -1
     arg_name: int = -1
+    arg_sock: int = -1           # TrackSock/UntrackSock: the sock argument
     rate_limit: str = ""
     rate_limit_scope: str = ""
     path: str = ""
@@ -160,6 +164,7 @@ class Hook:
     return_: bool = False
     args: list[ArgSpec] = field(default_factory=list)
     return_arg: ArgSpec | None = None
+    return_arg_action: str = ""  # "TrackSock"/"UntrackSock" (collector/policy/netsel.py), "" = Post
     selectors: list[Selector] = field(default_factory=list)
     message: str = ""
     tags: list[str] = field(default_factory=list)

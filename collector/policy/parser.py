@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import jsondoc, legacy
+from collector.policy import jsondoc, legacy, netsel
 from collector.policy.model import (
     ACTIONS,
     ARG_OPERATORS,
@@ -312,8 +312,12 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
         hook.return_arg = _arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
     if m.get("data"):
         raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
-    if m.get("returnArgAction") not in (None, "", "Post"):   # Post: the default, an event at the return
-        raise c.fail(f"{path}.returnArgAction", "returnArgAction (TrackSock/UntrackSock) is not supported by tetrapipe")
+    action = m.get("returnArgAction")
+    if action not in (None, "", "Post"):   # Post: the default, an event at the return
+        hook.return_arg_action = c.choice(action, f"{path}.returnArgAction", ("TrackSock", "UntrackSock"),
+                                          "returnArgAction")
+        if not hook.return_:
+            raise c.fail(f"{path}.returnArgAction", f"returnArgAction {action} needs return: true")
     ign = c.mapping(m.get("ignore"), f"{path}.ignore", {"callNotFound"})
     hook.ignore_call_not_found = c.boolean(ign.get("callNotFound"), f"{path}.ignore.callNotFound")
     return _common(c, m, hook, path)
@@ -408,6 +412,7 @@ def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
             if fm.get("args"):
                 raise c.fail(f"{p}.args", "multi-argument filters are not supported by tetrapipe")
             op = c.string(fm.get("operator"), f"{p}.operator", required=True)
+            op = netsel.OPERATOR_ALIASES.get(op, op)   # Tetragon also takes "family", "state", ...
             if op not in ARG_OPERATORS:
                 raise c.fail(f"{p}.operator", f'unknown operator "{op}"')
             idx = c.integer(fm.get("index"), f"{p}.index", 0)
@@ -495,6 +500,10 @@ def _action(c: _Ctx, raw: Any, p: str, hook: Hook) -> Action:
         for k, v in (("argFd", a.arg_fd), ("argName", a.arg_name)):
             if k in fm and hook.arg(v) is None:
                 raise c.fail(f"{p}.{k}", f"no argument with index {v} in args")
+    if name in ("TrackSock", "UntrackSock"):
+        a.arg_sock = c.integer(fm.get("argSock"), f"{p}.argSock", 0)
+        if hook.arg(a.arg_sock) is None:
+            raise c.fail(f"{p}.argSock", f"no argument with index {a.arg_sock} in args")
     if fm.get("rateLimit") is not None:
         a.rate_limit = c.string(fm.get("rateLimit"), f"{p}.rateLimit")
         if name != "Post":

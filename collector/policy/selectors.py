@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bpf.names import CAPABILITIES
-from collector import sock_hooks
+from collector.policy import netsel
 from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import indent
 from collector.policy.mechanism import Source
@@ -244,12 +244,8 @@ class SelectorGen:
             return [f"if (ok) ok = is_ret && {self.int_cond('ret', f, path)};"]
         arg = self.hook.arg(f.index)
         assert arg is not None
-        if arg.type in sock_hooks.SOCK_ARG_TYPES and self.src.kind in ("sock", "kfunc"):
-            try:
-                cond = sock_hooks.sock_cond(f"((struct tp_sockinfo *)a[{f.index}])", f.operator, f.values)
-            except sock_hooks.SockFilterError as exc:
-                raise self.fail(f"{path}.operator", str(exc)) from None
-            return [f"if (ok) ok = {cond};"]
+        if arg.type in netsel.VIEW_TYPES or f.operator in netsel.NET_OPERATORS:
+            return [netsel.filter_line(self, arg, f, path)]
         if f.operator in ("FileType", "NotFileType"):
             return [f"if (ok) ok = {self.file_type_cond(arg, f, path)};"]
         if f.operator not in INT_OPERATORS | STRING_OPERATORS:

@@ -138,8 +138,10 @@ def choose(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
                 f"tracepoint {tp}")
     if hook.kind == "uprobe":
         return uprobe_source(g, hook)
-    if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
-        return _sock_source(g, hook)
+    if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS and not (
+            _needs_return(hook) and (g.features.trampolines or g.features.kprobes)
+            and not any(a.action == "Override" for s in hook.selectors for a in s.match_actions)):
+        return _sock_source(g, hook)   # with a return value: the function itself, where it can be hooked
     name = syscall_name(hook.call)
     fields = tracepoint_fields("syscalls", f"sys_enter_{name}", g.tracefs)
     is_sys = hook.syscall or hook.call != name

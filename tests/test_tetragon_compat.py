@@ -115,6 +115,7 @@ def test_override_beside_a_return_value_is_two_programs() -> None:
     assert any("two programs" in n for n in p.notices)
     c = compiler.compile_policy(p, 1, procfs.host_namespaces(), DEBIAN_612)
     assert [h.mechanism for h in c.hooks] == ["lsm", "fexit"]
+    assert "(s64)(s32)ctx[" in c.text   # an int return: sign-extended from the low 32 bits (-EPERM, not 4294967295)
 
 
 def test_tetragon_spellings() -> None:

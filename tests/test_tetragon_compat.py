@@ -208,3 +208,21 @@ def test_tracepoint_indexes_and_syscall_list_in_the_kernel(dups: tuple[PolicyMan
     from_dup = {int.from_bytes(b.args[0].data[:8], "little") for p, b in seen if p == dup.pid and b.policy_id == pid_}
     assert from_dup == {32, 33}
     assert not [b for p, b in seen if p == quiet.pid and b.policy_id == pid_]
+
+
+def test_override_on_a_hook_bpf_lsm_may_not_attach_to_goes_to_fmod_ret() -> None:
+    """6.12 refuses BPF LSM programs on inode_copy_up_xattr ("attach_btf_id ... points to disabled
+    hook", seen loading Tetragon's cve-2023-2640 policy in the guest): fmod_ret on the security_*
+    function instead; an lsmhooks: entry on it is refused with the reason."""
+    text = HEAD.format(name="copyup") + """  kprobes:
+  - call: security_inode_copy_up_xattr
+    args: [{index: 0, type: string}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: ["security.capability\\\\0"]}]
+      matchActions: [{action: Override, argError: 1}]
+"""
+    (h,) = compile_text(text).hooks
+    assert h.serve == "fmod_ret security_inode_copy_up_xattr (Override)"
+    with pytest.raises(PolicyError) as e:
+        compile_text(HEAD.format(name="l") + "  lsmhooks:\n  - hook: inode_copy_up_xattr\n")
+    assert e.value.line == 7 and "may not attach to inode_copy_up_xattr" in e.value.reason

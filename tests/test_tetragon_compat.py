@@ -128,6 +128,9 @@ def test_tetragon_spellings() -> None:
     (p,) = parser.parse_text(text, "t.yaml")
     (h,) = p.hooks
     assert (h.call, h.binary, h.selectors[0].match_actions[0].action) == ("main", "/bin/sh", "Sigkill")
+    (k,) = parser.parse_text(HEAD.format(name="ul") + "  kprobes:\n  - call: sys_clone\n    syscall: true\n"
+                             "    args: [{index: 0, type: unsigned long}]\n", "t.yaml")
+    assert k.hooks[0].args[0].type == "uint64"   # Tetragon's alias
     with pytest.raises(PolicyError) as e:
         parser.parse_text(text.replace("SigKill", "Sigkil"), "t.yaml")
     assert e.value.line == 10 and 'unknown action "Sigkil"' in e.value.reason

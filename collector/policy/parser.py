@@ -373,7 +373,8 @@ def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
     idx = c.integer(m.get("index"), f"{path}.index", None if need_index else 0)
     if idx < 0 or idx > 5 and need_index:
         raise c.fail(f"{path}.index", f"argument index {idx} out of range (0 to 5)")
-    t = c.choice(m.get("type"), f"{path}.type", ARG_TYPES, "argument type")
+    raw_t = m.get("type")
+    t = c.choice("uint64" if raw_t == "unsigned long" else raw_t, f"{path}.type", ARG_TYPES, "argument type")
     size_idx = c.integer(m.get("sizeArgIndex"), f"{path}.sizeArgIndex", 0)
     if size_idx < 0 or size_idx > 6:
         raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from collector import btf_funcs, connect_deny, kernel_features, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
-from collector.policy import actions, evasion, kargs, mechanism, netsel
+from collector.policy import actions, evasion, kargs, mechanism, netsel, tetragon_compat
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -181,7 +181,9 @@ class ProgramGen:
         """C expression: the string in slot ``k`` is one of ``values`` as ``op`` compares (Equal:
         the whole string; Prefix/Postfix: its start/end), looked up in the ``strset`` map."""
         how = STRING_HOW[op]
-        raws = [self.strings[self.string_id(v, f"{path}.values[{j}]")] for j, v in enumerate(values)]
+        # a trailing NUL (Tetragon's "/etc/passwd\0" for a whole-string match) is not part of the string
+        raws = [self.strings[self.string_id(v.removesuffix("\0"), f"{path}.values[{j}]")]
+                for j, v in enumerate(values)]
         sid = len(self.set_functions)
         self.set_entries += [(sid, r) for r in dict.fromkeys(raws)]
         if how == "equal":
@@ -217,6 +219,8 @@ class ProgramGen:
 
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
+        hook = tetragon_compat.tracepoint_indexes(self, tetragon_compat.syscall_override(
+            self, hook, mechanism.SYSCALL_WRAPPER))
         src, fname, serve = mechanism.choose(self, hook)
         actions.check_actions(self, hook, hid, src)
         self.notices += evasion.raw_path_warnings(hook, src)

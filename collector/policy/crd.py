@@ -70,7 +70,7 @@ def label_selector(key: dict[str, Any] | None = None) -> dict[str, Any]:
 def arg(index_required: bool = True) -> dict[str, Any]:
     props = {"index": {"type": "integer", "minimum": 0, "maximum": 5}, "type": enum(ARG_TYPES),
              "sizeArgIndex": {"type": "integer", "minimum": 0, "maximum": 6}, "returnCopy": B, "maxData": B,
-             "label": S, "resolve": S, "source": S, "btfType": S}
+             "label": S, "resolve": S, "source": S, "btfType": S, "extractParam": S, "overwriteType": S, "size": I}
     return obj(props, ["index", "type"] if index_required else ["type"], parser.ARG_KEYS)
 
 
@@ -116,7 +116,8 @@ def spec_schema() -> dict[str, Any]:
     tracepoint = obj({**hook_common(), "subsystem": S, "event": S, "raw": B}, ["subsystem", "event"],
                      parser.TRACEPOINT_KEYS)
     lsm = obj({**hook_common(), "hook": S}, ["hook"], parser.LSM_KEYS)
-    uprobe = obj({**hook_common(), "path": {"type": "string", "pattern": "^/"}, "btfPath": S, "symbols": arr(S),
+    uprobe = obj({**hook_common(), "path": {"type": "string", "pattern": "^/"}, "btfPath": S,
+                  "symbol": S, "symbols": arr(S),
                   "offsets": arr({"x-kubernetes-int-or-string": True}), "addrs": arr(LOOSE),
                   "refCtrOffsets": arr(LOOSE), "binaryDigests": arr(S), "data": arr(LOOSE)}, ["path"],
                  parser.UPROBE_KEYS)
@@ -127,6 +128,7 @@ def spec_schema() -> dict[str, Any]:
         "hostSelector": label_selector(), "nodeSelector": label_selector(), "lists": arr(LOOSE),
         "enforcers": arr(LOOSE), "options": arr(obj({"name": S, "value": S}, ["name"])),
         "selectorsMacros": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "killers": arr(LOOSE), "rawtracepoints": arr(LOOSE),
     }, None, parser.SPEC_KEYS)
 
 

@@ -330,7 +330,7 @@ class HookGen(SelectorGen):
         if src.mech in ("fentry", "kprobe"):
             body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
         elif src.mech == "fexit":
-            ret = f"(s64)ctx[{len(src.fields)}]" if self._has_ret() else "0"
+            ret = _ret_c(src.func, f"ctx[{len(src.fields)}]") if self._has_ret() else "0"
             if self._has_ret() and self._ret_type().endswith("*"):
                 # a returned pointer (sk_alloc's sock) is a typed pointer to the verifier, which
                 # refuses the record's byte stores of it: read it as a plain value
@@ -355,7 +355,7 @@ class HookGen(SelectorGen):
                     f"if (p) {{\n    u64 a[6] = {{}};\n"
                     + "".join(f"    a[{i}] = p->a[{i}];\n" for i in range(n))
                     + f"    pending_{hid}.delete(&tid);\n"
-                    f"{indent(call('(s64)PT_REGS_RC(ctx)', 1))}\n}}")
+                    f"{indent(call(_ret_c(src.func, 'PT_REGS_RC(ctx)'), 1))}\n}}")
         self.g.kfuncs.setdefault((src.mech, src.func), []).append("{\n" + indent(body) + "\n}")
 
     def _ret_type(self) -> str:
@@ -386,6 +386,19 @@ class HookGen(SelectorGen):
         self.slots = saved | self.slots
         return "\n" + fragment("prefilter_function", hid=self.hid, scope_check=self.g.scope_check,
                                 prologue=fragment("hook_prologue"), pre=indent("\n".join(pre))).rstrip("\n")
+
+
+INT32_RETURNS = {"int": "s32", "signed int": "s32", "s32": "s32", "__s32": "s32", "unsigned int": "u32",
+                 "u32": "u32", "__u32": "u32", "unsigned": "u32"}
+
+
+def _ret_c(func: str, raw: str) -> str:
+    """C of ``func``'s return value as s64: an int return sits in the low 32 bits of the register
+    (the upper half is not its sign), so it is sign- (or zero-) extended from 32 bits first."""
+    funcs = btf_funcs.vmlinux()
+    proto = funcs.proto(func) if funcs is not None else None
+    width = INT32_RETURNS.get(proto.ret.replace("const ", "").strip()) if proto is not None else None
+    return f"(s64)({width}){raw}" if width else f"(s64){raw}"
 
 
 def _duration_ns(text: str) -> int:

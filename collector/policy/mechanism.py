@@ -138,8 +138,10 @@ def choose(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
                 f"tracepoint {tp}")
     if hook.kind == "uprobe":
         return uprobe_source(g, hook)
-    if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS:
-        return _sock_source(g, hook)
+    if hook.kind == "kprobe" and hook.call in sock_hooks.SOCK_HOOKS and not (
+            _needs_return(hook) and (g.features.trampolines or g.features.kprobes)
+            and not any(a.action == "Override" for s in hook.selectors for a in s.match_actions)):
+        return _sock_source(g, hook)   # with a return value: the function itself, where it can be hooked
     name = syscall_name(hook.call)
     fields = tracepoint_fields("syscalls", f"sys_enter_{name}", g.tracefs)
     is_sys = hook.syscall or hook.call != name
@@ -226,6 +228,9 @@ def _lsm_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
         reason = NO_LSM if not g.features.release else "; ".join(why)
         raise g.fail(f"{p}.hook", f"lsmhook {hook.call!r} cannot be served: {reason}")
     proto = _proto(g, f"bpf_lsm_{hook.call}", f"{p}.hook")
+    if hook.call in BPF_LSM_DISABLED:
+        raise g.fail(f"{p}.hook", f"BPF LSM programs may not attach to {hook.call} (the kernel disables it "
+                                  "for BPF: its return value means something else)")
     if hook.return_:
         raise g.fail(f"{p}.return", "an lsmhook has no return value to report (its program decides it)")
     fields = _fields(proto)
@@ -241,9 +246,16 @@ def lsm_hook_of(func: str, funcs: btf_funcs.BtfFuncs | None) -> str:
         return ""
     x = func.removeprefix("security_")
     for cand in (x, f"{x}_security"):
-        if funcs.proto(f"bpf_lsm_{cand}") is not None:
+        if funcs.proto(f"bpf_lsm_{cand}") is not None and cand not in BPF_LSM_DISABLED:
             return cand
     return ""
+
+
+# hooks BPF LSM programs may not attach to (the kernel's bpf_lsm_disabled_hooks, 6.9+: their return
+# values mean something else); an Override there goes to fmod_ret on the security_* function
+BPF_LSM_DISABLED = frozenset({"vm_enough_memory", "inode_need_killpriv", "inode_getsecurity",
+                              "inode_listsecurity", "inode_copy_up_xattr", "getselfattr", "getprocattr",
+                              "setprocattr", "key_getsecurity", "audit_rule_match", "ismaclabel"})
 
 
 def _override_source(g: ProgramGen, hook: Hook, func: str,

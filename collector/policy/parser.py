@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import jsondoc, legacy, netsel
+from collector.policy import jsondoc, legacy, netsel, tetragon_compat
 from collector.policy.model import (
     ACTIONS,
     ARG_OPERATORS,
@@ -51,15 +51,15 @@ API_VERSION = "cilium.io/v1alpha1"
 KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SPEC_KEYS = {"kprobes", "tracepoints", "uprobes", "lsmhooks", "usdts", "fentries", "loader",
              "podSelector", "containerSelector", "hostSelector", "nodeSelector", "lists",
-             "enforcers", "options", "selectorsMacros"}
+             "enforcers", "options", "selectorsMacros", "killers", "rawtracepoints"}
 KPROBE_KEYS = {"call", "syscall", "return", "message", "args", "data", "returnArg", "returnArgAction",
                "selectors", "tags", "ignore"}
 TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", "tags"}
 LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
-UPROBE_KEYS = {"path", "btfPath", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
+UPROBE_KEYS = {"path", "btfPath", "symbol", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
                "message", "args", "selectors", "tags", "data"}
 ARG_KEYS = {"index", "type", "resolve", "sizeArgIndex", "returnCopy", "maxData", "label", "source",
-            "btfType"}
+            "btfType", "extractParam", "overwriteType", "size"}
 SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matchBinaries",
                  "matchBinarys", "matchParentBinaries", "matchNamespaces", "matchCapabilities",
                  "matchNamespaceChanges", "matchCapabilityChanges", "matchActions",
@@ -148,7 +148,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "selectorsMacros"):
+    for key in ("usdts", "enforcers", "selectorsMacros", "killers", "rawtracepoints"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -191,6 +191,8 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
+    tetragon_compat.list_values(c, policy.hooks, lists)
+    policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)
     if not policy.hooks and not policy.loader:
         raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
                              "and does not ask for loader events (loader: true)")
@@ -351,6 +353,8 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
             raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe for uprobes")
     symbols = [c.string(x, f"{path}.symbols[{j}]", required=True)
                for j, x in enumerate(c.seq(m.get("symbols"), f"{path}.symbols"))]
+    if m.get("symbol") is not None:   # Tetragon's single-symbol spelling
+        symbols.insert(0, c.string(m.get("symbol"), f"{path}.symbol", required=True))
     offsets = []
     for j, x in enumerate(c.seq(m.get("offsets"), f"{path}.offsets")):
         try:
@@ -373,12 +377,13 @@ def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
     idx = c.integer(m.get("index"), f"{path}.index", None if need_index else 0)
     if idx < 0 or idx > 5 and need_index:
         raise c.fail(f"{path}.index", f"argument index {idx} out of range (0 to 5)")
-    t = c.choice(m.get("type"), f"{path}.type", ARG_TYPES, "argument type")
+    raw_t = m.get("type")
+    t = c.choice("uint64" if raw_t == "unsigned long" else raw_t, f"{path}.type", ARG_TYPES, "argument type")
     size_idx = c.integer(m.get("sizeArgIndex"), f"{path}.sizeArgIndex", 0)
     if size_idx < 0 or size_idx > 6:
         raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")
-    if m.get("resolve") or m.get("btfType") or m.get("source"):
-        raise c.fail(path, "resolve/btfType/source (BTF field walks) are not supported by tetrapipe")
+    if m.get("resolve") or m.get("btfType") or m.get("source") or m.get("extractParam"):
+        raise c.fail(path, "resolve/btfType/source/extractParam (BTF field walks) are not supported by tetrapipe")
     return ArgSpec(index=idx, type=t, size_arg_index=size_idx,
                    return_copy=c.boolean(m.get("returnCopy"), f"{path}.returnCopy"),
                    max_data=c.boolean(m.get("maxData"), f"{path}.maxData"),
@@ -485,6 +490,7 @@ def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
 def _action(c: _Ctx, raw: Any, p: str, hook: Hook) -> Action:
     fm = c.mapping(raw, p, ACTION_KEYS)
     name = c.string(fm.get("action"), f"{p}.action", required=True)
+    name = next((a for a in ACTIONS if a.lower() == name.lower()), name)   # Tetragon: any case
     if name not in ACTIONS:
         raise c.fail(f"{p}.action", f'unknown action "{name}"')
     a = Action(name, path=p)

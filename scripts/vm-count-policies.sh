@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Count how many TracingPolicy files of DIR a stock Debian kernel serves (compile-only, as
+# `tetrapipe tracingpolicy add` would, against that kernel's probed features and BTF), and why
+# each refused one is refused. Boots the kernel once under qemu (scripts/vm/runner.py) and runs
+# scripts/count-policies.py DIR inside. DIR must be readable from this host's / (the guest sees it
+# read-only over 9p), e.g. the fetched library in /var/cache/tetrapipe-build/tetragon-library.
+#
+#   scripts/vm-count-policies.sh DIR [--kernel 6.12|6.1] [--json OUT] [--load]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 1 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
+dir=$(realpath "$1"); shift
+kernel=6.12; extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel) kernel=$2; shift 2 ;;
+    --json) extra+=(--json "$(realpath -m "$2")"); out_json=$(realpath -m "$2"); shift 2 ;;
+    --load) extra+=(--load); shift ;;
+    *) echo "vm-count-policies: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -d "$dir" ] || { echo "vm-count-policies: $dir is not a directory" >&2; exit 2; }
+results=$(mktemp -d "${TMPDIR:-/tmp}/tetrapipe-vm-count-XXXXXX")
+guest_json=/tetrapipe-vm/count.json
+cmd=("$repo/.venv/bin/python" "$repo/scripts/count-policies.py" "$dir" --json "$guest_json")
+[ ${#extra[@]} -gt 0 ] && for a in "${extra[@]}"; do [ "$a" = --load ] && cmd+=(--load); done
+rc=0
+python3 "$repo/scripts/vm/runner.py" "$kernel" --cwd "$repo" --timeout "${TETRAPIPE_VM_TIMEOUT:-1800}" \
+  --results "$results" -- "${cmd[@]}" || rc=$?
+
+if [ -n "${out_json:-}" ] && [ -f "$results/count.json" ]; then cp "$results/count.json" "$out_json"; fi
+rm -rf "$results"
+exit $rc

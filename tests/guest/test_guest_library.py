@@ -1,0 +1,193 @@
+"""Tetragon's library idioms inside a stock kernel (collector/policy/tetragon_compat.py): one
+policy, five programs, compiled once per boot.
+
+- Override on ``sys_symlinkat``/``sys_linkat``/``sys_socket``: Debian's kernels cannot change a
+  syscall wrapper's return (no error injection), so each is served on the LSM hook the syscall
+  passes (path_symlink, path_link, socket_create); the call fails with EPERM, an event names it;
+  the same call on another file/family goes through, silent. linkat is also tried through a
+  directory fd with a relative name (the hook sees the resolved dentry).
+- Override with ``return: true`` on ``security_file_open``: an enforcing LSM program (no event) and
+  an fexit that reports the overridden return value (-EACCES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bpf import records
+from bpf.names import ACTION_NUMBERS
+from collector import kernel_features, loader, procfs
+from collector.drain import RecordQueue
+from collector.policy.manager import Loaded, PolicyManager
+from guest.kfunc_common import Hooks
+
+ROOT = Path(f"/var/tmp/tpl-{uuid.uuid4().hex[:8]}")   # on the guest's root: dentry paths are mount-relative
+PY = sys.executable
+
+
+def policy() -> str:
+    return f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: library-idioms
+spec:
+  kprobes:
+  - call: "sys_symlinkat"
+    syscall: true
+    args:
+    - {{index: 0, type: "string"}}
+    - {{index: 1, type: "int"}}
+    - {{index: 2, type: "string"}}
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Equal"
+        values: ["{ROOT}/secret\\0"]
+      matchActions:
+      - action: Override
+        argError: -1
+  - call: "sys_linkat"
+    syscall: true
+    args:
+    - {{index: 0, type: "int"}}
+    - {{index: 1, type: "string"}}
+    - {{index: 2, type: "int"}}
+    - {{index: 3, type: "string"}}
+    - {{index: 4, type: "int"}}
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "Equal"
+        values: ["{ROOT}/secret\\0"]
+      matchActions:
+      - action: Override
+        argError: -1
+  - call: "sys_socket"
+    syscall: true
+    args:
+    - {{index: 0, type: "int"}}
+    - {{index: 1, type: "int"}}
+    - {{index: 2, type: "int"}}
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Equal"
+        values: ["38"]
+      matchActions:
+      - action: Override
+        argError: -1
+  - call: "security_file_open"
+    syscall: false
+    return: true
+    args:
+    - {{index: 0, type: "file"}}
+    returnArg:
+      index: 0
+      type: "int"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Equal"
+        values: ["{ROOT}/denied"]
+      matchActions:
+      - action: Override
+        argError: -13
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[tuple[Hooks, Loaded]]:
+    ROOT.mkdir(parents=True)
+    for f in ("secret", "other", "denied", "allowed"):
+        (ROOT / f).write_text("x\n")
+    loader.prepare()
+    feats = kernel_features.probe()
+    mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(), feats)
+    mgr.uncaught.enabled = False
+    try:
+        t0 = time.monotonic()
+        (lp,) = mgr.load_text(policy(), "library-idioms.yaml")
+        print(f"library-idioms compiled and loaded in {time.monotonic() - t0:.1f}s")
+        yield Hooks(mgr), lp
+    finally:
+        mgr.stop()
+        shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def _child(code: str) -> tuple[int, int]:
+    """(pid, errno the child's call failed with, 0 when it worked)."""
+    full = (f"import os, socket\ntry:\n{code}\n    raise SystemExit(0)\n"
+            "except OSError as e:\n    raise SystemExit(e.errno)")
+    p = subprocess.Popen([PY, "-c", full])
+    return p.pid, p.wait(timeout=60)
+
+
+def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
+    _, lp = loaded
+    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit"]
+    assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
+                                                         "lsm socket_create (Override)"]
+
+
+def test_symlinkat_override(loaded: tuple[Hooks, Loaded]) -> None:
+    hooks, lp = loaded
+    pid, rc = _child(f"    os.symlink({str(ROOT / 'secret')!r}, {str(ROOT / 'l1')!r})")
+    assert rc == errno.EPERM and not (ROOT / "l1").is_symlink()
+    (ev, *_) = hooks.wait(lp, 0, pid)
+    assert (ev.selector, ev.action) == (0, ACTION_NUMBERS["Override"])
+    assert ev.args[0].type == records.ARG_STRING and ev.args[0].data.decode() == f"{ROOT}/secret"
+    assert ev.args[1].data.decode() == f"{ROOT}/l1"
+    other, rc = _child(f"    os.symlink({str(ROOT / 'other')!r}, {str(ROOT / 'l2')!r})")
+    time.sleep(0.5)
+    assert rc == 0 and (ROOT / "l2").is_symlink() and hooks.of(lp, 0, other) == []
+
+
+def test_linkat_override_also_through_a_dirfd(loaded: tuple[Hooks, Loaded]) -> None:
+    hooks, lp = loaded
+    pid, rc = _child(f"    os.link({str(ROOT / 'secret')!r}, {str(ROOT / 'h1')!r})")
+    assert rc == errno.EPERM and not (ROOT / "h1").exists()
+    (ev, *_) = hooks.wait(lp, 1, pid)
+    assert [a.data.decode() for a in ev.args] == [f"{ROOT}/secret", f"{ROOT}/h1"]
+    rel, rc = _child(f"    d = os.open({str(ROOT)!r}, os.O_RDONLY)\n"
+                     "    os.link('secret', 'h2', src_dir_fd=d, dst_dir_fd=d)")
+    assert rc == errno.EPERM and not (ROOT / "h2").exists()
+    assert hooks.wait(lp, 1, rel)
+    other, rc = _child(f"    os.link({str(ROOT / 'other')!r}, {str(ROOT / 'h3')!r})")
+    time.sleep(0.5)
+    assert rc == 0 and (ROOT / "h3").exists() and hooks.of(lp, 1, other) == []
+
+
+def test_socket_override(loaded: tuple[Hooks, Loaded]) -> None:
+    hooks, lp = loaded
+    pid, rc = _child("    socket.socket(38, socket.SOCK_SEQPACKET, 0)")
+    assert rc == errno.EPERM
+    (ev, *_) = hooks.wait(lp, 2, pid)
+    assert [int.from_bytes(a.data[:4], "little", signed=True) for a in ev.args] == [38, socket.SOCK_SEQPACKET, 0]
+    other, rc = _child("    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()")
+    time.sleep(0.5)
+    assert rc == 0 and hooks.of(lp, 2, other) == []
+
+
+def test_override_with_return_value(loaded: tuple[Hooks, Loaded]) -> None:
+    hooks, lp = loaded
+    pid, rc = _child(f"    os.close(os.open({str(ROOT / 'denied')!r}, os.O_RDONLY))")
+    assert rc == errno.EACCES
+    (ev, *_) = hooks.wait(lp, 4, pid)
+    assert ev.flags & 2 and ev.ret == -errno.EACCES and ev.args[0].data.decode() == f"{ROOT}/denied"
+    assert hooks.of(lp, 3, pid) == []          # the enforcing program makes no event (NoPost)
+    other, rc = _child(f"    os.close(os.open({str(ROOT / 'allowed')!r}, os.O_RDONLY))")
+    time.sleep(0.5)
+    assert rc == 0 and hooks.of(lp, 4, other) == [] and hooks.of(lp, 3, other) == []
+    assert os.path.exists(ROOT / "denied")

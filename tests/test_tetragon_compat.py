@@ -1,0 +1,231 @@
+"""Tetragon's library as written (collector/policy/tetragon_compat.py and the parser's spellings):
+an Override on a syscall the kernel cannot change at its wrapper served on the syscall's LSM hook,
+an Override beside ``return: true`` split into an enforcing and a reporting program, Tetragon's
+tracepoint argument numbering (``common_*`` fields counted) and ``InMap`` on a syscalls list,
+uprobes' ``symbol``, actions in any case, a trailing NUL in string values.
+
+Compiles run against a Debian 6.12-like feature set (BPF LSM, trampolines, kprobes, no error
+injection: collector/kernel_features.py ``with_features``) and this machine's BTF; the tracepoint
+policy loads here for real (raw_syscalls:sys_enter reaches this kernel) and its events are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import bpf_unavailable_reason, skip_or_fail
+
+from bpf import records
+from collector import kernel_features, loader, procfs
+from collector.drain import RecordQueue
+from collector.policy import compiler, parser
+from collector.policy.manager import PolicyManager
+from collector.policy.model import PolicyError
+
+DEBIAN_612 = kernel_features.with_features(kernel_features.NONE, release="6.12.0-sim", bpf_lsm=True,
+                                           fmod_ret=True, kprobes=True, trampolines=True, btf=True)
+
+HEAD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+
+
+def compile_text(text: str, feats: kernel_features.KernelFeatures = DEBIAN_612) -> compiler.Compiled:
+    (p,) = parser.parse_text(text, "t.yaml")
+    return compiler.compile_policy(p, 1, procfs.host_namespaces(), feats)
+
+
+LINKAT = HEAD.format(name="linkat-override") + """  kprobes:
+  - call: "sys_linkat"
+    syscall: true
+    args:
+    - {index: 0, type: int}
+    - {index: 1, type: string}
+    - {index: 2, type: int}
+    - {index: 3, type: string}
+    - {index: 4, type: int}
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Equal
+        values: ["/etc/passwd\\0"]
+      matchActions:
+      - action: Override
+        argError: -1
+"""
+
+
+def test_syscall_override_served_on_its_lsm_hook() -> None:
+    c = compile_text(LINKAT)
+    (h,) = c.hooks
+    assert (h.mechanism, h.serve) == ("lsm", "lsm path_link (Override)")
+    assert [(a.index, a.type) for a in h.hook.args] == [(0, "dentry"), (2, "dentry")]
+    assert h.hook.selectors[0].match_args[0].index == 0
+    assert any("served on LSM hook path_link" in n and "0, 2, 4 not seen there" in n for n in c.notices)
+    assert b"/etc/passwd" in c.strings and b"/etc/passwd\0" not in c.strings   # the NUL is no part of it
+    assert "bpf_lsm" not in c.text or "path_link" in c.text
+
+
+def test_syscall_override_kept_at_the_wrapper_where_error_injection_allows() -> None:
+    feats = kernel_features.with_features(DEBIAN_612, error_injection=frozenset({"__x64_sys_linkat"}))
+    (h,) = compile_text(LINKAT, feats).hooks
+    assert (h.mechanism, h.serve) == ("fmod_ret", "fmod_ret __x64_sys_linkat (Override)")
+
+
+def test_syscall_override_on_an_argument_the_hook_does_not_see_is_refused() -> None:
+    text = LINKAT.replace("index: 1\n        operator: Equal", "index: 4\n        operator: Equal")
+    with pytest.raises(PolicyError) as e:
+        compile_text(text)
+    assert e.value.line and "does not see argument 4" in e.value.reason and "path_link" in e.value.reason
+
+
+def test_socket_override_keeps_its_arguments() -> None:
+    text = HEAD.format(name="sock") + """  kprobes:
+  - call: sys_socket
+    syscall: true
+    args: [{index: 0, type: int}, {index: 1, type: int}, {index: 2, type: int}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: ["38"]}]
+      matchActions: [{action: Override, argError: -1}]
+"""
+    (h,) = compile_text(text).hooks
+    assert h.serve == "lsm socket_create (Override)"
+    assert [(a.index, a.type) for a in h.hook.args] == [(0, "int"), (1, "int"), (2, "int")]
+
+
+def test_override_beside_a_return_value_is_two_programs() -> None:
+    text = HEAD.format(name="modreq") + """  kprobes:
+  - call: security_kernel_module_request
+    return: true
+    args: [{index: 0, type: string}]
+    returnArg: {index: 0, type: int}
+    selectors:
+    - matchNamespaces: [{namespace: Pid, operator: NotIn, values: [host_ns]}]
+      matchActions: [{action: Override, argError: -1}, {action: Sigkill}]
+"""
+    (p,) = parser.parse_text(text, "t.yaml")
+    enforce, report = p.hooks
+    assert (enforce.return_, [a.action for a in enforce.selectors[0].match_actions]) == \
+        (False, ["Override", "Sigkill", "NoPost"])
+    assert (report.return_, report.return_arg is not None, report.selectors[0].match_actions) == (True, True, [])
+    assert report.selectors[0].match_namespaces == enforce.selectors[0].match_namespaces
+    assert any("two programs" in n for n in p.notices)
+    c = compiler.compile_policy(p, 1, procfs.host_namespaces(), DEBIAN_612)
+    assert [h.mechanism for h in c.hooks] == ["lsm", "fexit"]
+    assert "(s64)(s32)ctx[" in c.text   # an int return: sign-extended from the low 32 bits (-EPERM, not 4294967295)
+
+
+def test_tetragon_spellings() -> None:
+    text = HEAD.format(name="spell") + """  uprobes:
+  - path: /bin/sh
+    symbol: main
+    selectors:
+    - matchActions: [{action: SigKill}]
+"""
+    (p,) = parser.parse_text(text, "t.yaml")
+    (h,) = p.hooks
+    assert (h.call, h.binary, h.selectors[0].match_actions[0].action) == ("main", "/bin/sh", "Sigkill")
+    (k,) = parser.parse_text(HEAD.format(name="ul") + "  kprobes:\n  - call: sys_clone\n    syscall: true\n"
+                             "    args: [{index: 0, type: unsigned long}]\n", "t.yaml")
+    assert k.hooks[0].args[0].type == "uint64"   # Tetragon's alias
+    with pytest.raises(PolicyError) as e:
+        parser.parse_text(text.replace("SigKill", "Sigkil"), "t.yaml")
+    assert e.value.line == 10 and 'unknown action "Sigkil"' in e.value.reason
+
+
+def test_inmap_list_of_syscalls_needs_a_syscalls_list() -> None:
+    text = HEAD.format(name="l") + """  lists:
+  - {name: fns, values: [do_dup2]}
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args: [{index: 4, type: uint64}]
+    selectors:
+    - matchArgs: [{index: 4, operator: InMap, values: ["list:fns"]}]
+"""
+    with pytest.raises(PolicyError) as e:
+        parser.parse_text(text, "t.yaml")
+    assert e.value.line == 13 and "no list of type syscalls" in e.value.reason
+
+
+DUPS = HEAD.format(name="tp-dups") + """  lists:
+  - name: dups
+    type: syscalls
+    values: [sys_dup, sys_dup2]
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args:
+    - index: 4
+      type: uint64
+    selectors:
+    - matchArgs:
+      - index: 4
+        operator: InMap
+        values: ["list:dups"]
+"""
+
+
+@pytest.fixture(scope="module")
+def dups() -> Iterator[tuple[PolicyManager, int]]:
+    reason = bpf_unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    loader.prepare()
+    mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces())
+    try:
+        (lp,) = mgr.load_text(DUPS, "tp-dups.yaml")
+        assert any("Tetragon's" in n and "4→id" in n for n in lp.compiled.notices)
+        yield mgr, lp.policy_id
+    finally:
+        mgr.stop()
+
+
+def _events(mgr: PolicyManager, seen: list[tuple[int, records.HookBody]]) -> None:
+    for raw in mgr.queue.take(1_000_000):
+        rec = records.decode(raw)
+        if isinstance(rec, records.HookRecord):
+            seen.append((rec.header.pid, records.decode_hook(rec)))
+
+
+@pytest.mark.kernel
+def test_tracepoint_indexes_and_syscall_list_in_the_kernel(dups: tuple[PolicyManager, int]) -> None:
+    mgr, pid_ = dups
+    code = "import ctypes, os, time\nctypes.CDLL(None).dup(0); os.dup2(0, 9)\ntime.sleep(0.2)"
+    dup = subprocess.Popen([sys.executable, "-c", code])
+    quiet = subprocess.Popen(["/bin/true"])
+    assert dup.wait(30) == 0 and quiet.wait(30) == 0
+    seen: list[tuple[int, records.HookBody]] = []
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any(p == dup.pid for p, _ in seen):
+        _events(mgr, seen)
+        time.sleep(0.1)
+    time.sleep(0.3)
+    _events(mgr, seen)
+    mine = [b for _, b in seen if b.policy_id == pid_]
+    ids = {int.from_bytes(b.args[0].data[:8], "little") for b in mine}
+    assert ids and ids <= {32, 33}, f"only dup (32) and dup2 (33) pass the InMap: {ids}"
+    from_dup = {int.from_bytes(b.args[0].data[:8], "little") for p, b in seen if p == dup.pid and b.policy_id == pid_}
+    assert from_dup == {32, 33}
+    assert not [b for p, b in seen if p == quiet.pid and b.policy_id == pid_]
+
+
+def test_override_on_a_hook_bpf_lsm_may_not_attach_to_goes_to_fmod_ret() -> None:
+    """6.12 refuses BPF LSM programs on inode_copy_up_xattr ("attach_btf_id ... points to disabled
+    hook", seen loading Tetragon's cve-2023-2640 policy in the guest): fmod_ret on the security_*
+    function instead; an lsmhooks: entry on it is refused with the reason."""
+    text = HEAD.format(name="copyup") + """  kprobes:
+  - call: security_inode_copy_up_xattr
+    args: [{index: 0, type: string}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: ["security.capability\\\\0"]}]
+      matchActions: [{action: Override, argError: 1}]
+"""
+    (h,) = compile_text(text).hooks
+    assert h.serve == "fmod_ret security_inode_copy_up_xattr (Override)"
+    with pytest.raises(PolicyError) as e:
+        compile_text(HEAD.format(name="l") + "  lsmhooks:\n  - hook: inode_copy_up_xattr\n")
+    assert e.value.line == 7 and "may not attach to inode_copy_up_xattr" in e.value.reason

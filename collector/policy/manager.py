@@ -23,6 +23,7 @@ from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
 from collector.policy import compiler, kattach, parser, uncaught
+from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
@@ -115,6 +116,9 @@ class PolicyManager(WatchedFiles):
         self._loader_lost = 0                 # drops of a loader sensor turned off, not yet reported
         self.order_after: RingBufferDrain | None = None   # the process program's drain (exec first)
         self.uncaught = uncaught.Watcher(loader.load_program)  # roads the policies do not judge, counted
+        # file filters also by (device, inode), resolved under this root and kept current
+        self.inode_sets = InodeSets(compiler.INODE_SET_MAX)
+        self.inode_root = "/"
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -250,12 +254,15 @@ class PolicyManager(WatchedFiles):
                 ikey = intset.Key()
                 ikey.set, ikey.v = sid, value
                 intset[ikey] = ctypes.c_uint8(1)
+            # file filters by inode too, before the policy is enabled (collector/policy/inode_sets.py)
+            comp.notices += self.inode_sets.add(p.name, pid, bpf["inoset"], comp.inode_sets, self.inode_root)
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the
             # enricher attributes a hook right after an exec to the new image
             drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
         except Exception:
+            self.inode_sets.remove(pid)
             if self.pod_scope is not None:
                 self.pod_scope.remove(p.name)
             kattach.close(link_fds)
@@ -320,6 +327,7 @@ class PolicyManager(WatchedFiles):
                 pass
             self._collect_counts(lp)
             lp.drain.stop()
+        self.inode_sets.remove(lp.policy_id)
         replaced = self.loaded.get(lp.name) not in (lp, None)  # replace_text: a new version took its place
         if self.pod_scope is not None and not replaced:
             self.pod_scope.remove(lp.name)  # before its map goes away
@@ -396,6 +404,7 @@ class PolicyManager(WatchedFiles):
                 self._unload(lp)
             self._close_connect_deny()
             self.uncaught.close()
+            self.inode_sets.close()
             if self.pod_scope is not None:
                 self.pod_scope.close()
         self._update_gauge()

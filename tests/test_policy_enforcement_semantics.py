@@ -170,6 +170,42 @@ def test_namespace_change_state_inherited_at_fork_and_dropped_at_exit(env: tuple
         m.mgr.delete("sem-nschange")
 
 
+@pytest.mark.kernel
+def test_change_by_a_process_older_than_the_policy_is_seen(env: tuple[Mgr, Path]) -> None:
+    """A process exec'd before the load has its state seeded from /proc at the load: it leaving
+    its UTS namespace after the load is a change (before #12's seeding: no state, never)."""
+    m, _helper = env
+    py = os.path.realpath(sys.executable)
+    code = textwrap.dedent("""
+        import ctypes, os, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("up", flush=True)
+        sys.stdin.readline()              # the policy is loaded now
+        os.getppid()                      # no change yet
+        assert libc.unshare(0x04000000) == 0
+        os.getppid()                      # a change, by a process older than the policy
+        print("done", flush=True)
+    """)
+    proc = subprocess.Popen([py, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "up"
+    (lp,) = m.mgr.load_text(_policy("sem-old-nschange", f"""\
+        kprobes:
+        - call: sys_getppid
+          syscall: true
+          selectors:
+          - matchNamespaceChanges: [{{operator: In, values: [Uts]}}]
+            matchBinaries: [{{operator: In, values: ["{py}"]}}]
+        """), "sem-old-nschange.yaml")
+    try:
+        out, err = proc.communicate("go\n", timeout=60)
+        assert proc.returncode == 0 and "done" in out, err
+        assert len(m.hooks(lp.policy_id, proc.pid)) == 1      # the getppid after the change only
+    finally:
+        m.mgr.delete("sem-old-nschange")
+
+
 def test_sigkill_refused_where_the_hook_runs_outside_the_process() -> None:
     from collector.policy import compiler, parser
     from collector.policy.model import PolicyError

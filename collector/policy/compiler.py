@@ -75,6 +75,7 @@ class Compiled:
     string_sets: list[tuple[int, bytes]] = field(default_factory=list)  # (set id, value): keys of ``strset``
     int_sets: list[tuple[int, int]] = field(default_factory=list)   # (set id, u64 value): keys of ``intset``
     inode_sets: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (set id, equal|prefix, paths)
+    exec_state: bool = False     # the program keeps ``exec_state`` (matchNamespace/CapabilityChanges)
 
 
 class _Fail:
@@ -109,7 +110,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
-                    gen.set_entries, gen.int_entries, gen.inode_specs)
+                    gen.set_entries, gen.int_entries, gen.inode_specs, gen.exec_state)
 
 
 def scope_path(policy: Policy) -> str:

@@ -22,7 +22,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, kattach, parser, uncaught
+from collector.policy import compiler, kattach, parser, proc_state, uncaught
 from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
@@ -256,6 +256,9 @@ class PolicyManager(WatchedFiles):
                 intset[ikey] = ctypes.c_uint8(1)
             # file filters by inode too, before the policy is enabled (collector/policy/inode_sets.py)
             comp.notices += self.inode_sets.add(p.name, pid, bpf["inoset"], comp.inode_sets, self.inode_root)
+            if comp.exec_state:   # processes older than the policy: their state now
+                seeded = proc_state.seed_exec_state(bpf["exec_state"])
+                log.info("policy %s: namespace/capability state of %d running processes seeded", p.name, seeded)
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the

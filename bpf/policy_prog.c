@@ -118,9 +118,13 @@ static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
         if (!ino)
             break;
         TP_RD(k.ino, ino->i_ino);
-        u8 *v = inoset.lookup(&k);
-        if (v && (*v & (i == 0 ? TP_INO_SELF : TP_INO_UNDER)))
-            return 1;
+        struct tp_inoval *v = inoset.lookup(&k);
+        if (v && (v->flags & (i == 0 ? TP_INO_SELF : TP_INO_UNDER))) {
+            u32 gen = 0;
+            TP_RD(gen, ino->i_generation);
+            if (!(v->flags & TP_INO_GEN) || v->gen == gen)
+                return 1;
+        }
         struct dentry *p = 0;
         TP_RD(p, d->d_parent);
         if (!p || p == d)

@@ -302,7 +302,7 @@ class ProgramGen:
             f"BPF_HASH(strset, struct tp_strkey, u8, {nset});  /* selector string sets (bpf/policy.h) */",
             "BPF_PERCPU_ARRAY(strkey_scratch, struct tp_strkey, 1);",
             f"BPF_HASH(intset, struct tp_intkey, u8, {max(len(self.int_entries), 1)});  /* InMap values */",
-            f"BPF_HASH(inoset, struct tp_inokey, u8, {INODE_SET_MAX if self.inode_specs else 1});"
+            f"BPF_HASH(inoset, struct tp_inokey, struct tp_inoval, {INODE_SET_MAX if self.inode_specs else 1});"
             "  /* files by inode (collector/policy/inode_sets.py) */",
             "BPF_ARRAY(enabled, u32, 1);  /* 0 until the string sets are filled, and while disabled */",
             f"BPF_PERCPU_ARRAY(sel_counts, u64, {ncount});",

@@ -6,7 +6,8 @@ At load, each inode set of a policy (``Compiled.inode_sets``: set id, equal|pref
 resolved under ``root`` (the collector's ``/``, or a process's ``/proc/<pid>/root``) into keys of
 the program's ``inoset`` map (bpf/policy.h ``tp_inokey``; the device is the kernel's
 ``MKDEV(major, minor)`` = ``s_dev`` of the file system):
-- Equal ``/etc/passwd``: the file's inode, flag SELF;
+- Equal ``/etc/passwd``: the file's inode, flag SELF, with its generation where the file system
+  reports one (ext4: a freed inode number reused by another file does not match);
 - Prefix ``/tmp/forbidden/`` (a directory): the directory, flag UNDER (the kernel walks a file's
   d_parent chain at most TP_INO_DEPTH levels: any file below it, created before or after the
   load, under any mount of it), and the files below it, flag SELF (a hard link of one of them
@@ -28,9 +29,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import select
+import stat
 import struct
 import threading
 import time
@@ -39,7 +42,8 @@ from typing import Any
 
 log = logging.getLogger("tetrapipe.collector.policy")
 
-SELF, UNDER = 1, 2          # TP_INO_SELF, TP_INO_UNDER in bpf/policy.h
+SELF, UNDER, GEN = 1, 2, 4  # TP_INO_SELF, TP_INO_UNDER, TP_INO_GEN in bpf/policy.h
+_FS_IOC_GETVERSION = 0x80087601
 WALK_MAX = 4096             # files below one Prefix directory put in by their own inode
 WATCH_MAX = 256             # directories watched per set
 _IN_MASK = 0x100 | 0x80 | 0x200 | 0x40 | 0x400 | 0x800   # CREATE MOVED_TO DELETE MOVED_FROM DELETE_SELF MOVE_SELF
@@ -54,7 +58,7 @@ def kernel_dev(st_dev: int) -> int:
 
 @dataclass
 class Resolved:
-    keys: dict[tuple[int, int], int] = field(default_factory=dict)   # (dev, ino) → SELF|UNDER
+    keys: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)   # (dev, ino) → (flags, gen)
     dirs: set[str] = field(default_factory=set)                       # directories to watch
     notices: list[str] = field(default_factory=list)
 
@@ -63,13 +67,36 @@ def _under(root: str, value: str) -> str:
     return os.path.join(root, value.lstrip("/")) if root not in ("", "/") else value
 
 
+def generation(path: str, st: os.stat_result) -> int | None:
+    """The inode's i_generation (FS_IOC_GETVERSION), or None where the file system has none to
+    report (then a reused inode number matches until the set is refreshed: the race window)."""
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return struct.unpack_from("I", fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(8)))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _put(r: Resolved, path: str, flags: int) -> os.stat_result | None:
     try:
-        st = os.stat(path)
+        real = os.path.realpath(path)
+        st = os.stat(real)
     except OSError:
         return None
     key = (kernel_dev(st.st_dev), st.st_ino)
-    r.keys[key] = r.keys.get(key, 0) | flags
+    old_flags, gen = r.keys.get(key, (0, 0))
+    if not old_flags:
+        g = generation(real, st)
+        if g is not None:
+            old_flags, gen = GEN, g
+    r.keys[key] = (old_flags | flags, gen)
     return st
 
 
@@ -128,7 +155,7 @@ class _Set:
     how: str
     values: list[str]
     root: str
-    keys: dict[tuple[int, int], int] = field(default_factory=dict)
+    keys: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)   # (dev, ino) → (flags, gen)
     wds: set[int] = field(default_factory=set)
 
 
@@ -203,12 +230,14 @@ class InodeSets:
                 del tbl[key]
             except KeyError:
                 pass
-        for (dev, ino), flags in new.items():
-            if s.keys.get((dev, ino)) == flags:
+        for (dev, ino), (flags, gen) in new.items():
+            if s.keys.get((dev, ino)) == (flags, gen):
                 continue
             key = tbl.Key()
             key.set, key.dev, key.ino = s.sid, dev, ino
-            tbl[key] = ctypes.c_uint8(flags)
+            val = tbl.Leaf()
+            val.flags, val.gen = flags, gen
+            tbl[key] = val
         s.keys = new
         self._watch_dirs(s, r.dirs)
         self.updates += 1

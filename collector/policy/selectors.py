@@ -299,7 +299,7 @@ class SelectorGen:
                 code = f"u32 v = {val};\nint m = ({eq});\n"
                 if pf.follow_forks:
                     field_ = "tp_ns_pid(t)" if pf.is_namespace_pid else "0"
-                    code += ("struct task_struct *t = task;\n#pragma unroll\n"
+                    code += ("struct task_struct *t = task;\n#pragma clang loop unroll(disable)\n"
                              "for (int i = 0; i < TP_ANCESTORS; i++) {\n"
                              "    if (m) break;\n    struct task_struct *pp = 0;\n    TP_RD(pp, t->real_parent);\n"
                              "    if (!pp || pp == t) break;\n    t = pp;\n")

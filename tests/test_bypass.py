@@ -278,15 +278,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         _print_table(request)
 
 
-def _reset_etc(etc: Path) -> None:
-    """The attacker's /etc as it was: the four files rewritten in place (their inodes kept, unless
-    a road renamed another file over one), what a road left there removed."""
+def _reset_etc(etc: Path, eng: Engine | None = None) -> None:
+    """The attacker's /etc as it was: what a road left there removed, the four files new (renamed
+    over the old ones as useradd does: the inode sets follow, waited for when ``eng`` is given;
+    a fresh inode has no other cached names, which the uncaught counter's hard-link check reads)."""
     for p in etc.iterdir():
         if p.name not in ("passwd", "shadow", "group", "gshadow"):
             p.unlink()
+    t0 = time.monotonic_ns()
     for n in ("passwd", "shadow", "group", "gshadow"):
-        with open(etc / n, "wb") as f:
-            f.write(ORIGINAL)
+        fresh = etc / f".tp-fresh-{n}"
+        fresh.write_bytes(ORIGINAL)
+        os.rename(fresh, etc / n)
+    if eng is not None:
+        for n in ("passwd", "shadow", "group", "gshadow"):
+            _wait_inode_update(eng, etc / n, t0)
 
 
 def _restore(path: Path) -> None:
@@ -557,7 +563,7 @@ def test_inode_roads(world: dict, case: str) -> None:
         if column == "seed":
             _restore(FORBIDDEN)
         else:
-            _reset_etc(etc)
+            _reset_etc(etc, eng)
     assert not failures, "\n".join(failures)
 
 
@@ -569,7 +575,7 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
     eng: Engine = world["eng"]
     s = _scratch(world, case)
     etc = world["etc"]
-    _reset_etc(etc)
+    _reset_etc(etc, eng)
     argv, setup = road("/etc/passwd", "/etc", "passwd", str(s))
     setup = " && ".join(x for x in (f"mount --bind {etc} /etc", setup) if x)
     before = _uc_snapshot()

@@ -73,7 +73,7 @@ def generation(path: str, st: os.stat_result) -> int | None:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -86,14 +86,13 @@ def generation(path: str, st: os.stat_result) -> int | None:
 
 def _put(r: Resolved, path: str, flags: int) -> os.stat_result | None:
     try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
+        st = os.stat(path)   # the kernel follows links (and /proc/<pid>/root): not os.path.realpath
     except OSError:
         return None
     key = (kernel_dev(st.st_dev), st.st_ino)
     old_flags, gen = r.keys.get(key, (0, 0))
     if not old_flags:
-        g = generation(real, st)
+        g = generation(path, st)
         if g is not None:
             old_flags, gen = GEN, g
     r.keys[key] = (old_flags | flags, gen)
@@ -130,7 +129,7 @@ def resolve(how: str, values: list[str], root: str = "/") -> Resolved:
             st = _put(r, p, UNDER)
             r.dirs.add(os.path.dirname(p.rstrip("/")) or "/")   # the directory replaced or made
             if st is not None and os.path.isdir(p):
-                _walk(r, p, v)
+                _walk(r, p.rstrip("/") or "/", v)
         else:
             parent, base = os.path.split(p)
             r.dirs.add(parent)

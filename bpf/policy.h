@@ -19,7 +19,7 @@
 #define TP_DATA_SIZE 8192
 #define TP_DATA_MASK (TP_DATA_SIZE - 1)
 #define TP_BUF_MAX 4096
-#define TP_ANCESTORS 8
+#define TP_ANCESTORS 64   /* matchPIDs followForks: a bounded loop, not unrolled (collector/policy/actions.py) */
 
 /* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
 #define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
@@ -42,6 +42,25 @@ struct tp_intkey {
     u64 v;
 };
 
+/* Inode identity of file arguments (collector/policy/inode_sets.py): the (device, inode) of the
+ * files an Equal/Prefix filter names, keys of `inoset`; the value says how it matches: 1 = the
+ * file itself (any of its names: hard links, bind mounts), 2 = anything below it (a Prefix
+ * directory, walked up through d_parent at most TP_INO_DEPTH levels inside its file system), and
+ * the inode's generation where the file system reports it (FS_IOC_GETVERSION: ext4, xfs, btrfs). */
+#define TP_INO_SELF 1
+#define TP_INO_UNDER 2
+#define TP_INO_GEN 4      /* gen holds the inode's i_generation: a reused inode number is another file */
+#define TP_INO_DEPTH 64
+struct tp_inokey {
+    u32 set;
+    u32 dev;
+    u64 ino;
+};
+struct tp_inoval {
+    u32 flags;
+    u32 gen;
+};
+
 struct tp_hook_buf {
     struct tp_hook e;
     char data[TP_DATA_SIZE * 2];   /* arguments are written below TP_DATA_SIZE + TP_BUF_MAX */
@@ -52,6 +71,7 @@ struct tp_slots {
     char slot[TP_SLOTS][TP_PATH_MAX];
     u32 slen[TP_SLOTS];
     u32 sflags[TP_SLOTS];
+    struct dentry *dent[TP_SLOTS];   /* the file's dentry for slots read from a kernel file, else 0 */
 };
 
 struct tp_pending {
@@ -78,6 +98,23 @@ static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_stru
     if (pf & 1)
         *flags |= TP_ARGF_TRUNC;
     return n;
+}
+
+/* The dentry of an open file / a struct path (inode identity, tp_ino_in) */
+static __always_inline struct dentry *tp_file_dentry(struct file *f)
+{
+    struct dentry *d = 0;
+    if (f)
+        TP_RD(d, f->f_path.dentry);
+    return d;
+}
+
+static __always_inline struct dentry *tp_path_dentry(struct path *p)
+{
+    struct dentry *d = 0;
+    if (p)
+        TP_RD(d, p->dentry);
+    return d;
 }
 
 /* Path of a struct path (security_path_*, vfs_* arguments), walked up to the task's root. */

@@ -93,6 +93,46 @@ static __always_inline int tp_int_in(u32 set, u64 v)
     struct tp_intkey k = {.set = set, .v = v};
     return intset.lookup(&k) != 0;
 }
+/* the file of dentry d is in inode set `set`: itself (TP_INO_SELF), or, with depth > 1, one of its
+ * first depth-1 ancestors in its file system is a Prefix directory (TP_INO_UNDER). The device is
+ * the file system's (s_dev: bind mounts and hard links share it with the protected name). */
+static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
+{
+    struct tp_inokey k = {.set = set};
+    struct inode *ino = 0;
+    struct super_block *sb = 0;
+    if (!d)
+        return 0;
+    TP_RD(ino, d->d_inode);
+    if (!ino)
+        return 0;
+    TP_RD(sb, ino->i_sb);
+    if (sb)
+        TP_RD(k.dev, sb->s_dev);
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < TP_INO_DEPTH; i++) {
+        if (i >= depth)
+            break;
+        ino = 0;
+        TP_RD(ino, d->d_inode);
+        if (!ino)
+            break;
+        TP_RD(k.ino, ino->i_ino);
+        struct tp_inoval *v = inoset.lookup(&k);
+        if (v && (v->flags & (i == 0 ? TP_INO_SELF : TP_INO_UNDER))) {
+            u32 gen = 0;
+            TP_RD(gen, ino->i_generation);
+            if (!(v->flags & TP_INO_GEN) || v->gen == gen)
+                return 1;
+        }
+        struct dentry *p = 0;
+        TP_RD(p, d->d_parent);
+        if (!p || p == d)
+            break;
+        d = p;
+    }
+    return 0;
+}
 static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
 static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }
 static __always_inline int tp_emit(struct tp_hook_buf *b, u32 size) { return events.ringbuf_output(b, size, 0); }

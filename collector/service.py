@@ -92,6 +92,8 @@ class Collector:
                                       pod_scope=PodScope(self.pods) if self.pods is not None else None)
         self.policies.loader_builtin = "loader" in self.sensors_on  # else spec.loader loads it alone
         self.policies.order_after = self.drain
+        self.policies.uncaught.enabled = cfg.count_uncaught       # TETRAPIPE_COUNT_UNCAUGHT too
+        self.policies.inode_root = cfg.policy_inode_root
 
     def _load(self, cfg: Config) -> object:
         """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""

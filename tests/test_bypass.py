@@ -54,10 +54,8 @@ RACE_TRIES = 20000
 # ---- what we say about each road (README "Enforcement" holds the same table) -------------------
 URING_FIXED = ("a registered (fixed) file: the kernel takes it from the ring's table, not the fd table, "
                "with no tracepoint there; counted (road io_uring fixed file) where the inode is marked dirty")
-HARDLINK = ("another name of the same inode: the resolved path is the link's; no hook sees the inode "
-            "of an open on this kernel (LSM file_open would); counted")
-BIND = ("another mount of the directory: the resolved path is the bind mount's; counted "
-        "(needs CAP_SYS_ADMIN in the file's mount namespace)")
+HARDLINK = ("a Postfix (/id_rsa, .key) names no finite set of files to judge by inode: the link's resolved "
+            "path ends otherwise; counted (Equal/Prefix filters match by inode: the passwd and seed columns)")
 AT_OPEN = ("the effect happens inside open/rename/truncate, before any write-type hook; the "
            "policy judges write-type syscalls on fds only; counted")
 SEED_ONLY_WRITE = ("the seed policy hooks write(2) only, as written: this syscall is not judged "
@@ -67,8 +65,7 @@ RAW = "raw user string compared at sys_enter (what the load warning says evades 
 URING_RAW = RAW + ": io_uring OPENAT passes no openat syscall (only the judged file requests are served)"
 FTRUNCATE = ("killed at the call's entry, but ftruncate does not check for a pending signal: the "
              "truncation lands; the event is made")
-DEEP_FILE = ("the file is deeper than 32 path components: the resolved path keeps its last 32 "
-             "components (flagged truncated), so a Prefix on the top misses it; not counted (README)")
+INODE = "matched by inode identity (collector/policy/inode_sets.py): another name of the same file"
 
 CAUGHT, SEEN, MISSED, NA = "caught", "seen", "missed", "n/a"
 
@@ -80,12 +77,12 @@ COUNTED: dict[str, set[str]] = {
     "io_uring fixed file WRITE": {"io_uring fixed file"},
 }
 # missed rows without a counter: the raw-path form (its load WARNING names the roads) and these
-NOT_COUNTED = {("deny-tmp-forbidden-write (seed)", "deep file (40 dirs)")}
+NOT_COUNTED: set[tuple[str, str]] = set()
 
 # policy → case → (expected, why); a missing case is expected ``caught``
 EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
     "deny-tmp-forbidden-write (seed)": {
-        "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
+        "hardlink": (CAUGHT, INODE), "bind mount": (CAUGHT, INODE),
         "creat": (SEEN, "the open (FollowFD) is reported; creat truncated the file at the open"),
         "O_TRUNC": (SEEN, "the open (FollowFD) is reported; O_TRUNC truncated the file at the open"),
         "truncate(path)": (MISSED, SEED_NO_OPEN), "ftruncate": (SEEN, SEED_ONLY_WRITE),
@@ -93,18 +90,19 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
         "writev": (SEEN, SEED_ONLY_WRITE), "pwritev2": (SEEN, SEED_ONLY_WRITE),
         "sendfile": (SEEN, SEED_ONLY_WRITE), "splice": (SEEN, SEED_ONLY_WRITE),
         "copy_file_range": (SEEN, SEED_ONLY_WRITE), "mmap+store": (SEEN, SEED_ONLY_WRITE),
-        "deep file (40 dirs)": (MISSED, DEEP_FILE),
+        "deep file (40 dirs)": (CAUGHT, "the resolved path is truncated (32 components), the Prefix directory's "
+                                        "inode is its ancestor (d_parent walk, 64 levels)"),
         "io_uring fixed file WRITE": (SEEN, "the open (FollowFD) is reported; the WRITE on the registered file "
                                             "is not judged: " + URING_FIXED),
     },
     "etc-passwd-shadow-writes": {
-        "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
+        "hardlink": (CAUGHT, INODE), "bind mount": (CAUGHT, INODE),
         "creat": (CAUGHT, "creat truncates at the open (not seen), then the write is"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
         "io_uring fixed file WRITE": (MISSED, URING_FIXED),
     },
     "etc-passwd-shadow-writes + Sigkill": {
-        "hardlink": (MISSED, HARDLINK), "bind mount": (MISSED, BIND),
+        "hardlink": (CAUGHT, INODE), "bind mount": (CAUGHT, INODE),
         "creat": (SEEN, "creat truncated the file at the open; the write after it is killed"),
         "O_TRUNC": (MISSED, AT_OPEN), "truncate(path)": (MISSED, AT_OPEN), "rename over": (MISSED, AT_OPEN),
         "io_uring fixed file WRITE": (MISSED, URING_FIXED),
@@ -248,6 +246,20 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     fcntl.flock(lock, fcntl.LOCK_EX)
     FORBIDDEN.parent.mkdir(exist_ok=True)
     _restore(FORBIDDEN)
+    # /etc/passwd & co. of the attacker: one temp dir bound over /etc in each attacker's mount
+    # namespace, and in a holder's, under whose root the passwd policies resolve their files by
+    # inode (the collector resolves under its own / otherwise: the machine's /etc is not touched)
+    etc = tmp / "etc"
+    etc.mkdir()
+    _reset_etc(etc)
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                               f"mount --bind {etc} /etc && echo up && exec sleep 3600"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    # hard links made before the policies load (INODE_ROADS)
+    (tmp / "pre").mkdir()
+    os.link(etc / "passwd", tmp / "pre" / "passwd-link")
+    os.link(FORBIDDEN, tmp / "pre" / "seed-link")
     loop = asyncio.new_event_loop()
     q = RecordQueue(4_000_000, loop)
     eng = Engine(q, PolicyManager(q, procfs.host_namespaces()))
@@ -258,8 +270,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         eng.load("unexpected-outbound-connections", (EXAMPLES / "unexpected-outbound-connections.yaml").read_text())
         eng.load("deny-tmp-forbidden-write (seed)", SEED.read_text())
         passwd = (EXAMPLES / "etc-passwd-shadow-writes.yaml").read_text()
+        eng.mgr.inode_root = f"/proc/{holder.pid}/root"
         eng.load("etc-passwd-shadow-writes", passwd)
         eng.load("etc-passwd-shadow-writes + Sigkill", _kill_variant(passwd, "passwd-kill", attacker))
+        eng.mgr.inode_root = "/"
         eng.load("raw-path openat (the form before #12)", RAW_OPENAT % (attacker, free))
         keys = (EXAMPLES / "private-key-reads.yaml").read_text()
         eng.load("private-key-reads", keys)
@@ -269,13 +283,32 @@ def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         for name in ("kernel-module-loads", "bpf-loads", "privilege-escalation", "namespace-escape", "io-uring"):
             eng.load(name, (EXAMPLES / f"{name}.yaml").read_text())
         load_s = time.monotonic() - t0
-        yield {"eng": eng, "tmp": tmp, "attacker": attacker, "free": free, "load_s": load_s}
+        yield {"eng": eng, "tmp": tmp, "attacker": attacker, "free": free, "load_s": load_s, "etc": etc}
     finally:
         eng.mgr.stop()
+        holder.kill()
+        holder.wait()
         _restore(FORBIDDEN)
         lock.close()
         loop.close()
         _print_table(request)
+
+
+def _reset_etc(etc: Path, eng: Engine | None = None) -> None:
+    """The attacker's /etc as it was: what a road left there removed, the four files new (renamed
+    over the old ones as useradd does: the inode sets follow, waited for when ``eng`` is given;
+    a fresh inode has no other cached names, which the uncaught counter's hard-link check reads)."""
+    for p in etc.iterdir():
+        if p.name not in ("passwd", "shadow", "group", "gshadow"):
+            p.unlink()
+    t0 = time.monotonic_ns()
+    for n in ("passwd", "shadow", "group", "gshadow"):
+        fresh = etc / f".tp-fresh-{n}"
+        fresh.write_bytes(ORIGINAL)
+        os.rename(fresh, etc / n)
+    if eng is not None:
+        for n in ("passwd", "shadow", "group", "gshadow"):
+            _wait_inode_update(eng, etc / n, t0)
 
 
 def _restore(path: Path) -> None:
@@ -469,6 +502,7 @@ WRITE_ROADS: list[tuple[str, object]] = [
     ("clone3, no exec", lambda t, d, n, s: (["clone3", t], "")),
     ("racing thread", lambda t, d, n, s: (["race", t, t[:-1] + "_", str(RACE_TRIES)], "")),
 ]
+INODE_CASES = {"hardlink", "bind mount"}
 PASSWD_POLICIES = ["etc-passwd-shadow-writes", "etc-passwd-shadow-writes + Sigkill",
                    "raw-path openat (the form before #12)"]
 
@@ -479,6 +513,80 @@ def _scratch(world: dict, case: str) -> Path:
     return s
 
 
+# other names of the protected inode (#12: judged by inode identity); before the other roads,
+# which replace the seed file and could rename over passwd: the links made before the load must
+# still name the protected inode
+INODE_ROADS = ["hardlink made before the load", "hardlink in another directory", "bind mount of the file",
+               "rename a new file over it, then write"]
+SEED_LABEL = "deny-tmp-forbidden-write (seed)"
+
+
+def _wait_inode_update(eng: Engine, path: Path, since: int) -> float:
+    """ms from ``since`` (monotonic ns) until the inode sets hold the file now at ``path``."""
+    from collector.policy.inode_sets import kernel_dev
+    st = path.stat()
+    key = (kernel_dev(st.st_dev), st.st_ino)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with eng.mgr.inode_sets.lock:
+            if any(key in s.keys for s in eng.mgr.inode_sets.sets):
+                return (time.monotonic_ns() - since) / 1e6
+        time.sleep(0.0002)
+    raise AssertionError(f"the inode sets did not follow the rename over {path} within 5 s")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", INODE_ROADS)
+def test_inode_roads(world: dict, case: str) -> None:
+    """The passwd columns (in the attacker's /etc) and the seed column (/tmp/forbidden/)."""
+    eng: Engine = world["eng"]
+    etc: Path = world["etc"]
+    failures = []
+    for column in ("passwd", "seed"):
+        s = _scratch(world, case)
+        real = etc / "passwd" if column == "passwd" else FORBIDDEN   # the file as this process sees it
+        t = "/etc/passwd" if column == "passwd" else str(FORBIDDEN)    # as the attacker names it
+        setup, detail = "", ""
+        if case == "hardlink made before the load":
+            used = str(world["tmp"] / "pre" / f"{column}-link")
+        elif case == "hardlink in another directory":
+            used = f"{s}/hl"
+            os.link(real, used)
+        elif case == "bind mount of the file":
+            used = f"{s}/f"
+            setup = f"touch {used} && mount --bind {t} {used}"
+        else:   # as useradd/vipw: a new file renamed over the protected name; its other name kept
+            new = real.parent / ".tp-new" if column == "passwd" else real.parent.parent / f".tp-new-{s.name}"
+            new.write_bytes(b"new\n")
+            used = f"{s}/hl"
+            os.link(new, used)
+            t0 = time.monotonic_ns()
+            os.rename(new, real)
+            detail = f" inode set followed the rename in {_wait_inode_update(eng, real, t0):.1f} ms"
+        if column == "passwd":   # never the machine's /etc: the attacker's is the temp one
+            setup = " && ".join(x for x in (f"mount --bind {etc} /etc", setup) if x)
+        before_bytes = real.read_bytes()
+        before = _uc_snapshot()
+        run = _attack(world, ["open", used], setup)
+        changed = real.read_bytes() != before_bytes
+        labels = PASSWD_POLICIES[:2] if column == "passwd" else [SEED_LABEL]
+        _wait_hits(eng, labels, run.pids)
+        for label in labels:
+            if label.endswith("Sigkill") or column == "seed":
+                result, why = _judge_kill(eng, label, run, changed)
+            else:
+                result, why = _judge_alert(eng, label, run, used)
+            try:
+                _record(label, case, result, why + detail, Count(eng, run.pids, before))
+            except AssertionError as exc:
+                failures.append(str(exc))
+        if column == "seed":
+            _restore(FORBIDDEN)
+        else:
+            _reset_etc(etc, eng)
+    assert not failures, "\n".join(failures)
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("case,road", WRITE_ROADS, ids=[c for c, _ in WRITE_ROADS])
 def test_passwd_roads(world: dict, case: str, road) -> None:
@@ -486,10 +594,8 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
     is a temp dir bound over /etc in the attacker's mount namespace."""
     eng: Engine = world["eng"]
     s = _scratch(world, case)
-    etc = s / "etc"
-    etc.mkdir()
-    for n in ("passwd", "shadow", "group", "gshadow"):
-        (etc / n).write_bytes(ORIGINAL)
+    etc = world["etc"]
+    _reset_etc(etc, eng)
     argv, setup = road("/etc/passwd", "/etc", "passwd", str(s))
     setup = " && ".join(x for x in (f"mount --bind {etc} /etc", setup) if x)
     before = _uc_snapshot()
@@ -514,8 +620,8 @@ def test_passwd_roads(world: dict, case: str, road) -> None:
             assert landed >= 100, free.out[-300:]
             result, detail = _judge_alert(eng, label, free, None, landed)
             detail += f" for {landed} writes after opens that reached the file"
-        else:
-            want = "/etc/passwd" if not label.startswith("raw") else None
+        else:   # the event names the file as the process opened it (another name: that name)
+            want = None if label.startswith("raw") else argv[1] if case in INODE_CASES else "/etc/passwd"
             result, detail = _judge_alert(eng, label, run, want)
         try:
             _record(label, case, result, detail, Count(eng, run.pids, before))

@@ -116,6 +116,19 @@ def test_one_key_same_name_in_flag_environment_and_file(tmp_path: Path) -> None:
     assert config.load(args, environ={"TETRAPIPE_EXPORT_FILE_MAX_BACKUPS": "4"}).export_file_max_backups == 9
 
 
+def test_count_uncaught_and_inode_root_keys(tmp_path: Path) -> None:
+    """#12: the uncaught-road counter's switch is a key (flag, YAML, TETRAPIPE_COUNT_UNCAUGHT as
+    before); the inode root too."""
+    f = tmp_path / "c.yaml"
+    f.write_text("count_uncaught: false\npolicy-inode-root: /proc/1/root\n")
+    parse = cli.build_parser().parse_args
+    assert config.load(parse(["run"]), environ={}).count_uncaught is True
+    cfg = config.load(parse(["run", "--config", str(f)]), environ={})
+    assert (cfg.count_uncaught, cfg.policy_inode_root) == (False, "/proc/1/root")
+    assert config.load(parse(["run"]), environ={"TETRAPIPE_COUNT_UNCAUGHT": "0"}).count_uncaught is False
+    assert config.load(parse(["run", "--config", str(f), "--count-uncaught"]), environ={}).count_uncaught is True
+
+
 def readme_commands() -> list[tuple[int, str]]:
     """(line, command) of every command line in the README's code blocks (fenced or indented)
     that runs `tetrapipe` or a `./scripts/` script; continuation lines joined."""

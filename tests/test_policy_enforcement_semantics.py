@@ -170,6 +170,80 @@ def test_namespace_change_state_inherited_at_fork_and_dropped_at_exit(env: tuple
         m.mgr.delete("sem-nschange")
 
 
+@pytest.mark.kernel
+def test_change_by_a_process_older_than_the_policy_is_seen(env: tuple[Mgr, Path]) -> None:
+    """A process exec'd before the load has its state seeded from /proc at the load: it leaving
+    its UTS namespace after the load is a change (before #12's seeding: no state, never)."""
+    m, _helper = env
+    py = os.path.realpath(sys.executable)
+    code = textwrap.dedent("""
+        import ctypes, os, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("up", flush=True)
+        sys.stdin.readline()              # the policy is loaded now
+        os.getppid()                      # no change yet
+        assert libc.unshare(0x04000000) == 0
+        os.getppid()                      # a change, by a process older than the policy
+        print("done", flush=True)
+    """)
+    proc = subprocess.Popen([py, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "up"
+    (lp,) = m.mgr.load_text(_policy("sem-old-nschange", f"""\
+        kprobes:
+        - call: sys_getppid
+          syscall: true
+          selectors:
+          - matchNamespaceChanges: [{{operator: In, values: [Uts]}}]
+            matchBinaries: [{{operator: In, values: ["{py}"]}}]
+        """), "sem-old-nschange.yaml")
+    try:
+        out, err = proc.communicate("go\n", timeout=60)
+        assert proc.returncode == 0 and "done" in out, err
+        assert len(m.hooks(lp.policy_id, proc.pid)) == 1      # the getppid after the change only
+    finally:
+        m.mgr.delete("sem-old-nschange")
+
+
+@pytest.mark.kernel
+def test_follow_forks_matches_a_descendant_12_levels_down(env: tuple[Mgr, Path]) -> None:
+    """matchPIDs In followForks walks 64 ancestors (a bounded loop; 8 unrolled before #12)."""
+    m, _helper = env
+    py = os.path.realpath(sys.executable)
+    code = textwrap.dedent("""
+        import os, sys
+        print("up", flush=True)
+        sys.stdin.readline()
+        for _ in range(12):               # a chain of 12 forks, each waiting for its child
+            pid = os.fork()
+            if pid:
+                _, st = os.waitpid(pid, 0)
+                os._exit(os.waitstatus_to_exitcode(st))
+        print(os.getpid(), flush=True)
+        os.getppid()                      # 12 levels below the followed process
+        os._exit(0)
+    """)
+    proc = subprocess.Popen([py, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "up"
+    (lp,) = m.mgr.load_text(_policy("sem-deep-forks", f"""\
+        kprobes:
+        - call: sys_getppid
+          syscall: true
+          selectors:
+          - matchPIDs: [{{operator: In, followForks: true, values: ["{proc.pid}"]}}]
+        """), "sem-deep-forks.yaml")
+    try:
+        out, err = proc.communicate("go\n", timeout=60)
+        assert proc.returncode == 0, err
+        deepest = int(out.split()[0])
+        assert len(m.hooks(lp.policy_id, deepest)) == 1
+    finally:
+        m.mgr.delete("sem-deep-forks")
+
+
 def test_sigkill_refused_where_the_hook_runs_outside_the_process() -> None:
     from collector.policy import compiler, parser
     from collector.policy.model import PolicyError
@@ -203,7 +277,7 @@ def test_load_notices_follow_forks_depth_and_kill_on_return() -> None:
         """)
     (p,) = parser.parse_text(text, "n.yaml")
     notices = " ".join(compiler.compile_policy(p, 1, [0] * 10).notices)
-    assert "8 ancestors" in notices
+    assert "64 ancestors" in notices
     assert "the call has taken effect" in notices
 
 

@@ -216,6 +216,14 @@ class Config:
     enable_udp_events: bool = _opt(False, "UDP sensor: process_kprobe udp_sendmsg events for every "
                                    "datagram sent on an IPv4/IPv6 UDP socket",
         "collector", "Sensors")
+    count_uncaught: bool = _opt(True, "count the roads to a protected file or address the loaded policies "
+                                "do not judge (tetrapipe_enforcement_uncaught_total, a WARNING each; one "
+                                "more BPF program)",
+        "collector", "Policies")
+    policy_inode_root: str = _opt("/", "root under which Equal/Prefix file filters are resolved to inodes "
+                                  "(hard links, bind mounts); /proc/1/root for a collector in a container "
+                                  "with the host's pid namespace",
+        "collector", "Policies")
 
     # ---- derived -----------------------------------------------------------------------
     @property

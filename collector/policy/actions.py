@@ -37,7 +37,7 @@ def connect_rule(g: ProgramGen, hook: Hook, s: Selector, hid: int, index: int) -
     g.connect_rules.append(rule)
 
 
-TP_ANCESTORS = 8   # bpf/policy.h: ancestors walked by matchPIDs followForks
+TP_ANCESTORS = 64   # bpf/policy.h: ancestors walked by matchPIDs followForks
 # socket hooks whose tracepoint fires outside the process that owns the socket
 PROCESS_FILTERS = (("match_pids", "matchPIDs"), ("match_binaries", "matchBinaries"),
                    ("match_parent_binaries", "matchParentBinaries"), ("match_namespaces", "matchNamespaces"),

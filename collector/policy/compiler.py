@@ -44,6 +44,7 @@ KFUNC_FRAGMENT = {"fentry": "kfunc_fentry", "fexit": "kfunc_fexit", "lsm": "kfun
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192
+INODE_SET_MAX = 16384  # (device, inode) entries of all inode sets of a policy (collector/policy/inode_sets.py)
 INT_SET_MAX = 65536    # entries of all InMap/NotInMap filters of a policy (ranges count each value)
 SET_LENGTHS_MAX = 64   # distinct value lengths of one Prefix/Postfix filter: one map lookup each
 STRING_HOW = {"Equal": "equal", "NotEqual": "equal", "In": "equal", "NotIn": "equal", "Prefix": "prefix",
@@ -74,6 +75,8 @@ class Compiled:
     string_sets: list[tuple[int, bytes]] = field(default_factory=list)  # (set id, value): keys of ``strset``
     int_sets: list[tuple[int, int]] = field(default_factory=list)   # (set id, u64 value): keys of ``intset``
     net_addrs: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # ``netaddr`` CIDRs (netsel.py)
+    inode_sets: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (set id, equal|prefix, paths)
+    exec_state: bool = False     # the program keeps ``exec_state`` (matchNamespace/CapabilityChanges)
 
 
 class _Fail:
@@ -108,7 +111,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
-                    gen.set_entries, gen.int_entries, gen.net.entries)
+                    gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state)
 
 
 def scope_path(policy: Policy) -> str:
@@ -146,6 +149,7 @@ class ProgramGen:
         self.int_entries: list[tuple[int, int]] = []     # (set id, value): keys of the intset map
         self.int_sets = 0
         self.net = netsel.NetSets()   # address sets of network selectors
+        self.inode_specs: list[tuple[int, str, list[str]]] = []   # keys of ``inoset``, filled at load
         self.notices: list[str] = []
         self.functions: list[str] = []
         self.probes: dict[str, list[str]] = {}   # "subsys:event" → statements
@@ -202,6 +206,16 @@ class ProgramGen:
             f"    struct tp_strkey *key = tp_setkey({sid});\n    if (!key)\n        return 0;\n"
             f"    u32 n = s->slen[{k}];\n{body}\n}}")
         return f"tp_set_{sid}(s)"
+
+    def inode_set(self, how: str, values: list[str]) -> int:
+        """Equal/Prefix on a kernel file: the files the values name, by (device, inode), as a set of
+        the ``inoset`` map that collector/policy/inode_sets.py fills at load and keeps current."""
+        for sid, h, vals in self.inode_specs:
+            if h == how and vals == list(values):
+                return sid
+        sid = len(self.inode_specs)
+        self.inode_specs.append((sid, how, list(values)))
+        return sid
 
     def int_set(self, ranges: list[tuple[int, int]], path: str) -> int:
         """InMap/NotInMap: the values (ranges expanded) as a set of the ``intset`` map; its id."""
@@ -295,6 +309,8 @@ class ProgramGen:
             f"BPF_HASH(strset, struct tp_strkey, u8, {nset});  /* selector string sets (bpf/policy.h) */",
             "BPF_PERCPU_ARRAY(strkey_scratch, struct tp_strkey, 1);",
             f"BPF_HASH(intset, struct tp_intkey, u8, {max(len(self.int_entries), 1)});  /* InMap values */",
+            f"BPF_HASH(inoset, struct tp_inokey, struct tp_inoval, {INODE_SET_MAX if self.inode_specs else 1});"
+            "  /* files by inode (collector/policy/inode_sets.py) */",
             "BPF_ARRAY(enabled, u32, 1);  /* 0 until the string sets are filled, and while disabled */",
             f"BPF_PERCPU_ARRAY(sel_counts, u64, {ncount});",
             *self.pending_maps,

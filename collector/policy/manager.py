@@ -22,7 +22,8 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, kattach, netsel, parser, uncaught
+from collector.policy import compiler, kattach, netsel, parser, proc_state, uncaught
+from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
@@ -115,6 +116,9 @@ class PolicyManager(WatchedFiles):
         self._loader_lost = 0                 # drops of a loader sensor turned off, not yet reported
         self.order_after: RingBufferDrain | None = None   # the process program's drain (exec first)
         self.uncaught = uncaught.Watcher(loader.load_program)  # roads the policies do not judge, counted
+        # file filters also by (device, inode), resolved under this root and kept current
+        self.inode_sets = InodeSets(compiler.INODE_SET_MAX)
+        self.inode_root = "/"
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -251,12 +255,18 @@ class PolicyManager(WatchedFiles):
                 ikey.set, ikey.v = sid, value
                 intset[ikey] = ctypes.c_uint8(1)
             netsel.fill(bpf, comp.net_addrs)   # CIDRs of network selectors
+            # file filters by inode too, before the policy is enabled (collector/policy/inode_sets.py)
+            comp.notices += self.inode_sets.add(p.name, pid, bpf["inoset"], comp.inode_sets, self.inode_root)
+            if comp.exec_state:   # processes older than the policy: their state now
+                seeded = proc_state.seed_exec_state(bpf["exec_state"])
+                log.info("policy %s: namespace/capability state of %d running processes seeded", p.name, seeded)
             if p.scoped and self.pod_scope is not None:
                 self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
             # its records wait for the process program's exec records of the same time, so the
             # enricher attributes a hook right after an exec to the new image
             drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
         except Exception:
+            self.inode_sets.remove(pid)
             if self.pod_scope is not None:
                 self.pod_scope.remove(p.name)
             kattach.close(link_fds)
@@ -321,6 +331,7 @@ class PolicyManager(WatchedFiles):
                 pass
             self._collect_counts(lp)
             lp.drain.stop()
+        self.inode_sets.remove(lp.policy_id)
         replaced = self.loaded.get(lp.name) not in (lp, None)  # replace_text: a new version took its place
         if self.pod_scope is not None and not replaced:
             self.pod_scope.remove(lp.name)  # before its map goes away
@@ -397,6 +408,7 @@ class PolicyManager(WatchedFiles):
                 self._unload(lp)
             self._close_connect_deny()
             self.uncaught.close()
+            self.inode_sets.close()
             if self.pod_scope is not None:
                 self.pod_scope.close()
         self._update_gauge()

@@ -48,6 +48,14 @@ KERNEL_PATH_TYPES = {
                      "else sf |= TP_ARGF_ERROR;"),
 }
 # FileType/NotFileType values (Tetragon's names) → S_IF* type bits of the inode's i_mode
+# the dentry of a kernel-object argument (inode identity: collector/policy/inode_sets.py); the
+# names kf/bf are those KERNEL_PATH_TYPES's fill declares
+KERNEL_DENTRY = {"file": "tp_file_dentry((struct file *)a[{i}])", "path": "tp_path_dentry((struct path *)a[{i}])",
+                 "dentry": "(struct dentry *)a[{i}]", "kiocb": "tp_file_dentry(kf)",
+                 "linux_binprm": "tp_file_dentry(bf)"}
+# string operators also judged by the inode of a file argument (Postfix has no finite set of files)
+INODE_OPERATORS = {"Equal": "equal", "NotEqual": "equal", "In": "equal", "NotIn": "equal",
+                   "Prefix": "prefix", "NotPrefix": "prefix"}
 FILE_TYPE_BITS = {"sock": 0o140000, "socket": 0o140000, "lnk": 0o120000, "link": 0o120000, "reg": 0o100000,
                   "regular": 0o100000, "blk": 0o60000, "block": 0o60000, "dir": 0o40000, "chr": 0o20000,
                   "char": 0o20000, "fifo": 0o10000, "pipe": 0o10000}
@@ -87,6 +95,7 @@ class SelectorGen:
         self.hook = hook
         self.src = src
         self.slots: dict[str, int] = {}
+        self.ino_slots: set[int] = set()   # slots read from a kernel file: s->dent[k] is its dentry
         self.fail = gen.fail
 
     @property
@@ -116,11 +125,14 @@ class SelectorGen:
             if f.ctype != want and f.ctype != "u64":
                 raise self.fail(f"{arg.path}.type", f"a {t} argument reads {want}; argument {arg.index} of "
                                                     f"{self.src.func} is {f.ctype} {f.name}")
-            fill = read.format(i=arg.index, k=k)
+            fill = read.format(i=arg.index, k=k) + f"\ns->dent[{k}] = {KERNEL_DENTRY[t].format(i=arg.index)};"
+            self.ino_slots.add(k)
         elif self.src.kind == "open" or (t in FILE_TYPES and not f.is_pointer and not f.is_data_loc):
             fill = (f"struct file *fl = tp_fd_file(task, (long)a[{arg.index}]);\n"
                     f"if (fl) s->slen[{k}] = tp_file_path(pb, task, fl, s->slot[{k}], &sf);\n"
-                    "else sf |= TP_ARGF_ERROR;")
+                    "else sf |= TP_ARGF_ERROR;\n"
+                    f"s->dent[{k}] = tp_file_dentry(fl);")
+            self.ino_slots.add(k)
         elif f.is_data_loc:
             fill = (f"int r = bpf_probe_read_kernel_str(s->slot[{k}], TP_PATH_MAX,\n"
                     f"                                   (char *)ctx + (a[{arg.index}] & 0xFFFF));\n"
@@ -144,6 +156,7 @@ class SelectorGen:
 
     def _once(self, k: int, fill: str) -> str:
         return (f"if (!(have & {1 << k})) {{\n    u32 sf = 0;\n    have |= {1 << k};\n    s->slen[{k}] = 0;\n"
+                f"    s->dent[{k}] = 0;\n"
                 + "\n".join("    " + x for x in fill.splitlines())
                 + f"\n    s->sflags[{k}] = sf;\n}}")
 
@@ -207,11 +220,19 @@ class SelectorGen:
         # Mask: any of the bits
         return "(" + " || ".join(f"(((u64){expr}) & {v & (2**64 - 1)}ULL)" for v in vals) + ")"
 
-    def str_cond(self, k: int, op: str, values: list[str], path: str) -> str:
+    def str_cond(self, k: int, op: str, values: list[str], path: str, by_inode: bool = False) -> str:
+        """``by_inode``: slot ``k`` holds a kernel file's path (``ino_slots``); Equal/Prefix also
+        match the file by its inode (any name of it: hard link, bind mount; a Prefix directory's
+        files at any depth up to TP_INO_DEPTH), from the sets collector/policy/inode_sets.py keeps."""
         any_match = self.g.string_set(k, op, values, path)
         if op not in ("Postfix", "NotPostfix"):
             # a truncated value lost its start: never matched as if whole (Postfix sees its end)
             any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
+        if by_inode and k in self.ino_slots and op in INODE_OPERATORS:
+            how = INODE_OPERATORS[op]
+            sid = self.g.inode_set(how, values)
+            depth = 1 if how == "equal" else "TP_INO_DEPTH"
+            any_match = f"({any_match} || tp_ino_in({sid}, s->dent[{k}], {depth}))"
         return f"!{any_match}" if op.startswith("Not") else any_match
 
     def file_type_cond(self, arg: ArgSpec, f: ArgFilter, path: str) -> str:
@@ -252,7 +273,7 @@ class SelectorGen:
             raise self.fail(f"{path}.operator", f"operator {f.operator} is not supported by tetrapipe")
         if self.is_stringy(arg) and f.operator in STRING_OPERATORS:
             ensure, k = self.ensure_arg_slot(arg)
-            return [f"if (ok) {{\n{indent(ensure)}\n    ok = {self.str_cond(k, f.operator, f.values, path)};\n}}"]
+            return [f"if (ok) {{\n{indent(ensure)}\n    ok = {self.str_cond(k, f.operator, f.values, path, True)};\n}}"]
         if arg.type in INT_ARG_KIND or arg.type in ("capability", *CAP_ARG_TYPES) or (
                 arg.type in ("fd", "file") and not self._field(arg.index).is_pointer):
             if f.operator in STRING_OPERATORS - INT_OPERATORS:
@@ -274,7 +295,7 @@ class SelectorGen:
                 code = f"u32 v = {val};\nint m = ({eq});\n"
                 if pf.follow_forks:
                     field_ = "tp_ns_pid(t)" if pf.is_namespace_pid else "0"
-                    code += ("struct task_struct *t = task;\n#pragma unroll\n"
+                    code += ("struct task_struct *t = task;\n#pragma clang loop unroll(disable)\n"
                              "for (int i = 0; i < TP_ANCESTORS; i++) {\n"
                              "    if (m) break;\n    struct task_struct *pp = 0;\n    TP_RD(pp, t->real_parent);\n"
                              "    if (!pp || pp == t) break;\n    t = pp;\n")
@@ -350,7 +371,7 @@ class SelectorGen:
                     continue
                 if f.operator not in STRING_OPERATORS:
                     raise self.fail(f.path, f"operator {f.operator} cannot filter the followed file's path")
-                inner.append(f"if (ok) ok = {self.str_cond(k, f.operator, f.values, f.path)};")
+                inner.append(f"if (ok) ok = {self.str_cond(k, f.operator, f.values, f.path, True)};")
             rest = Selector(match_pids=s.match_pids, match_binaries=s.match_binaries,
                             match_parent_binaries=s.match_parent_binaries, match_namespaces=s.match_namespaces,
                             match_capabilities=s.match_capabilities, path=s.path)

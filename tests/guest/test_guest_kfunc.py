@@ -376,14 +376,15 @@ LSM_ROADS = [  # (road, argv after the attacker, setup shell, caught?)
     ("openat2 RESOLVE_BENEATH", ["openat2", "{lsm}", "denied"], "", True),
     ("io_uring OPENAT", ["uring_read", "{lsm}/denied"], "", True),
     ("int 0x80 open", ["int80_read", "{lsm}/denied"], "", True),
-    ("hard link", ["read", "{scratch}/hl"], "ln {lsm}/denied {scratch}/hl", False),
+    # another name of the inode: matched by inode identity (collector/policy/inode_sets.py)
+    ("hard link", ["read", "{scratch}/hl"], "ln {lsm}/denied {scratch}/hl", True),
 ]
 
 
 @pytest.mark.parametrize("road,argv,setup,caught", LSM_ROADS, ids=[r[0] for r in LSM_ROADS])
 def test_bypass_lsm_file_open(loaded, attacker: Path, road: str, argv: list[str], setup: str, caught: bool) -> None:
     """BPF LSM file_open with Override -13 on {ROOT}/lsm/denied: every road that opens that file
-    is denied (EACCES), io_uring and int 0x80 included; another name of the inode is not."""
+    is denied (EACCES), io_uring and int 0x80 included, and another name of the inode (by inode)."""
     hooks, lps = loaded
     scratch = ROOT / f"s-{uuid.uuid4().hex[:6]}"
     scratch.mkdir()
@@ -403,14 +404,14 @@ def test_bypass_lsm_file_open(loaded, attacker: Path, road: str, argv: list[str]
 
 def test_bypass_bprm_check_override(loaded, attacker: Path) -> None:
     """Override on security_bprm_check (Equal on {ROOT}/bin/denied-touch): a symlink, a relative
-    name and `..` exec the same file and are denied; a hard link is another name: it runs."""
+    name, `..` and a hard link (matched by inode) exec the same file and are denied."""
     scratch = ROOT / f"x-{uuid.uuid4().hex[:6]}"
     scratch.mkdir()
     (scratch / "ln").symlink_to(ROOT / "bin" / "denied-touch")
     os_link = scratch / "hl"
     os_link.hardlink_to(ROOT / "bin" / "denied-touch")
     roads = [("symlink", str(scratch / "ln"), True), ("..", f"{ROOT}/bin/../bin/denied-touch", True),
-             ("relative name", "./denied-touch", True), ("hard link", str(os_link), False)]
+             ("relative name", "./denied-touch", True), ("hard link", str(os_link), True)]
     for road, path, caught in roads:
         marker = scratch / f"m-{road.replace(' ', '_').replace('.', 'd')}"
         code = (f"import os\nos.chdir({str(ROOT / 'bin')!r})\ntry:\n    os.execv({path!r}, ['t', {str(marker)!r}])\n"
@@ -439,7 +440,7 @@ SEED_ROADS = [  # (road, argv, setup, expected)
     ("io_uring IOSQE_ASYNC WRITE", ["uring_async_write", "/tmp/forbidden/donotchange.me"], "", "caught"),
     # a registered file: no tracepoint where the kernel takes it (the open is followed: seen)
     ("io_uring fixed file WRITE", ["uring_fixed_write", "/tmp/forbidden/donotchange.me"], "", "seen"),
-    ("hard link", ["open", "{scratch}/hl"], "ln /tmp/forbidden/donotchange.me {scratch}/hl", "missed"),
+    ("hard link", ["open", "{scratch}/hl"], "ln /tmp/forbidden/donotchange.me {scratch}/hl", "caught"),
 ]
 
 
@@ -450,7 +451,7 @@ def test_bypass_seed_on_real_fd_install(loaded, attacker: Path, road: str, argv:
     followed (FollowFD at fd_install, io_uring's open too) and the write(2) killed, io_uring's
     WRITE too (judged as write(2) where the kernel takes its file: plain, linked, SQPOLL, io-wq);
     a WRITE on a registered file is not judged (seen: the open's event, the write lands); a hard
-    link is another path."""
+    link is matched by inode."""
     hooks, lps = loaded
     _seed_restore()
     scratch = Path("/tmp") / f"tpg-{uuid.uuid4().hex[:6]}"   # same file system as /tmp/forbidden

@@ -369,6 +369,7 @@ SOCKADDR_ARG = struct.Struct("<HHI16s")             # struct tp_sockaddr_arg
 SKB_ARG = struct.Struct("<9IHH16s16s")              # struct tp_skb_arg
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
+ARGF_MODE = 1 << 2   # ARG_FILE/PATH/BINPRM: 2 bytes of inode i_mode before the path (records.h)
 
 
 @dataclass(slots=True)

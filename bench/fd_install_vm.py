@@ -1,9 +1,9 @@
 """The seed policy's cost on Debian's stock 6.12 kernel: the real ``fd_install`` next to the tracepoint path.
 
-    python -m bench.fd_install_vm [--kernel 6.12] [--ops 20000] [--rounds 3]
+    sudo .venv/bin/python -m bench.fd_install_vm [--kernel 6.12] [--ops 20000] [--rounds 9]
 
 Boots the kernel under qemu (scripts/vm/runner.py, kernels from scripts/setup-vmkernels.sh) and,
-inside it, loads the seed policy (/work/shared/seed/deny-tmp-forbidden-write.yaml, verbatim) three
+inside it, loads the seed policy (tests/data/seed/deny-tmp-forbidden-write.yaml, verbatim but its name) three
 times through the collector's PolicyManager, its ``fd_install`` + FollowFD hook served by each
 mechanism the compiler can choose (collector/policy/mechanism.py): fentry (what 6.12 gets),
 kprobe (BPF trampolines masked from the probed features) and the exits of open/openat/openat2/
@@ -15,9 +15,13 @@ followed, nothing killed: the hooks run and filter):
 - ``open``: open(2)+close(2) in a loop (fd_install or the open exits run, then close's hook).
 
 Figures are the loop's CPU time (user + system: the BPF programs run in the syscall) per
-operation, medians of rounds that alternate the policy enabled and disabled (still attached), and
-a run with no program before and after. Under TCG (software emulation, no KVM) absolute times
-mean nothing: the output is ratios to the no-program run. Needs root (qemu, BPF in the guest).
+operation. The three copies of the policy are loaded at once and enabled one at a time (the others
+stay attached, disabled: their programs return after one map lookup); each round measures "all
+disabled" and each copy enabled, in alternating order, and a copy's figure is its median over the
+rounds of (enabled ÷ all disabled of the same round), with quartiles. Runs with no program before
+loading and after unloading show the drift and the cost of attachment itself. Under TCG
+(software emulation, no KVM) absolute times mean nothing: the output is ratios.
+Needs root (qemu, BPF in the guest).
 """
 
 from __future__ import annotations
@@ -79,13 +83,17 @@ def in_guest(binary: Path, ops: int, rounds: int) -> int:
             text = SEED.read_text().replace('name: "deny-tmp-forbidden-write"', f'name: "seed-bench-{i}"')
             (loaded[label],) = mgr.load_text(text, f"seed-{i}.yaml")
         res: dict[tuple[str, str], list[float]] = {}
-        for _ in range(rounds):
-            for on in ("all disabled", *VARIANTS):
+        for r in range(rounds):
+            order = ("all disabled", *VARIANTS)
+            for on in order if r % 2 == 0 else order[::-1]:    # alternate the order: drift cancels
                 for label, lp in loaded.items():
                     lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(int(label == on))
                 for mode in ("write", "open"):
                     res.setdefault((on, mode), []).append(_cpu_per_op(binary, mode, target, ops))
         med = {k: statistics.median(v) for k, v in res.items()}
+        # per round, each variant against "all disabled" measured in the same round
+        paired = {(label, m): sorted(a / b for a, b in zip(res[label, m], res["all disabled", m], strict=True))
+                  for label in VARIANTS for m in ("write", "open")}
         mech = {label: next(h.mechanism for h in lp.compiled.hooks if h.function_name == "fd_install")
                 for label, lp in loaded.items()}
     finally:
@@ -99,11 +107,14 @@ def in_guest(binary: Path, ops: int, rounds: int) -> int:
     off = {m: med["all disabled", m] for m in ("write", "open")}
     print(f"three copies attached, all disabled, ÷ no program: write x{off['write'] / base['write']:.2f}, "
           f"open+close x{off['open'] / base['open']:.2f}")
-    print(f"{'fd_install served by':<26} {'mechanism':<36} {'write':>7} {'open+close':>11}   "
-          "(CPU/op enabled ÷ all disabled)")
+    print(f"{'fd_install served by':<26} {'mechanism':<36} {'write':>18} {'open+close':>18}")
+    print(f"{'':<26} {'':<36} {'(CPU/op enabled ÷ all disabled, same round: median [quartiles])':>38}")
+
+    def q(v: list[float]) -> str:
+        return f"{statistics.median(v):.2f} [{v[len(v) // 4]:.2f}-{v[(3 * len(v)) // 4]:.2f}]"
+
     for label in VARIANTS:
-        print(f"{label:<26} {mech[label]:<36} {med[label, 'write'] / off['write']:>7.2f} "
-              f"{med[label, 'open'] / off['open']:>11.2f}")
+        print(f"{label:<26} {mech[label]:<36} {q(paired[label, 'write']):>18} {q(paired[label, 'open']):>18}")
     first = next(iter(VARIANTS))
     for label in list(VARIANTS)[1:]:
         print(f"{label} ÷ {first}: write x{med[label, 'write'] / med[first, 'write']:.2f}, "

@@ -1,18 +1,17 @@
-"""Typed kernel-object arguments at kernel functions and LSM hooks, inside stock Debian 6.12.
+"""Typed kernel-object arguments at kernel functions and LSM hooks, inside stock Debian 6.1 and 6.12.
 
 One policy (one bcc compile per boot), its hooks on the functions Tetragon's own examples use:
 ``commit_creds`` (cred), ``security_capset`` (cap_effective, cap_inheritable, kernel_cap_t),
 ``security_capable`` (user_namespace, capability), ``bpf_check`` (bpf_attr),
-``security_bpf_map_create`` (bpf_map), ``security_perf_event_alloc`` (perf_event),
-``mod_sysfs_setup`` (module, load_info), ``generic_perform_write`` (kiocb, iov_iter),
-``security_socket_connect`` (sockaddr) and an ``lsmhooks:`` ``bprm_check_security``
-(linux_binprm → a ``process_lsm`` event). Each is triggered by a child process doing the real
-thing (setuid, capset, sethostname, bpf(), perf_event_open of a kprobe, init_module of
-Debian's signed ``dummy`` module, write/writev, connect, exec); the records go through the
-enricher's code and Tetragon's JSON, and are parsed by Tetragon's protobuf.
-
-Debian 6.1 is left out: its verifier refuses the selector string compare (README "On Debian 6.1");
-that is branch kfunc61's work, and the boot is CI time.
+``security_bpf_map_create`` (6.1: ``security_bpf_map_alloc``; bpf_map),
+``security_perf_event_alloc`` (perf_event), ``mod_sysfs_setup`` (module, load_info),
+``generic_perform_write`` (kiocb with its permission, iov_iter), ``security_socket_connect``
+(sockaddr), ``ip_local_deliver`` (skb with the sec_path of an IPsec packet) and an ``lsmhooks:``
+``bprm_check_security`` (linux_binprm with its permission → a ``process_lsm`` event). Each is
+triggered by a child process doing the real thing (setuid, capset, sethostname in the initial and
+in a new user namespace, bpf(), perf_event_open of a kprobe, init_module of Debian's signed
+``dummy`` module, write/writev, connect, ESP between two network namespaces, exec); the records go
+through the enricher's code and Tetragon's JSON, and are parsed by Tetragon's protobuf.
 """
 
 from __future__ import annotations
@@ -92,6 +91,8 @@ spec:
     - matchArgs: [{{index: 0, operator: Postfix, values: ["/kargs-iov-file"]}}]
   - call: security_socket_connect
     args: [{{index: 1, type: sockaddr, label: addr}}]
+  - call: ip_local_deliver
+    args: [{{index: 0, type: skb, label: skb}}]
   lsmhooks:
   - hook: bprm_check_security
     args: [{{index: 0, type: linux_binprm, label: bprm}}]
@@ -231,6 +232,41 @@ print(os.stat("/proc/self/ns/user").st_ino, os.getpid(), flush=True)
 """
 
 
+# IPsec (ESP, tunnel mode, null cipher) from namespace A to B over a veth pair (loopback never
+# takes xfrm: its routes are NOXFRM): B's ip_local_deliver sees the ESP packet, then the UDP
+# packet it carried with a sec_path of one state
+IPSEC = """import subprocess
+subprocess.run(["modprobe", "-a", "xfrm_user", "esp4", "crypto_null", "authenc", "echainiv", "veth"], check=False)
+A, B = "kargsA-{tag}", "kargsB-{tag}"
+def ip(*a):
+    subprocess.run(["ip", *a], check=True)
+try:
+    for n in (A, B):
+        ip("netns", "add", n)
+    ip("link", "add", "kva", "netns", A, "type", "veth", "peer", "name", "kvb", "netns", B)
+    for n, dev, addr in ((A, "kva", "10.211.0.1/24"), (B, "kvb", "10.211.0.2/24")):
+        ip("-n", n, "addr", "add", addr, "dev", dev)
+        ip("-n", n, "link", "set", dev, "up")
+        ip("-n", n, "xfrm", "state", "add", "src", "10.211.0.1", "dst", "10.211.0.2", "proto", "esp", "spi", "0x1000",
+           "reqid", "1", "mode", "tunnel", "enc", "cipher_null", "", "auth", "digest_null", "")
+        ip("-n", n, "xfrm", "policy", "add", "src", "10.211.0.1/32", "dst", "10.211.0.2/32", "proto", "udp",
+           "dport", "4500", "dir", "out" if n == A else "in", "tmpl", "src", "10.211.0.1", "dst", "10.211.0.2",
+           "proto", "esp", "reqid", "1", "mode", "tunnel")
+    rx = ("import socket; r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('10.211.0.2', 4500)); "
+          "r.settimeout(60); print('ready', flush=True); print(r.recv(64).decode(), flush=True)")
+    recv = subprocess.Popen(["ip", "netns", "exec", B, sys.executable, "-c", rx], stdout=subprocess.PIPE, text=True)
+    assert recv.stdout.readline().strip() == "ready"
+    tx = ("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+          ".sendto(b'kargs-ipsec', ('10.211.0.2', 4500))")
+    subprocess.run(["ip", "netns", "exec", A, sys.executable, "-c", tx], check=True)
+    assert recv.communicate(timeout=60)[0].split() == ["kargs-ipsec"]
+finally:
+    for n in (A, B):
+        subprocess.run(["ip", "netns", "del", n], check=False)
+print(os.getpid(), flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def pids(loaded) -> tuple[int, int, tuple[int, int]]:
     """(pid of the process that did everything, pid of the near misses,
@@ -238,6 +274,7 @@ def pids(loaded) -> tuple[int, int, tuple[int, int]]:
     p = subprocess.run([PY, "-c", PRELUDE + USERNS.replace("{root}", str(ROOT))], capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     ns_inum, ns_pid = (int(x) for x in p.stdout.split()[-2:])
+    _child(IPSEC.replace("{tag}", ROOT.name[4:]))
     actor, quiet = _child(ACTOR.replace("{root}", str(ROOT))), _child(QUIET.replace("{root}", str(ROOT)))
     # the near misses' exec (their last act) commits creds: once that is drained, so is the rest
     ev, _ = loaded
@@ -247,7 +284,7 @@ def pids(loaded) -> tuple[int, int, tuple[int, int]]:
 
 def test_mechanisms(loaded) -> None:
     _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 9 + ["lsm"]
+    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 10 + ["lsm"]
 
 
 def test_commit_creds_cred(loaded, pids) -> None:
@@ -330,6 +367,20 @@ def test_sockaddr_kernel_copy(loaded, pids) -> None:
     ev, _ = loaded
     (b,) = ev.of("security_socket_connect", pids[0])
     assert _arg(b, "addr") == {"sockaddr_arg": {"family": "AF_INET", "addr": "127.0.0.1", "port": 9}}
+
+
+def test_skb_sec_path_of_an_ipsec_packet(loaded, pids) -> None:
+    ev, _ = loaded
+    ev.drain()
+    skbs = [_arg(d["process_kprobe"], "skb")["skb_arg"] for d in ev.docs
+            if d.get("process_kprobe", {}).get("function_name") == "ip_local_deliver"]
+    skbs = [k for k in skbs if k.get("daddr") == "10.211.0.2"]
+    esp = [k for k in skbs if k.get("proto") == 50]
+    inner = [k for k in skbs if k.get("dport") == 4500]
+    assert esp and all("sec_path_len" not in k for k in esp), skbs     # the ESP packet: no state yet
+    assert inner and all(k["sec_path_len"] == 1 and k["protocol"] == "IPPROTO_UDP" and k["saddr"] == "10.211.0.1"
+                         for k in inner), skbs                         # what it carried: one xfrm state
+    assert all("sec_path_olen" not in k for k in inner)               # no offloaded state (0, not shown)
 
 
 def test_lsmhook_is_a_process_lsm_event_with_linux_binprm(loaded, pids) -> None:

@@ -20,7 +20,10 @@ stay attached, disabled: their programs return after one map lookup); each round
 disabled" and each copy enabled, in alternating order, and a copy's figure is its median over the
 rounds of (enabled ÷ all disabled of the same round), with quartiles. Runs with no program before
 loading and after unloading show the drift and the cost of attachment itself. Under TCG
-(software emulation, no KVM) absolute times mean nothing: the output is ratios.
+(software emulation, no KVM) absolute times mean nothing: the output is ratios. With
+kernel.bpf_stats_enabled (the guest's), the time spent inside the BPF programs per operation
+(bpftool's run_time_ns) is reported too: less disturbed by a loaded host than CPU time, but it
+leaves out the kprobe/trampoline entry itself.
 Needs root (qemu, BPF in the guest).
 """
 
@@ -31,9 +34,11 @@ import asyncio
 import ctypes
 import dataclasses
 import importlib.util
+import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +59,12 @@ def _cpu_per_op(binary: Path, mode: str, path: str, ops: int) -> float:
 
     r = run_load(binary, mode, path, seconds=600, max_ops=ops)
     return r.cpu_seconds / max(r.ops, 1)
+
+
+def _prog_run_ns() -> int:
+    """Sum of run_time_ns over the loaded BPF programs (kernel.bpf_stats_enabled on)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return sum(p.get("run_time_ns", 0) for p in json.loads(out.stdout))
 
 
 def _baseline(binary: Path, target: str, ops: int, rounds: int) -> dict[str, float]:
@@ -83,14 +94,19 @@ def in_guest(binary: Path, ops: int, rounds: int) -> int:
             text = SEED.read_text().replace('name: "deny-tmp-forbidden-write"', f'name: "seed-bench-{i}"')
             (loaded[label],) = mgr.load_text(text, f"seed-{i}.yaml")
         res: dict[tuple[str, str], list[float]] = {}
+        bpf_ns: dict[tuple[str, str], list[float]] = {}
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")   # the guest's own kernel
         for r in range(rounds):
             order = ("all disabled", *VARIANTS)
             for on in order if r % 2 == 0 else order[::-1]:    # alternate the order: drift cancels
                 for label, lp in loaded.items():
                     lp.bpf["enabled"][ctypes.c_int(0)] = ctypes.c_uint32(int(label == on))
                 for mode in ("write", "open"):
+                    before = _prog_run_ns()
                     res.setdefault((on, mode), []).append(_cpu_per_op(binary, mode, target, ops))
+                    bpf_ns.setdefault((on, mode), []).append((_prog_run_ns() - before) / ops)
         med = {k: statistics.median(v) for k, v in res.items()}
+        bpf_med = {k: statistics.median(v) for k, v in bpf_ns.items()}
         # per round, each variant against "all disabled" measured in the same round
         paired = {(label, m): sorted(a / b for a, b in zip(res[label, m], res["all disabled", m], strict=True))
                   for label in VARIANTS for m in ("write", "open")}
@@ -115,6 +131,11 @@ def in_guest(binary: Path, ops: int, rounds: int) -> int:
 
     for label in VARIANTS:
         print(f"{label:<26} {mech[label]:<36} {q(paired[label, 'write']):>18} {q(paired[label, 'open']):>18}")
+    print("time inside the BPF programs per operation (bpf_stats run_time_ns; without the kprobe/trampoline "
+          "entry itself), ÷ all disabled:")
+    for label in VARIANTS:
+        print(f"{label:<26} write x{bpf_med[label, 'write'] / bpf_med['all disabled', 'write']:.2f}, "
+              f"open+close x{bpf_med[label, 'open'] / bpf_med['all disabled', 'open']:.2f}")
     first = next(iter(VARIANTS))
     for label in list(VARIANTS)[1:]:
         print(f"{label} ÷ {first}: write x{med[label, 'write'] / med[first, 'write']:.2f}, "

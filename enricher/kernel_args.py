@@ -126,14 +126,12 @@ def permission(mode: int) -> str:
 
 def path_object(a: r.HookArg) -> dict[str, Any]:
     """KprobeFile / KprobePath / KprobeLinuxBinprm of a path-valued argument."""
-    data, out = a.data, {}
-    if a.flags & r.ARGF_MODE:
-        mode, data = int.from_bytes(data[:2].ljust(2, b"\0"), "little"), data[2:]
-        if mode:
-            out["permission"] = permission(mode)
+    out: dict[str, Any] = {}
+    if a.mode:
+        out["permission"] = permission(a.mode)
     if a.flags & r.ARGF_TRUNC:
         out["flags"] = "unresolvedPathComponents"
-    out["path"] = data.decode("utf-8", "backslashreplace")
+    out["path"] = a.data.decode("utf-8", "backslashreplace")
     return out
 
 

@@ -266,8 +266,7 @@ def test_file_path_binprm_permission_and_flags() -> None:
     Tetragon's ``permission``; a cut path walk is Tetragon's ``unresolvedPathComponents``; records
     without the mode (syscall tracepoints, older collectors) still decode as a bare path."""
     def moded(t: int, mode: int, path: bytes, flags: int = 0) -> r.HookArg:
-        data = mode.to_bytes(2, "little") + path
-        return r.HookArg(t, r.ARGF_MODE | flags, len(data), data)
+        return r.HookArg(t, r.ARGF_MODE | flags, len(path), path, mode)
 
     args = [moded(r.ARG_FILE, 0o100600, b"/tmp/x"), moded(r.ARG_PATH, 0o041777, b"/tmp"),
             moded(r.ARG_FILE, 0o104755, b"/usr/bin/su"), moded(r.ARG_PATH, 0o102644, b"/a/b", r.ARGF_TRUNC),
@@ -282,5 +281,9 @@ def test_file_path_binprm_permission_and_flags() -> None:
                    {"file_arg": {"path": "/old/record"}},
                    {"path_arg": {"path": "/cut", "flags": "unresolvedPathComponents"}},
                    {"file_arg": {"path": "/dev/tty1", "permission": "crw--w----"}}]
+    # decode_hook takes the mode off: the data is the path, as without the flag
+    raw = r.encode_hook(9, 9, 100, r.HookBody(5, 0, 0, 1, 0, 0, [moded(r.ARG_FILE, 0o100644, b"/etc/passwd")]))
+    (a,) = r.decode_hook(r.decode(raw)).args
+    assert (a.data, a.mode, a.orig_size, a.flags) == (b"/etc/passwd", 0o100644, 11, r.ARGF_MODE)
     lsm = _event(1, [moded(r.ARG_BINPRM, 0o100755, b"/usr/bin/id")])["process_lsm"]
     assert lsm["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": "/usr/bin/id", "permission": "-rwxr-xr-x"}}]

@@ -7,6 +7,7 @@
  *   TP_HAVE_ITER_UBUF 1 where enum iter_type has ITER_UBUF (6.0+)
  *   TP_HAVE_LOAD_INFO 1 where BTF has struct load_info (CONFIG_MODULES)
  *   TP_LOAD_INFO_SIG  1 where struct load_info has sig_ok (CONFIG_MODULE_SIG)
+ *   TP_SKB_SECPATH    1 where sk_buff has extensions and enum skb_ext_id has SKB_EXT_SEC_PATH (CONFIG_XFRM)
  * Each writer appends one argument (struct tp_arg + its struct) straight into the per-CPU record
  * buffer and returns the new offset; one that does not fit is left out. `user` (a constant
  * after inlining): 1, the object is in user memory (a syscall's own pointer); 0, kernel memory,
@@ -26,6 +27,9 @@
 #endif
 #ifndef TP_LOAD_INFO_SIG
 #define TP_LOAD_INFO_SIG 0
+#endif
+#ifndef TP_SKB_SECPATH
+#define TP_SKB_SECPATH 0
 #endif
 
 #define TP_RDX(user, dst, src) ((user) ? bpf_probe_read_user(&(dst), sizeof(dst), &(src)) \
@@ -211,6 +215,29 @@ static __always_inline u32 tp_put_sockaddr(struct tp_hook_buf *b, u32 off, void 
     return d + sizeof(*o);
 }
 
+#if TP_SKB_SECPATH
+/* the IPsec state path of a packet xfrm received (Tetragon's sec_path_len/olen): struct sec_path's
+ * len and olen, the skb extension at offset[SKB_EXT_SEC_PATH] * 8 when that extension is active */
+static __always_inline void tp_rd_secpath(struct tp_skb_arg *o, struct sk_buff *skb)
+{
+    u8 active = 0, eo = 0;
+    struct skb_ext *ext = 0;
+    int len = 0, olen = 0;
+    TP_RD(active, skb->active_extensions);
+    if (!(active & (1 << SKB_EXT_SEC_PATH)))
+        return;
+    TP_RD(ext, skb->extensions);
+    if (!ext)
+        return;
+    TP_RD(eo, ext->offset[SKB_EXT_SEC_PATH]);
+    struct sec_path *sp = (struct sec_path *)((char *)ext + ((u32)eo << 3));
+    TP_RD(len, sp->len);
+    TP_RD(olen, sp->olen);
+    o->secpath_len = len;
+    o->secpath_olen = olen;
+}
+#endif
+
 /* the 5-tuple of an IPv4 or IPv6 packet (TCP/UDP ports), from the skb's network and transport
  * headers as they are set at the hook (Tetragon reads IPv4 only) */
 static __always_inline u32 tp_put_skb(struct tp_hook_buf *b, u32 off, struct sk_buff *skb)
@@ -229,6 +256,9 @@ static __always_inline u32 tp_put_skb(struct tp_hook_buf *b, u32 off, struct sk_
     TP_RD(o->len, skb->len);
     TP_RD(o->priority, skb->priority);
     TP_RD(o->mark, skb->mark);
+#if TP_SKB_SECPATH
+    tp_rd_secpath(o, skb);
+#endif
     TP_RD(head, skb->head);
     TP_RD(l3, skb->network_header);
     TP_RD(l4, skb->transport_header);
@@ -290,6 +320,73 @@ static __always_inline u32 tp_put_iov_iter(struct tp_hook_buf *b, u32 off, struc
     if (!ptr)
         size = 0;
     return tp_put_user_buf(b, off, ptr, (s64)size);
+}
+
+/* the whole i_mode (type and permission bits) of a file/path/dentry argument's inode, for the
+ * event's `permission` (selectors' FileType uses policy.h's type-only readers) */
+static __always_inline u16 tp_dentry_imode(struct dentry *d)
+{
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (d)
+        TP_RD(ino, d->d_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m;
+}
+
+static __always_inline u16 tp_file_imode(struct file *f)
+{
+    struct inode *ino = 0;
+    u16 m = 0;
+    if (f)
+        TP_RD(ino, f->f_inode);
+    if (ino)
+        TP_RD(m, ino->i_mode);
+    return m;
+}
+
+static __always_inline u16 tp_path_imode(struct path *p)
+{
+    struct dentry *d = 0;
+    if (p)
+        TP_RD(d, p->dentry);
+    return tp_dentry_imode(d);
+}
+
+static __always_inline u16 tp_kiocb_imode(struct kiocb *k)
+{
+    struct file *f = 0;
+    if (k)
+        TP_RD(f, k->ki_filp);
+    return tp_file_imode(f);
+}
+
+static __always_inline u16 tp_binprm_imode(struct linux_binprm *bp)
+{
+    struct file *f = 0;
+    if (bp)
+        TP_RD(f, bp->file);
+    return tp_file_imode(f);
+}
+
+/* tp_put_slot with the inode's mode before the path (TP_ARGF_MODE) */
+static __always_inline u32 tp_put_slot_mode(struct tp_hook_buf *b, struct tp_slots *s, u32 off, u8 type,
+                                            int k, u16 mode)
+{
+    if (off > TP_DATA_SIZE - 32)
+        return off;
+    u32 len = s->slen[k & (TP_SLOTS - 1)] & (TP_PATH_MAX - 1);
+    if (off + 10 + len > TP_DATA_SIZE)
+        return off;
+    off = tp_put_hdr(b, off, type, (s->sflags[k & (TP_SLOTS - 1)] & 0xff) | TP_ARGF_MODE, len + 2, len + 2);
+    bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), sizeof(mode), &mode);
+    off += sizeof(mode);
+    u64 n = TP_BOUND(len, 0xfff);
+    if (n)
+        bpf_probe_read_kernel(b->data + TP_BOUND(off, 0x1fff), n, s->slot[k & (TP_SLOTS - 1)]);
+    b->e.nargs++;
+    return off + len;
 }
 
 #endif

@@ -140,6 +140,8 @@ struct tp_fork {
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */
+#define TP_ARGF_MODE (1 << 2)      /* TP_ARG_FILE/PATH/BINPRM at kernel functions: the data begins with the
+                                    * inode's 16-bit i_mode (little-endian, 0: no inode), the path follows */
 
 struct tp_hook {
     struct tp_header h;

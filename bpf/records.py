@@ -370,6 +370,7 @@ SOCKADDR_ARG = struct.Struct("<HHI16s")             # struct tp_sockaddr_arg
 SKB_ARG = struct.Struct("<9IHH16s16s")              # struct tp_skb_arg
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
+ARGF_MODE = 1 << 2   # ARG_FILE/PATH/BINPRM: 2 bytes of inode i_mode before the path (records.h)
 
 
 @dataclass(slots=True)
@@ -377,7 +378,8 @@ class HookArg:
     type: int
     flags: int
     orig_size: int
-    data: bytes
+    data: bytes          # the value (a path without the ARGF_MODE prefix, which decode_hook takes off)
+    mode: int = 0        # ARGF_MODE: the inode's i_mode (0: none)
 
 
 @dataclass(slots=True)
@@ -408,14 +410,19 @@ def decode_hook(rec: HookRecord) -> HookBody:
         o += ARG_HDR.size
         if o + n > len(b):
             raise RecordError(f"hook record argument {i} ({n} bytes) runs past the record")
-        args.append(HookArg(t, f, orig, bytes(b[o:o + n])))
+        if f & ARGF_MODE and n >= 2:     # the inode's mode, then the path (records.h TP_ARGF_MODE)
+            args.append(HookArg(t, f, max(orig - 2, 0), bytes(b[o + 2:o + n]), int.from_bytes(b[o:o + 2], "little")))
+        else:
+            args.append(HookArg(t, f, orig, bytes(b[o:o + n])))
         o += n
     return HookBody(pid, hook, sel, action, flags, ret, args)
 
 
 def encode_hook(pid: int, tid: int, ktime: int, body: HookBody) -> bytes:
     """Pack a REC_HOOK record as the kernel does (tests and benchmarks use this)."""
-    data = b"".join(ARG_HDR.pack(a.type, a.flags, len(a.data), a.orig_size) + a.data for a in body.args)
+    data = b"".join(ARG_HDR.pack(a.type, a.flags, len(a.data) + 2, a.orig_size + 2) + a.mode.to_bytes(2, "little")
+                    + a.data if a.flags & ARGF_MODE else
+                    ARG_HDR.pack(a.type, a.flags, len(a.data), a.orig_size) + a.data for a in body.args)
     fixed = HOOK_FIXED.pack(body.policy_id, body.hook_id, body.selector, body.action, body.flags,
                             len(body.args), len(data), body.ret)
     size = HEADER.size + len(fixed) + len(data)

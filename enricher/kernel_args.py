@@ -12,12 +12,19 @@ as Tetragon's agent renders them (pkg/grpc/tracing getKprobeArgument):
 | ARG_MODULE | ``module_arg`` | KernelModule (name, signature_ok for load_info, tainted) |
 | ARG_SOCKADDR | ``sockaddr_arg`` | KprobeSockaddr (family, addr, port) |
 | ARG_SKB | ``skb_arg`` | KprobeSkb |
-| ARG_BINPRM | ``linux_binprm_arg`` | KprobeLinuxBinprm (path) |
+| ARG_BINPRM | ``linux_binprm_arg`` | KprobeLinuxBinprm (path, permission, flags) |
+| ARG_FILE, ARG_PATH | ``file_arg``, ``path_arg`` | KprobeFile/KprobePath (path, permission, flags) |
+
+``permission`` is the inode's mode as ``ls -l`` prints it (Tetragon's FilePathModeToStr), present
+where the record carries it (ARGF_MODE: kernel functions and LSM hooks); ``flags`` is
+``unresolvedPathComponents`` where the bounded path walk was cut (Tetragon's flag of the same
+meaning).
 | ARG_CAPABILITY | ``capability_arg`` | KprobeCapability (value, name) |
 """
 
 from __future__ import annotations
 
+import stat
 from typing import Any
 
 from bpf import records as r
@@ -107,6 +114,27 @@ def sockaddr(data: bytes) -> dict[str, Any]:
             "addr": address(family, addr) if family in FAMILY else "", "port": port}
 
 
+# S_IFMT type → Tetragon's first letter (none for an unknown type)
+FILE_TYPE_CHAR = {stat.S_IFBLK: "b", stat.S_IFCHR: "c", stat.S_IFDIR: "d", stat.S_IFIFO: "p", stat.S_IFLNK: "l",
+                  stat.S_IFREG: "-", stat.S_IFSOCK: "s"}
+
+
+def permission(mode: int) -> str:
+    """``-rwxr-xr-x``, ``drwxrwxrwt``, ``-rwsr-xr-x`` ... as Tetragon renders an inode mode."""
+    return FILE_TYPE_CHAR.get(stat.S_IFMT(mode), "") + stat.filemode(mode)[1:]
+
+
+def path_object(a: r.HookArg) -> dict[str, Any]:
+    """KprobeFile / KprobePath / KprobeLinuxBinprm of a path-valued argument."""
+    out: dict[str, Any] = {}
+    if a.mode:
+        out["permission"] = permission(a.mode)
+    if a.flags & r.ARGF_TRUNC:
+        out["flags"] = "unresolvedPathComponents"
+    out["path"] = a.data.decode("utf-8", "backslashreplace")
+    return out
+
+
 def typed(a: r.HookArg) -> tuple[str, Any]:
     """(KprobeArgument member, its value) of a typed kernel-object argument."""
     t, d = a.type, a.data
@@ -139,4 +167,4 @@ def typed(a: r.HookArg) -> tuple[str, Any]:
         cap = int.from_bytes(d[:4].ljust(4, b"\0"), "little", signed=True)
         return "capability_arg", {"value": cap, "name": CAPABILITIES[cap] if 0 <= cap < len(CAPABILITIES) else ""}
     assert t == r.ARG_BINPRM
-    return "linux_binprm_arg", {"path": d.decode("utf-8", "backslashreplace")}
+    return "linux_binprm_arg", path_object(a)

@@ -75,9 +75,9 @@ def typed_arg(a: r.HookArg, label: str = "") -> dict[str, Any]:
         else:
             out["bytes_arg"] = a.data
     elif a.type == r.ARG_FILE:
-        out["file_arg"] = {"path": _text(a.data)}
+        out["file_arg"] = kernel_args.path_object(a)
     elif a.type == r.ARG_PATH:
-        out["path_arg"] = {"path": _text(a.data)}
+        out["path_arg"] = kernel_args.path_object(a)
     elif a.type == r.ARG_SOCK:
         out["sock_arg"] = network_events.sock_arg_from_bytes(a.data)
     elif a.type in kernel_args.KINDS:

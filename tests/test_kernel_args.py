@@ -259,3 +259,31 @@ def test_lsmhook_records_become_process_lsm() -> None:
     ev = codec.decode("event", codec.encode("event", ev_of_lsm()))
     assert protojson.event_type(ev) == "process_lsm"
     assert prometheus.hook_of("process_lsm", ev["process_lsm"]) == "lsm:bprm_check_security"
+
+
+def test_file_path_binprm_permission_and_flags() -> None:
+    """ARGF_MODE records (kernel functions, LSM hooks) carry the inode's mode before the path:
+    Tetragon's ``permission``; a cut path walk is Tetragon's ``unresolvedPathComponents``; records
+    without the mode (syscall tracepoints, older collectors) still decode as a bare path."""
+    def moded(t: int, mode: int, path: bytes, flags: int = 0) -> r.HookArg:
+        return r.HookArg(t, r.ARGF_MODE | flags, len(path), path, mode)
+
+    args = [moded(r.ARG_FILE, 0o100600, b"/tmp/x"), moded(r.ARG_PATH, 0o041777, b"/tmp"),
+            moded(r.ARG_FILE, 0o104755, b"/usr/bin/su"), moded(r.ARG_PATH, 0o102644, b"/a/b", r.ARGF_TRUNC),
+            moded(r.ARG_FILE, 0, b"/deleted"), _a(r.ARG_FILE, b"/old/record"),
+            r.HookArg(r.ARG_PATH, r.ARGF_TRUNC, 4, b"/cut"), moded(r.ARG_FILE, 0o020620, b"/dev/tty1")]
+    got = [{k: v for k, v in a.items() if k != "label"} for a in _event(0, args)["process_kprobe"]["args"]]
+    assert got == [{"file_arg": {"path": "/tmp/x", "permission": "-rw-------"}},
+                   {"path_arg": {"path": "/tmp", "permission": "drwxrwxrwt"}},
+                   {"file_arg": {"path": "/usr/bin/su", "permission": "-rwsr-xr-x"}},
+                   {"path_arg": {"path": "/a/b", "permission": "-rw-r-Sr--", "flags": "unresolvedPathComponents"}},
+                   {"file_arg": {"path": "/deleted"}},          # no inode: no permission
+                   {"file_arg": {"path": "/old/record"}},
+                   {"path_arg": {"path": "/cut", "flags": "unresolvedPathComponents"}},
+                   {"file_arg": {"path": "/dev/tty1", "permission": "crw--w----"}}]
+    # decode_hook takes the mode off: the data is the path, as without the flag
+    raw = r.encode_hook(9, 9, 100, r.HookBody(5, 0, 0, 1, 0, 0, [moded(r.ARG_FILE, 0o100644, b"/etc/passwd")]))
+    (a,) = r.decode_hook(r.decode(raw)).args
+    assert (a.data, a.mode, a.orig_size, a.flags) == (b"/etc/passwd", 0o100644, 11, r.ARGF_MODE)
+    lsm = _event(1, [moded(r.ARG_BINPRM, 0o100755, b"/usr/bin/id")])["process_lsm"]
+    assert lsm["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": "/usr/bin/id", "permission": "-rwxr-xr-x"}}]

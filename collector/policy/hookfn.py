@@ -117,7 +117,10 @@ class HookGen(SelectorGen):
                 ensure, k = self.ensure_arg_slot(arg)
                 kind = {"fd": "TP_ARG_FILE", "file": "TP_ARG_FILE", "path": "TP_ARG_PATH", "dentry": "TP_ARG_PATH",
                         "linux_binprm": "TP_ARG_BINPRM", "kiocb": "TP_ARG_FILE"}.get(arg.type, "TP_ARG_STRING")
-                out.append(f"{ensure}\noff = tp_put_slot(b, s, off, {kind}, {k});")
+                with_mode = kargs.put_path_c(arg.type, arg.index, kind, k) \
+                    if self.src.kind == "kfunc" and f.is_pointer else ""
+                self.g.kargs = self.g.kargs or bool(with_mode)
+                out.append(f"{ensure}\n{with_mode or f'off = tp_put_slot(b, s, off, {kind}, {k});'}")
             elif arg.type in kargs.TYPES:
                 why = kargs.check(arg.type, self.src.kind, f, self.src.func or self.hook.call) or \
                     kargs.btf_refusal(arg.type, btf_funcs.vmlinux() if self.g.features.btf else None)

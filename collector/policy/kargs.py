@@ -48,6 +48,11 @@ TYPES: dict[str, KArg] = {
 TYPES.update({t: KArg(CAP_CTYPES, f"off = tp_put_u64(b, off, {k}, a[{{i}}]);", ("kfunc",))
               for t, k in CAP_KINDS.items()})
 
+# the inode's whole i_mode of a path-valued argument at a kernel function (the event's `permission`)
+MODE_C = {"file": "tp_file_imode((struct file *)a[{i}])", "kiocb": "tp_kiocb_imode((struct kiocb *)a[{i}])",
+          "linux_binprm": "tp_binprm_imode((struct linux_binprm *)a[{i}])",
+          "path": "tp_path_imode((struct path *)a[{i}])", "dentry": "tp_dentry_imode((struct dentry *)a[{i}])"}
+
 WHERE = {"kfunc": "kernel functions and LSM hooks", "tracepoint": "tracepoints",
          "syscall": "syscalls", "syscall_ret": "syscalls"}
 
@@ -81,6 +86,13 @@ def put_c(arg_type: str, index: int, user: bool) -> str:
     return TYPES[arg_type].put.format(i=index, user=int(user))
 
 
+def put_path_c(arg_type: str, index: int, kind: str, slot: int) -> str:
+    """C appending a path-valued kernel object's slot with its inode mode ("" when not such a type)."""
+    if arg_type not in MODE_C:
+        return ""
+    return f"off = tp_put_slot_mode(b, s, off, {kind}, {slot}, {MODE_C[arg_type].format(i=index)});"
+
+
 def cap_fill_c(index: int, f: Field) -> str:
     """A kernel_cap_t passed by pointer: its 8 bytes replace the pointer in ``a[]`` before the hook
     (so selectors compare the capability bits); by value (a u64 register) it is already there."""
@@ -98,8 +110,11 @@ def defines(funcs: btf_funcs.BtfFuncs | None) -> list[str]:
     ubuf = funcs.enum_value("ITER_UBUF") is not None
     load_info = funcs.struct_id("load_info") is not None
     sig = load_info and funcs.has_member("load_info", "sig_ok")
+    secpath = (funcs.enum_value("SKB_EXT_SEC_PATH") is not None and funcs.has_member("sk_buff", "extensions")
+               and funcs.struct_id("sec_path") is not None)
     return [f"#define TP_IOV_ITER_IOV {iov}", f"#define TP_HAVE_ITER_UBUF {int(ubuf)}",
-            f"#define TP_HAVE_LOAD_INFO {int(load_info)}", f"#define TP_LOAD_INFO_SIG {int(sig)}"]
+            f"#define TP_HAVE_LOAD_INFO {int(load_info)}", f"#define TP_LOAD_INFO_SIG {int(sig)}",
+            f"#define TP_SKB_SECPATH {int(secpath)}"]
 
 
 def btf_refusal(arg_type: str, funcs: btf_funcs.BtfFuncs | None) -> str:

@@ -1,18 +1,17 @@
-"""Typed kernel-object arguments at kernel functions and LSM hooks, inside stock Debian 6.12.
+"""Typed kernel-object arguments at kernel functions and LSM hooks, inside stock Debian 6.1 and 6.12.
 
 One policy (one bcc compile per boot), its hooks on the functions Tetragon's own examples use:
 ``commit_creds`` (cred), ``security_capset`` (cap_effective, cap_inheritable, kernel_cap_t),
 ``security_capable`` (user_namespace, capability), ``bpf_check`` (bpf_attr),
-``security_bpf_map_create`` (bpf_map), ``security_perf_event_alloc`` (perf_event),
-``mod_sysfs_setup`` (module, load_info), ``generic_perform_write`` (kiocb, iov_iter),
-``security_socket_connect`` (sockaddr) and an ``lsmhooks:`` ``bprm_check_security``
-(linux_binprm → a ``process_lsm`` event). Each is triggered by a child process doing the real
-thing (setuid, capset, sethostname, bpf(), perf_event_open of a kprobe, init_module of
-Debian's signed ``dummy`` module, write/writev, connect, exec); the records go through the
-enricher's code and Tetragon's JSON, and are parsed by Tetragon's protobuf.
-
-Debian 6.1 is left out: its verifier refuses the selector string compare (README "On Debian 6.1");
-that is branch kfunc61's work, and the boot is CI time.
+``security_bpf_map_create`` (6.1: ``security_bpf_map_alloc``; bpf_map),
+``security_perf_event_alloc`` (perf_event), ``mod_sysfs_setup`` (module, load_info),
+``generic_perform_write`` (kiocb with its permission, iov_iter), ``security_socket_connect``
+(sockaddr), ``ip_local_deliver`` (skb with the sec_path of an IPsec packet) and an ``lsmhooks:``
+``bprm_check_security`` (linux_binprm with its permission → a ``process_lsm`` event). Each is
+triggered by a child process doing the real thing (setuid, capset, sethostname in the initial and
+in a new user namespace, bpf(), perf_event_open of a kprobe, init_module of Debian's signed
+``dummy`` module, write/writev, connect, ESP between two network namespaces, exec); the records go
+through the enricher's code and Tetragon's JSON, and are parsed by Tetragon's protobuf.
 """
 
 from __future__ import annotations
@@ -42,13 +41,19 @@ from guest.kfunc_common import config_for_btf_tree
 from schemas import codec
 from tetragon import events_pb2
 
-pytestmark = pytest.mark.skipif(not os.uname().release.startswith("6.12."),
-                                reason="typed kernel arguments are tested on Debian 6.12 (see module doc)")
-
 ROOT = Path(f"/tmp/tpa-{uuid.uuid4().hex[:8]}")
 PY = sys.executable
 CAP_CHOWN, CAP_SETGID, CAP_SETUID, CAP_NET_RAW = 1 << 0, 1 << 6, 1 << 7, 1 << 13
 ACTOR_CAPS = CAP_CHOWN | CAP_SETGID | CAP_SETUID | CAP_NET_RAW   # kept by capset (setgid/setuid follow)
+
+
+def _kernel_has(fn: str) -> bool:
+    with open("/proc/kallsyms") as f:
+        return any(line.rstrip("\n").split(" ")[2:3] == [fn] for line in f)
+
+
+# the map's LSM hook: security_bpf_map_alloc until 6.8, security_bpf_map_create (with attr, token) since
+MAP_HOOK = "security_bpf_map_create" if _kernel_has("security_bpf_map_create") else "security_bpf_map_alloc"
 
 
 def policy() -> str:
@@ -74,7 +79,7 @@ spec:
     - matchArgs: [{{index: 2, operator: Equal, values: ["21"]}}]
   - call: bpf_check
     args: [{{index: 1, type: bpf_attr, label: attr}}]
-  - call: security_bpf_map_create
+  - call: {MAP_HOOK}
     args: [{{index: 0, type: bpf_map, label: map}}]
   - call: security_perf_event_alloc
     args: [{{index: 0, type: perf_event, label: event}}]
@@ -86,6 +91,8 @@ spec:
     - matchArgs: [{{index: 0, operator: Postfix, values: ["/kargs-iov-file"]}}]
   - call: security_socket_connect
     args: [{{index: 1, type: sockaddr, label: addr}}]
+  - call: ip_local_deliver
+    args: [{{index: 0, type: skb, label: skb}}]
   lsmhooks:
   - hook: bprm_check_security
     args: [{{index: 0, type: linux_binprm, label: bprm}}]
@@ -130,6 +137,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Events, L
     loader.prepare(tmp / "kernel-headers")
     ROOT.mkdir(parents=True, exist_ok=True)
     shutil.copy("/usr/bin/true", ROOT / "kargs-lsm-true")
+    os.chmod(ROOT / "kargs-lsm-true", 0o755)
     mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(),
                         kernel_features.probe())
     try:
@@ -177,8 +185,8 @@ struct.pack_into("<II", pattr, 0, ktype, 112)
 struct.pack_into("<QQ", pattr, 56, ctypes.addressof(fn), 0)   # kprobe_func, probe_offset
 assert libc.syscall(298, bytes(pattr), -1, 0, -1, 0) >= 0, ctypes.get_errno()
 """
-MODULE = """ko = "/lib/modules/%s/kernel/drivers/net/dummy.ko.xz" % os.uname().release
-img = lzma.decompress(open(ko, "rb").read())
+MODULE = """ko = "/lib/modules/%s/kernel/drivers/net/dummy.ko" % os.uname().release
+img = open(ko, "rb").read() if os.path.exists(ko) else lzma.decompress(open(ko + ".xz", "rb").read())  # 6.1: plain
 assert libc.syscall(175, img, len(img), b"") == 0, ctypes.get_errno()   # init_module
 libc.syscall(176, b"dummy", 0)                                            # delete_module
 """
@@ -199,19 +207,84 @@ QUIET = ("open('{root}/other-file', 'w').write('x')\n" + CAPSET.format(eff=CAP_C
          + "print(os.getpid(), flush=True)\nos.execv('/usr/bin/true', ['true'])\n")
 
 
+# a new user namespace (and UTS namespace in it), whose sethostname checks CAP_SYS_ADMIN there:
+# user_ns level 1. The kernel refuses a new user namespace to a chrooted process (EPERM), and the
+# guest runs its command chrooted into its overlay: in a private mount namespace the process climbs
+# out to the initramfs root and moves the overlay mount over it (as switch_root does), so its root
+# is its namespace's root again. Prints its pid and its user namespace's inode number.
+USERNS = """CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWUSER = 0x20000, 0x4000000, 0x10000000
+MS_MOVE, MS_REC, MS_PRIVATE = 0x2000, 0x4000, 0x40000
+assert libc.unshare(CLONE_NEWNS) == 0, ctypes.get_errno()
+os.makedirs("{root}/jail", exist_ok=True)
+os.chdir("/")
+os.chroot("{root}/jail")
+for _ in range(16):
+    os.chdir("..")
+os.chroot(".")
+assert libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0, ctypes.get_errno()
+os.chdir("/newroot")
+assert libc.mount(b".", b"/", None, MS_MOVE, None) == 0, ctypes.get_errno()
+os.chroot(".")
+os.chdir("/")
+assert libc.unshare(CLONE_NEWUSER | CLONE_NEWUTS) == 0, ctypes.get_errno()
+assert libc.sethostname(b"kargs-userns", 12) == 0, ctypes.get_errno()
+print(os.stat("/proc/self/ns/user").st_ino, os.getpid(), flush=True)
+"""
+
+
+# IPsec (ESP, tunnel mode, null cipher) from namespace A to B over a veth pair (loopback never
+# takes xfrm: its routes are NOXFRM): B's ip_local_deliver sees the ESP packet, then the UDP
+# packet it carried with a sec_path of one state
+IPSEC = """import subprocess
+subprocess.run(["modprobe", "-a", "xfrm_user", "esp4", "crypto_null", "authenc", "echainiv", "veth"], check=False)
+A, B = "kargsA-{tag}", "kargsB-{tag}"
+def ip(*a):
+    subprocess.run(["ip", *a], check=True)
+try:
+    for n in (A, B):
+        ip("netns", "add", n)
+    ip("link", "add", "kva", "netns", A, "type", "veth", "peer", "name", "kvb", "netns", B)
+    for n, dev, addr in ((A, "kva", "10.211.0.1/24"), (B, "kvb", "10.211.0.2/24")):
+        ip("-n", n, "addr", "add", addr, "dev", dev)
+        ip("-n", n, "link", "set", dev, "up")
+        ip("-n", n, "xfrm", "state", "add", "src", "10.211.0.1", "dst", "10.211.0.2", "proto", "esp", "spi", "0x1000",
+           "reqid", "1", "mode", "tunnel", "enc", "cipher_null", "", "auth", "digest_null", "")
+        ip("-n", n, "xfrm", "policy", "add", "src", "10.211.0.1/32", "dst", "10.211.0.2/32", "proto", "udp",
+           "dport", "4500", "dir", "out" if n == A else "in", "tmpl", "src", "10.211.0.1", "dst", "10.211.0.2",
+           "proto", "esp", "reqid", "1", "mode", "tunnel")
+    rx = ("import socket; r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('10.211.0.2', 4500)); "
+          "r.settimeout(60); print('ready', flush=True); print(r.recv(64).decode(), flush=True)")
+    recv = subprocess.Popen(["ip", "netns", "exec", B, sys.executable, "-c", rx], stdout=subprocess.PIPE, text=True)
+    assert recv.stdout.readline().strip() == "ready"
+    tx = ("import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+          ".sendto(b'kargs-ipsec', ('10.211.0.2', 4500))")
+    subprocess.run(["ip", "netns", "exec", A, sys.executable, "-c", tx], check=True)
+    assert recv.communicate(timeout=60)[0].split() == ["kargs-ipsec"]
+finally:
+    for n in (A, B):
+        subprocess.run(["ip", "netns", "del", n], check=False)
+print(os.getpid(), flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
-def pids(loaded) -> tuple[int, int]:
-    """(pid of the process that did everything, pid of the near misses)"""
+def pids(loaded) -> tuple[int, int, tuple[int, int]]:
+    """(pid of the process that did everything, pid of the near misses,
+    (pid, user namespace inode) of the process in a new user namespace)"""
+    p = subprocess.run([PY, "-c", PRELUDE + USERNS.replace("{root}", str(ROOT))], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    ns_inum, ns_pid = (int(x) for x in p.stdout.split()[-2:])
+    _child(IPSEC.replace("{tag}", ROOT.name[4:]))
     actor, quiet = _child(ACTOR.replace("{root}", str(ROOT))), _child(QUIET.replace("{root}", str(ROOT)))
     # the near misses' exec (their last act) commits creds: once that is drained, so is the rest
     ev, _ = loaded
     assert ev.of("commit_creds", quiet)
-    return actor, quiet
+    return actor, quiet, (ns_pid, ns_inum)
 
 
 def test_mechanisms(loaded) -> None:
     _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 9 + ["lsm"]
+    assert [h.mechanism for h in lp.compiled.hooks] == ["fentry"] * 10 + ["lsm"]
 
 
 def test_commit_creds_cred(loaded, pids) -> None:
@@ -236,7 +309,7 @@ def test_capset_kernel_cap_t_and_mask_selector(loaded, pids) -> None:
 
 def test_security_capable_user_namespace(loaded, pids) -> None:
     # sethostname (to the name it has) checks CAP_SYS_ADMIN in the UTS namespace's user namespace:
-    # the initial one here (a new user namespace cannot be made: the guest runs chrooted, EPERM)
+    # the initial one for the actor
     ev, _ = loaded
     nss = [(_arg(b, "ns")["user_ns_arg"], _arg(b, "cap")["capability_arg"])
            for b in ev.of("security_capable", pids[0])]
@@ -245,12 +318,24 @@ def test_security_capable_user_namespace(loaded, pids) -> None:
     assert nss[0][0] == {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": inum, "is_host": True}}
 
 
+def test_user_namespace_level_1(loaded, pids) -> None:
+    # unshare(CLONE_NEWUTS) and sethostname in the new user namespace check CAP_SYS_ADMIN there
+    ev, _ = loaded
+    ns_pid, ns_inum = pids[2]
+    nss = [_arg(b, "ns")["user_ns_arg"] for b in ev.of("security_capable", ns_pid)]
+    inner = [n for n in nss if n["level"] == 1]
+    assert inner, nss
+    # its owner: the creator's uid/gid (root) in the parent namespace; is_host only at level 0
+    assert all(n == {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": ns_inum}} for n in inner)   # is_host false
+    assert ns_inum != os.stat("/proc/self/ns/user").st_ino
+
+
 def test_bpf_attr_bpf_map_perf_event(loaded, pids) -> None:
     ev, _ = loaded
     (b,) = ev.of("bpf_check", pids[0])
     assert _arg(b, "attr") == {"bpf_attr_arg": {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2,
                                                 "ProgName": "kargs_probe"}}
-    (m,) = ev.of("security_bpf_map_create", pids[0])
+    (m,) = ev.of(MAP_HOOK, pids[0])
     assert _arg(m, "map") == {"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_HASH", "KeySize": 4, "ValueSize": 8,
                                               "MaxEntries": 16, "MapName": "kargs_map"}}
     (p,) = ev.of("security_perf_event_alloc", pids[0])
@@ -270,7 +355,9 @@ def test_kiocb_and_iov_iter(loaded, pids) -> None:
     ev, _ = loaded
     bodies = ev.of("generic_perform_write", pids[0])
     assert len(bodies) == 2
-    assert all(_arg(b, "iocb")["file_arg"]["path"].endswith("/kargs-iov-file") for b in bodies)
+    # the file's inode mode as Tetragon's permission (created 0600), no unresolved components
+    assert all(_arg(b, "iocb")["file_arg"] == {"path": str(ROOT / "kargs-iov-file"), "permission": "-rw-------"}
+               for b in bodies)
     assert [_arg(b, "iter") for b in bodies] == [{"bytes_arg": "aGVsbG8tdWJ1Zg=="},   # ITER_UBUF: the buffer
                                                  {"bytes_arg": "Zmlyc3Qtc2Vn"}]        # ITER_IOVEC: 1st segment
     assert ev.of("generic_perform_write", pids[1], wait=0) == []   # another file
@@ -282,10 +369,25 @@ def test_sockaddr_kernel_copy(loaded, pids) -> None:
     assert _arg(b, "addr") == {"sockaddr_arg": {"family": "AF_INET", "addr": "127.0.0.1", "port": 9}}
 
 
+def test_skb_sec_path_of_an_ipsec_packet(loaded, pids) -> None:
+    ev, _ = loaded
+    ev.drain()
+    skbs = [_arg(d["process_kprobe"], "skb")["skb_arg"] for d in ev.docs
+            if d.get("process_kprobe", {}).get("function_name") == "ip_local_deliver"]
+    skbs = [k for k in skbs if k.get("daddr") == "10.211.0.2"]
+    esp = [k for k in skbs if k.get("proto") == 50]
+    inner = [k for k in skbs if k.get("dport") == 4500]
+    assert esp and all("sec_path_len" not in k for k in esp), skbs     # the ESP packet: no state yet
+    assert inner and all(k["sec_path_len"] == 1 and k["protocol"] == "IPPROTO_UDP" and k["saddr"] == "10.211.0.1"
+                         for k in inner), skbs                         # what it carried: one xfrm state
+    assert all("sec_path_olen" not in k for k in inner)               # no offloaded state (0, not shown)
+
+
 def test_lsmhook_is_a_process_lsm_event_with_linux_binprm(loaded, pids) -> None:
     ev, _ = loaded
     (b,) = ev.of("bprm_check_security", pids[0], kind="process_lsm")
-    assert b["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": str(ROOT / "kargs-lsm-true")}}]
+    assert b["args"] == [{"label": "bprm", "linux_binprm_arg": {"path": str(ROOT / "kargs-lsm-true"),
+                                                               "permission": "-rwxr-xr-x"}}]
     assert b["policy_name"] == "kargs" and b["action"] == "KPROBE_ACTION_POST"
     assert ev.of("bprm_check_security", pids[1], wait=0, kind="process_lsm") == []   # /usr/bin/true
     assert not [d for d in ev.docs if d.get("process_kprobe", {}).get("function_name") == "bprm_check_security"]

@@ -242,7 +242,9 @@ def _entry_case(hooks: Hooks, lp: Loaded, d: str) -> None:
     (ev, *_) = hooks.wait(lp, 0, pid)
     assert (ev.selector, ev.action, ev.flags & 2) == (0, ACTION_NUMBERS["Post"], 0)   # not a return
     assert [a.type for a in ev.args] == [records.ARG_FILE, records.ARG_INT]
-    assert ev.args[0].data.decode() == f"{ROOT}/{d}/a" and ev.args[0].flags == 0
+    assert ev.args[0].data.decode() == f"{ROOT}/{d}/a"
+    # neither cut nor unread; the inode's mode travels with it (ARGF_MODE): a regular file
+    assert ev.args[0].flags == records.ARGF_MODE and ev.args[0].mode & 0o170000 == 0o100000
     assert int.from_bytes(ev.args[1].data, "little") & 4   # MAY_READ
     other, rc = _spawn(["/usr/bin/cat", str(ROOT / "other" / "a")])
     assert rc == 0

@@ -17,8 +17,8 @@ KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
-ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post", "TrackSock",
-               "UntrackSock"]
+ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup",
+               "Post", "TrackSock", "UntrackSock"]
 
 
 class HookGen(SelectorGen):

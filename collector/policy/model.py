@@ -127,6 +127,8 @@ class Action:
     arg_fd: int = -1
     arg_name: int = -1
     arg_sock: int = -1           # TrackSock/UntrackSock: the sock argument
+    arg_url: str = ""            # GetUrl: the URL fetched (collector/policy/tetragon_actions.py)
+    arg_fqdn: str = ""           # DnsLookup: the name looked up
     rate_limit: str = ""
     rate_limit_scope: str = ""
     path: str = ""

@@ -27,6 +27,7 @@ from collector.policy import parser
 from collector.policy.manager import PolicyManager
 from collector.policy.model import PolicyError
 from collector.policy.tetragon_actions import USER_ACTIONS, UserActions
+from enricher.policy_events import typed_arg
 
 POLICY = """
 apiVersion: cilium.io/v1alpha1
@@ -48,6 +49,32 @@ spec:
       matchActions:
       - action: GetUrl
         argUrl: URL
+  - call: sys_pipe2
+    syscall: true
+    args:
+    - index: 0
+      type: int32_arr
+      size: 2
+      returnCopy: true
+      label: pipefd
+  - call: sys_socketpair
+    syscall: true
+    args:
+    - index: 0
+      type: int
+      label: domain
+    - index: 3
+      type: int32_arr
+      size: 2
+      returnCopy: true
+      label: sv
+  rawtracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    args:
+    - index: 2
+      type: linux_binprm
+      label: bprm
 """
 
 
@@ -130,6 +157,70 @@ def test_get_url_fetched_when_the_selector_matches(setup: tuple[PolicyManager, P
     _counts(m)
     time.sleep(0.5)
     assert hits == []
+
+
+INT32_ARR_CHILD = """
+import os, socket
+r, w = os.pipe2(0)
+a, b = socket.socketpair()
+print(os.getpid(), r, w, a.fileno(), b.fileno())
+"""
+
+
+def test_int32_arr_read_at_return_pipe2_socketpair(setup: tuple[PolicyManager, Path]) -> None:
+    m, _ = setup
+    _hooks(m)
+    out = subprocess.run([sys.executable, "-c", INT32_ARR_CHILD], check=True, capture_output=True, text=True)
+    pid, r0, w0, s0, s1 = (int(x) for x in out.stdout.split())
+    time.sleep(0.3)
+    rendered = []
+    for raw in m.queue.take(1_000_000):
+        rec = r.decode(raw)
+        if isinstance(rec, r.HookRecord) and rec.header.pid == pid:
+            rendered.append([typed_arg(a) for a in r.decode_hook(rec).args])
+    assert [{"label": "", "string_arg": f"[{r0}, {w0}]"}] in rendered
+    assert [{"label": "", "int_arg": socket.AF_UNIX}, {"label": "", "string_arg": f"[{s0}, {s1}]"}] in rendered
+
+
+def test_int32_arr_errors_name_line_and_reason() -> None:
+    sized = "      size: 2\n      returnCopy: true\n      label: pipefd"
+    text = POLICY.replace("URL", "http://127.0.0.1/").replace(sized, "      label: pipefd")
+    with pytest.raises(PolicyError) as exc:
+        parser.parse_text(text, "p.yaml")
+    assert "p.yaml:24: spec.kprobes[1].args[0].size: an int32_arr argument needs size (1 to 32)" in str(exc.value)
+
+
+def test_rawtracepoint_args_by_tp_proto_position(setup: tuple[PolicyManager, Path], tmp_path: Path) -> None:
+    m, _ = setup
+    [lp] = m.loaded.values()
+    assert [ch.mechanism for ch in lp.compiled.hooks if ch.hook.raw] == ["rawtp"]
+    exe = tmp_path / "rawtp-true"
+    exe.symlink_to("/bin/true")
+    _hooks(m)
+    proc = subprocess.Popen([str(exe)])
+    proc.wait(timeout=10)
+    time.sleep(0.3)
+    rendered = [[typed_arg(a) for a in r.decode_hook(rec).args] for rec in map(r.decode, m.queue.take(1_000_000))
+                if isinstance(rec, r.HookRecord) and rec.header.pid == proc.pid]
+    # the binprm's file: the path exec opened (the symlink resolved), as Tetragon's linux_binprm_arg
+    assert [{"label": "", "linux_binprm_arg": {"path": os.path.realpath("/bin/true")}}] in rendered
+
+
+@pytest.mark.parametrize("hook, why", [
+    ("  - subsystem: sched\n    event: sched_process_exec\n    args:\n    - index: 3\n      type: int",
+     "44: spec.rawtracepoints[0].args[0].index: raw tracepoint sched_process_exec has 3 arguments (arg0, arg1, arg2)"),
+    ("  - subsystem: sched\n    event: no_such_event_x",
+     "42: spec.rawtracepoints[0].event: no raw tracepoint no_such_event_x in this kernel's BTF"),
+])
+def test_rawtracepoint_errors_name_line_and_reason(hook: str, why: str) -> None:
+    from collector import kernel_features
+    from collector.policy import compiler
+    text = POLICY.split("  rawtracepoints:")[0].replace("URL", "http://127.0.0.1/")
+    text += "  rawtracepoints:\n" + hook + "\n"
+    [p] = parser.parse_text(text, "p.yaml")
+    with pytest.raises(PolicyError) as exc:
+        compiler.compile_policy(p, 1, [], kernel_features.probe())
+    assert f"p.yaml:{why}" in str(exc.value)
 
 
 def test_user_actions_bounded_and_counted() -> None:

@@ -22,6 +22,7 @@ from collector.policy.model import (
     BINARY_OPERATORS,
     CAP_TYPES,
     CONTAINER_SELECTOR_KEYS,
+    INT32_ARR_MAX,
     LABEL_OPERATORS,
     MAX_SELECTORS,
     NAMESPACES,
@@ -143,7 +144,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "selectorsMacros", "killers", "rawtracepoints"):
+    for key in ("usdts", "enforcers", "selectorsMacros", "killers"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -182,6 +183,8 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_kprobe(c, h, f"spec.fentries[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("tracepoints"), "spec.tracepoints")):
         policy.hooks.append(_tracepoint(c, h, f"spec.tracepoints[{i}]", i))
+    for i, h in enumerate(c.seq(spec.get("rawtracepoints"), "spec.rawtracepoints")):
+        policy.hooks.append(_tracepoint(c, h, f"spec.rawtracepoints[{i}]", i, raw=True))
     for i, h in enumerate(c.seq(spec.get("lsmhooks"), "spec.lsmhooks")):
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
@@ -320,13 +323,12 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
     return _common(c, m, hook, path)
 
 
-def _tracepoint(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
-    m = c.mapping(raw, path, TRACEPOINT_KEYS)
+def _tracepoint(c: _Ctx, doc: Any, path: str, i: int, raw: bool = False) -> Hook:
+    m = c.mapping(doc, path, TRACEPOINT_KEYS)
     hook = Hook(kind="tracepoint", index=i)
     hook.subsystem = c.string(m.get("subsystem"), f"{path}.subsystem", required=True)
     hook.event = c.string(m.get("event"), f"{path}.event", required=True)
-    if c.boolean(m.get("raw"), f"{path}.raw"):
-        raise c.fail(f"{path}.raw", "raw tracepoints in policies are not supported by tetrapipe")
+    hook.raw = raw or c.boolean(m.get("raw"), f"{path}.raw")   # collector/policy/rawtp.py
     return _common(c, m, hook, path)
 
 
@@ -379,7 +381,10 @@ def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
         raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")
     if m.get("resolve") or m.get("btfType") or m.get("source") or m.get("extractParam"):
         raise c.fail(path, "resolve/btfType/source/extractParam (BTF field walks) are not supported by tetrapipe")
-    return ArgSpec(index=idx, type=t, size_arg_index=size_idx,
+    size = c.integer(m.get("size"), f"{path}.size", 0)
+    if t == "int32_arr" and not (1 <= size <= INT32_ARR_MAX or size_idx):
+        raise c.fail(f"{path}.size", f"an int32_arr argument needs size (1 to {INT32_ARR_MAX}) or sizeArgIndex")
+    return ArgSpec(index=idx, type=t, size_arg_index=size_idx, size=size,
                    return_copy=c.boolean(m.get("returnCopy"), f"{path}.returnCopy"),
                    max_data=c.boolean(m.get("maxData"), f"{path}.maxData"),
                    label=c.string(m.get("label"), f"{path}.label"), path=path)

@@ -112,7 +112,7 @@ def _common_fields(subsys: str, event: str, tracefs: Path) -> int:
 def tracepoint_indexes(g: ProgramGen, hook: Hook) -> Hook:
     """A tracepoint hook whose argument indexes count the ``common_*`` fields (Tetragon's
     numbering) renumbered to ours, when every index past our fields fits Tetragon's."""
-    if hook.kind != "tracepoint":
+    if hook.kind != "tracepoint" or hook.raw:
         return hook
     fields = tracepoint_fields(hook.subsystem, hook.event, g.tracefs)
     if fields is None or all(a.index < len(fields) for a in hook.args):

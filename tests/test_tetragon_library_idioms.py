@@ -262,3 +262,35 @@ def test_user_action_errors_name_line_and_reason(bad: str, why: str) -> None:
     with pytest.raises(PolicyError) as exc:
         parser.parse_text(text, "p.yaml")
     assert f"p.yaml:{why}" in str(exc.value)
+
+
+CAPSET = """
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: capset
+spec:
+  lsmhooks:
+  - hook: capset
+    args:
+    - index: 2
+      type: TYPE
+    selectors:
+    - matchArgs:
+      - operator: Capability
+        index: 2
+        values: [VALUES]
+"""
+
+
+def test_capability_operator_is_a_mask_of_the_named_bits() -> None:
+    text = CAPSET.replace("TYPE", "kernel_cap_t")
+    [p] = parser.parse_text(text.replace("VALUES", "CAP_SYS_ADMIN, net_raw"), "c.yaml")
+    [f] = p.hooks[0].selectors[0].match_args
+    assert (f.operator, f.values) == ("Mask", [str(1 << 21 | 1 << 13)])
+    with pytest.raises(PolicyError, match=r"c.yaml:16: spec.lsmhooks\[0\].selectors\[0\].matchArgs\[0\].values\[0\]: "
+                                          "unknown capability 'CAP_NOPE'"):
+        parser.parse_text(text.replace("VALUES", "CAP_NOPE"), "c.yaml")
+    with pytest.raises(PolicyError, match=r"c.yaml:14: .*matchArgs\[0\].operator: the Capability operator applies "
+                                          "to a kernel_cap_t argument"):
+        parser.parse_text(CAPSET.replace("TYPE", "int").replace("VALUES", "CAP_SYS_ADMIN"), "c.yaml")

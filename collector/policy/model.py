@@ -33,7 +33,7 @@ ARG_OPERATORS = frozenset({
     "LessThan", "LT", "Mask", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "InMap",
     "NotInMap", "CapabilitiesGained", "CelExpr", "FileType", "NotFileType", "SPort", "NotSPort",
     "SPortPriv", "NotSportPriv", "NotSPortPriv", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv",
-    "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State",
+    "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State", "Capability",
 })
 SERVED_ARG_OPERATORS = frozenset({
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",

@@ -429,6 +429,8 @@ def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
                 raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
             if kind == "matchReturnArgs" and not hook.return_:
                 raise c.fail(p, "matchReturnArgs needs return: true on the hook")
+            if op == "Capability":   # any of the named bits of a kernel_cap_t: a Mask
+                op, vals = "Mask", [tetragon_compat.capability_mask(c, vals, hook.arg(idx), p)]
             (s.match_args if kind == "matchArgs" else s.match_return_args).append(ArgFilter(idx, op, vals, p))
     for i, f in enumerate(c.seq(m.get("matchPIDs"), f"{path}.matchPIDs")):
         p = f"{path}.matchPIDs[{i}]"

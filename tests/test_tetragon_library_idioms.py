@@ -294,3 +294,11 @@ def test_capability_operator_is_a_mask_of_the_named_bits() -> None:
     with pytest.raises(PolicyError, match=r"c.yaml:14: .*matchArgs\[0\].operator: the Capability operator applies "
                                           "to a kernel_cap_t argument"):
         parser.parse_text(CAPSET.replace("TYPE", "int").replace("VALUES", "CAP_SYS_ADMIN"), "c.yaml")
+
+
+def test_tracepoint_raw_true_is_a_raw_tracepoint() -> None:
+    text = POLICY.split("  rawtracepoints:")[0].replace("URL", "http://127.0.0.1/")
+    text += "  tracepoints:\n  - subsystem: sched\n    event: sched_process_exec\n    raw: true\n"
+    [p] = parser.parse_text(text, "p.yaml")
+    assert [(h.kind, h.event, h.raw) for h in p.hooks if h.kind == "tracepoint"] == [
+        ("tracepoint", "sched_process_exec", True)]

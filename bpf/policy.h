@@ -326,7 +326,7 @@ static __always_inline u32 tp_put_slot(struct tp_hook_buf *b, struct tp_slots *s
     return off + len;
 }
 
-static __always_inline u32 tp_put_user_buf(struct tp_hook_buf *b, u32 off, u64 ptr, s64 size)
+static __always_inline u32 tp_put_user_kind(struct tp_hook_buf *b, u32 off, u8 kind, u64 ptr, s64 size)
 {
     if (off > TP_DATA_SIZE - 32)
         return off;
@@ -346,9 +346,14 @@ static __always_inline u32 tp_put_user_buf(struct tp_hook_buf *b, u32 off, u64 p
         len = 0;
         flags |= TP_ARGF_ERROR;
     }
-    off = tp_put_hdr(b, off, TP_ARG_BYTES, flags, len, orig);
+    off = tp_put_hdr(b, off, kind, flags, len, orig);
     b->e.nargs++;
     return off + len;
+}
+
+static __always_inline u32 tp_put_user_buf(struct tp_hook_buf *b, u32 off, u64 ptr, s64 size)
+{
+    return tp_put_user_kind(b, off, TP_ARG_BYTES, ptr, size);
 }
 
 #endif

@@ -293,6 +293,13 @@ ${body}
     return 0;
 }
 
+// @@ kfunc_rawtp
+RAW_TRACEPOINT_PROBE(${func})
+{
+${body}
+    return 0;
+}
+
 // @@ kfunc_lsm
 LSM_PROBE(${func})
 {

@@ -137,6 +137,7 @@ struct tp_fork {
 #define TP_ARG_SKB 21              /* struct tp_skb_arg */
 #define TP_ARG_BINPRM 22           /* linux_binprm: the path of its file, bytes as TP_ARG_FILE */
 #define TP_ARG_CAPABILITY 23       /* 8 bytes: a capability number (Tetragon's capability type) */
+#define TP_ARG_INT32_ARR 24        /* int32_arr: the ints read from user memory, little-endian */
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */

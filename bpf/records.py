@@ -359,6 +359,7 @@ ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO 
 # typed kernel objects (bpf/kargs.h writes them, records.h has the layouts)
 (ARG_CRED, ARG_KERNEL_CAP, ARG_CAP_INH, ARG_CAP_PRM, ARG_CAP_EFF, ARG_USER_NS, ARG_BPF_ATTR,
  ARG_PERF_EVENT, ARG_BPF_MAP, ARG_MODULE, ARG_SOCKADDR, ARG_SKB, ARG_BINPRM, ARG_CAPABILITY) = range(10, 24)
+ARG_INT32_ARR = 24   # int32_arr: little-endian int32s read from user memory
 USERNS_ARG = struct.Struct("<iIII")                 # struct tp_userns_arg
 CRED_ARG = struct.Struct("<10I3Q")                  # struct tp_cred_arg without its user_ns
 BPF_ATTR_ARG = struct.Struct("<II16s")              # struct tp_bpf_attr_arg

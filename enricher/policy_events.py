@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,11 @@ def typed_arg(a: r.HookArg, label: str = "") -> dict[str, Any]:
             out["truncated_bytes_arg"] = {"bytes_arg": a.data, "orig_size": a.orig_size}
         else:
             out["bytes_arg"] = a.data
+    elif a.type == r.ARG_INT32_ARR:
+        # Tetragon's int32_list_arg (cilium/tetragon PR 4456) is not in its released proto: the
+        # ints as text, "[3, 4]", in string_arg
+        n = len(a.data) // 4
+        out["string_arg"] = str(list(struct.unpack(f"<{n}i", a.data[:n * 4])))
     elif a.type == r.ARG_FILE:
         out["file_arg"] = kernel_args.path_object(a)
     elif a.type == r.ARG_PATH:

@@ -40,7 +40,7 @@ from collector.policy.model import Hook, Policy, PolicyError, Selector
 # mechanism → its program's fragment in bpf/policy_prog.c
 KFUNC_FRAGMENT = {"fentry": "kfunc_fentry", "fexit": "kfunc_fexit", "lsm": "kfunc_lsm", "fmod_ret": "kfunc_fmod_ret",
                   "kprobe": "kfunc_kprobe", "kretprobe": "kfunc_kretprobe",
-                  "kprobe+bpf_override_return": "kfunc_kprobe_override"}
+                  "kprobe+bpf_override_return": "kfunc_kprobe_override", "rawtp": "kfunc_rawtp"}
 MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from collector.policy import parser
+from collector.policy import action_parser, parser
 from collector.policy.model import (
     ACTIONS,
     ARG_OPERATORS,
@@ -88,7 +88,7 @@ def selector() -> dict[str, Any]:
         "argNewSymbol": S, "argNewAddr": I, "argNewOffset": I, "rateLimit": S,
         "rateLimitScope": enum(("thread", "process", "global")), "kernelStackTrace": B, "userStackTrace": B,
         "imaHash": B, "argFd": I, "argName": I,
-    }, ["action"], parser.ACTION_KEYS)
+    }, ["action"], action_parser.ACTION_KEYS)
     return obj({
         "matchArgs": arr(arg_filter), "matchReturnArgs": arr(arg_filter), "matchData": arr(LOOSE),
         "matchPIDs": arr(obj({"operator": enum(PID_OPERATORS), "values": arr(I, minItems=1), "followForks": B,

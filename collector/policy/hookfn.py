@@ -6,9 +6,9 @@ from __future__ import annotations
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
 from collector.policy import compat_x86, kargs, netsel, uring
-from collector.policy.argtypes import INT_ARG_KIND
+from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import fragment, indent
-from collector.policy.model import Selector
+from collector.policy.model import INT32_ARR_MAX, ArgSpec, Selector
 from collector.policy.selectors import SelectorGen
 
 SOURCE_NAMES = {"syscall_ret": "syscall", "kfunc": "kernel-function"}
@@ -17,8 +17,8 @@ KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
-ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Post", "TrackSock",
-               "UntrackSock"]
+ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup",
+               "Post", "TrackSock", "UntrackSock"]
 
 
 class HookGen(SelectorGen):
@@ -96,6 +96,19 @@ class HookGen(SelectorGen):
             uring.probes(self, self.src.attach_enter.removeprefix("syscalls:sys_enter_"))
         return fn
 
+    def int32_arr(self, arg: ArgSpec, f: Field) -> str:
+        """int32_arr (pipe's and socketpair's int[2]): ``size`` ints (or as many as the argument
+        sizeArgIndex names, at most INT32_ARR_MAX) read from user memory; with returnCopy at the
+        return, only where the call succeeded (the kernel filled the array)."""
+        if not f.is_pointer:
+            raise self.fail(f"{arg.path}.type", f"an int32_arr argument cannot be read from {f.ctype} {f.name}")
+        n = str(arg.size) if arg.size else f"((u64)a[{arg.size_arg_index - 1}] > {INT32_ARR_MAX} ? " \
+            f"{INT32_ARR_MAX} : (s64)a[{arg.size_arg_index - 1}])"
+        size = f"({n}) * 4"
+        if arg.return_copy:
+            size = f"(is_ret && ret >= 0 ? {size} : 0)"
+        return f"off = tp_put_user_kind(b, off, TP_ARG_INT32_ARR, a[{arg.index}], {size});"
+
     def serialize(self) -> str:
         out = []
         for arg in self.hook.args:
@@ -128,6 +141,8 @@ class HookGen(SelectorGen):
                     raise self.fail(f"{arg.path}.type", why)
                 self.g.kargs = True
                 out.append(kargs.put_c(arg.type, arg.index, self.user_memory))
+            elif arg.type == "int32_arr":
+                out.append(self.int32_arr(arg, f))
             elif arg.type in ("char_buf", "char_iovec", "const_buf"):
                 if arg.type != "char_buf" or not f.is_pointer:
                     raise self.fail(f"{arg.path}.type", f"a {arg.type} argument cannot be read from {f.ctype} {f.name}")
@@ -313,6 +328,8 @@ class HookGen(SelectorGen):
         n = min(len(src.fields), 6)
         if src.mech in ("kprobe", "kretprobe", "kprobe+bpf_override_return"):
             loads = "\n".join(f"a[{i}] = PT_REGS_PARM{i + 1}(ctx);" for i in range(n))
+        elif src.mech == "rawtp":   # struct bpf_raw_tracepoint_args
+            loads = "\n".join(f"a[{i}] = ctx->args[{i}];" for i in range(n))
         else:
             loads = "\n".join(f"a[{i}] = ctx[{i}];" for i in range(n))
         if src.wrapper:   # __x64_sys_*(struct pt_regs *regs): the syscall's arguments are in *regs
@@ -330,7 +347,7 @@ class HookGen(SelectorGen):
         def call(ret: str = "0", is_ret: int = 0, result: str = "") -> str:
             return f"{sockfill}{result}tp_hook_{hid}(ctx, a, {ret}, {is_ret});"
 
-        if src.mech in ("fentry", "kprobe"):
+        if src.mech in ("fentry", "kprobe", "rawtp"):
             body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
         elif src.mech == "fexit":
             ret = _ret_c(src.func, f"ctx[{len(src.fields)}]") if self._has_ret() else "0"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-AUTO = frozenset({"fentry", "fexit", "lsm"})
+AUTO = frozenset({"fentry", "fexit", "lsm", "rawtp"})
 
 
 def attach(bpf: Any, mech: str, func: str, link_fds: list[int]) -> None:

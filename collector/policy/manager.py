@@ -27,6 +27,7 @@ from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
+from collector.policy.tetragon_actions import UserActions
 from collector.policy.watched_files import WatchedFiles, check_file_owner
 
 log = logging.getLogger("tetrapipe.policy")
@@ -119,6 +120,7 @@ class PolicyManager(WatchedFiles):
         # file filters also by (device, inode), resolved under this root and kept current
         self.inode_sets = InodeSets(compiler.INODE_SET_MAX)
         self.inode_root = "/"
+        self.user_actions = UserActions()   # GetUrl/DnsLookup, done here as the counts arrive
         self._update_gauge()
 
     # ---- load / unload ---------------------------------------------------------------------
@@ -409,6 +411,7 @@ class PolicyManager(WatchedFiles):
             self._close_connect_deny()
             self.uncaught.close()
             self.inode_sets.close()
+            self.user_actions.stop()
             if self.pod_scope is not None:
                 self.pod_scope.close()
         self._update_gauge()
@@ -510,6 +513,9 @@ class PolicyManager(WatchedFiles):
                     continue
                 lp.counts_seen[idx] = total
                 if s < len(ch.hook.selectors):
+                    for a in ch.hook.selectors[s].match_actions:
+                        if a.arg_url or a.arg_fqdn:
+                            self.user_actions.submit(a.action, a.arg_url or a.arg_fqdn, lp.name, delta)
                     names = ch.hook.selectors[s].action_names() or ["Post"]
                     action = min(names, key=lambda n: compiler.ACTION_RANK.index(n)).lower()
                 else:

@@ -128,6 +128,9 @@ def choose(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
     p = hook.path
     if hook.kind == "lsmhook":
         return _lsm_source(g, hook)
+    if hook.kind == "tracepoint" and hook.raw:
+        from collector.policy import rawtp  # it imports this module
+        return rawtp.source(g, hook)
     if hook.kind == "tracepoint":
         fields = tracepoint_fields(hook.subsystem, hook.event, g.tracefs)
         if fields is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bpf.names import ACTION_NUMBERS
 
 MAX_SELECTORS = 5
+INT32_ARR_MAX = 32   # ints read of an int32_arr argument at most
 
 ARG_TYPES = frozenset({
     "int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32", "uint32",
@@ -20,7 +21,7 @@ ARG_TYPES = frozenset({
     "sockaddr", "socket", "sockaddr_un", "net_device", "nop", "bpf_attr", "bpf_prog", "bpf_map",
     "bpf_cmd", "perf_event", "user_namespace", "capability", "kernel_cap_t", "cap_inheritable",
     "cap_permitted", "cap_effective", "cred", "kiocb", "iov_iter", "load_info", "module",
-    "syscall64", "linux_binprm",
+    "syscall64", "linux_binprm", "int32_arr",
 })
 INT_TYPES = frozenset({"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32",
                        "uint32", "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto"})
@@ -32,7 +33,7 @@ ARG_OPERATORS = frozenset({
     "LessThan", "LT", "Mask", "InRange", "NotInRange", "SubString", "SubStringIgnCase", "InMap",
     "NotInMap", "CapabilitiesGained", "CelExpr", "FileType", "NotFileType", "SPort", "NotSPort",
     "SPortPriv", "NotSportPriv", "NotSPortPriv", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv",
-    "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State",
+    "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State", "Capability",
 })
 SERVED_ARG_OPERATORS = frozenset({
     "Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "GreaterThan", "GT",
@@ -66,6 +67,7 @@ class ArgSpec:
     size_arg_index: int = 0      # counts from 1, as Tetragon's sizeArgIndex
     return_copy: bool = False
     max_data: bool = False
+    size: int = 0                # int32_arr: how many ints (Tetragon's size)
     label: str = ""
     path: str = ""               # where in the YAML, for errors
 
@@ -127,6 +129,8 @@ class Action:
     arg_fd: int = -1
     arg_name: int = -1
     arg_sock: int = -1           # TrackSock/UntrackSock: the sock argument
+    arg_url: str = ""            # GetUrl: the URL fetched (collector/policy/tetragon_actions.py)
+    arg_fqdn: str = ""           # DnsLookup: the name looked up
     rate_limit: str = ""
     rate_limit_scope: str = ""
     path: str = ""
@@ -173,6 +177,7 @@ class Hook:
     event: str = ""
     path: str = ""
     binary: str = ""             # uprobes: the ELF file (call = the symbol, "" for an offset)
+    raw: bool = False            # raw tracepoints: args by TP_PROTO position (collector/policy/rawtp.py)
     offset: int = -1             # uprobes: file offset given in the policy (-1: from the symbol)
 
     def arg(self, index: int) -> ArgSpec | None:

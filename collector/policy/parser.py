@@ -15,20 +15,19 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import jsondoc, legacy, netsel, tetragon_compat
+from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat
 from collector.policy.model import (
-    ACTIONS,
     ARG_OPERATORS,
     ARG_TYPES,
     BINARY_OPERATORS,
     CAP_TYPES,
     CONTAINER_SELECTOR_KEYS,
+    INT32_ARR_MAX,
     LABEL_OPERATORS,
     MAX_SELECTORS,
     NAMESPACES,
     PID_OPERATORS,
     SET_OPERATORS,
-    Action,
     ArgFilter,
     ArgSpec,
     BinaryFilter,
@@ -64,9 +63,6 @@ SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matc
                  "matchBinarys", "matchParentBinaries", "matchNamespaces", "matchCapabilities",
                  "matchNamespaceChanges", "matchCapabilityChanges", "matchActions",
                  "matchReturnActions", "matchWorkloads"}
-ACTION_KEYS = {"action", "argError", "argSig", "argUrl", "argFqdn", "argSock", "argIndex", "argValue",
-               "argRegs", "argNewSymbol", "argNewAddr", "argNewOffset", "rateLimit", "rateLimitScope",
-               "kernelStackTrace", "userStackTrace", "imaHash", "argFd", "argName"}
 MODES = ("enforce", "monitor")
 
 
@@ -148,7 +144,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "selectorsMacros", "killers", "rawtracepoints"):
+    for key in ("usdts", "enforcers", "selectorsMacros", "killers"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -187,6 +183,8 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_kprobe(c, h, f"spec.fentries[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("tracepoints"), "spec.tracepoints")):
         policy.hooks.append(_tracepoint(c, h, f"spec.tracepoints[{i}]", i))
+    for i, h in enumerate(c.seq(spec.get("rawtracepoints"), "spec.rawtracepoints")):
+        policy.hooks.append(_tracepoint(c, h, f"spec.rawtracepoints[{i}]", i, raw=True))
     for i, h in enumerate(c.seq(spec.get("lsmhooks"), "spec.lsmhooks")):
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
@@ -325,13 +323,12 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
     return _common(c, m, hook, path)
 
 
-def _tracepoint(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
-    m = c.mapping(raw, path, TRACEPOINT_KEYS)
+def _tracepoint(c: _Ctx, doc: Any, path: str, i: int, raw: bool = False) -> Hook:
+    m = c.mapping(doc, path, TRACEPOINT_KEYS)
     hook = Hook(kind="tracepoint", index=i)
     hook.subsystem = c.string(m.get("subsystem"), f"{path}.subsystem", required=True)
     hook.event = c.string(m.get("event"), f"{path}.event", required=True)
-    if c.boolean(m.get("raw"), f"{path}.raw"):
-        raise c.fail(f"{path}.raw", "raw tracepoints in policies are not supported by tetrapipe")
+    hook.raw = raw or c.boolean(m.get("raw"), f"{path}.raw")   # collector/policy/rawtp.py
     return _common(c, m, hook, path)
 
 
@@ -384,7 +381,10 @@ def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
         raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")
     if m.get("resolve") or m.get("btfType") or m.get("source") or m.get("extractParam"):
         raise c.fail(path, "resolve/btfType/source/extractParam (BTF field walks) are not supported by tetrapipe")
-    return ArgSpec(index=idx, type=t, size_arg_index=size_idx,
+    size = c.integer(m.get("size"), f"{path}.size", 0)
+    if t == "int32_arr" and not (1 <= size <= INT32_ARR_MAX or size_idx):
+        raise c.fail(f"{path}.size", f"an int32_arr argument needs size (1 to {INT32_ARR_MAX}) or sizeArgIndex")
+    return ArgSpec(index=idx, type=t, size_arg_index=size_idx, size=size,
                    return_copy=c.boolean(m.get("returnCopy"), f"{path}.returnCopy"),
                    max_data=c.boolean(m.get("maxData"), f"{path}.maxData"),
                    label=c.string(m.get("label"), f"{path}.label"), path=path)
@@ -429,6 +429,8 @@ def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
                 raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
             if kind == "matchReturnArgs" and not hook.return_:
                 raise c.fail(p, "matchReturnArgs needs return: true on the hook")
+            if op == "Capability":   # any of the named bits of a kernel_cap_t: a Mask
+                op, vals = "Mask", [tetragon_compat.capability_mask(c, vals, hook.arg(idx), p)]
             (s.match_args if kind == "matchArgs" else s.match_return_args).append(ArgFilter(idx, op, vals, p))
     for i, f in enumerate(c.seq(m.get("matchPIDs"), f"{path}.matchPIDs")):
         p = f"{path}.matchPIDs[{i}]"
@@ -483,44 +485,5 @@ def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
         s.match_namespace_changes.append(NamespaceChangeFilter(op, vals, p))
     for key, target in (("matchActions", s.match_actions), ("matchReturnActions", s.match_return_actions)):
         for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
-            target.append(_action(c, f, f"{path}.{key}[{i}]", hook))
+            target.append(action_parser.action(c, f, f"{path}.{key}[{i}]", hook))
     return s
-
-
-def _action(c: _Ctx, raw: Any, p: str, hook: Hook) -> Action:
-    fm = c.mapping(raw, p, ACTION_KEYS)
-    name = c.string(fm.get("action"), f"{p}.action", required=True)
-    name = next((a for a in ACTIONS if a.lower() == name.lower()), name)   # Tetragon: any case
-    if name not in ACTIONS:
-        raise c.fail(f"{p}.action", f'unknown action "{name}"')
-    a = Action(name, path=p)
-    if name == "Signal":
-        a.arg_sig = c.integer(fm.get("argSig"), f"{p}.argSig")
-        if not 1 <= a.arg_sig <= 64:
-            raise c.fail(f"{p}.argSig", f"signal {a.arg_sig} out of range (1 to 64)")
-    if name == "Override":
-        a.arg_error = c.integer(fm.get("argError"), f"{p}.argError")
-    if name in ("FollowFD", "UnfollowFD", "CopyFD"):
-        a.arg_fd = c.integer(fm.get("argFd"), f"{p}.argFd", 0)
-        a.arg_name = c.integer(fm.get("argName"), f"{p}.argName", 0)
-        for k, v in (("argFd", a.arg_fd), ("argName", a.arg_name)):
-            if k in fm and hook.arg(v) is None:
-                raise c.fail(f"{p}.{k}", f"no argument with index {v} in args")
-    if name in ("TrackSock", "UntrackSock"):
-        a.arg_sock = c.integer(fm.get("argSock"), f"{p}.argSock", 0)
-        if hook.arg(a.arg_sock) is None:
-            raise c.fail(f"{p}.argSock", f"no argument with index {a.arg_sock} in args")
-    if fm.get("rateLimit") is not None:
-        a.rate_limit = c.string(fm.get("rateLimit"), f"{p}.rateLimit")
-        if name != "Post":
-            raise c.fail(f"{p}.rateLimit", "rateLimit applies to Post only")
-        import re
-        if not re.fullmatch(r"\d+[smh]?", a.rate_limit):
-            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h")
-    if fm.get("rateLimitScope") is not None:
-        a.rate_limit_scope = c.choice(fm.get("rateLimitScope"), f"{p}.rateLimitScope",
-                                      ("thread", "process", "global"), "rateLimitScope")
-    for k in ("kernelStackTrace", "userStackTrace", "imaHash"):
-        if fm.get(k):
-            raise c.fail(f"{p}.{k}", f"{k} is not supported by tetrapipe")
-    return a

@@ -22,9 +22,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bpf.names import CAPABILITIES
 from collector.policy.argtypes import syscall_name, tracepoint_fields
 from collector.policy.compat_x86 import X86_64
-from collector.policy.model import Action, Hook
+from collector.policy.model import Action, ArgSpec, Hook
 
 if TYPE_CHECKING:
     from collector.policy.compiler import ProgramGen
@@ -112,7 +113,7 @@ def _common_fields(subsys: str, event: str, tracefs: Path) -> int:
 def tracepoint_indexes(g: ProgramGen, hook: Hook) -> Hook:
     """A tracepoint hook whose argument indexes count the ``common_*`` fields (Tetragon's
     numbering) renumbered to ours, when every index past our fields fits Tetragon's."""
-    if hook.kind != "tracepoint":
+    if hook.kind != "tracepoint" or hook.raw:
         return hook
     fields = tracepoint_fields(hook.subsystem, hook.event, g.tracefs)
     if fields is None or all(a.index < len(fields) for a in hook.args):
@@ -181,3 +182,25 @@ def list_values(c: Ctx, hooks: list[Hook], lists: dict[str, tuple[str, list[str]
                         else:
                             out.append(str(nr))
                 f.values = out
+
+
+CAP_ARG_TYPES = ("kernel_cap_t", "cap_effective", "cap_inheritable", "cap_permitted")
+
+
+def capability_mask(c: Ctx, values: list[str], arg: ArgSpec | None, path: str) -> str:
+    """matchArgs ``operator: Capability`` (deny-privileged-containers): the kernel_cap_t argument
+    has any of the named capabilities; served as ``Mask`` with their bits."""
+    if arg is None or arg.type not in CAP_ARG_TYPES:
+        raise c.fail(f"{path}.operator", "the Capability operator applies to a kernel_cap_t argument "
+                                         f"({', '.join(CAP_ARG_TYPES)})")
+    mask = 0
+    for j, v in enumerate(values):
+        name = v.upper() if v.upper().startswith("CAP_") else f"CAP_{v.upper()}"
+        if v.isdigit() and int(v) < len(CAPABILITIES):
+            mask |= 1 << int(v)
+        elif name in CAPABILITIES:
+            mask |= 1 << CAPABILITIES.index(name)
+        else:
+            raise c.fail(f"{path}.values[{j}]", f"unknown capability {v!r}")
+    c.notices.append(f"{path}: operator Capability served as Mask {mask:#x} (any of {', '.join(values)})")
+    return str(mask)

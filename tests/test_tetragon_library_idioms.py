@@ -203,7 +203,9 @@ def test_rawtracepoint_args_by_tp_proto_position(setup: tuple[PolicyManager, Pat
     rendered = [[typed_arg(a) for a in r.decode_hook(rec).args] for rec in map(r.decode, m.queue.take(1_000_000))
                 if isinstance(rec, r.HookRecord) and rec.header.pid == proc.pid]
     # the binprm's file: the path exec opened (the symlink resolved), as Tetragon's linux_binprm_arg
-    assert [{"label": "", "linux_binprm_arg": {"path": os.path.realpath("/bin/true")}}] in rendered
+    # with its inode's mode as Tetragon's permission (a raw tracepoint reads kernel memory)
+    want = {"path": os.path.realpath("/bin/true"), "permission": "-rwxr-xr-x"}
+    assert [{"label": "", "linux_binprm_arg": want}] in rendered
 
 
 @pytest.mark.parametrize("hook, why", [

@@ -23,6 +23,7 @@ from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
 from collector.policy import compiler, kattach, netsel, parser, proc_state, uncaught
+from collector.policy.connect_rules import ConnectRules
 from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
@@ -88,7 +89,7 @@ class Loaded:
                 "state": state, "hooks": hooks}
 
 
-class PolicyManager(WatchedFiles):
+class PolicyManager(WatchedFiles, ConnectRules):
     def __init__(self, queue: RecordQueue, host_ns: list[int], features: KernelFeatures | None = None,
                  ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
         """``features``: what the kernel offers hooks (kernel_features.probe(), probed by the caller
@@ -415,52 +416,6 @@ class PolicyManager(WatchedFiles):
             if self.pod_scope is not None:
                 self.pod_scope.close()
         self._update_gauge()
-
-    def _close_connect_deny(self) -> None:
-        if self._connect_drain is not None:
-            self._connect_drain.stop()   # the refusals' last records into the queue
-            self.queue.wake()
-            self._connect_drain = None
-        if self.connect_deny is not None:
-            self.connect_deny.close()
-            self.connect_deny = None
-
-    def _update_connect_rules(self) -> None:
-        """Override selectors of tcp_connect hooks of every loaded enforce-mode policy → the
-        cgroup/connect4+6 programs, attached to the cgroup v2 root when first needed."""
-        rules = [r for lp in self.loaded.values() if lp.policy.mode != "monitor"
-                 for r in lp.compiled.connect_rules]
-        if self.connect_deny is None:
-            if not rules:
-                return
-            root = connect_deny.cgroup2_root()
-            if root is None:
-                raise loader.LoadError("no cgroup v2 hierarchy mounted: connects cannot be refused")
-            self.connect_deny = connect_deny.ConnectDeny()
-            self._connect_drain = RingBufferDrain(self.connect_deny.bpf, self.queue,
-                                                  connect_deny.EVENTS_MAP, connect_deny.DROPS_MAP,
-                                                  order_after=self.order_after)
-            self._connect_drain.start()
-            self.connect_deny.attach(root)
-            log.info("connect enforcement attached to %s (cgroup/connect4, connect6)", root)
-        self._collect_connect_denied()  # set_rules restarts the kernel's counts
-        self.connect_deny.set_rules(rules)
-        self._connect_owners = [(lp.name, lp.policy.namespace) for lp in self.loaded.values()
-                                if lp.policy.mode != "monitor" for _ in lp.compiled.connect_rules]
-        self._connect_seen = [0] * len(rules)
-
-    def _collect_connect_denied(self) -> None:
-        """Connects the cgroup programs refused, counted as the policy's Override actions."""
-        if self.connect_deny is None or not self._connect_owners:
-            return
-        counts = self.connect_deny.denied()
-        for i, total in enumerate(counts[: len(self._connect_owners)]):
-            delta = total - self._connect_seen[i]
-            if delta > 0:
-                name, namespace = self._connect_owners[i]
-                SELECTOR_ACTIONS.labels(action="override", hook="tcp_connect", hook_index="", policy=name,
-                                        policy_namespace=namespace, selector_index="").inc(delta)
-                self._connect_seen[i] = total
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -50,3 +50,18 @@ def test_root_and_generation(tmp_path: Path) -> None:
     flags, gen = r.keys[_key(tmp_path / "etc" / "passwd")]
     # ext4/xfs/btrfs report i_generation; tmpfs does not (then no GEN flag, gen 0)
     assert (flags & GEN and gen != 0) or (not flags & GEN and gen == 0)
+
+
+def test_tetragon_whole_string_nul_names_the_file(tmp_path: Path) -> None:
+    """Tetragon's library writes whole-name values as "/etc/passwd\\0": the compiler drops the NUL
+    before the names reach the inode sets, and a NUL left in a name never raises at load."""
+    from collector.policy.compiler import ProgramGen  # noqa: PLC0415
+
+    (tmp_path / "secret").write_text("x")
+    assert resolve("equal", [str(tmp_path / "secret") + "\0"]).keys == {}
+    gen = ProgramGen.__new__(ProgramGen)
+    gen.inode_specs = []
+    sid = gen.inode_set("equal", [str(tmp_path / "secret") + "\0"])
+    (_sid, how, values) = gen.inode_specs[sid]
+    assert values == [str(tmp_path / "secret")]
+    assert set(resolve(how, values).keys) == {_key(tmp_path / "secret")}

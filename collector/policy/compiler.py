@@ -210,6 +210,7 @@ class ProgramGen:
     def inode_set(self, how: str, values: list[str]) -> int:
         """Equal/Prefix on a kernel file: the files the values name, by (device, inode), as a set of
         the ``inoset`` map that collector/policy/inode_sets.py fills at load and keeps current."""
+        values = [v.removesuffix("\0") for v in values]   # Tetragon's "/etc/passwd\0": the whole name
         for sid, h, vals in self.inode_specs:
             if h == how and vals == list(values):
                 return sid

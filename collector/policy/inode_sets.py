@@ -87,7 +87,7 @@ def generation(path: str, st: os.stat_result) -> int | None:
 def _put(r: Resolved, path: str, flags: int) -> os.stat_result | None:
     try:
         st = os.stat(path)   # the kernel follows links (and /proc/<pid>/root): not os.path.realpath
-    except OSError:
+    except (OSError, ValueError):   # ValueError: a NUL in the name, which names no file
         return None
     key = (kernel_dev(st.st_dev), st.st_ino)
     old_flags, gen = r.keys.get(key, (0, 0))

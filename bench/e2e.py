@@ -171,12 +171,23 @@ def kafka_throughput(ctx: Any, n_enrichers: int, profile: bool = False) -> dict[
             res["py_spy"] = profiles
         for k in first:
             end = done.get(k)
-            res[f"{k}_events_per_s"] = (total / (end - first[k])) if end and end > first[k] else None
+            res[f"{k}_events_per_s"] = _rate(total, first[k], end, t_produced)
             res[f"{k}_complete"] = end is not None
         return res
     finally:
         pipe.stop()
         fluent.stop()
+
+
+def _rate(total: int, first: float, end: float | None, produced: float) -> float | None:
+    """Events per second from the first counted event to the last. A stage that counts once per
+    batch may show the whole run at its first poll (first == end): then from the end of the
+    produce instead, which includes the hop's latency (a lower bound)."""
+    if end is None:
+        return None
+    if end > first:
+        return total / (end - first)
+    return total / (end - produced) if end > produced else None
 
 
 # ---- latency ----------------------------------------------------------------------------------

@@ -322,51 +322,13 @@ static __always_inline u32 tp_put_iov_iter(struct tp_hook_buf *b, u32 off, struc
     return tp_put_user_buf(b, off, ptr, (s64)size);
 }
 
-/* the whole i_mode (type and permission bits) of a file/path/dentry argument's inode, for the
- * event's `permission` (selectors' FileType uses policy.h's type-only readers) */
-static __always_inline u16 tp_dentry_imode(struct dentry *d)
-{
-    struct inode *ino = 0;
-    u16 m = 0;
-    if (d)
-        TP_RD(ino, d->d_inode);
-    if (ino)
-        TP_RD(m, ino->i_mode);
-    return m;
-}
-
-static __always_inline u16 tp_file_imode(struct file *f)
-{
-    struct inode *ino = 0;
-    u16 m = 0;
-    if (f)
-        TP_RD(ino, f->f_inode);
-    if (ino)
-        TP_RD(m, ino->i_mode);
-    return m;
-}
-
-static __always_inline u16 tp_path_imode(struct path *p)
-{
-    struct dentry *d = 0;
-    if (p)
-        TP_RD(d, p->dentry);
-    return tp_dentry_imode(d);
-}
-
+/* the whole i_mode of a kiocb's file, for the event's `permission` (the file, path, dentry and
+ * binprm readers are policy.h's tp_*_imode, which FileType's type-only readers use too) */
 static __always_inline u16 tp_kiocb_imode(struct kiocb *k)
 {
     struct file *f = 0;
     if (k)
         TP_RD(f, k->ki_filp);
-    return tp_file_imode(f);
-}
-
-static __always_inline u16 tp_binprm_imode(struct linux_binprm *bp)
-{
-    struct file *f = 0;
-    if (bp)
-        TP_RD(f, bp->file);
     return tp_file_imode(f);
 }
 

@@ -159,8 +159,9 @@ static __always_inline u32 tp_exe_path(struct tp_path_buf *pb, struct task_struc
     return tp_file_path(pb, task, exe, out, flags);
 }
 
-/* FileType: the file's type bits (i_mode & S_IFMT) of its inode; 0 when there is none */
-static __always_inline u32 tp_dentry_mode(struct dentry *d)
+/* the whole i_mode (type and permission bits) of a file's inode; 0 when there is none: the
+ * event's `permission` (bpf/kargs.h) */
+static __always_inline u16 tp_dentry_imode(struct dentry *d)
 {
     struct inode *ino = 0;
     u16 m = 0;
@@ -168,10 +169,10 @@ static __always_inline u32 tp_dentry_mode(struct dentry *d)
         TP_RD(ino, d->d_inode);
     if (ino)
         TP_RD(m, ino->i_mode);
-    return m & 0170000;
+    return m;
 }
 
-static __always_inline u32 tp_file_mode(struct file *f)
+static __always_inline u16 tp_file_imode(struct file *f)
 {
     struct inode *ino = 0;
     u16 m = 0;
@@ -179,24 +180,30 @@ static __always_inline u32 tp_file_mode(struct file *f)
         TP_RD(ino, f->f_inode);
     if (ino)
         TP_RD(m, ino->i_mode);
-    return m & 0170000;
+    return m;
 }
 
-static __always_inline u32 tp_path_mode(struct path *p)
+static __always_inline u16 tp_path_imode(struct path *p)
 {
     struct dentry *d = 0;
     if (p)
         TP_RD(d, p->dentry);
-    return tp_dentry_mode(d);
+    return tp_dentry_imode(d);
 }
 
-static __always_inline u32 tp_binprm_mode(struct linux_binprm *bp)
+static __always_inline u16 tp_binprm_imode(struct linux_binprm *bp)
 {
     struct file *f = 0;
     if (bp)
         TP_RD(f, bp->file);
-    return tp_file_mode(f);
+    return tp_file_imode(f);
 }
+
+/* FileType: the file's type bits (i_mode & S_IFMT) of its inode; 0 when there is none */
+static __always_inline u32 tp_dentry_mode(struct dentry *d) { return tp_dentry_imode(d) & 0170000; }
+static __always_inline u32 tp_file_mode(struct file *f) { return tp_file_imode(f) & 0170000; }
+static __always_inline u32 tp_path_mode(struct path *p) { return tp_path_imode(p) & 0170000; }
+static __always_inline u32 tp_binprm_mode(struct linux_binprm *bp) { return tp_binprm_imode(bp) & 0170000; }
 
 static __always_inline u32 tp_ns_pid(struct task_struct *task)
 {

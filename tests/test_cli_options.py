@@ -205,9 +205,7 @@ def test_expected_failures_are_one_line(tmp_path: Path) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     dead = closed.getsockname()[1]  # bound, never listening: connections are refused
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with _port_with_free_neighbours() as taken:
         port = taken.getsockname()[1]
         # port taken
         _one_line(_tetrapipe("export", "prometheus", "--kafka", f"127.0.0.1:{dead}",
@@ -256,12 +254,34 @@ def test_not_root_bpf_refused_and_unwritable_directory_are_one_line(tmp_path: Pa
     _one_line(r, rf"run: cannot use {re.escape(str(blocker))}/logs \(service logs, --log-dir\): Not a directory")
 
 
+def _port_with_free_neighbours() -> socket.socket:
+    """A listening socket on a port P whose neighbours P-1..P+5 (the other services' metrics
+    ports when the base is P-1) are free right now: another process holding one of them would
+    add it to the refusal and make the one-line check fail for a reason that is not ours."""
+    for _ in range(50):
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        if all(_free(p) for p in range(port - 1, port + 6) if p != port):
+            taken.listen()
+            return taken
+        taken.close()
+    raise AssertionError("no port with six free neighbours found in 50 tries")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_run_refuses_taken_metrics_ports_before_starting(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("run needs root before it checks anything else")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with _port_with_free_neighbours() as taken:
         port = taken.getsockname()[1]
         r = _tetrapipe("run", "--metrics-address", f"127.0.0.1:{port - 1}", "--log-dir", str(tmp_path / "log"),
                        "--state-dir", str(tmp_path / "st"), "--cache-dir", str(tmp_path / "cache"),

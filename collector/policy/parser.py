@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from collector.policy import arg_parser, jsondoc, legacy, selector_parser, tetragon_compat
+from collector.policy import arg_parser, enforcers, jsondoc, legacy, selector_parser, tetragon_compat
 from collector.policy.arg_parser import ARG_KEYS  # noqa: F401  (crd.py reads it here)
 from collector.policy.model import (
     ARG_TYPES,  # noqa: F401  (read here by tests)
@@ -124,7 +124,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "selectorsMacros", "killers"):
+    for key in ("usdts", "selectorsMacros"):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -170,6 +170,7 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
     tetragon_compat.list_values(c, policy.hooks, lists)
+    policy.enforcers = enforcers.parse(c, spec, lists, policy.hooks)
     policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)
     if not policy.hooks and not policy.loader:
         raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
@@ -290,8 +291,7 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
         if not hook.return_:   # Tetragon reads it only with return: true
             c.notices.append(f"{path}.returnArg: ignored without return: true")
         hook.return_arg = arg_parser.arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
-    if m.get("data"):
-        raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
+    hook.data = arg_parser.data(c, m.get("data"), f"{path}.data")
     action = m.get("returnArgAction")
     if action not in (None, "", "Post"):   # Post: the default, an event at the return
         hook.return_arg_action = c.choice(action, f"{path}.returnArgAction", ("TrackSock", "UntrackSock"),

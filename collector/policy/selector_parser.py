@@ -11,6 +11,7 @@ from collector.policy.model import (
     ARG_OPERATORS,
     BINARY_OPERATORS,
     CAP_TYPES,
+    DATA_BASE,
     NAMESPACES,
     PID_OPERATORS,
     SET_OPERATORS,
@@ -49,10 +50,10 @@ def selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
         c.notices.append(f"{path}.matchBinarys: read as matchBinaries (legacy spelling)")
         if "matchBinaries" in m:
             raise c.fail(f"{path}.matchBinarys", "both matchBinaries and matchBinarys given")
-    for key in ("matchData", "matchWorkloads"):
+    for key in ("matchWorkloads",):
         if m.get(key):
             raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe")
-    for kind in ("matchArgs", "matchReturnArgs"):
+    for kind in ("matchArgs", "matchReturnArgs", "matchData"):
         for i, f in enumerate(c.seq(m.get(kind), f"{path}.{kind}")):
             p = f"{path}.{kind}[{i}]"
             fm = c.mapping(f, p, {"index", "operator", "values", "args"})
@@ -66,14 +67,23 @@ def selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
             vals = values(c, fm, p)
             if not vals:
                 raise c.fail(f"{p}.values", "at least one value is needed")
-            if kind == "matchArgs" and hook.arg(idx) is None:
+            if kind == "matchData":   # data entry idx: ArgSpec index DATA_BASE + idx (arg_parser.data)
+                if not 0 <= idx < len(hook.data):
+                    raise c.fail(f"{p}.index", f"no data entry with index {idx} (the hook has {len(hook.data)})")
+                idx += DATA_BASE
+            if kind == "matchArgs" and hook.kind == "tracepoint" and hook.arg(idx) is None and idx < len(hook.args):
+                # Tetragon's tracepoint selectors may count the declared args (index 0: the first)
+                c.notices.append(f"{p}.index: {idx} names no declared argument: read as args[{idx}] "
+                                 f"(index {hook.args[idx].index})")
+                idx = hook.args[idx].index
+            if kind == "matchArgs" and (hook.arg(idx) is None or idx >= DATA_BASE):
                 declared = ", ".join(str(a.index) for a in hook.args) or "none"
                 raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
             if kind == "matchReturnArgs" and not hook.return_:
                 raise c.fail(p, "matchReturnArgs needs return: true on the hook")
             if op == "Capability":   # any of the named bits of a kernel_cap_t: a Mask
                 op, vals = "Mask", [tetragon_compat.capability_mask(c, vals, hook.arg(idx), p)]
-            (s.match_args if kind == "matchArgs" else s.match_return_args).append(ArgFilter(idx, op, vals, p))
+            (s.match_return_args if kind == "matchReturnArgs" else s.match_args).append(ArgFilter(idx, op, vals, p))
     for i, f in enumerate(c.seq(m.get("matchPIDs"), f"{path}.matchPIDs")):
         p = f"{path}.matchPIDs[{i}]"
         fm = c.mapping(f, p, {"operator", "values", "followForks", "isNamespacePID"})

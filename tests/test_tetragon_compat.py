@@ -265,6 +265,14 @@ def test_btf_walks_data_and_enforcer_as_c() -> None:
                  "TP_RD(p, ((struct mm_struct *)p)->owner);", "p = (u64)&((struct task_struct *)p)->comm;",
                  "enforcer_marks.update(&eid, &e);", "ovr = -1;"):
         assert line in c.text, line
+    # events: the data entry follows the arguments, with its label (the catalog lists it after args)
+    from bpf import records
+    from collector.policy.manager import Loaded
+    from enricher.policy_events import typed_arg
+    (hook, _) = Loaded(c.policy, c, 1, None, None).catalog()["hooks"]
+    assert [(a["type"], a["label"]) for a in hook["args"]] == [("sockaddr", ""), ("uint32", "euid")]
+    euid = records.HookArg(records.ARG_UINT, 0, 8, (0).to_bytes(8, "little"))
+    assert typed_arg(euid, hook["args"][1]["label"]) == {"label": "euid", "uint_arg": 0}
 
 
 @pytest.mark.parametrize("old, new, why", [

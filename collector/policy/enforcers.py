@@ -155,5 +155,8 @@ def programs(g: ProgramGen) -> None:
     errors = "".join(f"        {'else ' if i else ''}if (e->err == {n})\n            ovr = -{n};\n"
                      for i, n in enumerate(errnos))
     for mech, func in dict.fromkeys(g.enforce_rows):
+        if mech == "kprobe+bpf_override_return" and ("kprobe", func) in g.kfuncs:
+            raise g.fail(g.policy.enforcers[0].path, f"the enforcer on {func} needs an overriding kprobe and a hook of "
+                                                     "the policy already has a plain kprobe there (one per function)")
         g.kfuncs.setdefault((mech, func), []).append(ENFORCE_C.format(errors=errors))
         g.notices.append(f"enforcer on {func}: {mech}")

@@ -86,6 +86,7 @@ class Target:
     path: str
     symbol: str
     offset: int
+    in_container: bool = False   # path inside each selected container's root (policy/uprobe_paths.py)
 
 
 def _int(v: Any, where: str) -> int:

@@ -179,6 +179,7 @@ class Hook:
     binary: str = ""             # uprobes: the ELF file (call = the symbol, "" for an offset)
     raw: bool = False            # raw tracepoints: args by TP_PROTO position (collector/policy/rawtp.py)
     offset: int = -1             # uprobes: file offset given in the policy (-1: from the symbol)
+    in_container: bool = False   # uprobes: resolvePathInContainer (collector/policy/uprobe_paths.py)
 
     def arg(self, index: int) -> ArgSpec | None:
         return next((a for a in self.args if a.index == index), None)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat
+from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat, uprobe_paths
 from collector.policy.model import (
     ARG_OPERATORS,
     ARG_TYPES,
@@ -56,7 +56,7 @@ KPROBE_KEYS = {"call", "syscall", "return", "message", "args", "data", "returnAr
 TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", "tags"}
 LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
 UPROBE_KEYS = {"path", "btfPath", "symbol", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
-               "message", "args", "selectors", "tags", "data"}
+               "resolvePathInContainer", "message", "args", "selectors", "tags", "data"}
 ARG_KEYS = {"index", "type", "resolve", "sizeArgIndex", "returnCopy", "maxData", "label", "source",
             "btfType", "extractParam", "overwriteType", "size"}
 SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matchBinaries",
@@ -189,6 +189,7 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
+    uprobe_paths.check_scoped(c, policy)
     tetragon_compat.list_values(c, policy.hooks, lists)
     policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)
     if not policy.hooks and not policy.loader:
@@ -361,6 +362,7 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
     if not symbols and not offsets:
         raise c.fail(path, "symbols or offsets are required")
     template = _common(c, m, Hook(kind="uprobe", index=i), path)
+    template.in_container = c.boolean(m.get("resolvePathInContainer"), f"{path}.resolvePathInContainer")
     out = []
     for sym in symbols:
         out.append(dataclasses.replace(template, call=sym, binary=binary))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from collector import btf_funcs, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
-from collector.policy import uprobe_paths
+from collector.policy import uprobe_paths, usdt
 from collector.policy.argtypes import (
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -367,7 +367,9 @@ def clone3_flags(g: ProgramGen, hook: Hook, name: str, fields: list[Field]) -> b
 def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
     """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
     p = hook.path
-    if hook.in_container:   # resolved in each selected container's root as it appears
+    if hook.usdt:   # a USDT probe's locations (bcc's USDT support)
+        target = usdt.target(hook, g.fail)
+    elif hook.in_container:   # resolved in each selected container's root as it appears
         target = uprobe_paths.container_target(hook)
     else:
         binary = uprobe_paths.host_path(hook.binary, p, g.notices)
@@ -381,13 +383,18 @@ def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
         except uprobes.UprobeError as exc:
             raise g.fail(exc.path, exc.reason) from None
     for a in hook.args:
-        if a.type not in uprobes.ARG_TYPES:
+        if a.type not in uprobes.ARG_TYPES and not hook.usdt:
             raise g.fail(f"{a.path}.type", f"type {a.type} is not supported for uprobes (one of "
                                            f"{', '.join(sorted(uprobes.ARG_TYPES))})")
     pointer = {a.index for a in hook.args if a.type in ("string", "char_buf")}
     fields = [Field(f"arg{i}", "char *" if i in pointer else "u64") for i in range(uprobes.MAX_ARGS)]
     check_indexes(g, hook, fields, f"uprobe {target.symbol or hex(target.offset)}")
     where = f"{target.path}:{target.symbol}" if target.symbol else f"{target.path}"
+    if target.usdt:
+        n = 1 + len(target.more_offsets)
+        return (Source("uprobe", fields, target=target), target.symbol,
+                f"usdt {target.usdt} in {target.path} (uprobe at {n} location{'s' if n > 1 else ''}, "
+                f"first +{target.offset:#x})")
     if target.in_container:
         return (Source("uprobe", fields, target=target), target.symbol,
                 f"uprobe {where} in each selected container's root, attached as containers appear")

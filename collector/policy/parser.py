@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bpf.names import CAPABILITIES
-from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat, uprobe_paths
+from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat, uprobe_paths, usdt
 from collector.policy.model import (
     ARG_OPERATORS,
     ARG_TYPES,
@@ -143,6 +143,7 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
+    usdts = spec.pop("usdts", None)   # served (collector/policy/usdt.py)
     policy = Policy(name=name, kind=kind)
     for key in ("usdts", "enforcers", "selectorsMacros", "killers"):
         if spec.get(key):
@@ -189,6 +190,8 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
+    for i, h in enumerate(c.seq(usdts, "spec.usdts")):
+        policy.hooks.append(usdt.parse(c, h, f"spec.usdts[{i}]", i, _common))
     uprobe_paths.check_scoped(c, policy)
     tetragon_compat.list_values(c, policy.hooks, lists)
     policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)

@@ -8,6 +8,8 @@ policy, five programs, compiled once per boot.
   directory fd with a relative name (the hook sees the resolved dentry).
 - Override with ``return: true`` on ``security_file_open``: an enforcing LSM program (no event) and
   an fexit that reports the overridden return value (-EACCES).
+- The ``dns`` argument (dns-egress.yaml's hooks): real DNS queries to a UDP socket on loopback port
+  53, the query name decoded in the kernel and matched by Postfix there; other names are silent.
 """
 
 from __future__ import annotations
@@ -104,6 +106,24 @@ spec:
       matchActions:
       - action: Override
         argError: -13
+  - call: "udp_sendmsg"
+    syscall: false
+    args:
+    - {{index: 0, type: "sock"}}
+    - {{index: 1, type: "dns", label: "dns"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "DPort", values: ["53"]}}
+      - {{index: 1, operator: "Postfix", values: ["example.com"]}}
+  - call: "udpv6_sendmsg"
+    syscall: false
+    args:
+    - {{index: 0, type: "sock"}}
+    - {{index: 1, type: "dns", label: "dns"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "DPort", values: ["53"]}}
+      - {{index: 1, operator: "Postfix", values: ["example.com"]}}
 """
 
 
@@ -136,7 +156,7 @@ def _child(code: str) -> tuple[int, int]:
 
 def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
     _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit"]
+    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "fentry"]
     assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
                                                          "lsm socket_create (Override)"]
 
@@ -191,3 +211,38 @@ def test_override_with_return_value(loaded: tuple[Hooks, Loaded]) -> None:
     time.sleep(0.5)
     assert rc == 0 and hooks.of(lp, 4, other) == [] and hooks.of(lp, 3, other) == []
     assert os.path.exists(ROOT / "denied")
+
+
+DNS_CHILD = r"""
+import socket, struct, sys
+def query(name, tid):
+    qname = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0"
+    return struct.pack(">HHHHHH", tid, 0x0100, 1, 0, 0, 0) + qname, struct.pack(">HH", 1, 1)
+for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    r = socket.socket(fam, socket.SOCK_DGRAM)
+    r.bind((addr, 53))
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    # the other name first: its record, had there been one, is in the ring before the match's
+    for tid, name in ((1, "www.example.org"), (2, "evil-example.net"), (3, "WWW.Example.COM")):
+        head, tail = query(name if fam == socket.AF_INET else name.replace("WWW", "api"), tid)
+        if fam == socket.AF_INET:
+            s.sendto(head + tail, (addr, 53))          # one buffer (ITER_UBUF)
+        else:
+            s.sendmsg([head, tail], [], 0, (addr, 53))  # two iovecs (ITER_IOVEC): the name in the first
+        assert r.recv(512) == head + tail
+"""
+
+
+def test_dns_query_name_matched_in_the_kernel(loaded: tuple[Hooks, Loaded]) -> None:
+    """A query for WWW.Example.COM (v4, one buffer) and api.Example.COM (v6, two iovecs) are
+    reported with the decoded, lower-cased name; www.example.org and evil-example.net sent before
+    them by the same process are not (their records would precede the match's in the ring)."""
+    hooks, lp = loaded
+    p = subprocess.run([PY, "-c", DNS_CHILD], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for hid, want in ((5, "www.example.com"), (6, "api.example.com")):
+        got = hooks.wait(lp, hid, p.pid)
+        assert got, f"no event of hook {hid}"
+        names = [ev.args[1].data.decode() for ev in hooks.of(lp, hid, p.pid)]
+        assert names == [want], (hid, names)
+        assert got[0].args[1].type == records.ARG_STRING

@@ -1,0 +1,88 @@
+/* Tetragon's `dns` argument: the query name of a DNS message a UDP socket sends, decoded in the
+ * kernel so Equal/Prefix/Postfix selectors act on the name (collector/policy/dns.py). The message
+ * is the payload of a struct msghdr (udp_sendmsg/udpv6_sendmsg's msg): its first user segment
+ * (ITER_UBUF, or the first iovec of ITER_IOVEC; kargs.h's TP_IOV_ITER_IOV/TP_HAVE_ITER_UBUF say
+ * how this kernel spells them). The 12-byte header must be a standard query (QR 0, opcode 0,
+ * at least one question); the first question's QNAME is walked label by label (one bounded loop
+ * over at most TP_DNS_QNAME bytes) into the dotted, lower-cased name ("www.example.com"). A name
+ * that is not whole in the segment, a compression pointer or an extended label give no name and
+ * TP_ARGF_ERROR (never matched). Included after kargs.h.
+ */
+#ifndef TETRAPIPE_DNS_H
+#define TETRAPIPE_DNS_H
+
+#define TP_DNS_QNAME 256          /* a QNAME is at most 255 bytes (RFC 1035 3.1) */
+#define TP_DNS_RAW 2048           /* where the raw QNAME is read in the slot (the name goes at 0) */
+
+/* the payload's first user segment: pointer and length (0 when it is not user memory) */
+static __always_inline u64 tp_dns_payload(struct msghdr *msg, u64 *len)
+{
+    struct iov_iter *it = &msg->msg_iter;
+    u8 t = 0xff;
+    u64 ptr = 0, size = 0;
+    TP_RD(t, it->iter_type);
+    TP_RD(size, it->count);
+#if TP_HAVE_ITER_UBUF
+    if (t == ITER_UBUF)
+        TP_RD(ptr, it->ubuf);
+#endif
+    if (t == ITER_IOVEC) {
+        const struct iovec *iov = 0;
+        u64 l = 0;
+        TP_RD(iov, it->TP_IOV_ITER_IOV);
+        if (iov) {
+            TP_RD(ptr, iov->iov_base);
+            TP_RD(l, iov->iov_len);
+        }
+        if (l < size)
+            size = l;
+    }
+    *len = ptr ? size : 0;
+    return ptr;
+}
+
+/* the query name into out (a TP_PATH_MAX slot); its length, 0 with TP_ARGF_ERROR when none */
+static __always_inline u32 tp_dns_name(struct msghdr *msg, char *out, u32 *sf)
+{
+    u64 len = 0;
+    u64 p = msg ? tp_dns_payload(msg, &len) : 0;
+    u8 hdr[12] = {};
+    if (!p || len < sizeof(hdr) + 1 || bpf_probe_read_user(hdr, sizeof(hdr), (void *)p) < 0)
+        goto bad;
+    if ((hdr[2] & 0xf8) != 0 || (hdr[4] == 0 && hdr[5] == 0))   /* QR|opcode; QDCOUNT */
+        goto bad;
+    u64 n = len - sizeof(hdr);
+    if (n > TP_DNS_QNAME)
+        n = TP_DNS_QNAME;
+    n = TP_BOUND(n, 0x1ff);
+    if (n > TP_DNS_QNAME)
+        goto bad;
+    u8 *raw = (u8 *)out + TP_DNS_RAW;
+    if (bpf_probe_read_user(raw, n, (void *)(p + sizeof(hdr))) < 0)
+        goto bad;
+    u32 next = 0;   /* index of the next length byte */
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < TP_DNS_QNAME; i++) {
+        if (i >= n)
+            break;
+        u8 c = raw[i & (TP_DNS_QNAME - 1)];
+        if (i == next) {
+            if (c == 0)
+                return i ? i - 1 : 0;   /* the root label: the name is whole */
+            if (c > 63)
+                break;                  /* compression pointer or extended label */
+            next = i + c + 1;
+            if (i)
+                out[(i - 1) & (TP_DNS_QNAME - 1)] = '.';
+        } else {
+            if (c >= 'A' && c <= 'Z')
+                c += 'a' - 'A';
+            out[(i - 1) & (TP_DNS_QNAME - 1)] = c;
+        }
+    }
+bad:
+    *sf |= TP_ARGF_ERROR;
+    return 0;
+}
+
+#endif

@@ -4,7 +4,7 @@
  * (ITER_UBUF, or the first iovec of ITER_IOVEC; kargs.h's TP_IOV_ITER_IOV/TP_HAVE_ITER_UBUF say
  * how this kernel spells them). The 12-byte header must be a standard query (QR 0, opcode 0,
  * at least one question); the first question's QNAME is walked label by label (one bounded loop
- * over at most TP_DNS_QNAME bytes) into the dotted, lower-cased name ("www.example.com"). A name
+ * of at most TP_DNS_LABELS labels, each copied whole) into the dotted, lower-cased name ("www.example.com"). A name
  * that is not whole in the segment, a compression pointer or an extended label give no name and
  * TP_ARGF_ERROR (never matched). Included after kargs.h.
  */
@@ -13,6 +13,21 @@
 
 #define TP_DNS_QNAME 256          /* a QNAME is at most 255 bytes (RFC 1035 3.1) */
 #define TP_DNS_RAW 2048           /* where the raw QNAME is read in the slot (the name goes at 0) */
+#define TP_DNS_LABELS 128         /* a 255-byte name has at most 127 labels */
+
+/* ASCII upper case to lower case, in place (the decision per byte rejoins: no state to carry) */
+static __always_inline void tp_dns_lower(char *out, u32 len)
+{
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < TP_DNS_QNAME; i++) {
+        if (i >= len)
+            break;
+        u64 j = TP_BOUND(i, 0xff);     /* opaque to clang: the verifier sees the bound */
+        u8 c = out[j];
+        if (c >= 'A' && c <= 'Z')
+            out[j] = c + ('a' - 'A');
+    }
+}
 
 /* the payload's first user segment: pointer and length (0 when it is not user memory) */
 static __always_inline u64 tp_dns_payload(struct msghdr *msg, u64 *len)
@@ -60,25 +75,24 @@ static __always_inline u32 tp_dns_name(struct msghdr *msg, char *out, u32 *sf)
     u8 *raw = (u8 *)out + TP_DNS_RAW;
     if (bpf_probe_read_user(raw, n, (void *)(p + sizeof(hdr))) < 0)
         goto bad;
-    u32 next = 0;   /* index of the next length byte */
+    /* label by label: one path through each iteration (the verifier walks it linearly) */
+    u32 pos = 0;    /* index of the label's length byte in raw = index of its '.' in out, + 1 */
 #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < TP_DNS_QNAME; i++) {
-        if (i >= n)
-            break;
-        u8 c = raw[i & (TP_DNS_QNAME - 1)];
-        if (i == next) {
-            if (c == 0)
-                return i ? i - 1 : 0;   /* the root label: the name is whole */
-            if (c > 63)
-                break;                  /* compression pointer or extended label */
-            next = i + c + 1;
-            if (i)
-                out[(i - 1) & (TP_DNS_QNAME - 1)] = '.';
-        } else {
-            if (c >= 'A' && c <= 'Z')
-                c += 'a' - 'A';
-            out[(i - 1) & (TP_DNS_QNAME - 1)] = c;
+    for (int l = 0; l < TP_DNS_LABELS; l++) {
+        if (pos >= n)
+            break;                      /* the name is not whole in what was read */
+        u8 c = raw[pos & (TP_DNS_QNAME - 1)];
+        if (c == 0) {
+            u32 nl = pos ? pos - 1 : 0;
+            tp_dns_lower(out, nl);
+            return nl;
         }
+        if (c > 63)
+            break;                      /* compression pointer or extended label */
+        if (pos)
+            out[(pos - 1) & (TP_DNS_QNAME - 1)] = '.';
+        bpf_probe_read_kernel(out + (pos & (TP_DNS_QNAME - 1)), c & 63, raw + ((pos + 1) & (TP_DNS_QNAME - 1)));
+        pos += c + 1;
     }
 bad:
     *sf |= TP_ARGF_ERROR;

@@ -15,17 +15,20 @@
 #define TP_DNS_RAW 2048           /* where the raw QNAME is read in the slot (the name goes at 0) */
 #define TP_DNS_LABELS 128         /* a 255-byte name has at most 127 labels */
 
-/* ASCII upper case to lower case, in place (the decision per byte rejoins: no state to carry) */
-static __always_inline void tp_dns_lower(char *out, u32 len)
+/* ASCII upper case to lower case over the whole raw QNAME, in place, before the labels are walked:
+ * a fixed count and no branch per byte (a branch per byte, or a loop ending at the name's length,
+ * made the 6.1 verifier give up: "The sequence of 8193 jumps is too complex"). Length bytes are
+ * 0-63, below 'A', so they are left as they are. */
+static __always_inline void tp_dns_lower(u8 *raw)
 {
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < TP_DNS_QNAME; i++) {
-        if (i >= len)
-            break;
         u64 j = TP_BOUND(i, 0xff);     /* opaque to clang: the verifier sees the bound */
-        u8 c = out[j];
-        if (c >= 'A' && c <= 'Z')
-            out[j] = c + ('a' - 'A');
+        u8 c = raw[j];
+        u64 up = (u8)(c - 'A');
+        up -= 26;                      /* wraps (top bit set) exactly for 'A'..'Z' */
+        asm volatile("%[x] >>= 63" : [x] "+r"(up));
+        raw[j] = c + (up << 5);        /* + 32 for an upper-case letter */
     }
 }
 
@@ -75,6 +78,7 @@ static __always_inline u32 tp_dns_name(struct msghdr *msg, char *out, u32 *sf)
     u8 *raw = (u8 *)out + TP_DNS_RAW;
     if (bpf_probe_read_user(raw, n, (void *)(p + sizeof(hdr))) < 0)
         goto bad;
+    tp_dns_lower(raw);
     /* label by label: one path through each iteration (the verifier walks it linearly) */
     u32 pos = 0;    /* index of the label's length byte in raw = index of its '.' in out, + 1 */
 #pragma clang loop unroll(disable)
@@ -83,9 +87,7 @@ static __always_inline u32 tp_dns_name(struct msghdr *msg, char *out, u32 *sf)
             break;                      /* the name is not whole in what was read */
         u8 c = raw[pos & (TP_DNS_QNAME - 1)];
         if (c == 0) {
-            u32 nl = pos ? pos - 1 : 0;
-            tp_dns_lower(out, nl);
-            return nl;
+            return pos ? pos - 1 : 0;
         }
         if (c > 63)
             break;                      /* compression pointer or extended label */

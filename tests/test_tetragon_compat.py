@@ -229,3 +229,94 @@ def test_override_on_a_hook_bpf_lsm_may_not_attach_to_goes_to_fmod_ret() -> None
     with pytest.raises(PolicyError) as e:
         compile_text(HEAD.format(name="l") + "  lsmhooks:\n  - hook: inode_copy_up_xattr\n")
     assert e.value.line == 7 and "may not attach to inode_copy_up_xattr" in e.value.reason
+
+
+WALKS = HEAD.format(name="walks") + """  kprobes:
+  - call: "security_socket_connect"
+    syscall: false
+    args:
+    - {index: 1, type: sockaddr}
+    data:
+    - {index: 0, source: current_task, type: uint32, resolve: cred.euid.val, label: euid}
+    selectors:
+    - matchData:
+      - {index: 0, operator: NotEqual, values: ["0"]}
+      matchActions:
+      - action: NotifyEnforcer
+        argError: -1
+  lsmhooks:
+  - hook: bprm_check_security
+    args:
+    - {index: 0, type: linux_binprm, extractParam: mm.owner.real_parent.comm, overwriteType: string}
+  enforcers:
+  - calls: ["security_socket_connect"]
+"""
+
+
+def test_btf_walks_data_and_enforcer_as_c() -> None:
+    """resolve from the current task, extractParam through pointers to a char array, matchData on
+    the data entry, the enforcer as BPF LSM on the call's hook (collector/policy/btfwalk.py,
+    enforcers.py)."""
+    c = compile_text(WALKS)
+    assert [h.mechanism for h in c.hooks] == ["fentry", "lsm"]
+    assert ("lsm", "socket_connect") in c.kattach
+    for line in ("TP_RD(p, ((struct task_struct *)p)->cred);", "p = (u64)&((struct cred *)p)->euid;",
+                 "TP_RD(v, ((kuid_t *)p)->val);", "((u64)a[6] & 4294967295ULL) != 0ULL",
+                 "TP_RD(p, ((struct mm_struct *)p)->owner);", "p = (u64)&((struct task_struct *)p)->comm;",
+                 "enforcer_marks.update(&eid, &e);", "ovr = -1;"):
+        assert line in c.text, line
+    # events: the data entry follows the arguments, with its label (the catalog lists it after args)
+    from bpf import records
+    from collector.policy.manager import Loaded
+    from enricher.policy_events import typed_arg
+    (hook, _) = Loaded(c.policy, c, 1, None, None).catalog()["hooks"]
+    assert [(a["type"], a["label"]) for a in hook["args"]] == [("sockaddr", ""), ("uint32", "euid")]
+    euid = records.HookArg(records.ARG_UINT, 0, 8, (0).to_bytes(8, "little"))
+    assert typed_arg(euid, hook["args"][1]["label"]) == {"label": "euid", "uint_arg": 0}
+
+
+@pytest.mark.parametrize("old, new, why", [
+    ("cred.euid.val", "cred.euidx.val",
+     "t.yaml:12: spec.kprobes[0].data[0].resolve: cred.euidx.val: struct cred (at cred) has no member 'euidx'"),
+    ("mm.owner.real_parent.comm", "mm.owner.comm.x",
+     "spec.lsmhooks[0].args[0].resolve: mm.owner.comm.x: member 'comm' of struct task_struct (at mm.owner) is "
+     "char[16]"),
+    ("type: uint32, resolve", "type: string, resolve", "cred.euid.val is unsigned int: read it as an integer type"),
+    ("  enforcers:\n  - calls: [\"security_socket_connect\"]\n", "",
+     "t.yaml:17: spec.kprobes[0].selectors[0].matchActions[0].action: NotifyEnforcer needs spec.enforcers"),
+    ("argError: -1", "argSig: 0", "t.yaml:17: spec.kprobes[0].selectors[0].matchActions[0]: NotifyEnforcer needs "
+                                  "argError and/or argSig"),
+])
+def test_btf_walk_and_enforcer_errors_name_line_and_reason(old: str, new: str, why: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        compile_text(WALKS.replace(old, new))
+    assert why in str(exc.value)
+
+
+def test_enforcer_error_refused_where_no_program_can_change_the_return() -> None:
+    """This machine (tracepoints only): an argError on dup cannot be served, refused with the
+    reason; with SIGKILL beside it the policy loads signal-only and says so."""
+    text = HEAD.format(name="kill") + """  killers:
+  - syscalls: ["sys_dup"]
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args:
+    - {index: 4, type: syscall64}
+    selectors:
+    - matchArgs:
+      - {index: 0, operator: Equal, values: ["32"]}
+      matchActions:
+      - action: NotifyKiller
+        argError: -1
+"""
+    with pytest.raises(PolicyError) as exc:
+        compile_text(text, kernel_features.NONE)
+    assert ("spec.tracepoints[0].selectors[0].matchActions[0].argError: NotifyEnforcer: argError cannot be "
+            "served: the enforcer cannot change the return value of __x64_sys_dup") in str(exc.value)
+    c = compile_text(text.replace("argError: -1", "argError: -1\n        argSig: 9"), kernel_features.NONE)
+    assert any("served signal-only" in n for n in c.notices) and "bpf_send_signal(9)" in c.text
+    with pytest.raises(PolicyError) as exc:   # a walk where the hook is a tracepoint
+        compile_text(text.replace("type: syscall64}", "type: uint64, resolve: a.b}")
+                     .replace("argError: -1", "argSig: 9"), kernel_features.NONE)
+    assert "resolve/extractParam (BTF field walks) are served at kernel-function hooks" in str(exc.value)

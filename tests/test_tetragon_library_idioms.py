@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,6 +76,30 @@ spec:
     - index: 2
       type: linux_binprm
       label: bprm
+  lists:
+  - name: dups
+    type: syscalls
+    values: ["sys_dup", "sys_dup2"]
+  killers:
+  - syscalls: ["list:dups"]
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args:
+    - index: 4
+      type: syscall64
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: InMap
+        values: ["list:dups"]
+      matchBinaries:
+      - operator: In
+        values: ["KILLEXE"]
+      matchActions:
+      - action: NotifyKiller
+        argError: -1
+        argSig: 9
 """
 
 
@@ -114,7 +139,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory,
     loader.prepare()
     m = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces())
     try:
-        m.load_text(POLICY.replace("CANARY", str(canary)).replace("URL", http_server[0]), "idioms.yaml")
+        shutil.copy(os.path.realpath(sys.executable), canary.parent / "tpkill")   # python under its own name
+        m.load_text(POLICY.replace("CANARY", str(canary)).replace("URL", http_server[0])
+                    .replace("KILLEXE", str(canary.parent / "tpkill")), "idioms.yaml")
         yield m, canary
     finally:
         m.stop()
@@ -304,3 +331,25 @@ def test_tracepoint_raw_true_is_a_raw_tracepoint() -> None:
     [p] = parser.parse_text(text, "p.yaml")
     assert [(h.kind, h.event, h.raw) for h in p.hooks if h.kind == "tracepoint"] == [
         ("tracepoint", "sched_process_exec", True)]
+
+
+def test_killer_served_signal_only_here(setup: tuple[PolicyManager, Path]) -> None:
+    """Tetragon's killer idiom (spec.killers + NotifyKiller at raw_syscalls:sys_enter): this kernel
+    cannot change dup's return value, so the policy loads signal-only (SIGKILL is in the action: the
+    process never sees the call's result) and says so; dup3 (not listed) and another binary's dup
+    go through."""
+    m, canary = setup
+    [lp] = m.loaded.values()
+    assert any("served signal-only" in n and "__x64_sys_dup" in n for n in lp.compiled.notices)
+    exe = canary.parent / "tpkill"
+    _hooks(m)
+    killed = subprocess.Popen([str(exe), "-c", "import os; os.dup2(1, 5)"])
+    assert killed.wait(timeout=30) == -9
+    time.sleep(0.3)
+    (hid,) = [ch.hook_id for ch in lp.compiled.hooks if ch.hook.subsystem == "raw_syscalls"]
+    mine = [b for raw in m.queue.take(1_000_000) if isinstance(rec := r.decode(raw), r.HookRecord)
+            and rec.header.pid == killed.pid for b in [r.decode_hook(rec)] if b.hook_id == hid]
+    assert [typed_arg(b.args[0]) for b in mine] == [{"label": "", "uint_arg": 33}]   # dup2, as syscall64
+    kept = subprocess.run([str(exe), "-c", "import os; os.dup2(1, 5, inheritable=False)"], timeout=30)
+    assert kept.returncode == 0
+    assert subprocess.run([sys.executable, "-c", "import os; os.dup2(1, 5)"], timeout=30).returncode == 0

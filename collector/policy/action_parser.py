@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from collector.policy import tetragon_actions
+from collector.policy import enforcers, tetragon_actions
 from collector.policy.model import ACTIONS, Action, Hook
 from collector.policy.yamldoc import Ctx
 
@@ -18,6 +18,7 @@ def action(c: Ctx, raw: Any, p: str, hook: Hook) -> Action:
     fm = c.mapping(raw, p, ACTION_KEYS)
     name = c.string(fm.get("action"), f"{p}.action", required=True)
     name = next((a for a in ACTIONS if a.lower() == name.lower()), name)   # Tetragon: any case
+    name = "NotifyEnforcer" if name.lower() == "notifykiller" else name   # the spec.killers spelling
     if name not in ACTIONS:
         raise c.fail(f"{p}.action", f'unknown action "{name}"')
     a = Action(name, path=p)
@@ -27,6 +28,8 @@ def action(c: Ctx, raw: Any, p: str, hook: Hook) -> Action:
             raise c.fail(f"{p}.argSig", f"signal {a.arg_sig} out of range (1 to 64)")
     if name == "Override":
         a.arg_error = c.integer(fm.get("argError"), f"{p}.argError")
+    if name == "NotifyEnforcer":
+        enforcers.action_args(c, fm, a, p)
     if name in ("FollowFD", "UnfollowFD", "CopyFD"):
         a.arg_fd = c.integer(fm.get("argFd"), f"{p}.argFd", 0)
         a.arg_name = c.integer(fm.get("argName"), f"{p}.argName", 0)

@@ -22,6 +22,10 @@ INT_ARG_KIND = {
     "ulong": "TP_ARG_UINT", "uint64": "TP_ARG_UINT",
     "int64": "TP_ARG_LONG", "sint64": "TP_ARG_LONG", "long": "TP_ARG_LONG", "auto": "TP_ARG_LONG",
     "size_t": "TP_ARG_SIZE",
+    # the syscall number (raw_syscalls): a 32-bit call's as x86-64's where one exists (hookfn
+    # compat_nr_c), else 2^32 + its i386 number; rendered as uint_arg (Tetragon's syscall_id is
+    # not in the event schema)
+    "syscall64": "TP_ARG_UINT",
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from collector import btf_funcs, connect_deny, kernel_features, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
-from collector.policy import actions, evasion, kargs, mechanism, netsel, tetragon_compat
+from collector.policy import actions, enforcers, evasion, kargs, mechanism, netsel, tetragon_compat
 from collector.policy.argtypes import (  # noqa: F401  (re-exported: tests and tools use them here)
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -94,6 +94,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
     fail = _Fail(policy)
     gen = ProgramGen(policy, policy_id, host_ns, fail, tracefs, features or kernel_features.NONE)
     follow = _follow_selectors(policy)
+    enforcers.prepare(gen)
     compiled: list[CompiledHook] = []
     for hid, hook in enumerate(policy.hooks):
         try:
@@ -102,6 +103,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
             if not (hook.ignore_call_not_found and exc.path == f"{hook.path}.call"):
                 raise
             gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
+    enforcers.programs(gen)
     if not compiled:
         if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
             return Compiled(policy, "", [], [], gen.notices)
@@ -170,6 +172,8 @@ class ProgramGen:
         self.compat_used = False
         self.uring_used = False                  # io_uring twins of syscall hooks (collector/policy/uring.py)
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
+        self.enforce = ""                        # spec.enforcers: "mark" or "signal" (collector/policy/enforcers.py)
+        self.enforce_rows: list[tuple[str, str]] = []   # (mechanism, function) of the enforcer programs
         self.scope_check = "    if (!tp_in_scope())\n        return 0;\n" if policy.scoped else ""
 
     # ---- strings ---------------------------------------------------------------------------

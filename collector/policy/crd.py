@@ -83,14 +83,15 @@ def selector() -> dict[str, Any]:
     caps = arr(obj({"type": enum(CAP_TYPES), "operator": enum(SET_OPERATORS), "values": values,
                     "isNamespaceCapability": B}, ["operator", "values"]))
     action = obj({
-        "action": enum(ACTIONS), "argError": I, "argSig": {"type": "integer", "minimum": 1, "maximum": 64},
+        "action": enum(ACTIONS | {"NotifyKiller"}), "argError": I,
+        "argSig": {"type": "integer", "minimum": 1, "maximum": 64},
         "argUrl": S, "argFqdn": S, "argSock": I, "argIndex": I, "argValue": I, "argRegs": arr(S),
         "argNewSymbol": S, "argNewAddr": I, "argNewOffset": I, "rateLimit": S,
         "rateLimitScope": enum(("thread", "process", "global")), "kernelStackTrace": B, "userStackTrace": B,
         "imaHash": B, "argFd": I, "argName": I,
     }, ["action"], action_parser.ACTION_KEYS)
     return obj({
-        "matchArgs": arr(arg_filter), "matchReturnArgs": arr(arg_filter), "matchData": arr(LOOSE),
+        "matchArgs": arr(arg_filter), "matchReturnArgs": arr(arg_filter), "matchData": arr(arg_filter),
         "matchPIDs": arr(obj({"operator": enum(PID_OPERATORS), "values": arr(I, minItems=1), "followForks": B,
                               "isNamespacePID": B}, ["operator", "values"])),
         "matchBinaries": binaries, "matchBinarys": binaries, "matchParentBinaries": binaries,
@@ -111,7 +112,7 @@ def hook_common() -> dict[str, Any]:
 
 def spec_schema() -> dict[str, Any]:
     kprobe = obj({**hook_common(), "call": {"type": "string", "minLength": 1}, "syscall": B, "return": B,
-                  "data": arr(LOOSE), "returnArg": arg(False), "returnArgAction": S,
+                  "data": arr(arg(False)), "returnArg": arg(False), "returnArgAction": S,
                   "ignore": obj({"callNotFound": B})}, ["call"], parser.KPROBE_KEYS)
     tracepoint = obj({**hook_common(), "subsystem": S, "event": S, "raw": B}, ["subsystem", "event"],
                      parser.TRACEPOINT_KEYS)
@@ -127,9 +128,10 @@ def spec_schema() -> dict[str, Any]:
         "usdts": arr(LOOSE), "fentries": arr(LOOSE), "loader": B,
         "podSelector": label_selector(), "containerSelector": label_selector(enum(("name", "repo"))),
         "hostSelector": label_selector(), "nodeSelector": label_selector(), "lists": arr(LOOSE),
-        "enforcers": arr(LOOSE), "options": arr(obj({"name": S, "value": S}, ["name"])),
+        "enforcers": arr(obj({"calls": arr(S, minItems=1)}, ["calls"])),
+        "options": arr(obj({"name": S, "value": S}, ["name"])),
         "selectorsMacros": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "killers": arr(LOOSE), "rawtracepoints": arr(LOOSE),
+        "killers": arr(obj({"syscalls": arr(S, minItems=1)}, ["syscalls"])), "rawtracepoints": arr(LOOSE),
     }, None, parser.SPEC_KEYS)
 
 

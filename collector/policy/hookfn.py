@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import compat_x86, kargs, netsel, uring, usdt
+from collector.policy import btfwalk, compat_x86, enforcers, kargs, netsel, uring, usdt
 from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import INT32_ARR_MAX, ArgSpec, Selector
@@ -17,8 +17,8 @@ KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
-ACTION_RANK = ["Sigkill", "Signal", "Override", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "GetUrl", "DnsLookup",
-               "Post", "TrackSock", "UntrackSock"]
+ACTION_RANK = ["Sigkill", "Signal", "Override", "NotifyEnforcer", "NoPost", "FollowFD", "UnfollowFD", "CopyFD",
+               "GetUrl", "DnsLookup", "Post", "TrackSock", "UntrackSock"]
 
 
 class HookGen(SelectorGen):
@@ -28,6 +28,7 @@ class HookGen(SelectorGen):
     def function(self, implicit: list[tuple[int, list[tuple[Selector, int]]]]) -> str:
         hook = self.hook
         hid = self.hid
+        self.walk_c = btfwalk.hook_fills(self)   # resolve/extractParam/data: before the selectors read a[]
         pre: list[str] = []
         for idx, follow in implicit:
             pre += self.follow_conds(idx, follow)
@@ -56,6 +57,9 @@ class HookGen(SelectorGen):
         for i, _main, sig in actions:
             if sig and not self.g.monitor:
                 effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
+        for i, s in enumerate(hook.selectors):
+            effects += [enforcers.notify_c(self.g, i, a) for a in s.match_actions if a.action == "NotifyEnforcer"]
+        effects = [e for e in effects if e]
         overrides = self.src.override and not self.g.monitor
         for i, s in enumerate(hook.selectors):
             ov = next((a for a in s.match_actions if a.action == "Override"), None)
@@ -111,7 +115,7 @@ class HookGen(SelectorGen):
 
     def serialize(self) -> str:
         out = []
-        for arg in self.hook.args:
+        for arg in self.hook.args + self.hook.data:   # data entries follow the arguments in the record
             f = self._field(arg.index)
             if (arg.type == "sock" and self.src.kind == "sock") or (
                     arg.type in netsel.SOCK_CTYPES and self.src.kind == "kfunc"):
@@ -344,12 +348,14 @@ class HookGen(SelectorGen):
         # kernel_cap_t by pointer: the capability bits replace the pointer (selectors compare them)
         sockfill += "".join(kargs.cap_fill_c(a.index, src.fields[a.index]) for a in self.hook.args
                             if a.type in kargs.CAP_KINDS and a.index < len(src.fields))
+        sockfill = self.walk_c + sockfill
+        na = btfwalk.array_size(self.hook)
 
         def call(ret: str = "0", is_ret: int = 0, result: str = "") -> str:
             return f"{sockfill}{result}tp_hook_{hid}(ctx, a, {ret}, {is_ret});"
 
         if src.mech in ("fentry", "kprobe", "rawtp"):
-            body = f"u64 a[6] = {{}};\n{loads}\n{call()}"
+            body = f"u64 a[{na}] = {{}};\n{loads}\n{call()}"
         elif src.mech == "fexit":
             ret = _ret_c(src.func, f"ctx[{len(src.fields)}]") if self._has_ret() else "0"
             if self._has_ret() and self._ret_type().endswith("*"):
@@ -357,9 +363,9 @@ class HookGen(SelectorGen):
                 # refuses the record's byte stores of it: read it as a plain value
                 loads += (f"\nu64 rv = 0;\nbpf_probe_read_kernel(&rv, sizeof(rv), &ctx[{len(src.fields)}]);")
                 ret = "(s64)rv"
-            body = f"u64 a[6] = {{}};\n{loads}\n{call(ret, 1)}"
+            body = f"u64 a[{na}] = {{}};\n{loads}\n{call(ret, 1)}"
         elif src.mech in ("lsm", "fmod_ret", "kprobe+bpf_override_return"):
-            body = f"u64 a[6] = {{}};\n{loads}\n{call(result='int r = ')}\nif (r)\n    ovr = r;"
+            body = f"u64 a[{na}] = {{}};\n{loads}\n{call(result='int r = ')}\nif (r)\n    ovr = r;"
         else:   # kretprobe: the arguments remembered at the entry, the event made at the return
             self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, struct tp_pending, pending_{hid}, 16384);')
             pre = ""

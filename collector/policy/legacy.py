@@ -63,7 +63,7 @@ def exec_policy_spec(c: _Ctx, raw: Any) -> dict[str, Any]:
                                  "the process is outside the host PID namespace")
                 continue
             if key == "matchBinaries" and isinstance(f, dict):
-                vals = [str(v) for v in f.get("values") or []]
+                vals = _strs(f.get("values"))
                 if "*" in vals:
                     c.notices.append('matchBinaries values ["*"] read as: any binary')
                     continue
@@ -76,10 +76,15 @@ def exec_policy_spec(c: _Ctx, raw: Any) -> dict[str, Any]:
     return {"tracepoints": [{**EXEC_HOOK, "selectors": [out]}]}
 
 
+def _strs(values: Any) -> list[str]:
+    """The values as text; not a list: none (the parser then refuses them with the line)."""
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
 def _is_pod_pids(f: Any) -> bool:
     if not isinstance(f, dict):
         return False
-    vals = [str(v) for v in f.get("values") or []]
+    vals = _strs(f.get("values"))
     return f.get("operator") == "NotIn" and vals == ["0"] and bool(f.get("isNamespacePID"))
 
 

@@ -78,7 +78,7 @@ class Loaded:
                 "id": ch.hook_id, "kind": h.kind, "function_name": ch.function_name,
                 "subsys": h.subsystem, "event": h.event, "return": h.return_,
                 "args": [{"index": a.index, "type": a.type, "label": a.label,
-                          "return_copy": a.return_copy} for a in h.args],
+                          "return_copy": a.return_copy} for a in h.args + h.data],
                 "return_arg": ({"type": h.return_arg.type, "label": h.return_arg.label}
                                if h.return_arg else None),
                 "message": h.message, "tags": h.tags,
@@ -480,7 +480,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
                     action = min(names, key=lambda n: compiler.ACTION_RANK.index(n)).lower()
                 else:
                     action = "post"
-                if monitor and action in ("sigkill", "signal", "override"):
+                if monitor and action in ("sigkill", "signal", "override", "notifyenforcer"):
                     action = f"monitor_{action}"
                 SELECTOR_ACTIONS.labels(action=action, hook=ch.function_name, hook_index=str(ch.hook_id),
                                         policy=lp.name, policy_namespace=lp.policy.namespace,

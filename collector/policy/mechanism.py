@@ -262,25 +262,31 @@ BPF_LSM_DISABLED = frozenset({"vm_enough_memory", "inode_need_killpriv", "inode_
                               "setprocattr", "key_getsecurity", "audit_rule_match", "ismaclabel"})
 
 
-def _override_source(g: ProgramGen, hook: Hook, func: str,
-                     syscall_fields: list[Field] | None) -> tuple[Source, str, str]:
-    """Override: a program that can change ``func``'s return value before its effect."""
-    act = override_action(hook)
-    assert act is not None
+def override_row(g: ProgramGen, func: str) -> tuple[Row | None, list[str], str]:
+    """How ``func``'s return value can be changed on this kernel: (the Override row or None, why
+    not per row, the LSM hook ``func`` calls or "")."""
     funcs = btf_funcs.vmlinux() if g.features.btf else None
     lsm_hook = lsm_hook_of(func, funcs)
-    is_lsm = bool(lsm_hook)
     inj = func in g.features.error_injection
 
     def allowed(r: Row) -> str:
         if r.mechanism == "lsm":
-            return "" if is_lsm else f"{func} is not an LSM hook (no bpf_lsm_* for it in BTF)"
+            return "" if lsm_hook else f"{func} is not an LSM hook (no bpf_lsm_* for it in BTF)"
         if r.mechanism == "fmod_ret":
             return "" if (func.startswith("security_") or inj) else \
                 f"{func} is neither security_* nor error-injectable (debugfs error_injection/list)"
         return "" if inj else f"{func} is not error-injectable (debugfs error_injection/list)"
 
     r, why = pick(g.features, "Override", allowed)
+    return r, why, lsm_hook
+
+
+def _override_source(g: ProgramGen, hook: Hook, func: str,
+                     syscall_fields: list[Field] | None) -> tuple[Source, str, str]:
+    """Override: a program that can change ``func``'s return value before its effect."""
+    act = override_action(hook)
+    assert act is not None
+    r, why, lsm_hook = override_row(g, func)
     if r is None:
         reason = NO_OVERRIDE if not g.features.release else "; ".join(why)
         raise g.fail(f"{act.path}.action", f"Override cannot be served: {reason}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from bpf.names import ACTION_NUMBERS
 
 MAX_SELECTORS = 5
+DATA_BASE = 6        # a hook's data entries are read into a[DATA_BASE + k] (matchData index k)
+MAX_DATA = 4         # data entries per hook
 INT32_ARR_MAX = 32   # ints read of an int32_arr argument at most
 
 ARG_TYPES = frozenset({
@@ -24,7 +26,7 @@ ARG_TYPES = frozenset({
     "syscall64", "linux_binprm", "int32_arr", "dns",
 })
 INT_TYPES = frozenset({"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32",
-                       "uint32", "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto"})
+                       "uint32", "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto", "syscall64"})
 STRING_TYPES = frozenset({"string", "filename", "data_loc"})
 FILE_TYPES = frozenset({"fd", "file", "path"})
 
@@ -70,6 +72,10 @@ class ArgSpec:
     size: int = 0                # int32_arr: how many ints (Tetragon's size)
     label: str = ""
     path: str = ""               # where in the YAML, for errors
+    resolve: str = ""            # resolve/extractParam: a BTF member chain walked from the value
+    btf_type: str = ""           # btfType: the struct the value points to (else the argument's own type)
+    source: str = ""             # data entries: "current_task" (else the hook's argument ``start``)
+    start: int = -1              # data entries without source: the hook argument the walk starts from
 
 
 @dataclass
@@ -173,6 +179,7 @@ class Hook:
     message: str = ""
     tags: list[str] = field(default_factory=list)
     ignore_call_not_found: bool = False
+    data: list[ArgSpec] = field(default_factory=list)   # data entries: index = DATA_BASE + k
     subsystem: str = ""          # tracepoints
     event: str = ""
     path: str = ""
@@ -183,7 +190,8 @@ class Hook:
     usdt: bool = False           # spec.usdts: call = "provider:name" (collector/policy/usdt.py)
 
     def arg(self, index: int) -> ArgSpec | None:
-        return next((a for a in self.args if a.index == index), None)
+        """The argument (or, from DATA_BASE on, the data entry) of ``index``."""
+        return next((a for a in self.args + self.data if a.index == index), None)
 
     @property
     def function_name(self) -> str:
@@ -223,6 +231,15 @@ class LabelSelector:
 
 
 @dataclass
+class Enforcer:
+    """One ``spec.enforcers`` (or legacy ``spec.killers``) entry: the calls where a thread that a
+    NotifyEnforcer action marked gets its error and/or signal (collector/policy/enforcers.py)."""
+
+    calls: list[str]             # kernel functions (syscalls as their wrapper names, __x64_sys_dup)
+    path: str = ""
+
+
+@dataclass
 class Policy:
     name: str
     kind: str                    # TracingPolicy, TracingPolicyNamespaced (ExecPolicy is translated)
@@ -235,6 +252,7 @@ class Policy:
     source: str = ""             # file the policy came from, "" for the control socket
     lines: dict[str, int] = field(default_factory=dict, repr=False)
     loader: bool = False         # spec.loader: process_loader events while the policy is loaded
+    enforcers: list[Enforcer] = field(default_factory=list)   # spec.enforcers / spec.killers
 
     @property
     def scoped(self) -> bool:

@@ -14,34 +14,29 @@ from typing import Any
 
 import yaml
 
-from bpf.names import CAPABILITIES
-from collector.policy import action_parser, jsondoc, legacy, netsel, tetragon_compat, uprobe_paths, usdt
+from collector.policy import (
+    arg_parser,
+    enforcers,
+    jsondoc,
+    legacy,
+    selector_parser,
+    tetragon_compat,
+    uprobe_paths,
+    usdt,
+)
+from collector.policy.arg_parser import ARG_KEYS  # noqa: F401  (crd.py reads it here)
 from collector.policy.model import (
-    ARG_OPERATORS,
-    ARG_TYPES,
-    BINARY_OPERATORS,
-    CAP_TYPES,
+    ARG_TYPES,  # noqa: F401  (read here by tests)
     CONTAINER_SELECTOR_KEYS,
-    INT32_ARR_MAX,
     LABEL_OPERATORS,
     MAX_SELECTORS,
-    NAMESPACES,
-    PID_OPERATORS,
-    SET_OPERATORS,
-    ArgFilter,
-    ArgSpec,
-    BinaryFilter,
-    CapabilityFilter,
     Hook,
     LabelRequirement,
     LabelSelector,
-    NamespaceChangeFilter,
-    NamespaceFilter,
-    PidFilter,
     Policy,
     PolicyError,
-    Selector,
 )
+from collector.policy.selector_parser import SELECTOR_KEYS  # noqa: F401  (crd.py reads it here)
 from collector.policy.yamldoc import Ctx as _Ctx
 from collector.policy.yamldoc import Doc as _Doc
 from collector.policy.yamldoc import kind as _kind
@@ -57,12 +52,6 @@ TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", 
 LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
 UPROBE_KEYS = {"path", "btfPath", "symbol", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
                "resolvePathInContainer", "message", "args", "selectors", "tags", "data"}
-ARG_KEYS = {"index", "type", "resolve", "sizeArgIndex", "returnCopy", "maxData", "label", "source",
-            "btfType", "extractParam", "overwriteType", "size"}
-SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matchBinaries",
-                 "matchBinarys", "matchParentBinaries", "matchNamespaces", "matchCapabilities",
-                 "matchNamespaceChanges", "matchCapabilityChanges", "matchActions",
-                 "matchReturnActions", "matchWorkloads"}
 MODES = ("enforce", "monitor")
 
 
@@ -145,7 +134,7 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
     usdts = spec.pop("usdts", None)   # served (collector/policy/usdt.py)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "enforcers", "selectorsMacros", "killers"):
+    for key in ("selectorsMacros",):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -194,6 +183,7 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(usdt.parse(c, h, f"spec.usdts[{i}]", i, _common))
     uprobe_paths.check_scoped(c, policy)
     tetragon_compat.list_values(c, policy.hooks, lists)
+    policy.enforcers = enforcers.parse(c, spec, lists, policy.hooks)
     policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)
     if not policy.hooks and not policy.loader:
         raise c.fail("spec", "the policy has no hooks (kprobes, tracepoints, uprobes or lsmhooks) "
@@ -265,7 +255,7 @@ def _label_selector(c: _Ctx, raw: Any, path: str, keys: tuple[str, ...] = ()) ->
         em = c.mapping(e, p, {"key", "operator", "values"})
         k = key_ok(em.get("key"), f"{p}.key")
         op = c.choice(em.get("operator"), f"{p}.operator", LABEL_OPERATORS, "operator")
-        vals = _values(c, em, p)
+        vals = selector_parser.values(c, em, p)
         if op in ("In", "NotIn") and not vals:
             raise c.fail(f"{p}.values", f"operator {op} needs at least one value")
         if op in ("Exists", "DoesNotExist") and vals:
@@ -282,7 +272,7 @@ def _common(c: _Ctx, m: dict[str, Any], hook: Hook, path: str) -> Hook:
         raise c.fail(f"{path}.tags", "at most 16 tags")
     seen: set[int] = set()
     for i, a in enumerate(c.seq(m.get("args"), f"{path}.args")):
-        arg = _arg(c, a, f"{path}.args[{i}]")
+        arg = arg_parser.arg(c, a, f"{path}.args[{i}]")
         if arg.index in seen:
             raise c.fail(f"{path}.args[{i}].index", f"argument index {arg.index} is listed twice")
         seen.add(arg.index)
@@ -298,7 +288,7 @@ def _common(c: _Ctx, m: dict[str, Any], hook: Hook, path: str) -> Hook:
     if len(sels) > MAX_SELECTORS:
         raise c.fail(f"{path}.selectors", f"{len(sels)} selectors: at most {MAX_SELECTORS} per hook")
     for i, s in enumerate(sels):
-        hook.selectors.append(_selector(c, s, f"{path}.selectors[{i}]", hook))
+        hook.selectors.append(selector_parser.selector(c, s, f"{path}.selectors[{i}]", hook))
     return hook
 
 
@@ -313,9 +303,8 @@ def _kprobe(c: _Ctx, raw: Any, path: str, i: int) -> Hook:
     if m.get("returnArg") is not None:
         if not hook.return_:   # Tetragon reads it only with return: true
             c.notices.append(f"{path}.returnArg: ignored without return: true")
-        hook.return_arg = _arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
-    if m.get("data"):
-        raise c.fail(f"{path}.data", "data (extra values read at the hook) is not supported by tetrapipe")
+        hook.return_arg = arg_parser.arg(c, m.get("returnArg"), f"{path}.returnArg", need_index=False)
+    hook.data = arg_parser.data(c, m.get("data"), f"{path}.data")
     action = m.get("returnArgAction")
     if action not in (None, "", "Post"):   # Post: the default, an event at the return
         hook.return_arg_action = c.choice(action, f"{path}.returnArgAction", ("TrackSock", "UntrackSock"),
@@ -372,123 +361,3 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
     for off in offsets:
         out.append(dataclasses.replace(template, call="", binary=binary, offset=off))
     return out
-
-
-def _arg(c: _Ctx, raw: Any, path: str, need_index: bool = True) -> ArgSpec:
-    m = c.mapping(raw, path, ARG_KEYS)
-    idx = c.integer(m.get("index"), f"{path}.index", None if need_index else 0)
-    if idx < 0 or idx > 5 and need_index:
-        raise c.fail(f"{path}.index", f"argument index {idx} out of range (0 to 5)")
-    raw_t = m.get("type")
-    t = c.choice("uint64" if raw_t == "unsigned long" else raw_t, f"{path}.type", ARG_TYPES, "argument type")
-    size_idx = c.integer(m.get("sizeArgIndex"), f"{path}.sizeArgIndex", 0)
-    if size_idx < 0 or size_idx > 6:
-        raise c.fail(f"{path}.sizeArgIndex", f"sizeArgIndex {size_idx} out of range (1 to 6, counted from 1)")
-    if m.get("resolve") or m.get("btfType") or m.get("source") or m.get("extractParam"):
-        raise c.fail(path, "resolve/btfType/source/extractParam (BTF field walks) are not supported by tetrapipe")
-    size = c.integer(m.get("size"), f"{path}.size", 0)
-    if t == "int32_arr" and not (1 <= size <= INT32_ARR_MAX or size_idx):
-        raise c.fail(f"{path}.size", f"an int32_arr argument needs size (1 to {INT32_ARR_MAX}) or sizeArgIndex")
-    return ArgSpec(index=idx, type=t, size_arg_index=size_idx, size=size,
-                   return_copy=c.boolean(m.get("returnCopy"), f"{path}.returnCopy"),
-                   max_data=c.boolean(m.get("maxData"), f"{path}.maxData"),
-                   label=c.string(m.get("label"), f"{path}.label"), path=path)
-
-
-def _values(c: _Ctx, m: dict[str, Any], path: str) -> list[str]:
-    vals = c.seq(m.get("values"), f"{path}.values")
-    out = []
-    for i, v in enumerate(vals):
-        if isinstance(v, dict | list):
-            raise c.fail(f"{path}.values[{i}]", f"expected a scalar, got {_kind(v)}")
-        out.append(str(v).lower() if isinstance(v, bool) else str(v))
-    return out
-
-
-def _selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
-    m = c.mapping(raw, path, SELECTOR_KEYS)
-    s = Selector(path=path)
-    if "matchBinarys" in m:
-        c.notices.append(f"{path}.matchBinarys: read as matchBinaries (legacy spelling)")
-        if "matchBinaries" in m:
-            raise c.fail(f"{path}.matchBinarys", "both matchBinaries and matchBinarys given")
-    for key in ("matchData", "matchWorkloads"):
-        if m.get(key):
-            raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe")
-    for kind in ("matchArgs", "matchReturnArgs"):
-        for i, f in enumerate(c.seq(m.get(kind), f"{path}.{kind}")):
-            p = f"{path}.{kind}[{i}]"
-            fm = c.mapping(f, p, {"index", "operator", "values", "args"})
-            if fm.get("args"):
-                raise c.fail(f"{p}.args", "multi-argument filters are not supported by tetrapipe")
-            op = c.string(fm.get("operator"), f"{p}.operator", required=True)
-            op = netsel.OPERATOR_ALIASES.get(op, op)   # Tetragon also takes "family", "state", ...
-            if op not in ARG_OPERATORS:
-                raise c.fail(f"{p}.operator", f'unknown operator "{op}"')
-            idx = c.integer(fm.get("index"), f"{p}.index", 0)
-            vals = _values(c, fm, p)
-            if not vals:
-                raise c.fail(f"{p}.values", "at least one value is needed")
-            if kind == "matchArgs" and hook.arg(idx) is None:
-                declared = ", ".join(str(a.index) for a in hook.args) or "none"
-                raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
-            if kind == "matchReturnArgs" and not hook.return_:
-                raise c.fail(p, "matchReturnArgs needs return: true on the hook")
-            if op == "Capability":   # any of the named bits of a kernel_cap_t: a Mask
-                op, vals = "Mask", [tetragon_compat.capability_mask(c, vals, hook.arg(idx), p)]
-            (s.match_args if kind == "matchArgs" else s.match_return_args).append(ArgFilter(idx, op, vals, p))
-    for i, f in enumerate(c.seq(m.get("matchPIDs"), f"{path}.matchPIDs")):
-        p = f"{path}.matchPIDs[{i}]"
-        fm = c.mapping(f, p, {"operator", "values", "followForks", "isNamespacePID"})
-        op = c.choice(fm.get("operator"), f"{p}.operator", PID_OPERATORS, "operator")
-        vals = [c.integer(v, f"{p}.values[{j}]") for j, v in enumerate(c.seq(fm.get("values"), f"{p}.values"))]
-        if not vals:
-            raise c.fail(f"{p}.values", "at least one pid is needed")
-        s.match_pids.append(PidFilter(op, vals, c.boolean(fm.get("followForks"), f"{p}.followForks"),
-                                      c.boolean(fm.get("isNamespacePID"), f"{p}.isNamespacePID"), p))
-    for key, target in (("matchBinaries", s.match_binaries), ("matchBinarys", s.match_binaries),
-                        ("matchParentBinaries", s.match_parent_binaries)):
-        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
-            p = f"{path}.{key}[{i}]"
-            fm = c.mapping(f, p, {"operator", "values", "followChildren"})
-            op = c.choice(fm.get("operator"), f"{p}.operator", BINARY_OPERATORS, "operator")
-            vals = _values(c, fm, p)
-            if not vals:
-                raise c.fail(f"{p}.values", "at least one binary is needed")
-            target.append(BinaryFilter(op, vals, c.boolean(fm.get("followChildren"), f"{p}.followChildren"), p))
-    for i, f in enumerate(c.seq(m.get("matchNamespaces"), f"{path}.matchNamespaces")):
-        p = f"{path}.matchNamespaces[{i}]"
-        fm = c.mapping(f, p, {"namespace", "operator", "values"})
-        ns = c.choice(fm.get("namespace"), f"{p}.namespace", NAMESPACES, "namespace")
-        op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
-        vals = _values(c, fm, p)
-        for j, v in enumerate(vals):
-            if v != "host_ns" and not v.isdigit():
-                raise c.fail(f"{p}.values[{j}]", f"{v!r} is neither an inode number nor host_ns")
-        s.match_namespaces.append(NamespaceFilter(ns, op, vals, p))
-    for key, target in (("matchCapabilities", s.match_capabilities),
-                        ("matchCapabilityChanges", s.match_capability_changes)):
-        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
-            p = f"{path}.{key}[{i}]"
-            fm = c.mapping(f, p, {"type", "operator", "values", "isNamespaceCapability"})
-            t = c.choice(fm.get("type") or "Effective", f"{p}.type", CAP_TYPES, "capability type")
-            op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
-            vals = _values(c, fm, p)
-            for j, v in enumerate(vals):
-                if v.upper() not in CAPABILITIES:
-                    raise c.fail(f"{p}.values[{j}]", f'unknown capability "{v}"')
-            target.append(CapabilityFilter(t, op, [v.upper() for v in vals],
-                                           c.boolean(fm.get("isNamespaceCapability"), f"{p}.isNamespaceCapability"), p))
-    for i, f in enumerate(c.seq(m.get("matchNamespaceChanges"), f"{path}.matchNamespaceChanges")):
-        p = f"{path}.matchNamespaceChanges[{i}]"
-        fm = c.mapping(f, p, {"operator", "values"})
-        op = c.choice(fm.get("operator"), f"{p}.operator", SET_OPERATORS, "operator")
-        vals = _values(c, fm, p)
-        for j, v in enumerate(vals):
-            if v not in NAMESPACES:
-                raise c.fail(f"{p}.values[{j}]", f'unknown namespace "{v}" (one of {", ".join(NAMESPACES)})')
-        s.match_namespace_changes.append(NamespaceChangeFilter(op, vals, p))
-    for key, target in (("matchActions", s.match_actions), ("matchReturnActions", s.match_return_actions)):
-        for i, f in enumerate(c.seq(m.get(key), f"{path}.{key}")):
-            target.append(action_parser.action(c, f, f"{path}.{key}[{i}]", hook))
-    return s

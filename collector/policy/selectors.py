@@ -67,7 +67,7 @@ CAP_TYPE_INDEX = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 
 
 # integer argument types: how a raw register/field value (u64) is compared
-_UNSIGNED_BITS = {"uint8": 8, "uint16": 16, "uint32": 32, "ulong": 64, "uint64": 64, "size_t": 64,
+_UNSIGNED_BITS = {"uint8": 8, "uint16": 16, "uint32": 32, "ulong": 64, "uint64": 64, "size_t": 64, "syscall64": 64,
                   "kernel_cap_t": 64, "cap_inheritable": 64, "cap_permitted": 64, "cap_effective": 64}
 CAP_ARG_TYPES = ("kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective")  # 64 capability bits
 _SIGNED_BITS = {"int": 32, "int32": 32, "sint32": 32, "int16": 16, "sint16": 16, "int8": 8, "sint8": 8}
@@ -97,6 +97,7 @@ class SelectorGen:
         self.slots: dict[str, int] = {}
         self.ino_slots: set[int] = set()   # slots read from a kernel file: s->dent[k] is its dentry
         self.fail = gen.fail
+        self.walked: dict[int, Field] = {}   # arguments/data entries a BTF walk replaced (btfwalk.py)
 
     @property
     def nslots(self) -> int:
@@ -109,7 +110,7 @@ class SelectorGen:
 
     # -- values ---------------------------------------------------------------------------------
     def _field(self, idx: int) -> Field:
-        return self.src.fields[idx]
+        return self.walked[idx] if idx in self.walked else self.src.fields[idx]
 
     def is_stringy(self, arg: ArgSpec) -> bool:
         return arg.type in FILE_TYPES or arg.type in STRING_TYPES or arg.type == "dns" or (

@@ -36,6 +36,7 @@ from collector.policy.manager import Loaded, PolicyManager
 from guest.kfunc_common import Hooks
 
 ROOT = Path(f"/var/tmp/tpl-{uuid.uuid4().hex[:8]}")   # on the guest's root: dentry paths are mount-relative
+PORT = 54321   # nothing listens: an allowed connect fails with ECONNREFUSED
 PY = sys.executable
 
 
@@ -106,6 +107,21 @@ spec:
       matchActions:
       - action: Override
         argError: -13
+  - call: "security_socket_connect"
+    syscall: false
+    args:
+    - {{index: 1, type: "sockaddr"}}
+    data:
+    - {{index: 0, source: "current_task", type: "uint32", resolve: "cred.euid.val", label: "euid"}}
+    selectors:
+    - matchArgs:
+      - {{index: 1, operator: "DPort", values: ["{PORT}"]}}
+      matchData:
+      - {{index: 0, operator: "Equal", values: ["0"]}}
+      matchActions:
+      - action: Post
+      - action: NotifyEnforcer
+        argError: -1
   - call: "udp_sendmsg"
     syscall: false
     args:
@@ -124,7 +140,52 @@ spec:
     - matchArgs:
       - {{index: 0, operator: "DPort", values: ["53"]}}
       - {{index: 1, operator: "Postfix", values: ["example.com"]}}
+  lsmhooks:
+  - hook: "bprm_check_security"
+    args:
+    - {{index: 0, type: "linux_binprm", extractParam: "mm.owner.real_parent.real_parent.comm",
+        overwriteType: "string", label: "grandparent"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "Equal", values: ["tpgrandpa"]}}
+  enforcers:
+  - calls: ["security_socket_connect"]
 """
+
+
+def killer_policy() -> str:
+    """Tetragon's killer idiom (killer.yaml): NotifyKiller at raw_syscalls:sys_enter for dup/dup2.
+    Debian's kernels cannot change a syscall wrapper's return value (no error injection), so it is
+    served signal-only: SIGKILL at sys_enter, in the thread."""
+    return f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: kill-dups
+spec:
+  lists:
+  - name: "dups"
+    type: "syscalls"
+    values: ["sys_dup", "sys_dup2", "__ia32_sys_dup"]
+  killers:
+  - syscalls: ["list:dups"]
+  tracepoints:
+  - subsystem: "raw_syscalls"
+    event: "sys_enter"
+    args:
+    - {{index: 4, type: "syscall64"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "InMap", values: ["list:dups"]}}
+      matchBinaries:
+      - {{operator: "In", values: ["{ROOT}/tpkill"]}}
+      matchActions:
+      - action: "NotifyKiller"
+        argError: -1
+        argSig: 9
+"""
+
+
+KILLER: dict[str, Loaded] = {}
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +201,9 @@ def loaded() -> Iterator[tuple[Hooks, Loaded]]:
         t0 = time.monotonic()
         (lp,) = mgr.load_text(policy(), "library-idioms.yaml")
         print(f"library-idioms compiled and loaded in {time.monotonic() - t0:.1f}s")
+        t0 = time.monotonic()
+        (KILLER["lp"],) = mgr.load_text(killer_policy(), "kill-dups.yaml")
+        print(f"kill-dups compiled and loaded in {time.monotonic() - t0:.1f}s")
         yield Hooks(mgr), lp
     finally:
         mgr.stop()
@@ -156,7 +220,9 @@ def _child(code: str) -> tuple[int, int]:
 
 def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
     _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks[:5]] == ["lsm", "lsm", "lsm", "lsm", "fexit"]
+    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "fentry",
+                                                       "fentry", "lsm"]
+    assert ("lsm", "socket_connect") in lp.compiled.kattach   # the enforcer program
     assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
                                                          "lsm socket_create (Override)"]
 
@@ -211,6 +277,63 @@ def test_override_with_return_value(loaded: tuple[Hooks, Loaded]) -> None:
     time.sleep(0.5)
     assert rc == 0 and hooks.of(lp, 4, other) == [] and hooks.of(lp, 3, other) == []
     assert os.path.exists(ROOT / "denied")
+
+
+def test_enforcer_denies_after_data_match(loaded: tuple[Hooks, Loaded]) -> None:
+    """security_socket_connect marks the thread (DPort and euid 0 read by a BTF walk from the
+    current task's cred); the enforcer, BPF LSM on socket_connect, fails that connect with EPERM."""
+    hooks, lp = loaded
+    code = f"    s = socket.socket()\n    s.connect(('127.0.0.1', {PORT}))"
+    pid, rc = _child(code)
+    assert rc == errno.EPERM
+    (ev, *_) = hooks.wait(lp, 5, pid)
+    assert ev.args[-1].type == records.ARG_UINT and int.from_bytes(ev.args[-1].data[:8], "little") == 0
+    assert ev.action == ACTION_NUMBERS["NotifyEnforcer"]
+    nobody, rc = _child(f"    os.setresuid(65534, 65534, 65534)\n{code}")   # matchData: euid 0 only
+    assert rc == errno.ECONNREFUSED
+    other, rc = _child(f"    s = socket.socket()\n    s.connect(('127.0.0.1', {PORT + 1}))")
+    assert rc == errno.ECONNREFUSED
+    again, rc = _child(code)   # a mark is taken by the call it denied: nothing lingers, each call judged
+    assert rc == errno.EPERM
+    time.sleep(0.5)
+    assert hooks.of(lp, 5, nobody) == [] and hooks.of(lp, 5, other) == []
+
+
+def test_extract_param_walks_to_the_grandparent(loaded: tuple[Hooks, Loaded]) -> None:
+    """bprm_check_security with extractParam mm.owner.real_parent.real_parent.comm: only the exec
+    whose grandparent is the shell named tpgrandpa matches, and the event carries that name."""
+    hooks, lp = loaded
+    lsm = next(h.hook_id for h in lp.compiled.hooks if h.function_name == "bprm_check_security")
+    gp = ROOT / "tpgrandpa"
+    shutil.copy("/bin/sh", gp)
+    # tpgrandpa → sh → /bin/true: the exec of /bin/true (parent sh) has tpgrandpa as grandparent
+    assert subprocess.run([str(gp), "-c", "sh -c '/bin/true; true'; true"], timeout=60).returncode == 0
+    end = time.monotonic() + 10
+    while not hooks.of(lp, lsm) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert subprocess.run(["/bin/sh", "-c", "sh -c '/bin/true; true'; true"], timeout=60).returncode == 0
+    time.sleep(0.5)
+    evs = hooks.of(lp, lsm)
+    assert len(evs) == 1 and evs[0].args[0].type == records.ARG_STRING
+    assert evs[0].args[0].data.decode() == "tpgrandpa"
+
+
+def test_killer_signal_only(loaded: tuple[Hooks, Loaded]) -> None:
+    """NotifyKiller on dup/dup2 from raw_syscalls:sys_enter: SIGKILL in the calling thread; dup3
+    (not in the list) and another binary's dup go through."""
+    hooks, _ = loaded
+    klp = KILLER["lp"]
+    assert any("signal-only" in n for n in klp.compiled.notices)
+    exe = ROOT / "tpkill"
+    shutil.copy(os.path.realpath(PY), exe)   # the same python under its own exe path
+    killed = subprocess.Popen([str(exe), "-c", "import os; os.dup2(1, 5)"])
+    assert killed.wait(timeout=60) == -9
+    (ev, *_) = hooks.wait(klp, 0, killed.pid)
+    assert int.from_bytes(ev.args[0].data[:8], "little") == 33   # dup2 (os.dup is fcntl F_DUPFD_CLOEXEC)
+    kept = subprocess.run([str(exe), "-c", "import os; os.dup2(1, 5, inheritable=False)"], timeout=60)
+    assert kept.returncode == 0
+    mine = subprocess.run([PY, "-c", "import os; os.dup2(1, 5)"], timeout=60)
+    assert mine.returncode == 0
 
 
 DNS_CHILD = r"""

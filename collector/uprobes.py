@@ -86,6 +86,9 @@ class Target:
     path: str
     symbol: str
     offset: int
+    in_container: bool = False   # path inside each selected container's root (policy/uprobe_paths.py)
+    usdt: str = ""               # a USDT probe "provider:name" (policy/usdt.py): attached by offset
+    more_offsets: tuple[int, ...] = ()   # a USDT probe's other locations
 
 
 def _int(v: Any, where: str) -> int:
@@ -174,10 +177,11 @@ def entry_probe_c(hook_id: int, fn_name: str) -> str:
 
 def attach(bpf: Any, target: Target, fn_name: str) -> None:
     """Attach ``fn_name`` of a loaded program at a target (by symbol when there is one)."""
-    if target.symbol:
+    if target.symbol and not target.usdt:
         bpf.attach_uprobe(name=target.path.encode(), sym=target.symbol.encode(), fn_name=fn_name.encode())
     else:
-        bpf.attach_uprobe(name=target.path.encode(), addr=target.offset, fn_name=fn_name.encode())
+        for off in (target.offset, *target.more_offsets):
+            bpf.attach_uprobe(name=target.path.encode(), addr=off, fn_name=fn_name.encode())
 
 
 def catalog_hook(hook_id: int, spec: UprobeSpec, target: Target) -> dict[str, Any]:

@@ -58,6 +58,9 @@ def traced(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     (tmp / "target.c").write_text(TARGET_C)
     target = tmp / "target"
     subprocess.run(["gcc", "-O1", "-o", str(target), str(tmp / "target.c")], check=True)
+    usdt = tmp / "usdt_probe"     # a USDT note (tests/data/usdt_probe.c): spec.usdts in the same policy
+    subprocess.run(["gcc", "-O1", "-o", str(usdt), str(Path(__file__).parent / "data" / "usdt_probe.c")],
+                   check=True)
     policy = tmp / "watch-login.yaml"
     policy.write_text(textwrap.dedent(f"""\
         apiVersion: cilium.io/v1alpha1
@@ -83,6 +86,14 @@ def traced(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
             selectors:
             - matchActions:
               - action: Sigkill
+          usdts:
+          - path: {usdt}
+            provider: test
+            name: usdt3
+            message: "usdt fired"
+            args:
+            - {{index: 0, type: uint64, label: n}}
+            - {{index: 1, type: int32, label: w}}
         """))
     os.chmod(policy, 0o644)
     p = Pipeline(broker.bootstrap, tmp)
@@ -133,3 +144,16 @@ def test_uprobe_selectors_and_sigkill(traced: tuple[Pipeline, Path]) -> None:
     wait_until(lambda: _uprobes(p, pid=killed.pid), 30, what="the Sigkill process_uprobe")
     (kev,) = _uprobes(p, pid=killed.pid)
     assert kev["symbol"] == "tp_forbidden" and kev["action"] == "KPROBE_ACTION_SIGKILL"
+
+
+def test_usdt_event(traced: tuple[Pipeline, Path]) -> None:
+    """spec.usdts (collector/policy/usdt.py): a process_uprobe with symbol provider:name and the
+    probe's typed arguments (a u64 from a register, an int32 from memory)."""
+    p, target = traced
+    usdt = target.parent / "usdt_probe"
+    run = subprocess.run([str(usdt), "5", "-7"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0
+    wait_until(lambda: _uprobes(p, binary=str(usdt)), 30, what="process_uprobe of the USDT probe")
+    (ev,) = _uprobes(p, binary=str(usdt))
+    assert (ev["symbol"], ev["path"], ev["message"]) == ("test:usdt3", str(usdt), "usdt fired")
+    assert ev["args"] == [{"label": "n", "uint_arg": 5}, {"label": "w", "int_arg": -7}]

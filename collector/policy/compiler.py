@@ -162,6 +162,7 @@ class ProgramGen:
         self.fc_filters = 0
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
         self.kargs = False                       # typed kernel objects: bpf/kargs.h (collector/policy/kargs.py)
+        self.dns = False                         # dns arguments: bpf/dns.h (collector/policy/dns.py)
         self.uprobe_entries: list[str] = []      # uprobe entry functions, after the hook functions
         self.connect_rules: list[connect_deny.ConnectRule] = []
         self.max_slots = 1
@@ -268,10 +269,10 @@ class ProgramGen:
         return CompiledHook(hid, hook, attach, fname, serve, mechanism=mech)
 
     def _kargs_include(self) -> list[str]:
-        if not self.kargs:
+        if not self.kargs and not self.dns:
             return []
         funcs = btf_funcs.vmlinux() if self.features.btf else None
-        return [*kargs.defines(funcs), '#include "kargs.h"']
+        return [*kargs.defines(funcs), '#include "kargs.h"', *(['#include "dns.h"'] if self.dns else [])]
 
     def follow_children(self, op: str, values: list[str], path: str, h: HookGen) -> int:
         """Register a followChildren binaries filter: exec-time marking and fork-time inheritance."""

@@ -120,7 +120,8 @@ def spec_schema() -> dict[str, Any]:
     uprobe = obj({**hook_common(), "path": {"type": "string", "pattern": "^/"}, "btfPath": S,
                   "symbol": S, "symbols": arr(S),
                   "offsets": arr({"x-kubernetes-int-or-string": True}), "addrs": arr(LOOSE),
-                  "refCtrOffsets": arr(LOOSE), "binaryDigests": arr(S), "data": arr(LOOSE)}, ["path"],
+                  "refCtrOffsets": arr(LOOSE), "binaryDigests": arr(S), "data": arr(LOOSE),
+                  "resolvePathInContainer": B}, ["path"],
                  parser.UPROBE_KEYS)
     return obj({
         "kprobes": arr(kprobe), "tracepoints": arr(tracepoint), "lsmhooks": arr(lsm), "uprobes": arr(uprobe),

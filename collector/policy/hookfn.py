@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import btfwalk, compat_x86, enforcers, kargs, netsel, uring
+from collector.policy import btfwalk, compat_x86, enforcers, kargs, netsel, uring, usdt
 from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import INT32_ARR_MAX, ArgSpec, Selector
@@ -173,7 +173,8 @@ class HookGen(SelectorGen):
             self._kfunc_probes(implicit)
             return
         if src.kind == "uprobe":
-            self.g.uprobe_entries.append(uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
+            self.g.uprobe_entries.append(usdt.entry_c(hid, f"tp_uprobe_{hid}", self.hook) if src.target.usdt
+                                         else uprobes.entry_probe_c(hid, f"tp_uprobe_{hid}"))
             return
         if src.kind == "sock":
             if self.hook.call == "tcp_connect":

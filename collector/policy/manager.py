@@ -29,6 +29,7 @@ from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
 from collector.policy.tetragon_actions import UserActions
+from collector.policy.uprobe_paths import ContainerUprobes
 from collector.policy.watched_files import WatchedFiles, check_file_owner
 
 log = logging.getLogger("tetrapipe.policy")
@@ -237,7 +238,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
         link_fds: list[int] = []
         try:
             for ch in comp.hooks:
-                if ch.uprobe is not None:
+                if ch.uprobe is not None and not ch.uprobe.in_container:
                     uprobes.attach(bpf, ch.uprobe, ch.uprobe_fn)
             for mech, func in comp.kattach:
                 kattach.attach(bpf, mech, func, link_fds)
@@ -264,7 +265,9 @@ class PolicyManager(WatchedFiles, ConnectRules):
                 seeded = proc_state.seed_exec_state(bpf["exec_state"])
                 log.info("policy %s: namespace/capability state of %d running processes seeded", p.name, seeded)
             if p.scoped and self.pod_scope is not None:
-                self.pod_scope.add(p, bpf)  # the selected containers' cgroups, before it is enabled
+                in_ctr = [(ch.uprobe, ch.uprobe_fn) for ch in comp.hooks if ch.uprobe and ch.uprobe.in_container]
+                # the selected containers' cgroups (and uprobes in their roots), before it is enabled
+                self.pod_scope.add(p, bpf, ContainerUprobes(p.name, bpf, in_ctr) if in_ctr else None)
             # its records wait for the process program's exec records of the same time, so the
             # enricher attributes a hook right after an exec to the new image
             drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
@@ -425,6 +428,8 @@ class PolicyManager(WatchedFiles, ConnectRules):
                     sp = self.pod_scope.policies.get(info["name"])
                     if sp is not None:
                         info["pod_cgroups"] = len(sp.cgroups)
+                        if sp.uprobes is not None:   # resolvePathInContainer: containers attached in
+                            info["container_uprobes"] = len(sp.uprobes.attached)
         out += [{"name": "", "source": src, "state": "load_error", "error": err} for src, err in self.errors.items()]
         return out
 

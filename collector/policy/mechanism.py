@@ -18,14 +18,15 @@ On a kernel without kprobes and BPF trampolines (the build machines):
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collector import btf_funcs, sock_hooks, uprobes
 from collector.kernel_features import KernelFeatures
+from collector.policy import uprobe_paths, usdt
 from collector.policy.argtypes import (
     INT_ARG_KIND,
     OPEN_SYSCALLS,
@@ -372,22 +373,37 @@ def clone3_flags(g: ProgramGen, hook: Hook, name: str, fields: list[Field]) -> b
 def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
     """A uprobe: the symbol (or offset) resolved in the file now, arguments from registers."""
     p = hook.path
-    spec = uprobes.UprobeSpec(hook.binary, [hook.call] if hook.call else [],
-                              [hook.offset] if hook.offset >= 0 else [], where=p)
-    try:
-        if not Path(hook.binary).is_file():
-            raise uprobes.UprobeError(f"{p}.path", f"{hook.binary} does not exist or is not a file")
-        (target,) = uprobes.resolve(spec)
-    except uprobes.UprobeError as exc:
-        raise g.fail(exc.path, exc.reason) from None
+    if hook.usdt:   # a USDT probe's locations (bcc's USDT support)
+        target = usdt.target(hook, g.fail)
+    elif hook.in_container:   # resolved in each selected container's root as it appears
+        target = uprobe_paths.container_target(hook)
+    else:
+        binary = uprobe_paths.host_path(hook.binary, p, g.notices)
+        spec = uprobes.UprobeSpec(binary, [hook.call] if hook.call else [],
+                                  [hook.offset] if hook.offset >= 0 else [], where=p)
+        try:
+            if not os.path.isfile(binary):   # False also where it cannot be looked at (EACCES)
+                raise uprobes.UprobeError(f"{p}.path", f"{hook.binary} does not exist or is not a file"
+                                          + (f" (read as {binary})" if binary != hook.binary else ""))
+            (target,) = uprobes.resolve(spec)
+        except uprobes.UprobeError as exc:
+            raise g.fail(exc.path, exc.reason) from None
     for a in hook.args:
-        if a.type not in uprobes.ARG_TYPES:
+        if a.type not in uprobes.ARG_TYPES and not hook.usdt:
             raise g.fail(f"{a.path}.type", f"type {a.type} is not supported for uprobes (one of "
                                            f"{', '.join(sorted(uprobes.ARG_TYPES))})")
     pointer = {a.index for a in hook.args if a.type in ("string", "char_buf")}
     fields = [Field(f"arg{i}", "char *" if i in pointer else "u64") for i in range(uprobes.MAX_ARGS)]
     check_indexes(g, hook, fields, f"uprobe {target.symbol or hex(target.offset)}")
     where = f"{target.path}:{target.symbol}" if target.symbol else f"{target.path}"
+    if target.usdt:
+        n = 1 + len(target.more_offsets)
+        return (Source("uprobe", fields, target=target), target.symbol,
+                f"usdt {target.usdt} in {target.path} (uprobe at {n} location{'s' if n > 1 else ''}, "
+                f"first +{target.offset:#x})")
+    if target.in_container:
+        return (Source("uprobe", fields, target=target), target.symbol,
+                f"uprobe {where} in each selected container's root, attached as containers appear")
     return (Source("uprobe", fields, target=target), target.symbol,
             f"uprobe {where}+{target.offset:#x}")
 

@@ -23,7 +23,7 @@ ARG_TYPES = frozenset({
     "sockaddr", "socket", "sockaddr_un", "net_device", "nop", "bpf_attr", "bpf_prog", "bpf_map",
     "bpf_cmd", "perf_event", "user_namespace", "capability", "kernel_cap_t", "cap_inheritable",
     "cap_permitted", "cap_effective", "cred", "kiocb", "iov_iter", "load_info", "module",
-    "syscall64", "linux_binprm", "int32_arr",
+    "syscall64", "linux_binprm", "int32_arr", "dns",
 })
 INT_TYPES = frozenset({"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "int32", "sint32",
                        "uint32", "ulong", "uint64", "int64", "sint64", "long", "size_t", "auto", "syscall64"})
@@ -186,6 +186,8 @@ class Hook:
     binary: str = ""             # uprobes: the ELF file (call = the symbol, "" for an offset)
     raw: bool = False            # raw tracepoints: args by TP_PROTO position (collector/policy/rawtp.py)
     offset: int = -1             # uprobes: file offset given in the policy (-1: from the symbol)
+    in_container: bool = False   # uprobes: resolvePathInContainer (collector/policy/uprobe_paths.py)
+    usdt: bool = False           # spec.usdts: call = "provider:name" (collector/policy/usdt.py)
 
     def arg(self, index: int) -> ArgSpec | None:
         """The argument (or, from DATA_BASE on, the data entry) of ``index``."""

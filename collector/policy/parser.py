@@ -14,7 +14,16 @@ from typing import Any
 
 import yaml
 
-from collector.policy import arg_parser, enforcers, jsondoc, legacy, selector_parser, tetragon_compat
+from collector.policy import (
+    arg_parser,
+    enforcers,
+    jsondoc,
+    legacy,
+    selector_parser,
+    tetragon_compat,
+    uprobe_paths,
+    usdt,
+)
 from collector.policy.arg_parser import ARG_KEYS  # noqa: F401  (crd.py reads it here)
 from collector.policy.model import (
     ARG_TYPES,  # noqa: F401  (read here by tests)
@@ -42,7 +51,7 @@ KPROBE_KEYS = {"call", "syscall", "return", "message", "args", "data", "returnAr
 TRACEPOINT_KEYS = {"subsystem", "event", "raw", "message", "args", "selectors", "tags"}
 LSM_KEYS = {"hook", "message", "args", "selectors", "tags"}
 UPROBE_KEYS = {"path", "btfPath", "symbol", "symbols", "offsets", "addrs", "refCtrOffsets", "binaryDigests",
-               "message", "args", "selectors", "tags", "data"}
+               "resolvePathInContainer", "message", "args", "selectors", "tags", "data"}
 MODES = ("enforce", "monitor")
 
 
@@ -123,8 +132,9 @@ def parse_document(doc: _Doc, mode: str | None = None) -> Policy:
 
 def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
     spec = c.mapping(raw, "spec", SPEC_KEYS)
+    usdts = spec.pop("usdts", None)   # served (collector/policy/usdt.py)
     policy = Policy(name=name, kind=kind)
-    for key in ("usdts", "selectorsMacros"):
+    for key in ("selectorsMacros",):
         if spec.get(key):
             raise c.fail(f"spec.{key}", f"spec.{key} is not supported by tetrapipe")
     policy.loader = c.boolean(spec.get("loader"), "spec.loader")
@@ -169,6 +179,9 @@ def _spec(c: _Ctx, raw: Any, name: str, kind: str) -> Policy:
         policy.hooks.append(_lsmhook(c, h, f"spec.lsmhooks[{i}]", i))
     for i, h in enumerate(c.seq(spec.get("uprobes"), "spec.uprobes")):
         policy.hooks += _uprobes(c, h, f"spec.uprobes[{i}]", i)
+    for i, h in enumerate(c.seq(usdts, "spec.usdts")):
+        policy.hooks.append(usdt.parse(c, h, f"spec.usdts[{i}]", i, _common))
+    uprobe_paths.check_scoped(c, policy)
     tetragon_compat.list_values(c, policy.hooks, lists)
     policy.enforcers = enforcers.parse(c, spec, lists, policy.hooks)
     policy.hooks = tetragon_compat.split_override_return(policy.hooks, c.notices)
@@ -341,6 +354,7 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
     if not symbols and not offsets:
         raise c.fail(path, "symbols or offsets are required")
     template = _common(c, m, Hook(kind="uprobe", index=i), path)
+    template.in_container = c.boolean(m.get("resolvePathInContainer"), f"{path}.resolvePathInContainer")
     out = []
     for sym in symbols:
         out.append(dataclasses.replace(template, call=sym, binary=binary))

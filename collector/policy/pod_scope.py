@@ -42,6 +42,7 @@ from prometheus_client import Counter, Gauge
 from collector import connect_deny, loader
 from collector.policy.compiler import POD_CGROUPS_MAP
 from collector.policy.model import Policy
+from collector.policy.uprobe_paths import ContainerUprobes
 from tetrapipe import cgroup_names
 from tetrapipe.cgroup_names import ContainerRef
 from tetrapipe.k8s.pods import PodIndex
@@ -113,6 +114,7 @@ class Scoped:
     policy: Policy
     table: Any                                   # the policy's pod_cgroups BPF hash
     cgroups: set[int] = field(default_factory=set)
+    uprobes: ContainerUprobes | None = None      # resolvePathInContainer uprobes (policy/uprobe_paths.py)
 
 
 class PodScope:
@@ -133,10 +135,10 @@ class PodScope:
         if self.root is None:
             log.error("no cgroup v2 hierarchy mounted: pod-scoped policies will act nowhere")
 
-    def add(self, policy: Policy, bpf: Any) -> None:
+    def add(self, policy: Policy, bpf: Any, uprobes: ContainerUprobes | None = None) -> None:
         """A scoped policy was loaded: fill its map now (before it is enabled)."""
         with self._lock:
-            self.policies[policy.name] = Scoped(policy, bpf[POD_CGROUPS_MAP])
+            self.policies[policy.name] = Scoped(policy, bpf[POD_CGROUPS_MAP], uprobes=uprobes)
             self.refresh(force=True)
             if self._mkdir is None and self.watch_mkdir and self.root is not None:
                 self._mkdir = MkdirWake.start(lambda: self.refresh(force=True))
@@ -171,6 +173,12 @@ class PodScope:
         for sp in self.policies.values():
             want = {c.cgroup_id for c in self._cgroups if self.selects(sp.policy, c.ref)}
             self._write(sp, want)
+            if sp.uprobes is not None:   # attach in containers that appeared, detach from gone ones
+                selected: dict[str, list[str]] = {}
+                for c in self._cgroups:
+                    if c.cgroup_id in sp.cgroups:
+                        selected.setdefault(c.ref.container_id, []).append(c.path)
+                sp.uprobes.sync(selected)
 
     def selects(self, policy: Policy, ref: ContainerRef) -> bool:
         """Whether ``policy`` acts in the container ``ref`` (by the pod index as it is now)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bpf.names import CAPABILITIES
-from collector.policy import netsel
+from collector.policy import dns, netsel
 from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import indent
 from collector.policy.mechanism import Source
@@ -113,7 +113,7 @@ class SelectorGen:
         return self.walked[idx] if idx in self.walked else self.src.fields[idx]
 
     def is_stringy(self, arg: ArgSpec) -> bool:
-        return arg.type in FILE_TYPES or arg.type in STRING_TYPES or (
+        return arg.type in FILE_TYPES or arg.type in STRING_TYPES or arg.type == "dns" or (
             self.src.kind == "kfunc" and arg.type in KERNEL_PATH_TYPES)
 
     def ensure_arg_slot(self, arg: ArgSpec, as_fd: bool = False) -> tuple[str, int]:
@@ -121,7 +121,13 @@ class SelectorGen:
         f = self._field(arg.index)
         k = self.slot(f"arg{arg.index}")
         t = "fd" if as_fd else arg.type
-        if self.src.kind == "kfunc" and t in KERNEL_PATH_TYPES and f.is_pointer:
+        if t == "dns":   # the query name of a DNS message (collector/policy/dns.py, bpf/dns.h)
+            why = dns.refusal(self.src.kind, f, self.src.func or self.hook.call)
+            if why:
+                raise self.fail(f"{arg.path}.type", why)
+            self.g.dns = True
+            fill = dns.fill_c(arg.index, k)
+        elif self.src.kind == "kfunc" and t in KERNEL_PATH_TYPES and f.is_pointer:
             want, read = KERNEL_PATH_TYPES[t]
             if f.ctype != want and f.ctype != "u64":
                 raise self.fail(f"{arg.path}.type", f"a {t} argument reads {want}; argument {arg.index} of "

@@ -8,6 +8,8 @@ policy, five programs, compiled once per boot.
   directory fd with a relative name (the hook sees the resolved dentry).
 - Override with ``return: true`` on ``security_file_open``: an enforcing LSM program (no event) and
   an fexit that reports the overridden return value (-EACCES).
+- The ``dns`` argument (dns-egress.yaml's hooks): real DNS queries to a UDP socket on loopback port
+  53, the query name decoded in the kernel and matched by Postfix there; other names are silent.
 """
 
 from __future__ import annotations
@@ -120,6 +122,24 @@ spec:
       - action: Post
       - action: NotifyEnforcer
         argError: -1
+  - call: "udp_sendmsg"
+    syscall: false
+    args:
+    - {{index: 0, type: "sock"}}
+    - {{index: 1, type: "dns", label: "dns"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "DPort", values: ["53"]}}
+      - {{index: 1, operator: "Postfix", values: ["example.com"]}}
+  - call: "udpv6_sendmsg"
+    syscall: false
+    args:
+    - {{index: 0, type: "sock"}}
+    - {{index: 1, type: "dns", label: "dns"}}
+    selectors:
+    - matchArgs:
+      - {{index: 0, operator: "DPort", values: ["53"]}}
+      - {{index: 1, operator: "Postfix", values: ["example.com"]}}
   lsmhooks:
   - hook: "bprm_check_security"
     args:
@@ -200,7 +220,8 @@ def _child(code: str) -> tuple[int, int]:
 
 def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
     _, lp = loaded
-    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "lsm"]
+    assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "fentry",
+                                                       "fentry", "lsm"]
     assert ("lsm", "socket_connect") in lp.compiled.kattach   # the enforcer program
     assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
                                                          "lsm socket_create (Override)"]
@@ -282,16 +303,17 @@ def test_extract_param_walks_to_the_grandparent(loaded: tuple[Hooks, Loaded]) ->
     """bprm_check_security with extractParam mm.owner.real_parent.real_parent.comm: only the exec
     whose grandparent is the shell named tpgrandpa matches, and the event carries that name."""
     hooks, lp = loaded
+    lsm = next(h.hook_id for h in lp.compiled.hooks if h.function_name == "bprm_check_security")
     gp = ROOT / "tpgrandpa"
     shutil.copy("/bin/sh", gp)
     # tpgrandpa → sh → /bin/true: the exec of /bin/true (parent sh) has tpgrandpa as grandparent
     assert subprocess.run([str(gp), "-c", "sh -c '/bin/true; true'; true"], timeout=60).returncode == 0
     end = time.monotonic() + 10
-    while not hooks.of(lp, 6) and time.monotonic() < end:
+    while not hooks.of(lp, lsm) and time.monotonic() < end:
         time.sleep(0.1)
     assert subprocess.run(["/bin/sh", "-c", "sh -c '/bin/true; true'; true"], timeout=60).returncode == 0
     time.sleep(0.5)
-    evs = hooks.of(lp, 6)
+    evs = hooks.of(lp, lsm)
     assert len(evs) == 1 and evs[0].args[0].type == records.ARG_STRING
     assert evs[0].args[0].data.decode() == "tpgrandpa"
 
@@ -312,3 +334,44 @@ def test_killer_signal_only(loaded: tuple[Hooks, Loaded]) -> None:
     assert kept.returncode == 0
     mine = subprocess.run([PY, "-c", "import os; os.dup2(1, 5)"], timeout=60)
     assert mine.returncode == 0
+
+
+DNS_CHILD = r"""
+import socket, struct, sys
+def query(name, tid):
+    qname = b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0"
+    return struct.pack(">HHHHHH", tid, 0x0100, 1, 0, 0, 0) + qname, struct.pack(">HH", 1, 1)
+for fam, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    r = socket.socket(fam, socket.SOCK_DGRAM)
+    r.bind((addr, 53))
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.connect((addr, 53))   # as resolvers do: the sock's DPort is 53 (an unconnected one has 0)
+    # the other name first: its record, had there been one, is in the ring before the match's
+    for tid, name in ((1, "www.example.org"), (2, "evil-example.net"), (3, "WWW.Example.COM")):
+        head, tail = query(name if fam == socket.AF_INET else name.replace("WWW", "api"), tid)
+        if fam == socket.AF_INET:
+            s.send(head + tail)              # one buffer (ITER_UBUF)
+        else:
+            s.sendmsg([head, tail])          # two iovecs (ITER_IOVEC): the name in the first
+        assert r.recv(512) == head + tail
+"""
+
+
+def test_dns_query_name_matched_in_the_kernel(loaded: tuple[Hooks, Loaded]) -> None:
+    """A query for WWW.Example.COM (v4, one buffer) and api.Example.COM (v6, two iovecs) are
+    reported with the decoded, lower-cased name; www.example.org and evil-example.net sent before
+    them by the same process are not (their records would precede the match's in the ring)."""
+    hooks, lp = loaded
+    ids = {h.function_name: h.hook_id for h in lp.compiled.hooks}   # by name: other hooks may come before
+    assert {h.function_name: h.mechanism for h in lp.compiled.hooks
+            if h.function_name in ("udp_sendmsg", "udpv6_sendmsg")} == {"udp_sendmsg": "fentry",
+                                                                         "udpv6_sendmsg": "fentry"}
+    p = subprocess.Popen([PY, "-c", DNS_CHILD], stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    for hid, want in ((ids["udp_sendmsg"], "www.example.com"), (ids["udpv6_sendmsg"], "api.example.com")):
+        got = hooks.wait(lp, hid, p.pid)
+        assert got, f"no event of hook {hid}"
+        names = [ev.args[1].data.decode() for ev in hooks.of(lp, hid, p.pid)]
+        assert names == [want], (hid, names)
+        assert got[0].args[1].type == records.ARG_STRING

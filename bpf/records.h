@@ -111,6 +111,7 @@ struct tp_fork {
 #define TP_HOOK_MONITOR (1 << 0)
 #define TP_HOOK_RETURN (1 << 1)    /* ret holds the return value */
 #define TP_HOOK_IO_URING (1 << 2)  /* an io_uring request judged as the syscall: ret holds its opcode */
+#define TP_HOOK_SIGNAL_FAILED (1 << 3)  /* the Sigkill/Signal action's bpf_send_signal failed (no signal sent) */
 #define TP_HOOK_NO_SELECTOR 255
 
 #define TP_ARG_INT 1

@@ -353,6 +353,7 @@ ARG_HDR = struct.Struct("<BBHI")
 HOOK_MONITOR = 1 << 0
 HOOK_RETURN = 1 << 1
 HOOK_IO_URING = 1 << 2   # an io_uring request judged as the hook's syscall; ret = its opcode
+HOOK_SIGNAL_FAILED = 1 << 3   # the Sigkill/Signal action's bpf_send_signal failed: no signal was sent
 HOOK_NO_SELECTOR = 255
 ARG_INT, ARG_UINT, ARG_SIZE, ARG_LONG, ARG_STRING, ARG_BYTES, ARG_FILE, ARG_PATH = range(1, 9)
 ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO layout

@@ -34,6 +34,7 @@
 #define UC_VIA_URING 1
 #define UC_VIA_ALIAS 2
 #define UC_VIA_COMPAT 4
+#define UC_VIA_DYING 8      /* by an io worker of a thread group killed already (SIGNAL_GROUP_EXIT) */
 
 struct uc_name { char s[UC_NAME]; };
 struct uc_ino { u64 dev; u64 ino; };
@@ -193,7 +194,15 @@ RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)
     struct dentry *d = tp_container_of(first, struct dentry, d_u.d_alias);
     if (!(uc_protected(d, 1) & 1))
         return 0;
-    struct uc_event *e = uc_start(UC_DIRTY, (uring ? UC_VIA_URING : 0) | (compat ? UC_VIA_COMPAT : 0));
+    u32 dying = 0;
+    if (worker) {   /* a request in flight when its process was killed: run by the worker anyway */
+        struct signal_struct *sig = 0;
+        TP_RD(sig, t->signal);
+        if (sig)
+            TP_RD(dying, sig->flags);
+        dying = (dying & 0x4) ? UC_VIA_DYING : 0;   /* SIGNAL_GROUP_EXIT */
+    }
+    struct uc_event *e = uc_start(UC_DIRTY, (uring ? UC_VIA_URING : 0) | (compat ? UC_VIA_COMPAT : 0) | dying);
     if (!e)
         return 0;
     e->nr = nr;

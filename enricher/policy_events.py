@@ -232,6 +232,8 @@ class PolicyEvents:
         ts = boot_ns + h.ktime
         if body.flags & r.HOOK_IO_URING:   # an io_uring request judged as the hook's syscall
             common["tags"] = [*common["tags"], "io_uring", f"io_uring.{IO_URING_OPS.get(body.ret, body.ret)}"]
+        if body.flags & r.HOOK_SIGNAL_FAILED:   # bpf_send_signal failed: the collector sent it, late
+            common["tags"] = [*common["tags"], "signal_sent_late"]
         if hook.get("kind") == "uprobe":
             return builder.envelope(node, ts, process_uprobe={
                 **common, "path": hook.get("path", ""), "symbol": hook.get("symbol", ""),

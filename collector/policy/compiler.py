@@ -77,6 +77,7 @@ class Compiled:
     net_addrs: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # ``netaddr`` CIDRs (netsel.py)
     inode_sets: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (set id, equal|prefix, paths)
     exec_state: bool = False     # the program keeps ``exec_state`` (matchNamespace/CapabilityChanges)
+    sig_failed: bool = False     # the program has ``sig_failed`` (signals the collector sends for it)
 
 
 class _Fail:
@@ -113,7 +114,8 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                                        "shared by all policies, which cannot be scoped to pods yet")
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
-                    gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state)
+                    gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state,
+                    gen.sig_failed)
 
 
 def scope_path(policy: Policy) -> str:
@@ -170,6 +172,8 @@ class ProgramGen:
         # 32-bit syscalls: served from raw_syscalls with TS_COMPAT where the kernel runs them
         self.compat = platform.machine() == "x86_64" and (tracefs / "events" / "raw_syscalls").is_dir()
         self.compat_used = False
+        self.sig_failed = False                  # the sig_failed map (hookfn.py): signals the collector sends
+        self.doom = False                        # Sigkill refuses the killed group's reads/writes (doom.py)
         self.uring_used = False                  # io_uring twins of syscall hooks (collector/policy/uring.py)
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
         self.enforce = ""                        # spec.enforcers: "mark" or "signal" (collector/policy/enforcers.py)

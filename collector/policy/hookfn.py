@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bpf.names import ACTION_NUMBERS
 from collector import btf_funcs, sock_hooks, uprobes
-from collector.policy import btfwalk, compat_x86, enforcers, kargs, netsel, uring, usdt
+from collector.policy import btfwalk, compat_x86, doom, enforcers, kargs, netsel, uring, usdt
 from collector.policy.argtypes import INT_ARG_KIND, Field
 from collector.policy.csrc import fragment, indent
 from collector.policy.model import INT32_ARR_MAX, ArgSpec, Selector
@@ -15,6 +15,7 @@ SOURCE_NAMES = {"syscall_ret": "syscall", "kfunc": "kernel-function"}
 # integer-valued kernel argument types (a capability number, reported as capability_arg)
 KERNEL_INT_TYPES = frozenset({"capability"})
 SYSCALL_REGS = ("di", "si", "dx", "r10", "r8", "r9")   # x86-64 syscall arguments in struct pt_regs
+SIG_FAILED_MAX = 1024  # thread groups whose signal the kernel could not send, until the collector sends it
 SEL_SLOTS = 6  # counters per hook: selectors 0-4, and 5 = hook without selectors
 # the action recorded when a selector lists several: the strongest one
 ACTION_RANK = ["Sigkill", "Signal", "Override", "NotifyEnforcer", "NoPost", "FollowFD", "UnfollowFD", "CopyFD",
@@ -54,9 +55,23 @@ class HookGen(SelectorGen):
         # order: the signal and the override first (a rate limit or NoPost only spares the event,
         # never the action), then the rate limit, then NoPost
         effects = netsel.effects(self)   # the socket's owner, TrackSock/UntrackSock: before any return
+        signals = False
         for i, _main, sig in actions:
             if sig and not self.g.monitor:
-                effects.append(f"if (sel == {i}) {{ bpf_send_signal({sig}); }}")
+                # bpf_send_signal's error (-EBUSY: this CPU's deferred-signal slot is taken,
+                # -EPERM: an exiting task) travels in the record: the collector kills from user
+                # space then, and counts it (a signal never fails silently)
+                # a Sigkill also refuses the killed group's later reads/writes where the kernel
+                # lets us (collector/policy/doom.py): what it has in flight never lands
+                mark = indent(doom.mark(self.g)) + "\n" if sig == 9 else ""
+                effects.append(f"if (sel == {i}) {{\n    sigerr = bpf_send_signal({sig});\n"
+                               f"    if (sigerr) {{\n        u32 sg = {sig}, stg = bpf_get_current_pid_tgid() >> 32;\n"
+                               f"        sig_failed.update(&stg, &sg);\n    }}\n{mark}}}")
+                signals = True
+        if signals and not self.g.sig_failed:
+            self.g.sig_failed = True
+            self.g.pending_maps.append(f'BPF_TABLE("lru_hash", u32, u32, sig_failed, {SIG_FAILED_MAX});  '
+                                       "/* tgid → signal bpf_send_signal could not send: sent by the collector */")
         for i, s in enumerate(hook.selectors):
             effects += [enforcers.notify_c(self.g, i, a) for a in s.match_actions if a.action == "NotifyEnforcer"]
         effects = [e for e in effects if e]
@@ -85,6 +100,8 @@ class HookGen(SelectorGen):
                 effects.append(f"if (sel == {i}) {{ return {result}; }}")
         ser = self.serialize()
         flags = "TP_HOOK_MONITOR" if self.g.monitor else "0"
+        if signals:
+            flags += " | (sigerr ? TP_HOOK_SIGNAL_FAILED : 0)"
         fn = "\n" + fragment(
             "hook_function", hid=hid, scope_check=self.g.scope_check, prologue=fragment("hook_prologue"),
             pre=indent("\n".join(pre)), selectors=indent("\n".join(sel_code)),
@@ -93,7 +110,8 @@ class HookGen(SelectorGen):
             # tcp_close: the socket's owner (a[5]) is the event's process, not the interrupted task
             owner=("\n    if (a[5])\n        id = (a[5] << 32) | a[5];"
                    if self.src.kind == "sock" and hook.call == "tcp_close" else netsel.owner_c(self)),
-            decls="\n    int ovr = 0;" if self.src.override else "", result=result).rstrip("\n")
+            decls=("\n    int ovr = 0;" if self.src.override else "") + ("\n    long sigerr = 0;" if signals else ""),
+            result=result).rstrip("\n")
         self._probes(implicit)
         self._compat_probes(bool(implicit))
         if self.src.kind in ("syscall", "syscall_ret", "open", "sock"):

@@ -22,7 +22,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, kattach, netsel, parser, proc_state, uncaught
+from collector.policy import compiler, doom, kattach, netsel, parser, proc_state, uncaught
 from collector.policy.connect_rules import ConnectRules
 from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
@@ -444,6 +444,8 @@ class PolicyManager(WatchedFiles, ConnectRules):
                 self._last_counts = now
                 for lp in self.loaded.values():
                     self._collect_counts(lp)
+                    if lp.bpf is not None and lp.compiled.sig_failed:
+                        doom.send_failed_signals(lp.name, lp.bpf["sig_failed"])
                 self._collect_connect_denied()
             if self.pod_scope is not None:
                 self.pod_scope.refresh()

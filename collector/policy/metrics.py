@@ -11,3 +11,9 @@ SELECTOR_ACTIONS = Counter(
     ["action", "hook", "hook_index", "policy", "policy_namespace", "selector_index"],
 )
 LOAD_ERRORS = Counter("tetrapipe_tracingpolicy_load_errors", "Policies refused at load", ["reason"])
+SIGNAL_FALLBACKS = Counter(
+    "tetrapipe_tracingpolicy_signal_fallbacks",
+    "Sigkill/Signal actions bpf_send_signal could not send in the kernel (-EBUSY, -EPERM), sent by the "
+    "collector instead (late: the operation may have taken effect)",
+    ["policy", "signal"],
+)

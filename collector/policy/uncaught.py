@@ -58,7 +58,10 @@ UC_DIRTY, UC_OPEN, UC_RENAME, UC_CONNECT = 1, 2, 3, 4
 # io_uring requests on fds are judged by the policies (collector/policy/uring.py); a protected inode
 # dirtied by io_uring without such a request was written through a registered (fixed) file
 URING_FIXED = "io_uring fixed file"
-VIA_URING, VIA_ALIAS, VIA_COMPAT = 1, 2, 4
+# an io-wq worker of a killed process ran a request queued before the kill (README: kernels without
+# BPF LSM/fmod_ret cannot refuse it; collector/policy/doom.py does where they can)
+URING_DYING = "io_uring in flight at the kill"
+VIA_URING, VIA_ALIAS, VIA_COMPAT, VIA_DYING = 1, 2, 4, 8
 PATH_MAX = 4096
 HEAD = struct.Struct("<4Iq Q 4I 2I")
 
@@ -233,7 +236,8 @@ class Watcher:
             return [Report(pid, p.policy, road, dest) for p in self.prot if p.connect]
         for p in self.prot:
             if kind == UC_DIRTY and p.write and p.matches(infs, tail=True):
-                road = URING_FIXED if via & VIA_URING else (ROADS32 if via & VIA_COMPAT else ROADS64).get(nr)
+                road = URING_DYING if via & VIA_DYING else URING_FIXED if via & VIA_URING else \
+                    (ROADS32 if via & VIA_COMPAT else ROADS64).get(nr)
                 if road:
                     out.append(Report(pid, p.policy, road, infs))
             elif kind == UC_OPEN and p.matches(infs, tail=True) and (not p.write or fflags & 3):

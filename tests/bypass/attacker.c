@@ -154,6 +154,8 @@ static int ring_runv(struct ring *r, struct io_uring_sqe *sqe, unsigned n) {
  *     fd predicted (the lowest free one);
  *   sqpoll_write: open(2), the WRITE submitted by the kernel's SQPOLL thread;
  *   async_write: open(2), the WRITE punted to an io-wq worker (IOSQE_ASYNC);
+ *   warm_write: open(2), an io-wq worker started first (a NOP with IOSQE_ASYNC), then a plain
+ *     WRITE: where the file refuses non-blocking writes it is punted to that live worker;
  *   fixed_write: open(2), the fd registered, WRITE on the fixed file (IOSQE_FIXED_FILE) */
 static int uring_road(const char *m, const char *t, const char *payload) {
     struct ring r;
@@ -188,6 +190,14 @@ static int uring_road(const char *m, const char *t, const char *payload) {
     q[0].len = 1;
     q[0].off = (unsigned long long)-1;
     if (!strcmp(m, "uring_async_write")) q[0].flags = IOSQE_ASYNC;
+    if (!strcmp(m, "uring_warm_write")) {
+        struct io_uring_sqe nop;
+        memset(&nop, 0, sizeof(nop));
+        nop.opcode = IORING_OP_NOP;
+        nop.flags = IOSQE_ASYNC;
+        int w = ring_runv(&r, &nop, 1);
+        if (w < 0) { errno = -w; return die("IORING_OP_NOP"); }
+    }
     if (!strcmp(m, "uring_fixed_write")) {
         if (syscall(__NR_io_uring_register, r.fd, IORING_REGISTER_FILES, &f, 1) < 0) return die("register");
         q[0].fd = 0;
@@ -352,6 +362,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strncmp(m, "uring_link_", 11) || !strcmp(m, "uring_sqpoll_write") || !strcmp(m, "uring_async_write")
+        || !strcmp(m, "uring_warm_write")
         || !strcmp(m, "uring_fixed_write"))
         return uring_road(m, t, payload);
     if (!strcmp(m, "uring_write")) {          /* io_uring OPENAT, then WRITE */

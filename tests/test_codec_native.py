@@ -27,7 +27,7 @@ from tetrapipe.config import Config
 PARSED = codec.schema("event").parsed
 PY = codec._compiled("event")  # the pure-Python generated writer
 NATIVE = native_writer.writer(PARSED)
-FIXED = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+FIXED = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,9 @@ end offset every 20 ms on Kafka (asked of the broker, not the enricher), from th
 lag); CPU = the enricher process's user+system time
 over the same span (events per CPU second). The state topic is on (the default), as in
 production. No exporter runs, so the two cores are the enricher's and the broker's.
+``--prefill`` isolates the enricher (bench/enricher_drain.py): the raw topic is filled and the
+producer finished *before* the enricher starts; events/s and per CPU-second are taken between the
+first and the last event out, with the broker's CPU and the rest of the machine's beside them.
 ``--cpu`` adds the Kafka-free figure of each tree (``bench.e2e.enricher_cpu``: decode, build,
 Avro encode in one process). Apache Kafka comes from scripts/setup-kafka.sh's cache
 (tests/kafka_cluster.py starts one KRaft node); the embedded broker is tetrapipe's.
@@ -180,6 +183,10 @@ def start_broker(kind: str, work: Path) -> tuple[str, Any]:
     return c.bootstrap, c
 
 
+def counts_above_one(enrichers: str) -> bool:
+    return any(int(n) > 1 for n in enrichers.split(","))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trees", default=".", help="comma list of source trees, run in this order each round")
@@ -190,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--enrichers", default="1",
                    help="comma list of enricher counts (N processes on N partitions), each run every round")
     p.add_argument("--py-spy", action="store_true", help="profile each enricher (py-spy record, from outside)")
+    p.add_argument("--prefill", action="store_true",
+                   help="one enricher draining a raw topic filled before it starts (Apache Kafka only)")
     args = p.parse_args(argv)
+    if args.prefill and (args.broker != "kafka" or counts_above_one(args.enrichers)):
+        p.error("--prefill measures one enricher on Apache Kafka: --broker kafka --enrichers 1")
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     counts = [int(n) for n in args.enrichers.split(",")]
     if max(counts) > 1 and args.broker != "kafka":
@@ -202,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for n in counts:
                 for tree in trees:
-                    row = one_run(tree, bootstrap, args.events, work / f"r{r}-{n}-{tree.name}", args.py_spy,
-                                  args.broker == "kafka", n)
+                    if args.prefill:
+                        from bench.enricher_drain import prefilled_run
+
+                        row = prefilled_run(tree, bootstrap, args.events, work / f"r{r}-{tree.name}",
+                                            broker.nodes[0].proc.pid, args.py_spy)
+                    else:
+                        row = one_run(tree, bootstrap, args.events, work / f"r{r}-{n}-{tree.name}",
+                                      args.py_spy, args.broker == "kafka", n)
                     row["round"] = r
                     row["load1"] = os.getloadavg()[0]
                     if args.cpu and n == counts[0]:
@@ -218,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             mine = [r for r in runs if r["tree"] == str(tree) and r["enrichers"] == n]
             name = str(tree) if len(counts) == 1 else f"{tree} x{n}"
             summary[name] = {k: round(statistics.median(r[k] for r in mine if k in r))
-                             for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s")
+                             for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s",
+                                       "broker_cpu_us_per_event", "others_cpu_pct")
                              if k in mine[0]}
     print(json.dumps({"broker": args.broker, "events": args.events, "median": summary,
                       "load1_range": [min(r["load1"] for r in runs), max(r["load1"] for r in runs)]}))

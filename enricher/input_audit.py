@@ -44,8 +44,17 @@ def _has_control(b: bytes) -> bool:
     return bool(b) and len(b.translate(None, _CONTROL)) != len(b)
 
 
+_ODD_FLAGS = 0
+for _bits in _FLAGS.values():
+    _ODD_FLAGS |= _bits[0] | _bits[1]
+
+
 def audit_exec(rec: r.ExecRecord) -> None:
     """Count what is odd about one exec record's strings."""
+    if not rec.flags & _ODD_FLAGS:  # the common case, in one pass: nothing cut or unreadable,
+        joined = rec.filename + rec.args + rec.cwd  # all ASCII (so UTF-8), no control character
+        if joined.isascii() and len(joined.translate(None, _CONTROL)) == len(joined):
+            return
     values = {"filename": rec.filename, "args": rec.args, "cwd": rec.cwd}
     for name, value in values.items():
         trunc, err = _FLAGS[name]

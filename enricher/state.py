@@ -107,22 +107,45 @@ class StateJournal(CacheListener):
 
     async def flush(self, producer: AIOKafkaProducer) -> list[asyncio.Future]:
         """Send the dirty entries; the caller awaits the returned futures before committing."""
-        futures = []
         dirty, self.dirty = self.dirty, {}  # the next batch may make entries dirty meanwhile
         for eid, (_p, entry) in dirty.items():  # before the first await: a removal from now on
             if isinstance(entry, Entry):          # is a tombstone
                 self.sent.add(eid)
             elif entry is None:
                 self.sent.discard(eid)
-        for eid, (p, entry) in dirty.items():
+        # in record batches filled here, one per state partition (a send() per entry cost more
+        # than the entry): every key's future is its batch's, in the order of ``dirty``
+        futures: list[asyncio.Future | None] = [None] * len(dirty)
+        filling: dict[int, tuple[Any, list[tuple[int, bool]]]] = {}
+
+        async def submit(part: int) -> None:
+            batch, slots = filling.pop(part)
+            fut = await producer.send_batch(batch, self.topic, partition=part)
+            for i, tombstone in slots:
+                fut.add_done_callback(_count(tombstone))
+                futures[i] = fut
+
+        for i, (eid, (p, entry)) in enumerate(dirty.items()):
             if isinstance(entry, PolicyBlob):
                 value: bytes | None = entry.data
             else:
                 value = entry_to_json(entry) if entry is not None else None
-            fut = await producer.send(self.topic, value, key=eid.encode(), partition=p)
-            fut.add_done_callback(_count(entry is None))
-            futures.append(fut)
-        return futures
+            key = eid.encode()
+            if p not in filling:
+                filling[p] = (producer.create_batch(), [])
+            if filling[p][0].append(key=key, value=value, timestamp=None, headers=[]) is None:
+                await submit(p)  # full: send it, start the next
+                filling[p] = (producer.create_batch(), [])
+                if filling[p][0].append(key=key, value=value, timestamp=None, headers=[]) is None:
+                    filling.pop(p)  # bigger than a batch: on its own
+                    fut = await producer.send(self.topic, value, key=key, partition=p)
+                    fut.add_done_callback(_count(entry is None))
+                    futures[i] = fut
+                    continue
+            filling[p][1].append((i, entry is None))
+        for part in list(filling):
+            await submit(part)
+        return [f for f in futures if f is not None]
 
 
 def _count(tombstone: bool) -> Any:

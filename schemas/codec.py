@@ -169,7 +169,22 @@ def _compiled(name: str) -> Callable[[Any], bytes] | None:
         return None
 
 
+@cache
+def _native(name: str) -> Callable[[Any], bytes] | None:
+    """The compiled writer (schemas/native_writer.py), or None: switched off
+    (TETRAPIPE_NO_EXTENSIONS=1), not buildable, or a schema it does not compile."""
+    from schemas import native_writer  # loads (or builds) the C module at first use
+
+    return native_writer.writer(schema(name).parsed)
+
+
 def encode_body(name: str, record: dict[str, Any]) -> bytes:
+    native = _native(name)
+    if native is not None:
+        try:
+            return native(record)
+        except Exception:  # noqa: BLE001, S110  refused: the Python writer, then fastavro, decide
+            pass
     fast = _compiled(name)
     if fast is not None:
         try:

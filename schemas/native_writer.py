@@ -1,0 +1,164 @@
+"""The compiled Avro writer (schemas/native/avro_write.c): the enricher's hot path, ~10× the
+generated Python writer (schemas/compiled_writer.py) on an event.
+
+``writer(parsed)`` turns a fastavro-parsed record schema into a program of nested tuples (see the
+C file) and returns ``write(value) -> bytes``, or None when extensions are switched off
+(``TETRAPIPE_NO_EXTENSIONS=1``, the switch the collector's ring-buffer helper obeys too), when
+there is no C compiler or Python headers, or when the schema has a construct the Python writer
+does not compile either. ``write`` raises ValueError for any value not of exactly the types the
+schema asks for, with the same exact-type checks as the Python writer: codec.encode_body then
+sends the value through the Python writer and fastavro, so the compiled path never decides what
+is valid. Same bytes as the Python writer for every value both write (tests/test_codec_native.py).
+
+Built by scripts/setup-native.sh (or at first use) with the system C compiler against the running
+interpreter's headers into /var/cache/tetrapipe-build/native/, named by the source's and the
+interpreter's hash; loaded only if owned by root (or us) and writable by nobody else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from schemas.compiled_writer import Unsupported
+
+log = logging.getLogger("tetrapipe.avro")
+
+SRC = Path(__file__).parent / "native" / "avro_write.c"
+BUILD_DIRS = (Path("/var/cache/tetrapipe-build/native"), Path.home() / ".cache" / "tetrapipe-native")
+MODULE = "tetrapipe_avro_write"
+NULL, BOOLEAN, INT, LONG, STRING, BYTES, OPTIONAL, ARRAY, MAP, RECORD = range(10)
+_PRIMITIVES = {"null": NULL, "boolean": BOOLEAN, "int": INT, "long": LONG, "string": STRING, "bytes": BYTES}
+
+
+def disabled() -> bool:
+    return os.environ.get("TETRAPIPE_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _so_name() -> str:
+    h = hashlib.sha256(SRC.read_bytes() + sys.version.encode() + sysconfig.get_paths()["include"].encode())
+    return f"avro_write-{h.hexdigest()[:16]}.so"
+
+
+def _trusted(path: Path) -> bool:
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            return False
+    return True
+
+
+def build(quiet: bool = True) -> Path | None:
+    """Compile the module into the first writable cache directory (idempotent); None if no
+    compiler, no Python headers or nothing writable."""
+    name = _so_name()
+    for d in BUILD_DIRS:
+        if (d / name).exists():
+            if _trusted(d / name):
+                return d / name
+            log.warning("not loading %s: writable by others or not ours", d / name)
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").exists():
+        log.debug("no Python.h in %s: the Avro writer stays pure Python", include)
+        return None
+    cc = os.environ.get("CC", "cc")
+    for d in BUILD_DIRS:
+        try:
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+            tmp = d / f".{name}.{os.getpid()}"
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(tmp), str(SRC)],
+                           check=True, capture_output=quiet, timeout=120)
+            tmp.chmod(0o755)
+            tmp.rename(d / name)
+            if _trusted(d / name):
+                return d / name
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("compiled Avro writer not built in %s: %s", d, exc)
+    return None
+
+
+_module: Any = None
+_tried = False
+
+
+def module() -> Any:
+    """The compiled module, or None (switched off, or not buildable: pure Python)."""
+    global _module, _tried
+    if disabled():
+        return None
+    if not _tried:
+        _tried = True
+        path = build()
+        if path is None:
+            log.info("no compiled Avro writer (no compiler or Python headers): pure Python")
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(MODULE, str(path))
+        spec = importlib.util.spec_from_file_location(MODULE, path, loader=loader)
+        assert spec is not None
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        _module = mod
+    return _module
+
+
+def program(parsed: dict[str, Any]) -> tuple[Any, ...]:
+    """The C writer's program for a parsed record schema; raises Unsupported where
+    compiled_writer does (unions other than ["null", T], logical types, enums, fixed ...)."""
+    if parsed.get("type") != "record":
+        raise Unsupported("top-level schema is not a record")
+    named = dict(parsed.get("__named_schemas", {}))
+    records: dict[str, tuple[Any, ...]] = {}
+
+    def node(t: Any) -> tuple[Any, ...]:
+        if isinstance(t, str) and t in named:
+            t = named[t]
+        if isinstance(t, list):
+            if len(t) != 2 or t[0] != "null":
+                raise Unsupported(f"union {t!r}")
+            return (OPTIONAL, node(t[1]))
+        if isinstance(t, dict):
+            kind = t.get("type")
+            if kind == "record":
+                name = t["name"]
+                if name not in records:  # a list, filled after: recursive references see it
+                    fields: list[tuple[Any, ...]] = []
+                    records[name] = (RECORD, fields)
+                    fields.extend((sys.intern(f["name"]), "default" in f, f.get("default"), node(f["type"]))
+                                  for f in t["fields"])
+                return records[name]
+            if kind == "array":
+                return (ARRAY, node(t["items"]))
+            if kind == "map":
+                return (MAP, node(t["values"]))
+            if isinstance(kind, str) and kind in _PRIMITIVES and t.get("logicalType") is None:
+                return node(kind)
+            raise Unsupported(f"schema type {kind!r}")
+        if isinstance(t, str) and t in _PRIMITIVES:
+            return (_PRIMITIVES[t],)
+        raise Unsupported(f"schema type {t!r}")
+
+    return node(parsed)
+
+
+def writer(parsed: dict[str, Any]) -> Callable[[Any], bytes] | None:
+    mod = module()
+    if mod is None:
+        return None
+    try:
+        prog = program(parsed)
+    except Unsupported:
+        return None
+    write = mod.write
+
+    def write_native(value: Any) -> bytes:
+        return write(prog, value)
+    return write_native

@@ -62,10 +62,15 @@ def build(quiet: bool = True) -> Path | None:
     compiler, no Python headers or nothing writable."""
     name = _so_name()
     for d in BUILD_DIRS:
-        if (d / name).exists():
+        try:   # a directory we may not look into (another user's home, as an unprivileged service)
+            if not (d / name).exists():
+                continue
             if _trusted(d / name):
                 return d / name
-            log.warning("not loading %s: writable by others or not ours", d / name)
+        except OSError as exc:
+            log.debug("compiled Avro writer not looked for in %s: %s", d, exc)
+            continue
+        log.warning("not loading %s: writable by others or not ours", d / name)
     include = sysconfig.get_paths()["include"]
     if not (Path(include) / "Python.h").exists():
         log.debug("no Python.h in %s: the Avro writer stays pure Python", include)
@@ -97,17 +102,24 @@ def module() -> Any:
         return None
     if not _tried:
         _tried = True
-        path = build()
-        if path is None:
-            log.info("no compiled Avro writer (no compiler or Python headers): pure Python")
-            return None
-        loader = importlib.machinery.ExtensionFileLoader(MODULE, str(path))
-        spec = importlib.util.spec_from_file_location(MODULE, path, loader=loader)
-        assert spec is not None
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
-        _module = mod
+        try:
+            _module = _load()
+        except (OSError, ImportError) as exc:   # never fatal: the Python writer does the same work
+            log.warning("compiled Avro writer not loaded (%s): pure Python", exc)
     return _module
+
+
+def _load() -> Any:
+    path = build()
+    if path is None:
+        log.info("no compiled Avro writer (no compiler, no Python headers or nothing writable): pure Python")
+        return None
+    loader = importlib.machinery.ExtensionFileLoader(MODULE, str(path))
+    spec = importlib.util.spec_from_file_location(MODULE, path, loader=loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
 
 
 def program(parsed: dict[str, Any]) -> tuple[Any, ...]:

@@ -35,7 +35,7 @@ PROGRAMS = {
     "mount": "required:mount", "umount": "required:mount", "bash": "required:bash",
     "/bin/sh": "required:dash", "/usr/bin/dash": "required:dash",
     "/bin/echo": "required:coreutils", "/bin/sleep": "required:coreutils", "/bin/true": "required:coreutils",
-    "/usr/bin/true": "required:coreutils",
+    "/usr/bin/true": "required:coreutils", "sleep": "required:coreutils",
     "true": "required:coreutils", "/usr/bin/touch": "required:coreutils", "dd": "required:coreutils",
     "dpkg-query": "required:dpkg", "etcd": "debian:etcd-server",
     "java": "debian:openjdk-17-jre-headless", "kcat": "debian:kcat",

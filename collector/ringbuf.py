@@ -17,16 +17,15 @@ import ctypes.util
 import hashlib
 import logging
 import mmap
-import os
 import select
 import struct
-import subprocess
 from pathlib import Path
+
+from tetrapipe import native_build
 
 log = logging.getLogger(__name__)
 
 SRC = Path(__file__).parent / "native" / "ringbuf_drain.c"
-BUILD_DIRS = (Path("/var/cache/tetrapipe-build/native"), Path.home() / ".cache" / "tetrapipe-native")
 BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
 KTIME_AT, PID_AT = 16, 8
 REC_EXEC, REC_EXIT, REC_FORK = 1, 2, 3
@@ -44,45 +43,17 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def native_disabled() -> bool:
-    return os.environ.get("TETRAPIPE_NO_EXTENSIONS", "") not in ("", "0")
+    return native_build.disabled()
 
 
 def _so_name() -> str:
     return f"ringbuf_drain-{hashlib.sha256(SRC.read_bytes()).hexdigest()[:16]}.so"
 
 
-def _trusted(path: Path) -> bool:
-    """Ours to load as root: owned by us (or root) and writable by nobody else, with its directory."""
-    for p in (path, path.parent):
-        st = p.stat()
-        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-            return False
-    return True
-
-
 def build(quiet: bool = True) -> Path | None:
     """Compile the helper into the first writable cache directory (idempotent); None if no
     compiler or nothing writable. A built file someone else could have written is not used."""
-    name = _so_name()
-    for d in BUILD_DIRS:
-        if (d / name).exists():
-            if _trusted(d / name):
-                return d / name
-            log.warning("not loading %s: writable by others or not ours", d / name)
-    cc = os.environ.get("CC", "cc")
-    for d in BUILD_DIRS:
-        try:
-            d.mkdir(mode=0o755, parents=True, exist_ok=True)
-            tmp = d / f".{name}.{os.getpid()}"
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SRC)], check=True,
-                           capture_output=quiet, timeout=60)
-            tmp.chmod(0o755)
-            tmp.rename(d / name)
-            if _trusted(d / name):
-                return d / name
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("native ring-buffer helper not built in %s: %s", d, exc)
-    return None
+    return native_build.build(SRC, _so_name(), "native ring-buffer helper", quiet=quiet)
 
 
 _native: object | None = None

@@ -21,8 +21,6 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import logging
-import os
-import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
@@ -30,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from schemas.compiled_writer import Unsupported
+from tetrapipe import native_build
 
 log = logging.getLogger("tetrapipe.avro")
 
 SRC = Path(__file__).parent / "native" / "avro_write.c"
-BUILD_DIRS = (Path("/var/cache/tetrapipe-build/native"), Path.home() / ".cache" / "tetrapipe-native")
 MODULE = "tetrapipe_avro_write"
 NULL, BOOLEAN, INT, LONG, STRING, BYTES, OPTIONAL, ARRAY, MAP, RECORD = range(10)
 _PRIMITIVES = {"null": NULL, "boolean": BOOLEAN, "int": INT, "long": LONG, "string": STRING, "bytes": BYTES}
 
 
 def disabled() -> bool:
-    return os.environ.get("TETRAPIPE_NO_EXTENSIONS", "") not in ("", "0")
+    return native_build.disabled()
 
 
 def _so_name() -> str:
@@ -49,46 +47,11 @@ def _so_name() -> str:
     return f"avro_write-{h.hexdigest()[:16]}.so"
 
 
-def _trusted(path: Path) -> bool:
-    for p in (path, path.parent):
-        st = p.stat()
-        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-            return False
-    return True
-
-
 def build(quiet: bool = True) -> Path | None:
     """Compile the module into the first writable cache directory (idempotent); None if no
-    compiler, no Python headers or nothing writable."""
-    name = _so_name()
-    for d in BUILD_DIRS:
-        try:   # a directory we may not look into (another user's home, as an unprivileged service)
-            if not (d / name).exists():
-                continue
-            if _trusted(d / name):
-                return d / name
-        except OSError as exc:
-            log.debug("compiled Avro writer not looked for in %s: %s", d, exc)
-            continue
-        log.warning("not loading %s: writable by others or not ours", d / name)
+    compiler, no Python headers (the compile fails) or nothing writable."""
     include = sysconfig.get_paths()["include"]
-    if not (Path(include) / "Python.h").exists():
-        log.debug("no Python.h in %s: the Avro writer stays pure Python", include)
-        return None
-    cc = os.environ.get("CC", "cc")
-    for d in BUILD_DIRS:
-        try:
-            d.mkdir(mode=0o755, parents=True, exist_ok=True)
-            tmp = d / f".{name}.{os.getpid()}"
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(tmp), str(SRC)],
-                           check=True, capture_output=quiet, timeout=120)
-            tmp.chmod(0o755)
-            tmp.rename(d / name)
-            if _trusted(d / name):
-                return d / name
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("compiled Avro writer not built in %s: %s", d, exc)
-    return None
+    return native_build.build(SRC, _so_name(), "compiled Avro writer", [f"-I{include}"], quiet=quiet, timeout=120)
 
 
 _module: Any = None

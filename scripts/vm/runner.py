@@ -6,7 +6,8 @@ The kernels, their unpacked header packages and the initramfs come from
 as if installed (``/lib/modules/<release>/{build,source}``, ``/boot/config-<release>``), and a
 read-write results folder at ``/tetrapipe-vm``: it runs ``/tetrapipe-vm/cmd.sh`` there, writes
 its exit status to ``/tetrapipe-vm/rc``, its output to ``/tetrapipe-vm/output.log`` and powers
-off.  Software emulation only (``/dev/kvm`` here is not usable): ``-accel tcg,thread=multi``.
+off.  Software emulation only (``/dev/kvm`` here is not usable): ``-accel tcg,thread=single``
+(see QEMU_MACHINE for why not ``multi``).
 
     python3 scripts/vm/runner.py 6.12 -- uname -r          # one command, output on stdout
 """
@@ -27,7 +28,13 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("TETRAPIPE_VMKERNELS_CACHE", "/var/cache/tetrapipe-build/vmkernels"))
 GUEST_RESULTS = "/tetrapipe-vm"  # where the results share is mounted in the guest
-QEMU_MACHINE = ["-accel", "tcg,thread=multi", "-cpu", "qemu64", "-smp", "2", "-m", "2G"]
+# One host thread runs both guest CPUs in turn (``thread=single``).  With ``thread=multi`` (QEMU
+# 7.2) live kernel text patching (kprobe int3s, static keys flipped by attaching tracepoints,
+# BPF trampolines) races the other vCPU's translated code: the guest oopses (RIP 0, stale int3
+# "Oops: int3") or soft-locks within seconds under scripts/vm/stress-text-poke.sh; it failed
+# the project's CI twice.  TETRAPIPE_VM_TCG_THREAD=multi brings the faster mode back to measure.
+TCG_THREAD = os.environ.get("TETRAPIPE_VM_TCG_THREAD", "single")
+QEMU_MACHINE = ["-accel", f"tcg,thread={TCG_THREAD}", "-cpu", "qemu64", "-smp", "2", "-m", "2G"]
 _BOOTED = re.compile(r"tetrapipe-vm: booted \S+ in ([\d.]+)s")
 
 

@@ -6,6 +6,10 @@ failure names the guest tests that failed with their output. The kernels come fr
 ``scripts/setup-vmkernels.sh``. ``TETRAPIPE_VM_TESTS`` narrows the guest selection (pytest
 arguments, e.g. ``tests/guest/test_guest_pipeline.py -k exec``); ``TETRAPIPE_VM_TIMEOUT`` bounds
 one boot (seconds, default 2700).
+
+Both kernels boot at once (each guest is one emulation thread, ``-accel tcg,thread=single``, see
+scripts/vm/runner.py), so the VM part takes the longer guest's time, not the sum;
+``TETRAPIPE_VM_ONE_AT_A_TIME=1`` boots them in turn.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import importlib.util
 import os
 import shlex
 import sys
+import threading
 import xml.etree.ElementTree as ET
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,18 +69,42 @@ def _cases(junit: Path) -> list[tuple[str, str, str, float]]:
     return out
 
 
-@pytest.mark.timeout(TIMEOUT + 120)
-@pytest.mark.parametrize("name", KERNELS)
-def test_guest_suite_in_stock_kernel(name: str, tmp_path: Path) -> None:
-    kernel = vm.kernels().get(name)
-    if kernel is None:
-        skip_or_fail(f"Debian {name} kernel not prepared under {vm.CACHE}: run scripts/setup-vmkernels.sh")
+_boots: dict[str, Future] = {}
+_boots_lock = threading.Lock()
+
+
+def _boot(kernel, results: Path):  # -> vm.BootResult
     env = {"TETRAPIPE_VM_GUEST": "1", "TETRAPIPE_VM_RELEASE": kernel.release, "CI": "true" if IN_CI else ""}
-    res = vm.boot(kernel, _guest_command(), results=tmp_path, env=env, cwd=str(REPO), timeout=TIMEOUT)
+    return vm.boot(kernel, _guest_command(), results=results, env=env, cwd=str(REPO), timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def guest_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """Every selected kernel's boot, started together at the first test that needs one."""
+    wanted = [item.callspec.params["name"] for item in request.session.items
+              if item.originalname == "test_guest_suite_in_stock_kernel" and hasattr(item, "callspec")]
+    one_at_a_time = os.environ.get("TETRAPIPE_VM_ONE_AT_A_TIME") == "1"
+    pool = ThreadPoolExecutor(max_workers=1 if one_at_a_time else max(1, len(wanted)))
+    request.addfinalizer(lambda: pool.shutdown(wait=False, cancel_futures=True))
+    prepared = vm.kernels()
+    with _boots_lock:
+        for name in wanted:
+            if name in prepared and name not in _boots:
+                _boots[name] = pool.submit(_boot, prepared[name], tmp_path_factory.mktemp(f"guest-{name}"))
+    return _boots
+
+
+@pytest.mark.timeout(2 * TIMEOUT + 240)  # may wait for the other guest's boot when one at a time
+@pytest.mark.parametrize("name", KERNELS)
+def test_guest_suite_in_stock_kernel(name: str, guest_runs: dict[str, Future]) -> None:
+    if name not in guest_runs:
+        skip_or_fail(f"Debian {name} kernel not prepared under {vm.CACHE}: run scripts/setup-vmkernels.sh")
+    res = guest_runs[name].result()
+    results = res.results
     print(res.describe())
     print(res.output[-6000:])
-    junit = tmp_path / "junit.xml"
-    tail = f"serial console ({tmp_path / 'serial.log'}):\n{res.serial[-3000:]}\noutput:\n{res.output[-4000:]}"
+    junit = results / "junit.xml"
+    tail = f"serial console ({results / 'serial.log'}):\n{res.serial[-3000:]}\noutput:\n{res.output[-4000:]}"
     assert not res.timed_out, f"{res.describe()}: the guest did not finish within {TIMEOUT}s\n{tail}"
     assert junit.is_file(), f"{res.describe()}: no junit report from the guest\n{tail}"
     cases = _cases(junit)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas.compiled_writer import Unsupported
+from schemas.schema_gen import Unsupported
 from tetrapipe import native_build
 
 log = logging.getLogger("tetrapipe.avro")

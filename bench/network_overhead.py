@@ -12,18 +12,15 @@ the kernel's own run time per invocation of each sensor program.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sensor_bench import build_loop, our_run_time, prog_stats, run_loop, start_drain  # noqa: E402
 from collector import loader  # noqa: E402
 from collector.sensors import BPF_DIR, SENSORS, program_text  # noqa: E402
 
@@ -61,17 +58,6 @@ int main(int argc, char **argv) {
 """
 
 
-def run_loop(binary: Path, conns: int) -> float:
-    out = subprocess.run([str(binary), str(conns)], capture_output=True, text=True, check=True)
-    return float(out.stdout)
-
-
-def prog_stats() -> dict[str, tuple[int, int]]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
-    return {f"{p['id']}:{p.get('name', '')}": (p.get("run_time_ns", 0), p.get("run_cnt", 0))
-            for p in json.loads(out.stdout)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=20000)
@@ -79,11 +65,7 @@ def main() -> None:
     ap.add_argument("--bpf-stats", action="store_true")
     a = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="tp-netbench-"))
-    (work / "loop.c").write_text(LOOP_C)
-    binary = work / "loop"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(work / "loop.c")], check=True)
-
+    binary = build_loop(LOOP_C, "tp-netbench-")
     loader.prepare()
     net = [s for s in SENSORS if s.name == "network"]
     text = program_text((BPF_DIR / "process.c").read_text(), net)
@@ -107,16 +89,7 @@ def main() -> None:
         base.append(run_loop(binary, a.conns))
         ids_before = set(prog_stats()) if a.bpf_stats else set()
         bpf = loader.load_program("process.c", {"TP_RINGBUF_PAGES": 1024}, text=text)
-        bpf["events"].open_ring_buffer(on_record)
-        stop = threading.Event()
-
-        def drain(b: object = bpf, s: threading.Event = stop) -> None:
-            while not s.is_set():
-                b.ring_buffer_poll(100)
-                b.ring_buffer_consume()  # as collector/drain.py: sensors write without wakeups
-
-        t = threading.Thread(target=drain, daemon=True)
-        t.start()
+        stop_drain = start_drain(bpf, on_record)
         if a.bpf_stats:
             stats_path.write_text("1")
             before = prog_stats()
@@ -124,20 +97,12 @@ def main() -> None:
         if a.bpf_stats:
             after = prog_stats()
             stats_path.write_text(old_stats)
-            ours = {k: v for k, v in after.items()
-                    if k not in ids_before and k.split(":", 1)[1] in names}  # loaded by us
-            total = 0
-            for k, (ns, cnt) in sorted(ours.items()):
-                ns0, cnt0 = before.get(k, (0, 0))
-                if cnt - cnt0 > 0:
-                    total += ns - ns0
-                    print(f"  {k.split(':', 1)[1]:<40} {cnt - cnt0:>8} runs "
-                          f"{(ns - ns0) / (cnt - cnt0):8.0f} ns/run")
+            total, rows = our_run_time(before, after, ids_before, names.__contains__)
+            for name, runs, per_run in rows:
+                print(f"  {name:<40} {runs:>8} runs {per_run:8.0f} ns/run")
             kernel.append(total / a.conns / 1000)
             print(f"  kernel time of our programs: {kernel[-1]:.2f} us/connection")
-        stop.set()
-        t.join()
-        bpf.ring_buffer_consume()
+        stop_drain()
         bpf.cleanup()
         time.sleep(0.5)
     b, lo = statistics.median(base), statistics.median(loaded)

@@ -17,18 +17,15 @@ prints the kernel's own run time per invocation of each of the sensor's programs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sensor_bench import build_loop, our_run_time, prog_stats, run_loop, start_drain  # noqa: E402
 from collector import loader  # noqa: E402
 from collector.sensors import BPF_DIR, SENSORS, program_text, setup  # noqa: E402
 
@@ -74,17 +71,6 @@ MODES = ("connected", "unconnected", "unix")
 OUR_PROGS = ("tracepoint__sock__sock_send_length", "tp_udp_sendmsg4", "tp_udp_sendmsg6")
 
 
-def run_loop(binary: Path, mode: str, sends: int) -> float:
-    out = subprocess.run([str(binary), mode, str(sends)], capture_output=True, text=True, check=True)
-    return float(out.stdout)
-
-
-def prog_stats() -> dict[str, tuple[int, int]]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
-    return {f"{p['id']}:{p.get('name', '')}": (p.get("run_time_ns", 0), p.get("run_cnt", 0))
-            for p in json.loads(out.stdout)}
-
-
 def ours(name: str) -> bool:
     """bpftool names programs by their first 15 characters."""
     return any(p[:15] == name[:15] for p in OUR_PROGS)
@@ -97,11 +83,7 @@ def main() -> None:
     ap.add_argument("--bpf-stats", action="store_true")
     a = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="tp-udpbench-"))
-    (work / "loop.c").write_text(LOOP_C)
-    binary = work / "loop"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(work / "loop.c")], check=True)
-
+    binary = build_loop(LOOP_C, "tp-udpbench-")
     loader.prepare()
     udp = [s for s in SENSORS if s.name == "udp"]
     text = program_text((BPF_DIR / "process.c").read_text(), udp)
@@ -127,16 +109,7 @@ def main() -> None:
         setup(bpf, udp)  # links the cgroup/sendmsg programs to the cgroup v2 root
         if not getattr(bpf, "tp_udp_links", None):
             sys.exit("cgroup/sendmsg4+6 did not attach: see the log above")
-        bpf["events"].open_ring_buffer(on_record)
-        stop = threading.Event()
-
-        def drain(b: object = bpf, s: threading.Event = stop) -> None:
-            while not s.is_set():
-                b.ring_buffer_poll(100)
-                b.ring_buffer_consume()  # as collector/drain.py: sensors write without wakeups
-
-        t = threading.Thread(target=drain, daemon=True)
-        t.start()
+        stop_drain = start_drain(bpf, on_record)
         for m in MODES:
             if a.bpf_stats:
                 stats_path.write_text("1")
@@ -145,20 +118,11 @@ def main() -> None:
             if a.bpf_stats:
                 after = prog_stats()
                 stats_path.write_text(old_stats)
-                total = 0
-                for k, (ns, cnt) in sorted(after.items()):
-                    name = k.split(":", 1)[1]
-                    if k in ids_before or not ours(name):
-                        continue  # not loaded by us (others load programs on this machine too)
-                    ns0, cnt0 = before.get(k, (0, 0))
-                    if cnt - cnt0 > 0:
-                        total += ns - ns0
-                        print(f"  {m:<11} {name:<36} {cnt - cnt0:>8} runs "
-                              f"{(ns - ns0) / (cnt - cnt0):8.0f} ns/run")
+                total, rows = our_run_time(before, after, ids_before, ours)
+                for name, runs, per_run in rows:
+                    print(f"  {m:<11} {name:<36} {runs:>8} runs {per_run:8.0f} ns/run")
                 kernel[m].append(total / a.sends)
-        stop.set()
-        t.join()
-        bpf.ring_buffer_consume()
+        stop_drain()
         for link in bpf.tp_udp_links:
             os.close(link)
         bpf.cleanup()

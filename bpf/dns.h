@@ -1,12 +1,12 @@
 /* Tetragon's `dns` argument: the query name of a DNS message a UDP socket sends, decoded in the
  * kernel so Equal/Prefix/Postfix selectors act on the name (collector/policy/dns.py). The message
  * is the payload of a struct msghdr (udp_sendmsg/udpv6_sendmsg's msg): its first user segment
- * (ITER_UBUF, or the first iovec of ITER_IOVEC; kargs.h's TP_IOV_ITER_IOV/TP_HAVE_ITER_UBUF say
- * how this kernel spells them). The 12-byte header must be a standard query (QR 0, opcode 0,
- * at least one question); the first question's QNAME is walked label by label (one bounded loop
- * of at most TP_DNS_LABELS labels, each copied whole) into the dotted, lower-cased name ("www.example.com"). A name
- * that is not whole in the segment, a compression pointer or an extended label give no name and
- * TP_ARGF_ERROR (never matched). Included after kargs.h.
+ * (ITER_UBUF, or the first iovec of ITER_IOVEC), read by kargs.h's tp_iov_first. The 12-byte
+ * header must be a standard query (QR 0, opcode 0, at least one question); the first question's
+ * QNAME is walked label by label (one bounded loop of at most TP_DNS_LABELS labels, each copied
+ * whole) into the dotted, lower-cased name ("www.example.com"). A name that is not whole in the
+ * segment, a compression pointer or an extended label give no name and TP_ARGF_ERROR (never
+ * matched). Included after kargs.h.
  */
 #ifndef TETRAPIPE_DNS_H
 #define TETRAPIPE_DNS_H
@@ -32,38 +32,11 @@ static __always_inline void tp_dns_lower(u8 *raw)
     }
 }
 
-/* the payload's first user segment: pointer and length (0 when it is not user memory) */
-static __always_inline u64 tp_dns_payload(struct msghdr *msg, u64 *len)
-{
-    struct iov_iter *it = &msg->msg_iter;
-    u8 t = 0xff;
-    u64 ptr = 0, size = 0;
-    TP_RD(t, it->iter_type);
-    TP_RD(size, it->count);
-#if TP_HAVE_ITER_UBUF
-    if (t == ITER_UBUF)
-        TP_RD(ptr, it->ubuf);
-#endif
-    if (t == ITER_IOVEC) {
-        const struct iovec *iov = 0;
-        u64 l = 0;
-        TP_RD(iov, it->TP_IOV_ITER_IOV);
-        if (iov) {
-            TP_RD(ptr, iov->iov_base);
-            TP_RD(l, iov->iov_len);
-        }
-        if (l < size)
-            size = l;
-    }
-    *len = ptr ? size : 0;
-    return ptr;
-}
-
 /* the query name into out (a TP_PATH_MAX slot); its length, 0 with TP_ARGF_ERROR when none */
 static __always_inline u32 tp_dns_name(struct msghdr *msg, char *out, u32 *sf)
 {
     u64 len = 0;
-    u64 p = msg ? tp_dns_payload(msg, &len) : 0;
+    u64 p = msg ? tp_iov_first(&msg->msg_iter, &len) : 0;
     u8 hdr[12] = {};
     if (!p || len < sizeof(hdr) + 1 || bpf_probe_read_user(hdr, sizeof(hdr), (void *)p) < 0)
         goto bad;

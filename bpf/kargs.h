@@ -292,9 +292,10 @@ static __always_inline u32 tp_put_skb(struct tp_hook_buf *b, u32 off, struct sk_
     return d + sizeof(*o);
 }
 
-/* iov_iter: the bytes of its first user segment (ITER_UBUF: the buffer; ITER_IOVEC: the first
- * iovec), as Tetragon; other iterator kinds (kernel vectors, pages) give no bytes */
-static __always_inline u32 tp_put_iov_iter(struct tp_hook_buf *b, u32 off, struct iov_iter *it)
+/* iov_iter: its first user segment (ITER_UBUF: the buffer; ITER_IOVEC: the first iovec), as
+ * Tetragon reads it: the pointer, and its length in *len (both 0 for other iterator kinds: kernel
+ * vectors, pages). dns.h reads a msghdr's payload with it too. */
+static __always_inline u64 tp_iov_first(struct iov_iter *it, u64 *len)
 {
     u8 t = 0xff;
     u64 ptr = 0, size = 0;
@@ -307,18 +308,25 @@ static __always_inline u32 tp_put_iov_iter(struct tp_hook_buf *b, u32 off, struc
 #endif
         if (t == ITER_IOVEC) {
             const struct iovec *iov = 0;
-            u64 len = 0;
+            u64 l = 0;
             TP_RD(iov, it->TP_IOV_ITER_IOV);
             if (iov) {
                 TP_RD(ptr, iov->iov_base);
-                TP_RD(len, iov->iov_len);
+                TP_RD(l, iov->iov_len);
             }
-            if (len < size)
-                size = len;
+            if (l < size)
+                size = l;
         }
     }
-    if (!ptr)
-        size = 0;
+    *len = ptr ? size : 0;
+    return ptr;
+}
+
+/* iov_iter: the bytes of its first user segment */
+static __always_inline u32 tp_put_iov_iter(struct tp_hook_buf *b, u32 off, struct iov_iter *it)
+{
+    u64 size = 0;
+    u64 ptr = tp_iov_first(it, &size);
     return tp_put_user_buf(b, off, ptr, (s64)size);
 }
 

@@ -24,7 +24,8 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
 from schemas.compiled_reader import compile_reader
-from schemas.compiled_writer import Unsupported, compile_writer
+from schemas.compiled_writer import compile_writer
+from schemas.schema_gen import Unsupported
 
 SCHEMA_DIR = Path(__file__).parent
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas.compiled_writer import Unsupported
+from schemas.schema_gen import SchemaGen, Unsupported, short
 
 MEMO_LIMIT = 4096  # encodings kept per memo; a full memo is emptied and refilled
 PREFIX = 12  # bytes of an encoding that index it
@@ -105,20 +105,10 @@ class _Memo(dict):  # type: ignore[type-arg]
 
 # ---- code generation ---------------------------------------------------------------------------
 
-def _short(fullname: str) -> str:
-    return fullname.rsplit(".", 1)[-1]
-
-
-_PRIMITIVES = {"null", "boolean", "int", "long", "string", "bytes"}
-
-
-class _Gen:
+class _Gen(SchemaGen):
     def __init__(self, parsed: dict[str, Any], memo_records: frozenset[str]) -> None:
-        self.named: dict[str, Any] = dict(parsed.get("__named_schemas", {}))
-        self.memo_records = memo_records
+        super().__init__(parsed, memo_records)
         self.memos: list[_Memo] = []
-        self.funcs: dict[str, list[str]] = {}
-        self.tmp = 0
         self.top = self.record_func(parsed)
 
     def memo(self) -> str:
@@ -146,10 +136,10 @@ class _Gen:
             return None if inner is None else f"(None if {x} is None else {inner})"
         if isinstance(t, dict) and t.get("type") == "record":
             self.copy_func(t)
-            made = self.funcs["k_" + _short(t["name"])]  # empty while a recursive one is made
+            made = self.funcs["k_" + short(t["name"])]  # empty while a recursive one is made
             if made and made[-1].endswith("x.copy()"):
                 return f"{x}.copy()"  # a flat record: inline
-            return f"k_{_short(t['name'])}({x})"
+            return f"k_{short(t['name'])}({x})"
         if isinstance(t, dict) and t.get("type") == "array":
             inner = self.copy("y", t["items"])
             return f"list({x})" if inner is None else f"[{inner} for y in {x}]"
@@ -162,7 +152,7 @@ class _Gen:
 
     def copy_func(self, rec: dict[str, Any]) -> bool:
         """Defines ``k_<Record>(x)`` (a fresh copy of a record value); always needed (a dict)."""
-        fname = "k_" + _short(rec["name"])
+        fname = "k_" + short(rec["name"])
         if fname not in self.funcs:
             self.funcs[fname] = []
             parts, deep = [], False
@@ -175,18 +165,9 @@ class _Gen:
             self.funcs[fname] = [f"def {fname}(x):", f"    return {made}"]
         return True
 
-    def var(self) -> str:
-        self.tmp += 1
-        return f"v{self.tmp}"
-
-    def resolve(self, t: Any) -> Any:
-        if isinstance(t, str) and t in self.named:
-            return self.named[t]
-        return t
-
     def record_func(self, rec: dict[str, Any]) -> str:
         name = rec["name"]
-        fname = "r_" + _short(name)
+        fname = "r_" + short(name)
         if fname in self.funcs:
             return fname
         self.funcs[fname] = []  # placeholder: recursive references see the name
@@ -197,32 +178,21 @@ class _Gen:
             body += self.value(v, f["type"])
             out.append(f"{f['name']!r}: {v}")
         body.append("return {" + ", ".join(out) + "}, p")
-        if _short(name) not in self.memo_records:
+        if short(name) not in self.memo_records:
             self.funcs[fname] = [f"def {fname}(d, p):", *("    " + ln for ln in body)]
         else:
             inner = fname + "_read"
             self.funcs[inner] = [f"def {inner}(d, p):", *("    " + ln for ln in body)]
             self.copy_func(rec)
-            k = "k_" + _short(name) + "({})"
+            k = "k_" + short(name) + "({})"
             self.funcs[fname] = self.memoised(fname, inner, k, k)
         return fname
 
-    def value(self, v: str, t: Any) -> list[str]:
-        """Lines reading a value of Avro type ``t`` at ``d[p]`` into variable ``v``, advancing p."""
-        t = self.resolve(t)
-        if isinstance(t, list):
-            return self.union(v, t)
-        if isinstance(t, dict):
-            kind = t.get("type")
-            if kind == "record":
-                return [f"{v}, p = {self.record_func(t)}(d, p)"]
-            if kind == "array":
-                return self.array(v, t["items"])
-            if kind == "map":
-                return self.map(v, t["values"])
-            if isinstance(kind, str) and kind in _PRIMITIVES and t.get("logicalType") is None:
-                return self.value(v, kind)
-            raise Unsupported(f"schema type {kind!r}")
+    def record(self, v: str, rec: dict[str, Any]) -> list[str]:
+        return [f"{v}, p = {self.record_func(rec)}(d, p)"]
+
+    def primitive(self, v: str, t: Any) -> list[str]:
+        """Lines reading a value of primitive type ``t`` at ``d[p]`` into variable ``v``, advancing p."""
         if t == "null":
             return [f"{v} = None"]
         if t == "boolean":  # fastavro: any byte but 0 is True

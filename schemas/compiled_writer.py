@@ -32,6 +32,8 @@ import marshal
 from collections.abc import Callable
 from typing import Any
 
+from schemas.schema_gen import SchemaGen, Unsupported, short
+
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 MEMO_LIMIT = 8192  # entries per memo; a full memo is emptied and refilled
@@ -39,10 +41,6 @@ MEMO_LIMIT = 8192  # entries per memo; a full memo is emptied and refilled
 
 class Refused(ValueError):
     """A value the fast path does not write (fastavro decides what it is)."""
-
-
-class Unsupported(ValueError):
-    """A schema construct this generator does not compile (the schema is written by fastavro)."""
 
 
 # ---- primitives shared by the generated code -------------------------------------------------
@@ -111,17 +109,10 @@ def _string_list_writer(memo: _Memo, strings: _Memo) -> Callable[[list[Any], tup
 
 # ---- code generation ---------------------------------------------------------------------------
 
-def _short(fullname: str) -> str:
-    return fullname.rsplit(".", 1)[-1]
-
-
-class _Gen:
+class _Gen(SchemaGen):
     def __init__(self, parsed: dict[str, Any], memo_records: frozenset[str]) -> None:
-        self.named: dict[str, Any] = dict(parsed.get("__named_schemas", {}))
-        self.memo_records = memo_records
+        super().__init__(parsed, memo_records)
         self.consts: list[Any] = []
-        self.funcs: dict[str, list[str]] = {}
-        self.tmp = 0
         self.top = self.record_func(parsed)
 
     def const(self, value: Any) -> str:
@@ -130,18 +121,9 @@ class _Gen:
         self.consts.append(value)
         return f"C[{len(self.consts) - 1}]"
 
-    def var(self) -> str:
-        self.tmp += 1
-        return f"v{self.tmp}"
-
-    def resolve(self, t: Any) -> Any:
-        if isinstance(t, str) and t in self.named:
-            return self.named[t]
-        return t
-
     def record_func(self, rec: dict[str, Any]) -> str:
         name = rec["name"]
-        fname = "w_" + _short(name)
+        fname = "w_" + short(name)
         if fname in self.funcs:
             return fname
         self.funcs[fname] = []  # placeholder: recursive references see the name
@@ -155,7 +137,7 @@ class _Gen:
                 body += [f"{v} = g({f['name']!r}, MISSING)", f"if {v} is MISSING:",
                          f"    raise Refused({f['name']!r})"]
             body += self.value(v, f["type"])
-        if _short(name) not in self.memo_records:
+        if short(name) not in self.memo_records:
             self.funcs[fname] = [f"def {fname}(d, o):", *("    " + ln for ln in body)]
         else:  # the record's bytes kept by an exact key of its value: marshal's bytes
             inner = fname + "_write"
@@ -176,22 +158,11 @@ class _Gen:
             ]
         return fname
 
-    def value(self, v: str, t: Any) -> list[str]:
-        """Lines writing the value held in variable ``v`` of Avro type ``t`` to bytearray ``o``."""
-        t = self.resolve(t)
-        if isinstance(t, list):
-            return self.union(v, t)
-        if isinstance(t, dict):
-            kind = t.get("type")
-            if kind == "record":
-                return [f"{self.record_func(t)}({v}, o)"]
-            if kind == "array":
-                return self.array(v, t["items"])
-            if kind == "map":
-                return self.map(v, t["values"])
-            if isinstance(kind, str) and kind in _PRIMITIVES and t.get("logicalType") is None:
-                return self.value(v, kind)
-            raise Unsupported(f"schema type {kind!r}")
+    def record(self, v: str, rec: dict[str, Any]) -> list[str]:
+        return [f"{self.record_func(rec)}({v}, o)"]
+
+    def primitive(self, v: str, t: Any) -> list[str]:
+        """Lines writing the value held in variable ``v`` of primitive type ``t`` to bytearray ``o``."""
         if t == "null":
             return [f"if {v} is not None:", f"    raise Refused({v!r})"]
         if t == "boolean":
@@ -235,7 +206,6 @@ class _Gen:
         return "\n\n".join("\n".join(lines) for lines in self.funcs.values()) + "\n"
 
 
-_PRIMITIVES = {"null", "boolean", "int", "long", "string", "bytes"}
 
 
 class _Missing:

@@ -12,7 +12,10 @@ is valid. Same bytes as the Python writer for every value both write (tests/test
 
 Built by scripts/setup-native.sh (or at first use) with the system C compiler against the running
 interpreter's headers into /var/cache/tetrapipe-build/native/, named by the source's and the
-interpreter's hash; loaded only if owned by root (or us) and writable by nobody else.
+interpreter's hash; loaded only if owned by root (or us) and writable by nobody else. A service
+run unprivileged (``run --user``, tests/test_least_privilege.py) may run another interpreter than
+root's (the venv's python is a link into root's home it cannot reach) and cannot write that cache:
+``build_for_user`` (setup-native.sh, for nobody) builds its module there beforehand.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import logging
+import os
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas.compiled_writer import Unsupported
+from schemas.schema_gen import Unsupported
 from tetrapipe import native_build
 
 log = logging.getLogger("tetrapipe.avro")
@@ -52,6 +57,28 @@ def build(quiet: bool = True) -> Path | None:
     compiler, no Python headers (the compile fails) or nothing writable."""
     include = sysconfig.get_paths()["include"]
     return native_build.build(SRC, _so_name(), "compiled Avro writer", [f"-I{include}"], quiet=quiet, timeout=120)
+
+
+_PROBE = ("import sysconfig; from schemas import native_writer as n; "
+          "print(n._so_name()); print(sysconfig.get_paths()['include'])")
+
+
+def build_for_user(uid: int, gid: int, quiet: bool = True) -> Path | None:
+    """As root: build the module for the interpreter ``sys.executable`` is for user ``uid`` (its
+    name and headers asked of it, run as that user), into the root-owned cache that user reads and
+    trusts; None if that user's interpreter cannot say or the build fails."""
+    env = {k: v for k, v in os.environ.items() if k != "TETRAPIPE_NO_EXTENSIONS"}
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                            sys.executable, "-c", _PROBE], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+        name, include = r.stdout.split()
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("compiled Avro writer for uid %d not built: its interpreter did not say (%s)", uid, exc)
+        return None
+    return native_build.build(SRC, name, f"compiled Avro writer for uid {uid}", [f"-I{include}"],
+                              quiet=quiet, timeout=120)
 
 
 _module: Any = None

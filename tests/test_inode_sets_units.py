@@ -53,15 +53,13 @@ def test_root_and_generation(tmp_path: Path) -> None:
 
 
 def test_tetragon_whole_string_nul_names_the_file(tmp_path: Path) -> None:
-    """Tetragon's library writes whole-name values as "/etc/passwd\\0": the compiler drops the NUL
-    before the names reach the inode sets, and a NUL left in a name never raises at load."""
-    from collector.policy.compiler import ProgramGen  # noqa: PLC0415
+    """Tetragon's library writes whole-name values as "/etc/passwd\\0": the parser drops the NUL
+    (selector_parser.whole_names; the compiled inode sets: tests/test_tetragon_compat.py), and a
+    NUL left in a name never raises at load."""
+    from collector.policy.selector_parser import whole_names  # noqa: PLC0415
 
     (tmp_path / "secret").write_text("x")
     assert resolve("equal", [str(tmp_path / "secret") + "\0"]).keys == {}
-    gen = ProgramGen.__new__(ProgramGen)
-    gen.inode_specs = []
-    sid = gen.inode_set("equal", [str(tmp_path / "secret") + "\0"])
-    (_sid, how, values) = gen.inode_specs[sid]
+    values = whole_names([str(tmp_path / "secret") + "\0"])
     assert values == [str(tmp_path / "secret")]
-    assert set(resolve(how, values).keys) == {_key(tmp_path / "secret")}
+    assert set(resolve("equal", values).keys) == {_key(tmp_path / "secret")}

@@ -1,11 +1,13 @@
 """Least privilege: only the collector needs root. The enricher and the JSON, fluentd and
 Prometheus exporters run as ``nobody`` with no capabilities at all (empty bounding set,
 no_new_privs, via setpriv) next to a root collector, against the real broker, and every event
-of a real process still reaches each sink. The collector itself, started the same way, refuses
-clearly."""
+of a real process still reaches each sink, the enricher writing Avro with the compiled writer
+(built for nobody's interpreter by scripts/setup-native.sh). The collector itself, started the
+same way, refuses clearly."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +81,12 @@ def test_enricher_and_exporters_run_unprivileged(bpf_ok: None, pipeline: Pipelin
         prom = pipeline.services["export-prometheus"]
         wait_until(lambda: prom.metric("tetrapipe_events_total", binary="/bin/true") > 0, 30,
                    what="the event counted by the Prometheus exporter")
+    # the enricher as nobody runs another interpreter than root's: its compiled Avro writer is the
+    # one setup built for it, root-owned (tests below: the fallback)
+    enricher = pipeline.services["enricher"].proc
+    assert enricher is not None
+    maps = Path(f"/proc/{enricher.pid}/maps").read_text()
+    assert "/var/cache/tetrapipe-build/native/avro_write-" in maps, "the enricher run as nobody writes Avro in Python"
     for name in ("enricher", "export-json", "export-fluentd", "export-prometheus"):
         svc = pipeline.services[name]
         assert svc.proc is not None and svc.proc.poll() is None, f"{name}:\n{svc.log()}"
@@ -94,3 +102,36 @@ def test_collector_refuses_clearly_without_root(nobody_dir: Path) -> None:
     assert r.returncode != 0
     assert "needs root" in r.stderr and "CAP_BPF" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+NATIVE_PROBE = """
+import json
+from schemas import codec, native_writer
+m = native_writer.module()
+fill = {"string": "n", "long": 7, "int": 3, "bytes": b"x", "boolean": True}
+rec = {f["name"]: fill[f["type"]] if isinstance(f["type"], str) else [1, 2]
+       for f in codec.schema("raw_batch").parsed["fields"]}
+print(json.dumps({"module": getattr(m, "__file__", None), "native": codec._native("raw_batch") is not None,
+                  "body": codec.encode_body("raw_batch", rec).hex(),
+                  "fastavro": codec.encode_body_fastavro("raw_batch", rec).hex()}))
+"""
+
+
+@pytest.mark.parametrize("off", [False, True], ids=["compiled", "no-extensions"])
+def test_nobody_loads_the_compiled_writer_setup_built(off: bool) -> None:
+    """Run as nobody (another interpreter than root's here): the compiled Avro writer is loaded from
+    the root-owned cache setup filled for it; with TETRAPIPE_NO_EXTENSIONS the Python writer writes
+    the same bytes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETRAPIPE_")}
+    env.update(PYTHONPATH=str(REPO), **({"TETRAPIPE_NO_EXTENSIONS": "1"} if off else {}))
+    r = subprocess.run([*UNPRIVILEGED, sys.executable, "-c", NATIVE_PROBE], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["body"] == out["fastavro"]
+    if off:
+        assert out["module"] is None and not out["native"], out
+        return
+    path = Path(out["module"] or "")
+    assert out["native"] and path.parent == Path("/var/cache/tetrapipe-build/native"), (out, r.stderr[-2000:])
+    assert path.stat().st_uid == 0 and not path.stat().st_mode & 0o022

@@ -69,6 +69,45 @@ def test_syscall_override_served_on_its_lsm_hook() -> None:
     assert "bpf_lsm" not in c.text or "path_link" in c.text
 
 
+NUL_NAMES = HEAD.format(name="nul-names") + """  kprobes:
+  - call: "security_file_permission"
+    syscall: false
+    args:
+    - {index: 0, type: file}
+    - {index: 1, type: int}
+    selectors:
+    - matchArgs:
+      - {index: 0, operator: Equal, values: ["/etc/shadow\\0", "/etc/gshadow"]}
+      - {index: 0, operator: Prefix, values: ["/etc/ssh/\\0"]}
+      matchBinaries:
+      - {operator: In, values: ["/usr/bin/cat\\0"]}
+"""
+
+
+def test_trailing_nul_dropped_once_at_parse_for_names_only() -> None:
+    """One strip at parse time: the string sets, the inode sets and the uncaught-road counter all
+    see the clean name; an integer value with a NUL stays refused."""
+    from collector.policy import uncaught  # noqa: PLC0415
+
+    (p,) = parser.parse_text(NUL_NAMES, "t.yaml")
+    sel = p.hooks[0].selectors[0]
+    assert [f.values for f in sel.match_args] == [["/etc/shadow", "/etc/gshadow"], ["/etc/ssh/"]]
+    assert sel.match_binaries[0].values == ["/usr/bin/cat"]
+    prot = uncaught.protected_of(p.name, p.hooks)
+    assert prot is not None and prot.exact == {"/etc/shadow", "/etc/gshadow"} and prot.prefixes == ["/etc/ssh/"]
+    c = compiler.compile_policy(p, 1, procfs.host_namespaces(), DEBIAN_612)
+    assert not any(b"\0" in s for s in c.strings)
+    assert {b"/etc/shadow", b"/etc/ssh/", b"/usr/bin/cat"} <= set(c.strings)
+    assert sorted((how, v) for _sid, how, v in c.inode_sets) == [("equal", ["/etc/shadow", "/etc/gshadow"]),
+                                                                 ("prefix", ["/etc/ssh/"])]
+    bad = NUL_NAMES.replace('- {index: 0, operator: Prefix, values: ["/etc/ssh/\\0"]}',
+                            '- {index: 1, operator: Equal, values: ["5\\0"]}')
+    assert bad != NUL_NAMES
+    with pytest.raises(PolicyError) as e:
+        compile_text(bad)
+    assert "matchArgs[1].values" in e.value.path
+
+
 def test_syscall_override_kept_at_the_wrapper_where_error_injection_allows() -> None:
     feats = kernel_features.with_features(DEBIAN_612, error_injection=frozenset({"__x64_sys_linkat"}))
     (h,) = compile_text(LINKAT, feats).hooks

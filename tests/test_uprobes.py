@@ -5,6 +5,7 @@ that passes the event schema. Bad entries are refused with the YAML path and rea
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 from bpf import records as r
 from collector import uprobes
 from collector.uprobes import UprobeError, UprobeProgram
-from enricher import uprobe_events
 from enricher.event_builder import EventBuilder
+from enricher.policy_events import PolicyEvents
 from enricher.process_cache import ProcessCache
 from exporters import protojson
 from schemas import codec
@@ -99,8 +100,12 @@ def test_traced_by_symbol_and_offset(bpf_ok: None, target: Path) -> None:
     assert [catalog[0]["symbol"], catalog[1]["symbol"], catalog[1]["offset"]] == [
         "tp_check_password", "", other_off]
     b = EventBuilder(ProcessCache(16))
-    events = [uprobe_events.build(b, x, catalog[r.decode_hook(x).hook_id], "watch-login",
-                                  "node-a", 0) for x in mine]
+    pe = PolicyEvents()   # the enricher's own path: the catalog record, then each hook record
+    doc = {"policy_id": 4242, "name": "watch-login", "hooks": list(catalog.values())}
+    rec = r.decode(r.encode_policy(0, json.dumps(doc).encode()))
+    assert isinstance(rec, r.PolicyRecord)
+    pe.on_catalog(rec, "node-a")
+    events = [pe.on_hook(x, "node-a", 0, b) for x in mine]
     docs = [protojson.to_protojson(codec.decode("event", codec.encode("event", ev))) for ev in events]
     login = [d["process_uprobe"] for d in docs if d["process_uprobe"].get("symbol") == "tp_check_password"]
     assert [u["args"][1]["int_arg"] for u in login] == [0, 1, 2]

@@ -194,9 +194,7 @@ class ProgramGen:
         """C expression: the string in slot ``k`` is one of ``values`` as ``op`` compares (Equal:
         the whole string; Prefix/Postfix: its start/end), looked up in the ``strset`` map."""
         how = STRING_HOW[op]
-        # a trailing NUL (Tetragon's "/etc/passwd\0" for a whole-string match) is not part of the string
-        raws = [self.strings[self.string_id(v.removesuffix("\0"), f"{path}.values[{j}]")]
-                for j, v in enumerate(values)]
+        raws = [self.strings[self.string_id(v, f"{path}.values[{j}]")] for j, v in enumerate(values)]
         sid = len(self.set_functions)
         self.set_entries += [(sid, r) for r in dict.fromkeys(raws)]
         if how == "equal":
@@ -219,7 +217,6 @@ class ProgramGen:
     def inode_set(self, how: str, values: list[str]) -> int:
         """Equal/Prefix on a kernel file: the files the values name, by (device, inode), as a set of
         the ``inoset`` map that collector/policy/inode_sets.py fills at load and keeps current."""
-        values = [v.removesuffix("\0") for v in values]   # Tetragon's "/etc/passwd\0": the whole name
         for sid, h, vals in self.inode_specs:
             if h == how and vals == list(values):
                 return sid

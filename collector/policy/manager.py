@@ -14,18 +14,19 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bpf import records
-from collector import connect_deny, kernel_features, loader, sensors, uprobes
+from collector import connect_deny, kernel_features, loader, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, doom, kattach, netsel, parser, proc_state, uncaught
+from collector.policy import compiler, doom, kattach, netsel, parser, proc_state, selector_counts, uncaught
 from collector.policy.connect_rules import ConnectRules
 from collector.policy.inode_sets import InodeSets
-from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
+from collector.policy.loaded import Loaded
+from collector.policy.loader_sensor import LoaderSensor
+from collector.policy.metrics import LOAD_ERRORS, LOADED
 from collector.policy.model import Policy, PolicyError
 from collector.policy.pod_scope import PodScope
 from collector.policy.tetragon_actions import UserActions
@@ -40,57 +41,7 @@ COUNTS_EVERY_S = 1.0
 POLICY_RINGBUF_PAGES = 256
 
 
-@dataclass
-class Loaded:
-    policy: Policy
-    compiled: compiler.Compiled
-    policy_id: int
-    bpf: Any                          # None for a policy that only asks for loader events
-    drain: RingBufferDrain | None
-    loaded_at: float = field(default_factory=time.time)
-    enabled: bool = True
-    counts_seen: dict[int, int] = field(default_factory=dict)
-    lost_seen: int = 0
-    link_fds: list[int] = field(default_factory=list)   # fmod_ret attachments (closed at unload)
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    def info(self) -> dict[str, Any]:
-        p = self.policy
-        return {
-            "name": p.name, "namespace": p.namespace, "kind": p.kind, "mode": p.mode,
-            "state": "enabled" if self.enabled else "disabled",
-            "id": self.policy_id, "source": p.source,
-            "hooks": [{"function_name": h.function_name, "serve": h.serve, "mechanism": h.mechanism}
-                      for h in self.compiled.hooks],
-            "loader": p.loader,
-            "notices": p.notices + self.compiled.notices,
-        }
-
-    def catalog(self, state: str = "loaded") -> dict[str, Any]:
-        p = self.policy
-        hooks = []
-        for ch in self.compiled.hooks:
-            h = ch.hook
-            hooks.append({
-                "id": ch.hook_id, "kind": h.kind, "function_name": ch.function_name,
-                "subsys": h.subsystem, "event": h.event, "return": h.return_,
-                "args": [{"index": a.index, "type": a.type, "label": a.label,
-                          "return_copy": a.return_copy} for a in h.args + h.data],
-                "return_arg": ({"type": h.return_arg.type, "label": h.return_arg.label}
-                               if h.return_arg else None),
-                "message": h.message, "tags": h.tags,
-                "selectors": [[a.action for a in s.match_actions] or ["Post"] for s in h.selectors],
-            })
-            if ch.uprobe is not None:
-                hooks[-1].update(path=ch.uprobe.path, symbol=ch.uprobe.symbol, offset=ch.uprobe.offset)
-        return {"policy_id": self.policy_id, "name": p.name, "namespace": p.namespace, "mode": p.mode,
-                "state": state, "hooks": hooks}
-
-
-class PolicyManager(WatchedFiles, ConnectRules):
+class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
     def __init__(self, queue: RecordQueue, host_ns: list[int], features: KernelFeatures | None = None,
                  ringbuf_pages: int = POLICY_RINGBUF_PAGES, pod_scope: PodScope | None = None) -> None:
         """``features``: what the kernel offers hooks (kernel_features.probe(), probed by the caller
@@ -368,46 +319,6 @@ class PolicyManager(WatchedFiles, ConnectRules):
         except Exception as exc:  # noqa: BLE001 - the policies act without it
             log.error("uncaught-road counter not loaded, roads around the policies go uncounted: %s", exc)
 
-    # ---- spec.loader: the loader sensor while a policy asks for it ------------------------------
-    def _loader_wanted_by(self, p: Policy) -> None:
-        """Turn the loader sensor on for ``p`` (loaded or being loaded); LoadError if it cannot be."""
-        if self.loader_builtin:
-            notice = ("spec.loader: loader events are on for the whole collector already "
-                      "(--enable-loader-events); they stay on when this policy is deleted")
-            if notice not in p.notices:
-                p.notices.append(notice)
-            return
-        if self.loader_sensor is not None:
-            return
-        sensor = sensors.by_name("loader")
-        t0 = time.monotonic()
-        bpf = loader.load_program("loader sensor (spec.loader)", {"TP_RINGBUF_PAGES": self.loader_ringbuf_pages},
-                                  text=sensors.standalone_text(sensor))
-        try:
-            sensors.setup(bpf, [sensor])
-            # its records wait for the process program's exec records of the same time: the
-            # enricher attaches the process from them (one ring buffer would keep that order)
-            drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
-        except Exception:
-            bpf.cleanup()
-            raise
-        drain.start()
-        self.loader_sensor = (bpf, drain)
-        log.info("loader sensor on for policy %s in %.2fs: %s", p.name, time.monotonic() - t0, sensor.mechanism)
-
-    def _sync_loader(self) -> None:
-        """Turn the loader sensor off when no enabled loaded policy asks for it any more."""
-        if self.loader_sensor is None:
-            return
-        if any(lp.policy.loader and lp.enabled for lp in self.loaded.values()):
-            return
-        bpf, drain = self.loader_sensor
-        self.loader_sensor = None
-        self._loader_lost += drain.kernel_lost_delta()
-        drain.stop()
-        bpf.cleanup()
-        log.info("loader sensor off: no loaded policy asks for loader events")
-
     def stop(self) -> None:
         with self._lock:
             for lp in list(self.loaded.values()):
@@ -459,34 +370,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
             self._lock.release()
 
     def _collect_counts(self, lp: Loaded) -> None:
-        if lp.bpf is None:
-            return
-        try:
-            table = lp.bpf["sel_counts"]
-        except Exception:  # noqa: BLE001
-            return
-        monitor = lp.policy.mode == "monitor"
-        for ch in lp.compiled.hooks:
-            for s in range(compiler.SEL_SLOTS):
-                idx = ch.hook_id * compiler.SEL_SLOTS + s
-                total = int(sum(table[ctypes.c_int(idx)]))
-                delta = total - lp.counts_seen.get(idx, 0)
-                if delta <= 0:
-                    continue
-                lp.counts_seen[idx] = total
-                if s < len(ch.hook.selectors):
-                    for a in ch.hook.selectors[s].match_actions:
-                        if a.arg_url or a.arg_fqdn:
-                            self.user_actions.submit(a.action, a.arg_url or a.arg_fqdn, lp.name, delta)
-                    names = ch.hook.selectors[s].action_names() or ["Post"]
-                    action = min(names, key=lambda n: compiler.ACTION_RANK.index(n)).lower()
-                else:
-                    action = "post"
-                if monitor and action in ("sigkill", "signal", "override", "notifyenforcer"):
-                    action = f"monitor_{action}"
-                SELECTOR_ACTIONS.labels(action=action, hook=ch.function_name, hook_index=str(ch.hook_id),
-                                        policy=lp.name, policy_namespace=lp.policy.namespace,
-                                        selector_index=str(s if s < len(ch.hook.selectors) else -1)).inc(delta)
+        selector_counts.collect(lp, self.user_actions)
 
     def kernel_lost_delta(self) -> int:
         """Kernel-side drops of the policy ring buffers since the last call (0 while a load runs;

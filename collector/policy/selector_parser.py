@@ -12,9 +12,11 @@ from collector.policy.model import (
     BINARY_OPERATORS,
     CAP_TYPES,
     DATA_BASE,
+    FILE_TYPES,
     NAMESPACES,
     PID_OPERATORS,
     SET_OPERATORS,
+    STRING_TYPES,
     ArgFilter,
     BinaryFilter,
     CapabilityFilter,
@@ -31,6 +33,8 @@ SELECTOR_KEYS = {"matchArgs", "matchData", "matchReturnArgs", "matchPIDs", "matc
                  "matchBinarys", "matchParentBinaries", "matchNamespaces", "matchCapabilities",
                  "matchNamespaceChanges", "matchCapabilityChanges", "matchActions",
                  "matchReturnActions", "matchWorkloads"}
+# arguments whose values are names (compared as strings or resolved to files), not numbers
+STRING_VALUED = STRING_TYPES | FILE_TYPES | {"char_buf", "char_iovec", "dentry", "linux_binprm", "kiocb", "dns"}
 
 
 def values(c: _Ctx, m: dict[str, Any], path: str) -> list[str]:
@@ -41,6 +45,14 @@ def values(c: _Ctx, m: dict[str, Any], path: str) -> list[str]:
             raise c.fail(f"{path}.values[{i}]", f"expected a scalar, got {_kind(v)}")
         out.append(str(v).lower() if isinstance(v, bool) else str(v))
     return out
+
+
+def whole_names(vals: list[str]) -> list[str]:
+    """Tetragon's library ends a whole-name value in a NUL ("/etc/passwd\\0", the C string's end):
+    it is no part of the name, so the compiler's string and inode sets, the uncaught-road counter and
+    the warnings all see the clean name. Only for name-valued arguments and binaries: an integer
+    value with a NUL stays refused."""
+    return [v.removesuffix("\0") for v in vals]
 
 
 def selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
@@ -81,6 +93,9 @@ def selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
                 raise c.fail(f"{p}.index", f"no argument with index {idx} in args (declared: {declared})")
             if kind == "matchReturnArgs" and not hook.return_:
                 raise c.fail(p, "matchReturnArgs needs return: true on the hook")
+            arg = hook.return_arg if kind == "matchReturnArgs" else hook.arg(idx)
+            if arg is not None and arg.type in STRING_VALUED:
+                vals = whole_names(vals)
             if op == "Capability":   # any of the named bits of a kernel_cap_t: a Mask
                 op, vals = "Mask", [tetragon_compat.capability_mask(c, vals, hook.arg(idx), p)]
             (s.match_return_args if kind == "matchReturnArgs" else s.match_args).append(ArgFilter(idx, op, vals, p))
@@ -99,7 +114,7 @@ def selector(c: _Ctx, raw: Any, path: str, hook: Hook) -> Selector:
             p = f"{path}.{key}[{i}]"
             fm = c.mapping(f, p, {"operator", "values", "followChildren"})
             op = c.choice(fm.get("operator"), f"{p}.operator", BINARY_OPERATORS, "operator")
-            vals = values(c, fm, p)
+            vals = whole_names(values(c, fm, p))
             if not vals:
                 raise c.fail(f"{p}.values", "at least one binary is needed")
             target.append(BinaryFilter(op, vals, c.boolean(fm.get("followChildren"), f"{p}.followChildren"), p))

@@ -21,6 +21,14 @@
 #define TP_BUF_MAX 4096
 #define TP_ANCESTORS 64   /* matchPIDs followForks: a bounded loop, not unrolled (collector/policy/actions.py) */
 
+/* indexes of the per-policy ``gaps`` counters (collector/policy/gaps.py: their metrics) */
+#define TP_GAP_NO_STATE 0     /* matchNamespace/CapabilityChanges judged a process without saved state */
+#define TP_GAP_STATE_FULL 1   /* exec_state full: a process keeps no state */
+#define TP_GAP_MARK_FULL 2    /* pf_marks full: a child of a followed process is not marked */
+#define TP_GAP_TRUNC 3        /* a truncated string judged by a name filter (not compared by name) */
+#define TP_GAP_TRUNC_MISS 4   /* ... and matched by nothing else (not by inode either) */
+#define TP_GAPS 5
+
 /* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
 #define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
 

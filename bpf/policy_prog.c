@@ -59,6 +59,25 @@ ${scope_check}${prologue}${pre}
 }
 
 // @@ program_helpers
+/* What a selector could not judge, counted per policy (``gaps``; collector/policy/gaps.py names
+ * each index in metrics): the collector reads it every second. */
+static __always_inline void tp_gap(u32 idx) { u64 *c = gaps.lookup(&idx); if (c) (*c)++; }
+/* a truncated string (a path deeper than TP_PATH_DEPTH components or longer than TP_PATH_MAX
+ * bytes) is never compared by name as if whole: counted, and the name comparison skipped */
+static __always_inline int tp_trunc_judged(u32 flags)
+{
+    if (!(flags & TP_ARGF_TRUNC))
+        return 0;
+    tp_gap(TP_GAP_TRUNC);
+    return 1;
+}
+/* the filter's verdict on a truncated string that nothing matched (not by inode either) */
+static __always_inline int tp_trunc_verdict(u32 flags, int matched)
+{
+    if (!matched && (flags & TP_ARGF_TRUNC))
+        tp_gap(TP_GAP_TRUNC_MISS);
+    return matched;
+}
 /* the set's key in per-CPU scratch, zeroed (a key is 264 bytes: too big for the stack budget) */
 static __always_inline struct tp_strkey *tp_setkey(u32 set)
 {
@@ -149,7 +168,8 @@ static __always_inline void tp_exec_state_save(void)
     st.caps[0] = tp_caps(task, 0);
     st.caps[1] = tp_caps(task, 1);
     st.caps[2] = tp_caps(task, 2);
-    exec_state.update(&tgid, &st);
+    if (exec_state.update(&tgid, &st))
+        tp_gap(TP_GAP_STATE_FULL);
 }
 
 // @@ follow_children_exec
@@ -189,7 +209,38 @@ static __always_inline void tp_exec_state_save(void)
     if (st) {
         struct tp_exec_state c = *st;
         u32 child = args->child_pid;
-        exec_state.update(&child, &c);
+        if (exec_state.update(&child, &c))
+            tp_gap(TP_GAP_STATE_FULL);
+    }
+}
+
+// @@ follow_pids_births
+{
+    /* while the policy loads (not enabled yet): every fork, child → parent, so the seeding from
+     * /proc links a child whose parent exited before it was marked (collector/policy/proc_state.py) */
+    int zero = 0;
+    u32 *on = enabled.lookup(&zero);
+    if (on && !*on) {
+        u32 child = args->child_pid, parent = bpf_get_current_pid_tgid() >> 32;
+        pf_births.update(&child, &parent);
+    }
+}
+
+// @@ follow_pids_fork
+{
+    /* matchPIDs followForks: a child of a followed process is followed (the mark is inherited
+     * at fork and dropped at exit), whatever the depth; processes older than the policy are
+     * marked from /proc at load (collector/policy/proc_state.py) */
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
+    u32 v = ${val};
+    (void)task;
+    int m = (${eq}) || pf_marks.lookup(&fk) != 0;
+    if (m) {
+        u8 one = 1;
+        fk.tgid = args->child_pid;
+        if (pf_marks.update(&fk, &one))
+            tp_gap(TP_GAP_MARK_FULL);
     }
 }
 

@@ -22,7 +22,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, sensors, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, doom, kattach, netsel, parser, proc_state, uncaught
+from collector.policy import compiler, doom, gaps, kattach, netsel, parser, proc_state, uncaught
 from collector.policy.connect_rules import ConnectRules
 from collector.policy.inode_sets import InodeSets
 from collector.policy.metrics import LOAD_ERRORS, LOADED, SELECTOR_ACTIONS
@@ -50,6 +50,7 @@ class Loaded:
     loaded_at: float = field(default_factory=time.time)
     enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
+    gaps_seen: list[int] = field(default_factory=lambda: [0] * (gaps.TRUNC_MISS + 1))
     lost_seen: int = 0
     link_fds: list[int] = field(default_factory=list)   # fmod_ret attachments (closed at unload)
 
@@ -262,8 +263,11 @@ class PolicyManager(WatchedFiles, ConnectRules):
             # file filters by inode too, before the policy is enabled (collector/policy/inode_sets.py)
             comp.notices += self.inode_sets.add(p.name, pid, bpf["inoset"], comp.inode_sets, self.inode_root)
             if comp.exec_state:   # processes older than the policy: their state now
-                seeded = proc_state.seed_exec_state(bpf["exec_state"])
+                seeded = proc_state.seed_exec_state(bpf["exec_state"], p.name)
                 log.info("policy %s: namespace/capability state of %d running processes seeded", p.name, seeded)
+            if comp.follow_pids:  # followForks: the followed processes older than the policy
+                seeded = proc_state.seed_follow_forks(bpf["pf_marks"], bpf["pf_births"], comp.follow_pids, p.name)
+                log.info("policy %s: %d running processes followed (matchPIDs followForks)", p.name, seeded)
             if p.scoped and self.pod_scope is not None:
                 in_ctr = [(ch.uprobe, ch.uprobe_fn) for ch in comp.hooks if ch.uprobe and ch.uprobe.in_container]
                 # the selected containers' cgroups (and uprobes in their roots), before it is enabled
@@ -461,6 +465,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
     def _collect_counts(self, lp: Loaded) -> None:
         if lp.bpf is None:
             return
+        gaps.collect(lp.name, lp.bpf, lp.gaps_seen)
         try:
             table = lp.bpf["sel_counts"]
         except Exception:  # noqa: BLE001

@@ -206,7 +206,7 @@ static __always_inline void tp_exec_state_save(void)
     /* a new process starts with its parent's state: a change is judged against the exec before */
     u32 tg = bpf_get_current_pid_tgid() >> 32;
     struct tp_exec_state *st = exec_state.lookup(&tg);
-    if (st) {
+    if (st && !tp_fork_is_thread(args->child_pid)) {
         struct tp_exec_state c = *st;
         u32 child = args->child_pid;
         if (exec_state.update(&child, &c))
@@ -220,7 +220,7 @@ static __always_inline void tp_exec_state_save(void)
      * /proc links a child whose parent exited before it was marked (collector/policy/proc_state.py) */
     int zero = 0;
     u32 *on = enabled.lookup(&zero);
-    if (on && !*on) {
+    if (on && !*on && !tp_fork_is_thread(args->child_pid)) {
         u32 child = args->child_pid, parent = bpf_get_current_pid_tgid() >> 32;
         pf_births.update(&child, &parent);
     }
@@ -236,7 +236,7 @@ static __always_inline void tp_exec_state_save(void)
     u32 v = ${val};
     (void)task;
     int m = (${eq}) || pf_marks.lookup(&fk) != 0;
-    if (m) {
+    if (m && !tp_fork_is_thread(args->child_pid)) {
         u8 one = 1;
         fk.tgid = args->child_pid;
         if (pf_marks.update(&fk, &one))

@@ -183,10 +183,17 @@ def test_change_by_a_process_older_than_the_policy_is_seen(env: tuple[Mgr, Path]
     m, _helper = env
     py = os.path.realpath(sys.executable)
     code = textwrap.dedent("""
-        import ctypes, os, sys
+        import ctypes, os, sys, threading
         libc = ctypes.CDLL(None, use_errno=True)
         print("up", flush=True)
         sys.stdin.readline()              # the policy is loaded now
+        go = threading.Event()
+        t = threading.Thread(target=go.wait)
+        t.start()                         # a thread: no exec_state entry of its own
+        print(t.native_id, flush=True)
+        sys.stdin.readline()
+        go.set()
+        t.join()
         os.getppid()                      # no change yet
         os.getpgrp()
         assert libc.unshare(0x04000000) == 0
@@ -213,6 +220,11 @@ def test_change_by_a_process_older_than_the_policy_is_seen(env: tuple[Mgr, Path]
             matchCapabilityChanges: [{{type: Effective, operator: In, values: [CAP_SYS_ADMIN]}}]
         """), "sem-old-nschange.yaml")
     try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        tid = int(proc.stdout.readline())
+        keys = {k.value for k in lp.bpf["exec_state"]}
+        assert proc.pid in keys and tid not in keys    # seeded; per process, not per thread
         out, err = proc.communicate("go\n", timeout=60)
         assert proc.returncode == 0 and "done" in out, err
         hits = m.hooks(lp.policy_id, proc.pid)

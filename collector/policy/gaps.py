@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from collector.policy.metrics import STATE_LOST, TRUNCATED_PATHS
+from collector.policy.metrics import STATE_LOST, TRUNCATED_PATHS, UNJUDGED_ROADS
 from collector.policy.uncaught import UNCAUGHT
 
 log = logging.getLogger("tetrapipe.policy")
@@ -31,6 +31,31 @@ ROAD_MARK_LOST = "followForks mark lost"
 ROAD_TRUNC = "path truncated at the judge"
 LOG_EVERY_S = 60.0   # a WARNING per policy and road at most this often (the counter moves at once)
 _logged: dict[tuple[str, str], float] = {}
+
+
+# load notices that name a road the policy cannot judge → the road's label (unjudged_roads gauge)
+UNJUDGED = (("WARNING: ", "raw user path"),   # collector/policy/evasion.py
+            ("are not judged: the hook needs the return value", "io_uring (return value)"),
+            ("no io_uring:io_uring_file_get tracepoint", "io_uring (no tracepoint)"),
+            ("are not judged (their arguments live in the request", "io_uring (arguments in the request)"))
+
+
+def unjudged(notices: list[str]) -> set[str]:
+    """The roads the load notices say the policy cannot judge."""
+    return {road for n in notices for needle, road in UNJUDGED if needle in n}
+
+
+def set_unjudged(policy: str, roads: set[str]) -> None:
+    for road in roads:
+        UNJUDGED_ROADS.labels(policy=policy, road=road).set(1)
+
+
+def clear_unjudged(policy: str, roads: set[str]) -> None:
+    for road in roads:
+        try:
+            UNJUDGED_ROADS.remove(policy, road)
+        except KeyError:
+            pass
 
 
 def read(bpf: Any) -> list[int]:

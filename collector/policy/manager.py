@@ -296,6 +296,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
                 self._unload(lp)
                 raise
         self._sync_uncaught()
+        gaps.set_unjudged(p.name, gaps.unjudged(comp.notices))
         for n in p.notices + comp.notices:
             log.warning("policy %s: %s", p.name, n)
         log.info("policy %s loaded (%s mode, id %d) in %.2fs: %s", p.name, p.mode, pid,
@@ -351,6 +352,7 @@ class PolicyManager(WatchedFiles, ConnectRules):
             self._sync_loader()
         if not replaced:
             self._sync_uncaught()
+            gaps.clear_unjudged(lp.name, gaps.unjudged(lp.compiled.notices))
         if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does
             try:
                 self._update_connect_rules()

@@ -35,3 +35,10 @@ TRUNCATED_PATHS = Counter(
     "judged: never compared by name as if whole; matched=inode where the file's inode matched, else no",
     ["policy", "matched"],
 )
+UNJUDGED_ROADS = Gauge(
+    "tetrapipe_tracingpolicy_unjudged_roads",
+    "Roads around a loaded policy it says at load it cannot judge (1 per policy and road): raw user "
+    "path comparisons, io_uring requests of hooks that need the return value or whose arguments live "
+    "in the request; how often they are taken is not known",
+    ["policy", "road"],
+)

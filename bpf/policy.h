@@ -26,8 +26,9 @@
 #define TP_GAP_STATE_FULL 1   /* exec_state full: a process keeps no state */
 #define TP_GAP_MARK_FULL 2    /* pf_marks full: a child of a followed process is not marked */
 #define TP_GAP_TRUNC 3        /* a truncated string judged by a name filter (not compared by name) */
-#define TP_GAP_TRUNC_MISS 4   /* ... and matched by nothing else (not by inode either) */
-#define TP_GAPS 5
+#define TP_GAP_TRUNC_MISS 4   /* ... not matched, and not proved another file by its inode */
+#define TP_GAP_TRUNC_INODE 5  /* ... matched by its inode */
+#define TP_GAPS 6
 
 /* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
 #define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })

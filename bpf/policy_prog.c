@@ -71,12 +71,18 @@ static __always_inline int tp_trunc_judged(u32 flags)
     tp_gap(TP_GAP_TRUNC);
     return 1;
 }
-/* the filter's verdict on a truncated string that nothing matched (not by inode either) */
-static __always_inline int tp_trunc_verdict(u32 flags, int matched)
+/* a name filter's verdict r: 1 matched (by name, or by inode), 0 proved not the file (by inode),
+ * 2 not matched and not provable (no inode set, or the Prefix directory not found among the
+ * ancestors walked). A truncated string's verdict is counted: matched by inode, or unknown */
+static __always_inline int tp_trunc_verdict(u32 flags, int r)
 {
-    if (!matched && (flags & TP_ARGF_TRUNC))
-        tp_gap(TP_GAP_TRUNC_MISS);
-    return matched;
+    if (flags & TP_ARGF_TRUNC) {
+        if (r == 1)
+            tp_gap(TP_GAP_TRUNC_INODE);
+        else if (r == 2)
+            tp_gap(TP_GAP_TRUNC_MISS);
+    }
+    return r == 1;
 }
 /* the set's key in per-CPU scratch, zeroed (a key is 264 bytes: too big for the stack budget) */
 static __always_inline struct tp_strkey *tp_setkey(u32 set)
@@ -114,8 +120,10 @@ static __always_inline int tp_int_in(u32 set, u64 v)
 }
 /* the file of dentry d is in inode set `set`: itself (TP_INO_SELF), or, with depth > 1, one of its
  * first depth-1 ancestors in its file system is a Prefix directory (TP_INO_UNDER). The device is
- * the file system's (s_dev: bind mounts and hard links share it with the protected name). */
-static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
+ * the file system's (s_dev: bind mounts and hard links share it with the protected name).
+ * 1: it is; 0: it is not; 2: not found among TP_INO_DEPTH ancestors and the file system's root
+ * not reached (a file deeper than that under the directory is possible: tp_trunc_verdict). */
+static __always_inline int tp_ino_walk(u32 set, struct dentry *d, int depth)
 {
     struct tp_inokey k = {.set = set};
     struct inode *ino = 0;
@@ -131,11 +139,11 @@ static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
 #pragma clang loop unroll(disable)
     for (int i = 0; i < TP_INO_DEPTH; i++) {
         if (i >= depth)
-            break;
+            return 0;
         ino = 0;
         TP_RD(ino, d->d_inode);
         if (!ino)
-            break;
+            return 0;
         TP_RD(k.ino, ino->i_ino);
         struct tp_inoval *v = inoset.lookup(&k);
         if (v && (v->flags & (i == 0 ? TP_INO_SELF : TP_INO_UNDER))) {
@@ -147,10 +155,10 @@ static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
         struct dentry *p = 0;
         TP_RD(p, d->d_parent);
         if (!p || p == d)
-            break;
+            return 0;
         d = p;
     }
-    return 0;
+    return 2;
 }
 static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
 static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }

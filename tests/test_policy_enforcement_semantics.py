@@ -295,12 +295,27 @@ def test_followed_processes_from_the_tree_and_the_forks_seen_while_loading() -> 
     assert followed(tree, {10}, False, {25: 11, 30: 25}) == {10, 11, 12, 30}
 
 
+def _deep_dir(top: Path, n: int) -> Path:
+    deep = top / "/".join(["d"] * n)
+    deep.mkdir(parents=True)
+    d = deep
+    while d != top.parent:
+        os.chmod(d, 0o755)
+        d = d.parent
+    return deep
+
+
 @pytest.mark.kernel
 def test_truncated_path_counted_never_matched_as_whole(env: tuple[Mgr, Path], tmp_path: Path) -> None:
-    """A binary 40 directories down: its path keeps its last 32 components, flagged truncated; a
-    matchBinaries value naming it whole does not match it (the name is never compared as if
-    whole), the judgment is counted (truncated_paths{matched=no}, uncaught road); the same
-    binary at a short path matches."""
+    """Paths deeper than 32 components keep their last 32, flagged truncated; a name filter never
+    compares them as whole, and each judgment is counted with its verdict:
+    - a binary 40 directories down, named whole by matchBinaries (no inode set): not matched,
+      counted unknown (truncated_paths{matched=unknown}, the uncaught road); the same binary at a
+      short path matches;
+    - a write to a file 40 directories below a Prefix directory of an fd filter: matched by inode
+      (matched=inode); 40 directories down elsewhere: its inode proves it outside (matched=no);
+      70 directories below the Prefix directory (past the 64 ancestors walked): not matched,
+      counted unknown."""
     import shutil
 
     from collector.policy import gaps
@@ -308,40 +323,57 @@ def test_truncated_path_counted_never_matched_as_whole(env: tuple[Mgr, Path], tm
     from collector.policy.uncaught import UNCAUGHT
 
     m, helper = env
-    deep = tmp_path / "/".join(["d"] * 40)
-    deep.mkdir(parents=True)
-    for d in [deep, *deep.parents]:
-        if d == tmp_path.parent:
-            break
-        os.chmod(d, 0o755)
+    deep = _deep_dir(tmp_path / "bin", 40)
     deep_exe, short_exe = deep / "deep-helper", tmp_path / "short-helper"
     shutil.copy(helper, deep_exe)
     shutil.copy(helper, short_exe)
+    prot = tmp_path / "prot"
+    under40, under70 = _deep_dir(prot, 40) / "f", _deep_dir(prot / "x", 70) / "f"
+    outside40 = _deep_dir(tmp_path / "other", 40) / "f"
     (lp,) = m.mgr.load_text(_policy("sem-trunc", f"""\
         kprobes:
         - call: sys_getppid
           syscall: true
           selectors:
           - matchBinaries: [{{operator: In, values: ["{deep_exe}", "{short_exe}"]}}]
+        - call: sys_write
+          syscall: true
+          args: [{{index: 0, type: fd}}]
+          selectors:
+          - matchArgs: [{{index: 0, operator: Prefix, values: ["{prot}/"]}}]
         """), "sem-trunc.yaml")
     try:
         def metric(counter: Any, **labels: str) -> float:
             return counter.labels(**labels)._value.get()
 
-        t0 = metric(TRUNCATED_PATHS, policy="sem-trunc", matched="no")
-        u0 = metric(UNCAUGHT, policy="sem-trunc", road=gaps.ROAD_TRUNC)
-        g0 = gaps.read(lp.bpf)
+        def counts() -> list[float]:
+            m.mgr._collect_counts(lp)
+            return [metric(TRUNCATED_PATHS, policy="sem-trunc", matched=v) for v in ("unknown", "inode", "no")] + \
+                [metric(UNCAUGHT, policy="sem-trunc", road=gaps.ROAD_TRUNC)]
+
+        def write(f: Path) -> int:
+            pid, rc = _run(["/bin/sh", "-c", f"echo x >> {f}"])
+            assert rc == 0
+            return pid
+
+        c0 = counts()
         pid_deep, rc = _run([str(deep_exe), "sys64", "110"])
         assert rc == 0
         pid_short, rc = _run([str(short_exe), "sys64", "110"])
         assert rc == 0
         assert m.hooks(lp.policy_id, pid_deep) == []          # not matched as whole
         assert len(m.hooks(lp.policy_id, pid_short)) == 1
-        g1 = gaps.read(lp.bpf)
-        assert g1[gaps.TRUNC] > g0[gaps.TRUNC] and g1[gaps.TRUNC_MISS] > g0[gaps.TRUNC_MISS]
-        m.mgr._collect_counts(lp)
-        assert metric(TRUNCATED_PATHS, policy="sem-trunc", matched="no") > t0
-        assert metric(UNCAUGHT, policy="sem-trunc", road=gaps.ROAD_TRUNC) > u0
+        c1 = counts()
+        assert c1[0] > c0[0] and c1[3] > c0[3]                # unknown, and the uncaught road
+        assert len(m.hooks(lp.policy_id, write(under40))) == 1    # by inode
+        c2 = counts()
+        assert c2[1] > c1[1]
+        assert m.hooks(lp.policy_id, write(outside40)) == []
+        c3 = counts()
+        assert c3[2] > c2[2]                                  # proved outside by its inode
+        assert m.hooks(lp.policy_id, write(under70)) == []       # the hole: counted
+        c4 = counts()
+        assert c4[0] > c3[0] and c4[3] > c3[3]
     finally:
         m.mgr.delete("sem-trunc")
 

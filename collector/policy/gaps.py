@@ -8,8 +8,11 @@ the collector reads it with the selector counts and turns each index into metric
 - TP_GAP_STATE_FULL / TP_GAP_MARK_FULL: exec_state / pf_marks refused an entry at exec or fork:
   state_lost{reason=map_full}; a lost followForks mark is also the uncaught road
   ``followForks mark lost`` (the child is then followed only through the 64 ancestors the kernel walks);
-- TP_GAP_TRUNC / TP_GAP_TRUNC_MISS: a truncated path judged by a name filter (Equal/Prefix/...),
-  never compared as whole: truncated_paths{matched=inode|no}; unmatched also the uncaught road
+- TP_GAP_TRUNC / TP_GAP_TRUNC_INODE / TP_GAP_TRUNC_MISS: a truncated path judged by a name filter
+  (Equal/Prefix/In and their Not forms), never compared by name as whole:
+  truncated_paths{matched=inode} (its inode matched), {matched=no} (its inode proves it another
+  file: not the file, not below the directory), {matched=unknown} (no inode set to ask, or the
+  Prefix directory not among the 64 ancestors walked): unknown is also the uncaught road
   ``path truncated at the judge``.
 """
 
@@ -25,7 +28,7 @@ from collector.policy.uncaught import UNCAUGHT
 
 log = logging.getLogger("tetrapipe.policy")
 
-NO_STATE, STATE_FULL, MARK_FULL, TRUNC, TRUNC_MISS = range(5)   # bpf/policy.h TP_GAP_*
+NO_STATE, STATE_FULL, MARK_FULL, TRUNC, TRUNC_MISS, TRUNC_INODE = range(6)   # bpf/policy.h TP_GAP_*
 ROAD_NO_STATE = "no saved namespace/capability state"
 ROAD_MARK_LOST = "followForks mark lost"
 ROAD_TRUNC = "path truncated at the judge"
@@ -61,7 +64,7 @@ def clear_unjudged(policy: str, roads: set[str]) -> None:
 def read(bpf: Any) -> list[int]:
     """The totals of the program's gap counters (all CPUs)."""
     table = bpf["gaps"]
-    return [int(sum(table[ctypes.c_int(i)])) for i in range(TRUNC_MISS + 1)]
+    return [int(sum(table[ctypes.c_int(i)])) for i in range(TRUNC_INODE + 1)]
 
 
 def collect(policy: str, bpf: Any, seen: list[int]) -> None:
@@ -80,12 +83,12 @@ def collect(policy: str, bpf: Any, seen: list[int]) -> None:
     if d[MARK_FULL]:
         STATE_LOST.labels(policy=policy, state="follow_forks", reason="map_full").inc(d[MARK_FULL])
         _uncaught(policy, ROAD_MARK_LOST, d[MARK_FULL])
-    if d[TRUNC]:
-        if d[TRUNC] > d[TRUNC_MISS]:
-            TRUNCATED_PATHS.labels(policy=policy, matched="inode").inc(d[TRUNC] - d[TRUNC_MISS])
-        if d[TRUNC_MISS]:
-            TRUNCATED_PATHS.labels(policy=policy, matched="no").inc(d[TRUNC_MISS])
+    if d[TRUNC_INODE]:
+        TRUNCATED_PATHS.labels(policy=policy, matched="inode").inc(d[TRUNC_INODE])
+    if d[TRUNC] > d[TRUNC_INODE] + d[TRUNC_MISS]:   # its inode proves it another file
+        TRUNCATED_PATHS.labels(policy=policy, matched="no").inc(d[TRUNC] - d[TRUNC_INODE] - d[TRUNC_MISS])
     if d[TRUNC_MISS]:
+        TRUNCATED_PATHS.labels(policy=policy, matched="unknown").inc(d[TRUNC_MISS])
         _uncaught(policy, ROAD_TRUNC, d[TRUNC_MISS])
 
 

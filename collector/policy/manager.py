@@ -50,7 +50,7 @@ class Loaded:
     loaded_at: float = field(default_factory=time.time)
     enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
-    gaps_seen: list[int] = field(default_factory=lambda: [0] * (gaps.TRUNC_MISS + 1))
+    gaps_seen: list[int] = field(default_factory=lambda: [0] * (gaps.TRUNC_INODE + 1))
     lost_seen: int = 0
     link_fds: list[int] = field(default_factory=list)   # fmod_ret attachments (closed at unload)
 

@@ -32,7 +32,8 @@ STATE_LOST = Counter(
 TRUNCATED_PATHS = Counter(
     "tetrapipe_tracingpolicy_truncated_paths",
     "Truncated values (a path deeper than 32 components or longer than 4096 bytes) a name filter "
-    "judged: never compared by name as if whole; matched=inode where the file's inode matched, else no",
+    "judged: never compared by name as if whole; matched=inode (its inode matched), no (its inode "
+    "proves it another file), unknown (nothing could tell: also an uncaught road)",
     ["policy", "matched"],
 )
 UNJUDGED_ROADS = Gauge(

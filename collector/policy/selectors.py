@@ -232,18 +232,20 @@ class SelectorGen:
         match the file by its inode (any name of it: hard link, bind mount; a Prefix directory's
         files at any depth up to TP_INO_DEPTH), from the sets collector/policy/inode_sets.py keeps."""
         any_match = self.g.string_set(k, op, values, path)
-        cut = op not in ("Postfix", "NotPostfix")
-        if cut:
-            # a truncated value lost its start: never matched as if whole (Postfix sees its end);
-            # counted (TP_GAP_TRUNC), and again where nothing else matched it (TP_GAP_TRUNC_MISS)
-            any_match = f"(!tp_trunc_judged(s->sflags[{k}]) && {any_match})"
+        walk = "2"    # no inode set: a name that does not match proves nothing about a truncated one
         if by_inode and k in self.ino_slots and op in INODE_OPERATORS:
             how = INODE_OPERATORS[op]
             sid = self.g.inode_set(how, values)
             depth = 1 if how == "equal" else "TP_INO_DEPTH"
-            any_match = f"({any_match} || tp_ino_in({sid}, s->dent[{k}], {depth}))"
-        if cut:
-            any_match = f"tp_trunc_verdict(s->sflags[{k}], {any_match})"
+            walk = f"tp_ino_walk({sid}, s->dent[{k}], {depth})"
+        if op in ("Postfix", "NotPostfix"):   # a truncated value keeps its end: Postfix sees it
+            if walk != "2":
+                any_match = f"({any_match} || {walk} == 1)"
+        else:
+            # a truncated value lost its start: never matched by name as if whole; counted
+            # (TP_GAP_TRUNC), with its verdict: by inode, or unknown (TP_GAP_TRUNC_MISS)
+            any_match = (f"tp_trunc_verdict(s->sflags[{k}], (!tp_trunc_judged(s->sflags[{k}]) && {any_match}) "
+                         f"? 1 : {walk})")
         return f"!{any_match}" if op.startswith("Not") else any_match
 
     def file_type_cond(self, arg: ArgSpec, f: ArgFilter, path: str) -> str:

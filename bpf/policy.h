@@ -21,6 +21,15 @@
 #define TP_BUF_MAX 4096
 #define TP_ANCESTORS 64   /* matchPIDs followForks: a bounded loop, not unrolled (collector/policy/actions.py) */
 
+/* indexes of the per-policy ``gaps`` counters (collector/policy/gaps.py: their metrics) */
+#define TP_GAP_NO_STATE 0     /* matchNamespace/CapabilityChanges judged a process without saved state */
+#define TP_GAP_STATE_FULL 1   /* exec_state full: a process keeps no state */
+#define TP_GAP_MARK_FULL 2    /* pf_marks full: a child of a followed process is not marked */
+#define TP_GAP_TRUNC 3        /* a truncated string judged by a name filter (not compared by name) */
+#define TP_GAP_TRUNC_MISS 4   /* ... not matched, and not proved another file by its inode */
+#define TP_GAP_TRUNC_INODE 5  /* ... matched by its inode */
+#define TP_GAPS 6
+
 /* v & m as the verifier sees it: clang drops a C mask it can prove redundant, the verifier can't */
 #define TP_BOUND(v, m) ({ u64 __x = (v); asm volatile("%[x] &= " #m : [x] "+r"(__x)); __x; })
 
@@ -82,6 +91,28 @@ struct tp_exec_state {
     u32 ns[TP_NS_COUNT];
     u64 caps[3];
 };
+
+/* At sched_process_fork (current: the parent): the new task is a thread of the current group.
+ * copy_process put a new thread at the tail of the group's thread list before the tracepoint;
+ * another thread cloned at the same moment can be there instead: then 0, and the caller keeps a
+ * per-task copy it did not need (dropped at the thread's exit). Per-process state (exec_state,
+ * pf_marks, pf_births) is looked up by tgid: a thread needs no entry of its own. */
+static __always_inline int tp_fork_is_thread(u32 child)
+{
+    struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
+    struct signal_struct *sig = 0;
+    struct list_head *last = 0;
+    u32 pid = 0;
+    TP_RD(sig, cur->signal);
+    if (!sig)
+        return 0;
+    TP_RD(last, sig->thread_head.prev);
+    if (!last || last == &sig->thread_head)
+        return 0;
+    struct task_struct *t = tp_container_of(last, struct task_struct, thread_node);
+    TP_RD(pid, t->pid);
+    return pid == child;
+}
 
 /* Path of an open file, walked up to the task's root. */
 static __always_inline u32 tp_file_path(struct tp_path_buf *pb, struct task_struct *task,

@@ -59,6 +59,31 @@ ${scope_check}${prologue}${pre}
 }
 
 // @@ program_helpers
+/* What a selector could not judge, counted per policy (``gaps``; collector/policy/gaps.py names
+ * each index in metrics): the collector reads it every second. */
+static __always_inline void tp_gap(u32 idx) { u64 *c = gaps.lookup(&idx); if (c) (*c)++; }
+/* a truncated string (a path deeper than TP_PATH_DEPTH components or longer than TP_PATH_MAX
+ * bytes) is never compared by name as if whole: counted, and the name comparison skipped */
+static __always_inline int tp_trunc_judged(u32 flags)
+{
+    if (!(flags & TP_ARGF_TRUNC))
+        return 0;
+    tp_gap(TP_GAP_TRUNC);
+    return 1;
+}
+/* a name filter's verdict r: 1 matched (by name, or by inode), 0 proved not the file (by inode),
+ * 2 not matched and not provable (no inode set, or the Prefix directory not found among the
+ * ancestors walked). A truncated string's verdict is counted: matched by inode, or unknown */
+static __always_inline int tp_trunc_verdict(u32 flags, int r)
+{
+    if (flags & TP_ARGF_TRUNC) {
+        if (r == 1)
+            tp_gap(TP_GAP_TRUNC_INODE);
+        else if (r == 2)
+            tp_gap(TP_GAP_TRUNC_MISS);
+    }
+    return r == 1;
+}
 /* the set's key in per-CPU scratch, zeroed (a key is 264 bytes: too big for the stack budget) */
 static __always_inline struct tp_strkey *tp_setkey(u32 set)
 {
@@ -95,8 +120,10 @@ static __always_inline int tp_int_in(u32 set, u64 v)
 }
 /* the file of dentry d is in inode set `set`: itself (TP_INO_SELF), or, with depth > 1, one of its
  * first depth-1 ancestors in its file system is a Prefix directory (TP_INO_UNDER). The device is
- * the file system's (s_dev: bind mounts and hard links share it with the protected name). */
-static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
+ * the file system's (s_dev: bind mounts and hard links share it with the protected name).
+ * 1: it is; 0: it is not; 2: not found among TP_INO_DEPTH ancestors and the file system's root
+ * not reached (a file deeper than that under the directory is possible: tp_trunc_verdict). */
+static __always_inline int tp_ino_walk(u32 set, struct dentry *d, int depth)
 {
     struct tp_inokey k = {.set = set};
     struct inode *ino = 0;
@@ -112,11 +139,11 @@ static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
 #pragma clang loop unroll(disable)
     for (int i = 0; i < TP_INO_DEPTH; i++) {
         if (i >= depth)
-            break;
+            return 0;
         ino = 0;
         TP_RD(ino, d->d_inode);
         if (!ino)
-            break;
+            return 0;
         TP_RD(k.ino, ino->i_ino);
         struct tp_inoval *v = inoset.lookup(&k);
         if (v && (v->flags & (i == 0 ? TP_INO_SELF : TP_INO_UNDER))) {
@@ -128,10 +155,10 @@ static __always_inline int tp_ino_in(u32 set, struct dentry *d, int depth)
         struct dentry *p = 0;
         TP_RD(p, d->d_parent);
         if (!p || p == d)
-            break;
+            return 0;
         d = p;
     }
-    return 0;
+    return 2;
 }
 static __always_inline void tp_count(u32 idx) { u64 *c = sel_counts.lookup(&idx); if (c) (*c)++; }
 static __always_inline void tp_drop(void) { int z = 0; u64 *d = drops.lookup(&z); if (d) (*d)++; }
@@ -149,7 +176,8 @@ static __always_inline void tp_exec_state_save(void)
     st.caps[0] = tp_caps(task, 0);
     st.caps[1] = tp_caps(task, 1);
     st.caps[2] = tp_caps(task, 2);
-    exec_state.update(&tgid, &st);
+    if (exec_state.update(&tgid, &st))
+        tp_gap(TP_GAP_STATE_FULL);
 }
 
 // @@ follow_children_exec
@@ -186,10 +214,41 @@ static __always_inline void tp_exec_state_save(void)
     /* a new process starts with its parent's state: a change is judged against the exec before */
     u32 tg = bpf_get_current_pid_tgid() >> 32;
     struct tp_exec_state *st = exec_state.lookup(&tg);
-    if (st) {
+    if (st && !tp_fork_is_thread(args->child_pid)) {
         struct tp_exec_state c = *st;
         u32 child = args->child_pid;
-        exec_state.update(&child, &c);
+        if (exec_state.update(&child, &c))
+            tp_gap(TP_GAP_STATE_FULL);
+    }
+}
+
+// @@ follow_pids_births
+{
+    /* while the policy loads (not enabled yet): every fork, child → parent, so the seeding from
+     * /proc links a child whose parent exited before it was marked (collector/policy/proc_state.py) */
+    int zero = 0;
+    u32 *on = enabled.lookup(&zero);
+    if (on && !*on && !tp_fork_is_thread(args->child_pid)) {
+        u32 child = args->child_pid, parent = bpf_get_current_pid_tgid() >> 32;
+        pf_births.update(&child, &parent);
+    }
+}
+
+// @@ follow_pids_fork
+{
+    /* matchPIDs followForks: a child of a followed process is followed (the mark is inherited
+     * at fork and dropped at exit), whatever the depth; processes older than the policy are
+     * marked from /proc at load (collector/policy/proc_state.py) */
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct tp_fc_key fk = {.filter = ${fid}, .tgid = bpf_get_current_pid_tgid() >> 32};
+    u32 v = ${val};
+    (void)task;
+    int m = (${eq}) || pf_marks.lookup(&fk) != 0;
+    if (m && !tp_fork_is_thread(args->child_pid)) {
+        u8 one = 1;
+        fk.tgid = args->child_pid;
+        if (pf_marks.update(&fk, &one))
+            tp_gap(TP_GAP_MARK_FULL);
     }
 }
 

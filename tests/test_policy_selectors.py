@@ -56,9 +56,26 @@ def creat(mode: int) -> Callable[[str], int]:
     return lambda p: py_open(p, "os.O_WRONLY | os.O_CREAT", mode)
 
 
-def orphan_cat(path: str) -> None:
-    """cat in an orphaned subshell: by the time it opens, its parent is no descendant of ours."""
-    run(["/bin/sh", "-c", f"(sleep 0.3; exec {CAT} {path}) >/dev/null 2>&1 &"])
+_FOLLOWED: list[subprocess.Popen[str]] = []
+
+
+def followed_sh() -> subprocess.Popen[str]:
+    """A shell the pidforks case follows (its pid in the policy): a process of the test itself
+    descends from pytest, not from it."""
+    if not _FOLLOWED:
+        _FOLLOWED.append(subprocess.Popen(["/bin/sh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    return _FOLLOWED[0]
+
+
+def orphan_cat_of_followed(path: str) -> None:
+    """cat in an orphaned subshell of the followed shell: by the time it opens, the shell between
+    them has exited and it is reparented; it still descends from the followed shell (marked at
+    fork; before #12's marks the ancestor walk lost it)."""
+    sh = followed_sh()
+    assert sh.stdin is not None and sh.stdout is not None
+    sh.stdin.write(f"/bin/sh -c '(sleep 0.3; exec {CAT} {path}) >/dev/null 2>&1 &'; echo started\n")
+    sh.stdin.flush()
+    assert sh.stdout.readline().strip() == "started"
     time.sleep(0.8)
 
 
@@ -144,8 +161,8 @@ CASES = [
     # matchPIDs
     Case("pidin", "    matchPIDs:\n    - operator: In\n      values: [{pid}]", in_this_process, cat),
     Case("pidnotin", "    matchPIDs:\n    - operator: NotIn\n      values: [{pid}]", cat, in_this_process),
-    Case("pidforks", "    matchPIDs:\n    - operator: In\n      followForks: true\n      values: [{pid}]", cat,
-         orphan_cat),
+    Case("pidforks", "    matchPIDs:\n    - operator: In\n      followForks: true\n      values: [{fpid}]",
+         orphan_cat_of_followed, cat),
     Case("nspid", "    matchPIDs:\n    - operator: In\n      isNamespacePID: true\n      values: [1]",
          lambda p: run(["unshare", "--pid", "--fork", CAT, p]), cat),
     # matchBinaries / matchParentBinaries
@@ -190,7 +207,7 @@ def hook_yaml(c: Case) -> str:
         extra = ""
         arg_filters = "\n" + c.selector.format(d=d)
     else:
-        extra = textwrap.indent(c.selector.format(pid=os.getpid()), "  ")
+        extra = textwrap.indent(c.selector.format(pid=os.getpid(), fpid=followed_sh().pid), "  ")
         arg_filters = ""
     return (f'  - call: "sys_openat"\n    syscall: true\n{c.hook_extra}'
             '    args:\n    - index: 1\n      type: "string"\n    - index: 2\n      type: "int"\n'
@@ -227,6 +244,9 @@ def policies() -> Iterator[tuple[PolicyManager, dict[str, tuple[int, int]]]]:
     finally:
         mgr.stop()
         shutil.rmtree(ROOT, ignore_errors=True)
+        for sh in _FOLLOWED:
+            sh.kill()
+            sh.wait()
 
 
 def hook_paths(mgr: PolicyManager, seen: list[records.HookBody], policy_id: int, hook_id: int) -> list[str]:

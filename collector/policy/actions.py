@@ -37,7 +37,7 @@ def connect_rule(g: ProgramGen, hook: Hook, s: Selector, hid: int, index: int) -
     g.connect_rules.append(rule)
 
 
-TP_ANCESTORS = 64   # bpf/policy.h: ancestors walked by matchPIDs followForks
+TP_ANCESTORS = 64   # bpf/policy.h: ancestors walked by matchPIDs followForks (beside the fork-time marks)
 # socket hooks whose tracepoint fires outside the process that owns the socket
 PROCESS_FILTERS = (("match_pids", "matchPIDs"), ("match_binaries", "matchBinaries"),
                    ("match_parent_binaries", "matchParentBinaries"), ("match_namespaces", "matchNamespaces"),
@@ -76,9 +76,6 @@ def check_actions(g: ProgramGen, hook: Hook, hid: int, src: Source) -> None:
         for pf in s.match_pids:
             if pf.follow_forks and pf.operator == "NotIn":
                 g.notices.append(f"{pf.path}: followForks with NotIn checks the process itself")
-            elif pf.follow_forks:
-                g.notices.append(f"{pf.path}: followForks checks the process and {TP_ANCESTORS} ancestors: "
-                                 "a descendant further down is not matched")
         if (hook.return_ or s.match_return_args) and any(a.action in ("Sigkill", "Signal")
                                                          for a in s.match_actions):
             g.notices.append(f"{s.path}: the signal of a selector on a return hook (or with matchReturnArgs) "

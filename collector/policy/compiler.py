@@ -45,6 +45,8 @@ MAX_SLOTS = 4  # TP_SLOTS in bpf/policy.h
 POD_CGROUPS_MAP = "pod_cgroups"   # scoped policies: cgroup id → 1, filled by collector/policy/pod_scope.py
 POD_CGROUPS_MAX = 8192
 INODE_SET_MAX = 16384  # (device, inode) entries of all inode sets of a policy (collector/policy/inode_sets.py)
+EXEC_STATE_MAX = 32768  # processes (and threads) with saved namespace/capability state (exec_state)
+PF_MARKS_MAX = 65536    # followed processes (and threads) of all matchPIDs followForks filters (pf_marks)
 INT_SET_MAX = 65536    # entries of all InMap/NotInMap filters of a policy (ranges count each value)
 SET_LENGTHS_MAX = 64   # distinct value lengths of one Prefix/Postfix filter: one map lookup each
 STRING_HOW = {"Equal": "equal", "NotEqual": "equal", "In": "equal", "NotIn": "equal", "Prefix": "prefix",
@@ -78,6 +80,8 @@ class Compiled:
     inode_sets: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (set id, equal|prefix, paths)
     exec_state: bool = False     # the program keeps ``exec_state`` (matchNamespace/CapabilityChanges)
     sig_failed: bool = False     # the program has ``sig_failed`` (signals the collector sends for it)
+    # matchPIDs followForks: (filter id in ``pf_marks``, pid values, isNamespacePID), marked at load
+    follow_pids: list[tuple[int, list[int], bool]] = field(default_factory=list)
 
 
 class _Fail:
@@ -115,7 +119,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
                     gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state,
-                    gen.sig_failed)
+                    gen.sig_failed, gen.pf_specs)
 
 
 def scope_path(policy: Policy) -> str:
@@ -162,6 +166,7 @@ class ProgramGen:
         self.exec_state = False
         self.ratelimit = False
         self.fc_filters = 0
+        self.pf_specs: list[tuple[int, list[int], bool]] = []   # matchPIDs followForks filters
         self.sock = False                        # socket hooks: collector/sock_hooks.py helpers
         self.kargs = False                       # typed kernel objects: bpf/kargs.h (collector/policy/kargs.py)
         self.dns = False                         # dns arguments: bpf/dns.h (collector/policy/dns.py)
@@ -286,6 +291,21 @@ class ProgramGen:
             fragment("follow_children_fork", fid=fid).rstrip("\n"))
         return fid
 
+    def follow_pids(self, values: list[int], ns_pid: bool, val: str, eq: str) -> int:
+        """Register a matchPIDs followForks filter: a mark per process in ``pf_marks``, inherited at
+        fork (``val``/``eq``: the parent's own pid matches), dropped at exit, seeded at load."""
+        for fid, vals, ns in self.pf_specs:
+            if vals == list(values) and ns == ns_pid:
+                return fid   # the same filter generated again (a twin of the hook): one mark
+        fid = len(self.pf_specs)
+        if not fid:
+            self.probes.setdefault("sched:sched_process_fork", []).append(
+                fragment("follow_pids_births").rstrip("\n"))
+        self.pf_specs.append((fid, list(values), ns_pid))
+        self.probes.setdefault("sched:sched_process_fork", []).append(
+            fragment("follow_pids_fork", fid=fid, val=val, eq=eq).rstrip("\n"))
+        return fid
+
     def _state_exit(self, map_name: str, keys: str) -> str:
         """Drop a process's entry when its last thread exits (``group_dead`` where the kernel's
         sched_process_exit has it, else at the exit of the thread group leader)."""
@@ -320,13 +340,19 @@ class ProgramGen:
             "  /* files by inode (collector/policy/inode_sets.py) */",
             "BPF_ARRAY(enabled, u32, 1);  /* 0 until the string sets are filled, and while disabled */",
             f"BPF_PERCPU_ARRAY(sel_counts, u64, {ncount});",
+            "BPF_PERCPU_ARRAY(gaps, u64, TP_GAPS);  /* what selectors could not judge (bpf/policy.h) */",
             *self.pending_maps,
         ]
         if self.exec_state:
-            out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
-        if self.fc_filters:
+            # a hash, not an LRU: a full map refuses (counted, TP_GAP_STATE_FULL), never evicts silently
+            out.append(f"BPF_HASH(exec_state, u32, struct tp_exec_state, {EXEC_STATE_MAX});")
+        if self.fc_filters or self.pf_specs:
             out.append("struct tp_fc_key { u32 filter; u32 tgid; };")
+        if self.fc_filters:
             out.append("BPF_TABLE(\"lru_hash\", struct tp_fc_key, u8, fc_marks, 65536);")
+        if self.pf_specs:
+            out.append(f"BPF_HASH(pf_marks, struct tp_fc_key, u8, {PF_MARKS_MAX});  /* followForks */")
+            out.append("BPF_TABLE(\"lru_hash\", u32, u32, pf_births, 16384);  /* forks while loading */")
         if self.ratelimit:
             out.append("struct tp_rl_key { u32 hook_sel; u32 scope; };")
             out.append("BPF_TABLE(\"lru_hash\", struct tp_rl_key, u64, ratelimit, 32768);")
@@ -350,6 +376,10 @@ class ProgramGen:
             self.probes.setdefault("sched:sched_process_fork", []).append(fragment("exec_state_fork").rstrip("\n"))
             self.probes.setdefault("sched:sched_process_exit", []).append(
                 self._state_exit("exec_state", "u32 tk = tid, pk = tg;"))
+        for fid, _values, _ns in self.pf_specs:
+            self.probes.setdefault("sched:sched_process_exit", []).append(self._state_exit(
+                "pf_marks", f"struct tp_fc_key tk = {{.filter = {fid}, .tgid = tid}}, "
+                            f"pk = {{.filter = {fid}, .tgid = tg}};"))
         for fid in range(self.fc_filters):
             self.probes.setdefault("sched:sched_process_exit", []).append(self._state_exit(
                 "fc_marks", f"struct tp_fc_key tk = {{.filter = {fid}, .tgid = tid}}, "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.drain import RingBufferDrain
-from collector.policy import compiler
+from collector.policy import compiler, gaps
 from collector.policy.model import Policy
 
 
@@ -23,6 +23,7 @@ class Loaded:
     loaded_at: float = field(default_factory=time.time)
     enabled: bool = True
     counts_seen: dict[int, int] = field(default_factory=dict)
+    gaps_seen: list[int] = field(default_factory=lambda: [0] * (gaps.TRUNC_INODE + 1))
     lost_seen: int = 0
     link_fds: list[int] = field(default_factory=list)   # fmod_ret attachments (closed at unload)
 

@@ -21,7 +21,7 @@ from bpf import records
 from collector import connect_deny, kernel_features, loader, uprobes
 from collector.drain import RecordQueue, RingBufferDrain
 from collector.kernel_features import KernelFeatures
-from collector.policy import compiler, doom, kattach, netsel, parser, proc_state, selector_counts, uncaught
+from collector.policy import compiler, doom, gaps, kattach, netsel, parser, proc_state, selector_counts, uncaught
 from collector.policy.connect_rules import ConnectRules
 from collector.policy.inode_sets import InodeSets
 from collector.policy.loaded import Loaded
@@ -213,8 +213,11 @@ class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
             # file filters by inode too, before the policy is enabled (collector/policy/inode_sets.py)
             comp.notices += self.inode_sets.add(p.name, pid, bpf["inoset"], comp.inode_sets, self.inode_root)
             if comp.exec_state:   # processes older than the policy: their state now
-                seeded = proc_state.seed_exec_state(bpf["exec_state"])
+                seeded = proc_state.seed_exec_state(bpf["exec_state"], p.name)
                 log.info("policy %s: namespace/capability state of %d running processes seeded", p.name, seeded)
+            if comp.follow_pids:  # followForks: the followed processes older than the policy
+                seeded = proc_state.seed_follow_forks(bpf["pf_marks"], bpf["pf_births"], comp.follow_pids, p.name)
+                log.info("policy %s: %d running processes followed (matchPIDs followForks)", p.name, seeded)
             if p.scoped and self.pod_scope is not None:
                 in_ctr = [(ch.uprobe, ch.uprobe_fn) for ch in comp.hooks if ch.uprobe and ch.uprobe.in_container]
                 # the selected containers' cgroups (and uprobes in their roots), before it is enabled
@@ -243,6 +246,7 @@ class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
                 self._unload(lp)
                 raise
         self._sync_uncaught()
+        gaps.set_unjudged(p.name, gaps.unjudged(comp.notices))
         for n in p.notices + comp.notices:
             log.warning("policy %s: %s", p.name, n)
         log.info("policy %s loaded (%s mode, id %d) in %.2fs: %s", p.name, p.mode, pid,
@@ -298,6 +302,7 @@ class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
             self._sync_loader()
         if not replaced:
             self._sync_uncaught()
+            gaps.clear_unjudged(lp.name, gaps.unjudged(lp.compiled.notices))
         if lp.compiled.connect_rules:  # its connect rules go before its catalog entry does
             try:
                 self._update_connect_rules()
@@ -370,6 +375,8 @@ class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
             self._lock.release()
 
     def _collect_counts(self, lp: Loaded) -> None:
+        if lp.bpf is not None:
+            gaps.collect(lp.name, lp.bpf, lp.gaps_seen)
         selector_counts.collect(lp, self.user_actions)
 
     def kernel_lost_delta(self) -> int:

@@ -232,14 +232,20 @@ class SelectorGen:
         match the file by its inode (any name of it: hard link, bind mount; a Prefix directory's
         files at any depth up to TP_INO_DEPTH), from the sets collector/policy/inode_sets.py keeps."""
         any_match = self.g.string_set(k, op, values, path)
-        if op not in ("Postfix", "NotPostfix"):
-            # a truncated value lost its start: never matched as if whole (Postfix sees its end)
-            any_match = f"(!(s->sflags[{k}] & TP_ARGF_TRUNC) && {any_match})"
+        walk = "2"    # no inode set: a name that does not match proves nothing about a truncated one
         if by_inode and k in self.ino_slots and op in INODE_OPERATORS:
             how = INODE_OPERATORS[op]
             sid = self.g.inode_set(how, values)
             depth = 1 if how == "equal" else "TP_INO_DEPTH"
-            any_match = f"({any_match} || tp_ino_in({sid}, s->dent[{k}], {depth}))"
+            walk = f"tp_ino_walk({sid}, s->dent[{k}], {depth})"
+        if op in ("Postfix", "NotPostfix"):   # a truncated value keeps its end: Postfix sees it
+            if walk != "2":
+                any_match = f"({any_match} || {walk} == 1)"
+        else:
+            # a truncated value lost its start: never matched by name as if whole; counted
+            # (TP_GAP_TRUNC), with its verdict: by inode, or unknown (TP_GAP_TRUNC_MISS)
+            any_match = (f"tp_trunc_verdict(s->sflags[{k}], (!tp_trunc_judged(s->sflags[{k}]) && {any_match}) "
+                         f"? 1 : {walk})")
         return f"!{any_match}" if op.startswith("Not") else any_match
 
     def file_type_cond(self, arg: ArgSpec, f: ArgFilter, path: str) -> str:
@@ -301,6 +307,11 @@ class SelectorGen:
             if pf.operator == "In":
                 code = f"u32 v = {val};\nint m = ({eq});\n"
                 if pf.follow_forks:
+                    # the mark inherited at fork (any depth), then the ancestors the kernel still
+                    # links (TP_ANCESTORS: for a fork during the load's seeding)
+                    fid = self.g.follow_pids([int(v) for v in pf.values], pf.is_namespace_pid, val, eq)
+                    code += (f"if (!m) {{\n    struct tp_fc_key fk = {{.filter = {fid}, "
+                             ".tgid = bpf_get_current_pid_tgid() >> 32};\n    m = pf_marks.lookup(&fk) != 0;\n}\n")
                     field_ = "tp_ns_pid(t)" if pf.is_namespace_pid else "0"
                     code += ("struct task_struct *t = task;\n#pragma clang loop unroll(disable)\n"
                              "for (int i = 0; i < TP_ANCESTORS; i++) {\n"
@@ -352,7 +363,8 @@ class SelectorGen:
             neg = "!" if nc.operator == "NotIn" else ""
             lines.append("if (ok) {\n    u32 tg = bpf_get_current_pid_tgid() >> 32;\n"
                          "    struct tp_exec_state *st = exec_state.lookup(&tg);\n"
-                         f"    int ch = st ? ({changed}) : 0;\n    ok = {neg}ch;\n}}")
+                         f"    int ch = st ? ({changed}) : 0;\n    if (!st) tp_gap(TP_GAP_NO_STATE);\n"
+                         f"    ok = {neg}ch;\n}}")
         for cc in s.match_capability_changes:
             self.g.exec_state = True
             mask = sum(1 << CAPABILITIES.index(c) for c in cc.values)
@@ -361,6 +373,7 @@ class SelectorGen:
             lines.append("if (ok) {\n    u32 tg = bpf_get_current_pid_tgid() >> 32;\n"
                          "    struct tp_exec_state *st = exec_state.lookup(&tg);\n"
                          f"    int ch = st ? (((st->caps[{t}] ^ tp_caps(task, {t})) & {mask}ULL) != 0) : 0;\n"
+                         "    if (!st) tp_gap(TP_GAP_NO_STATE);\n"
                          f"    ok = {neg}ch;\n}}")
         return lines
 

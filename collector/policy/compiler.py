@@ -78,6 +78,10 @@ class Compiled:
     inode_sets: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (set id, equal|prefix, paths)
     exec_state: bool = False     # the program keeps ``exec_state`` (matchNamespace/CapabilityChanges)
     sig_failed: bool = False     # the program has ``sig_failed`` (signals the collector sends for it)
+    stacks: bool = False         # Post's kernel/userStackTrace: ``stack_traces`` map (collector/stacks.py)
+
+
+STACK_MAP_ENTRIES = 4096   # distinct stacks a policy keeps (1 KiB each): a new one past that is lost, counted
 
 
 class _Fail:
@@ -115,7 +119,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
                     gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state,
-                    gen.sig_failed)
+                    gen.sig_failed, gen.stacks)
 
 
 def scope_path(policy: Policy) -> str:
@@ -173,6 +177,7 @@ class ProgramGen:
         self.compat = platform.machine() == "x86_64" and (tracefs / "events" / "raw_syscalls").is_dir()
         self.compat_used = False
         self.sig_failed = False                  # the sig_failed map (hookfn.py): signals the collector sends
+        self.stacks = False                      # the stack_traces map (hookfn.py stack_c, collector/stacks.py)
         self.doom = False                        # Sigkill refuses the killed group's reads/writes (doom.py)
         self.uring_used = False                  # io_uring twins of syscall hooks (collector/policy/uring.py)
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
@@ -327,6 +332,8 @@ class ProgramGen:
         ]
         if self.exec_state:
             out.append("BPF_TABLE(\"lru_hash\", u32, struct tp_exec_state, exec_state, 32768);")
+        if self.stacks:   # Post's stack traces: ids in the records, frames read by collector/stacks.py
+            out.append(f"BPF_STACK_TRACE(stack_traces, {STACK_MAP_ENTRIES});")
         if self.fc_filters:
             out.append("struct tp_fc_key { u32 filter; u32 tgid; };")
             out.append("BPF_TABLE(\"lru_hash\", struct tp_fc_key, u8, fc_marks, 65536);")

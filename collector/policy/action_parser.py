@@ -48,8 +48,12 @@ def action(c: Ctx, raw: Any, p: str, hook: Hook) -> Action:
         a.rate_limit = c.string(fm.get("rateLimit"), f"{p}.rateLimit")
         if name != "Post":
             raise c.fail(f"{p}.rateLimit", "rateLimit applies to Post only")
-        if not re.fullmatch(r"\d+[smh]?", a.rate_limit):
-            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h")
+        # Tetragon's parseRateLimit: digits (a u32), then s, m or h in either case (none: seconds);
+        # it refuses anything else ("5/minute", "30/60s"), and so do we
+        m = re.fullmatch(r"(\d+)[smhSMH]?", a.rate_limit)
+        if not m or int(m.group(1)) > 0xFFFFFFFF:
+            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h "
+                                           "(Tetragon's parser refuses it too)")
     if fm.get("rateLimitScope") is not None:
         a.rate_limit_scope = c.choice(fm.get("rateLimitScope"), f"{p}.rateLimitScope",
                                       ("thread", "process", "global"), "rateLimitScope")

@@ -465,7 +465,8 @@ def _ret_c(func: str, raw: str) -> str:
 
 
 def _duration_ns(text: str) -> int:
-    """Tetragon's rateLimit: "30s", "5m", "1h" (plain digits: seconds)."""
-    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
-    digits = text[:-1] if text[-1:] in "smh" else text
-    return int(digits) * unit * 1_000_000_000
+    """Tetragon's rateLimit: "30s", "5m", "1h", any case (plain digits: seconds); as Tetragon keeps
+    it in a u32 of milliseconds, at most 0xffffffff ms (49.7 days)."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if text[-1:].lower() in ("s", "m", "h") else text
+    return min(int(digits) * unit * 1000, 0xFFFFFFFF) * 1_000_000

@@ -249,7 +249,7 @@ class ProgramGen:
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
         hook = tetragon_compat.tracepoint_indexes(self, tetragon_compat.syscall_override(
-            self, hook, mechanism.SYSCALL_WRAPPER))
+            self, tetragon_compat.old_signature(self, hook), mechanism.SYSCALL_WRAPPER))
         src, fname, serve = mechanism.choose(self, hook)
         actions.check_actions(self, hook, hid, src)
         self.notices += evasion.raw_path_warnings(hook, src)

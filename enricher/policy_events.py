@@ -106,7 +106,8 @@ class PolicyEvents:
     records (``wants_later``), and processes that exited recently stay findable here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expose_stack_addresses: bool = False) -> None:
+        self.expose_stack_addresses = expose_stack_addresses   # Tetragon's --expose-stack-addresses
         self.catalog: dict[tuple[str, int], CatalogEntry] = {}
         self.recent_exits: OrderedDict[int, tuple[int, Any]] = OrderedDict()  # pid → (exit ktime, entry)
 
@@ -246,8 +247,9 @@ class PolicyEvents:
         kprobe = {**common, "function_name": hook.get("function_name", "")}
         for key, st in (("kernel_stack_trace", body.kernel_stack), ("user_stack_trace", body.user_stack)):
             if st is not None:   # Post's stack traces, symbolised by the collector (collector/stacks.py)
-                kprobe[key] = [{"address": _s64(f.address), "offset": _s64(f.offset), "symbol": f.symbol,
-                                "module": f.module} for f in st.frames]
+                kprobe[key] = [{"address": _s64(f.address) if self.expose_stack_addresses else 0,
+                                "offset": _s64(f.offset), "symbol": f.symbol, "module": f.module}
+                               for f in st.frames]
         if body.flags & r.HOOK_RETURN:
             ret_spec = hook.get("return_arg") or {}
             if ret_spec.get("type") in ("size_t", "uint64", "ulong"):

@@ -54,7 +54,8 @@ spec:
 """
 
 
-ENRICH = (PolicyEvents(), EventBuilder(ProcessCache(100)))   # the enricher's side, one for the module
+RAW: list[r.HookRecord] = []   # hook records seen, in order
+ENRICH = (PolicyEvents(expose_stack_addresses=True), EventBuilder(ProcessCache(100)))   # one for the module
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,7 @@ def _drain(m: PolicyManager, pe: PolicyEvents, b: EventBuilder) -> list[dict]:
         if isinstance(rec, r.PolicyRecord):
             pe.on_catalog(rec, "n")
         elif isinstance(rec, r.HookRecord):
+            RAW.append(rec)
             ev = codec.decode("event", codec.encode("event", pe.on_hook(rec, "n", 0, b)))
             if ev["process_kprobe"]["policy_name"] == "stack-traces":
                 out.append(ev)
@@ -128,6 +130,12 @@ def test_kernel_and_user_stacks_symbolised(mgr: PolicyManager, probe: Path) -> N
     assert msg.process_kprobe.kernel_stack_trace[syms.index("do_syscall_64")].symbol == "do_syscall_64"
     lines = compact.Compact(stack_traces=True).output(doc)   # tetra --stack-traces
     assert "do_syscall_64" in lines and "tetrapipe_stack_leaf" in lines
+    # by default, as Tetragon without --expose-stack-addresses: frames without their addresses
+    hidden = PolicyEvents()
+    hidden.catalog = ENRICH[0].catalog
+    kp0 = hidden.on_hook(RAW[-1], "n", 0, ENRICH[1])["process_kprobe"]
+    assert [f["symbol"] for f in kp0["kernel_stack_trace"]] == syms
+    assert {f["address"] for f in kp0["kernel_stack_trace"] + kp0["user_stack_trace"]} == {0}
 
 
 def test_selector_without_stack_actions_has_none(mgr: PolicyManager, probe: Path) -> None:

@@ -236,7 +236,7 @@ def _child(code: str) -> tuple[int, int]:
 def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
     _, lp = loaded
     assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "fentry",
-                                                       "fentry", "lsm"]
+                                                       "fentry", "fentry", "lsm"]
     assert ("lsm", "socket_connect") in lp.compiled.kattach   # the enforcer program
     assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
                                                          "lsm socket_create (Override)"]

@@ -139,11 +139,19 @@ struct tp_fork {
 #define TP_ARG_BINPRM 22           /* linux_binprm: the path of its file, bytes as TP_ARG_FILE */
 #define TP_ARG_CAPABILITY 23       /* 8 bytes: a capability number (Tetragon's capability type) */
 #define TP_ARG_INT32_ARR 24        /* int32_arr: the ints read from user memory, little-endian */
+/* Post's kernelStackTrace/userStackTrace: after the arguments, not counted as one of them. The
+ * kernel writes 8 bytes, the s64 id bpf_get_stackid returned in the policy's stack_traces map (<0:
+ * its error); the collector's drain (collector/stacks.py) replaces them by the symbolised frames
+ * and sets TP_ARGF_SYMBOLS: per frame u64 address, u64 offset, u16 symbol length, u16 module
+ * length, the symbol, the module (little-endian, no padding) */
+#define TP_ARG_KSTACK 25
+#define TP_ARG_USTACK 26
 
 #define TP_ARGF_TRUNC (1 << 0)     /* len < orig_size: the value was cut */
 #define TP_ARGF_ERROR (1 << 1)     /* the value could not be read (len 0) */
 #define TP_ARGF_MODE (1 << 2)      /* TP_ARG_FILE/PATH/BINPRM at kernel functions: the data begins with the
                                     * inode's 16-bit i_mode (little-endian, 0: no inode), the path follows */
+#define TP_ARGF_SYMBOLS (1 << 3)   /* TP_ARG_KSTACK/USTACK: frames (symbolised by the collector), not an id */
 
 struct tp_hook {
     struct tp_header h;

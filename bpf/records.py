@@ -361,6 +361,8 @@ ARG_SOCK = 9  # a socket hook's sock argument: collector/sock_hooks.py SOCKINFO 
 (ARG_CRED, ARG_KERNEL_CAP, ARG_CAP_INH, ARG_CAP_PRM, ARG_CAP_EFF, ARG_USER_NS, ARG_BPF_ATTR,
  ARG_PERF_EVENT, ARG_BPF_MAP, ARG_MODULE, ARG_SOCKADDR, ARG_SKB, ARG_BINPRM, ARG_CAPABILITY) = range(10, 24)
 ARG_INT32_ARR = 24   # int32_arr: little-endian int32s read from user memory
+ARG_KSTACK, ARG_USTACK = 25, 26   # Post's kernelStackTrace/userStackTrace (records.h): not arguments
+STACK_FRAME = struct.Struct("<QQHH")   # address, offset, symbol length, module length; then both
 USERNS_ARG = struct.Struct("<iIII")                 # struct tp_userns_arg
 CRED_ARG = struct.Struct("<10I3Q")                  # struct tp_cred_arg without its user_ns
 BPF_ATTR_ARG = struct.Struct("<II16s")              # struct tp_bpf_attr_arg
@@ -373,6 +375,7 @@ SKB_ARG = struct.Struct("<9IHH16s16s")              # struct tp_skb_arg
 ARGF_TRUNC = 1 << 0
 ARGF_ERROR = 1 << 1
 ARGF_MODE = 1 << 2   # ARG_FILE/PATH/BINPRM: 2 bytes of inode i_mode before the path (records.h)
+ARGF_SYMBOLS = 1 << 3   # ARG_KSTACK/USTACK: symbolised frames (collector/stacks.py), not the stack id
 
 
 @dataclass(slots=True)
@@ -385,6 +388,23 @@ class HookArg:
 
 
 @dataclass(slots=True)
+class StackFrame:
+    address: int
+    offset: int          # from the symbol's start (0 with no symbol)
+    symbol: str          # "" where no symbol covers the address
+    module: str          # kernel: the module ("" for the kernel image); user: the mapped file
+
+
+@dataclass(slots=True)
+class StackTrace:
+    """A stack a Post action captured: frames once the collector symbolised it; else ``stack_id``
+    (>= 0: not symbolised; < 0: bpf_get_stackid's error, nothing captured)."""
+    frames: list[StackFrame]
+    stack_id: int = 0
+    symbolised: bool = True
+
+
+@dataclass(slots=True)
 class HookBody:
     policy_id: int
     hook_id: int
@@ -393,6 +413,48 @@ class HookBody:
     flags: int
     ret: int
     args: list[HookArg]
+    kernel_stack: StackTrace | None = None
+    user_stack: StackTrace | None = None
+
+
+def encode_frames(frames: list[StackFrame]) -> bytes:
+    out = []
+    for f in frames:
+        sym = f.symbol.encode()[:0xffff]
+        mod = f.module.encode()[:0xffff]
+        out.append(STACK_FRAME.pack(f.address, f.offset, len(sym), len(mod)) + sym + mod)
+    return b"".join(out)
+
+
+def decode_frames(data: bytes) -> list[StackFrame]:
+    frames = []
+    o = 0
+    while o < len(data):
+        if o + STACK_FRAME.size > len(data):
+            raise RecordError("stack frame runs past its argument")
+        addr, off, ns, nm = STACK_FRAME.unpack_from(data, o)
+        o += STACK_FRAME.size
+        if o + ns + nm > len(data):
+            raise RecordError("stack frame names run past their argument")
+        frames.append(StackFrame(addr, off, data[o:o + ns].decode(errors="replace"),
+                                 data[o + ns:o + ns + nm].decode(errors="replace")))
+        o += ns + nm
+    return frames
+
+
+def _stack(flags: int, data: bytes) -> StackTrace:
+    if flags & ARGF_SYMBOLS:
+        return StackTrace(decode_frames(data))
+    if len(data) != 8:
+        raise RecordError(f"stack id argument of {len(data)} bytes (8 expected)")
+    return StackTrace([], int.from_bytes(data, "little", signed=True), symbolised=False)
+
+
+def _stack_arg(t: int, st: StackTrace) -> bytes:
+    if st.symbolised:
+        data = encode_frames(st.frames)
+        return ARG_HDR.pack(t, ARGF_SYMBOLS, len(data), len(data)) + data
+    return ARG_HDR.pack(t, 0, 8, 8) + st.stack_id.to_bytes(8, "little", signed=True)
 
 
 def decode_hook(rec: HookRecord) -> HookBody:
@@ -404,6 +466,7 @@ def decode_hook(rec: HookRecord) -> HookBody:
     if HOOK_FIXED.size + dlen != len(b):
         raise RecordError(f"hook record says {dlen} argument bytes, has {len(b) - HOOK_FIXED.size}")
     args = []
+    kstack = ustack = None
     o = HOOK_FIXED.size
     for i in range(nargs):
         if o + ARG_HDR.size > len(b):
@@ -412,12 +475,15 @@ def decode_hook(rec: HookRecord) -> HookBody:
         o += ARG_HDR.size
         if o + n > len(b):
             raise RecordError(f"hook record argument {i} ({n} bytes) runs past the record")
-        if f & ARGF_MODE and n >= 2:     # the inode's mode, then the path (records.h TP_ARGF_MODE)
+        if t in (ARG_KSTACK, ARG_USTACK):   # a stack the Post action captured: not an argument
+            st = _stack(f, bytes(b[o:o + n]))
+            kstack, ustack = (st, ustack) if t == ARG_KSTACK else (kstack, st)
+        elif f & ARGF_MODE and n >= 2:     # the inode's mode, then the path (records.h TP_ARGF_MODE)
             args.append(HookArg(t, f, max(orig - 2, 0), bytes(b[o + 2:o + n]), int.from_bytes(b[o:o + 2], "little")))
         else:
             args.append(HookArg(t, f, orig, bytes(b[o:o + n])))
         o += n
-    return HookBody(pid, hook, sel, action, flags, ret, args)
+    return HookBody(pid, hook, sel, action, flags, ret, args, kstack, ustack)
 
 
 def encode_hook(pid: int, tid: int, ktime: int, body: HookBody) -> bytes:
@@ -425,8 +491,10 @@ def encode_hook(pid: int, tid: int, ktime: int, body: HookBody) -> bytes:
     data = b"".join(ARG_HDR.pack(a.type, a.flags, len(a.data) + 2, a.orig_size + 2) + a.mode.to_bytes(2, "little")
                     + a.data if a.flags & ARGF_MODE else
                     ARG_HDR.pack(a.type, a.flags, len(a.data), a.orig_size) + a.data for a in body.args)
+    stacks = [(t, st) for t, st in ((ARG_KSTACK, body.kernel_stack), (ARG_USTACK, body.user_stack)) if st]
+    data += b"".join(_stack_arg(t, st) for t, st in stacks)
     fixed = HOOK_FIXED.pack(body.policy_id, body.hook_id, body.selector, body.action, body.flags,
-                            len(body.args), len(data), body.ret)
+                            len(body.args) + len(stacks), len(data), body.ret)
     size = HEADER.size + len(fixed) + len(data)
     return HEADER.pack(REC_HOOK, 1, size, pid, tid, ktime) + fixed + data
 

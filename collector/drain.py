@@ -6,15 +6,19 @@ kernel; when the queue is full the record is dropped and counted, never blocking
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from collector.ringbuf import MappedRingBuffer, Span, map_fd
+
+log = logging.getLogger(__name__)
 
 RINGBUF_RECEIVED = Counter(
     "tetrapipe_observer_ringbuf_events_received", "Records read from the BPF ring buffer"
@@ -196,8 +200,9 @@ class RingBufferDrain:
 
     def __init__(self, bpf: Any, queue: RecordQueue, map_name: str = "events",
                  drops_map: str = "drops", order_after: RingBufferDrain | None = None,
-                 poll_ms: int = POLL_MS) -> None:
+                 poll_ms: int = POLL_MS, transform: Callable[[bytes], bytes] | None = None) -> None:
         self.bpf = bpf
+        self.transform = transform   # per record, before the queue (collector/stacks.py); None: bulk
         self.poll_ms = poll_ms
         self.queue = queue
         self.drops_map = drops_map
@@ -235,6 +240,15 @@ class RingBufferDrain:
             self._offer_span(span)
 
     def _offer_span(self, span: Span) -> None:
+        if self.transform is not None:
+            for i in range(span.i0, span.i1):
+                rec = span.record(i)
+                try:
+                    rec = self.transform(rec)
+                except Exception:   # the record goes as the kernel wrote it; the drain goes on
+                    log.exception("record transform failed: record queued unchanged")
+                self._offer(rec)
+            return
         k = self.queue.offer_span(span)
         self._accepted += k
         self._dropped += len(span) - k

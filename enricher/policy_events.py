@@ -106,7 +106,8 @@ class PolicyEvents:
     records (``wants_later``), and processes that exited recently stay findable here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expose_stack_addresses: bool = False) -> None:
+        self.expose_stack_addresses = expose_stack_addresses   # Tetragon's --expose-stack-addresses
         self.catalog: dict[tuple[str, int], CatalogEntry] = {}
         self.recent_exits: OrderedDict[int, tuple[int, Any]] = OrderedDict()  # pid → (exit ktime, entry)
 
@@ -244,6 +245,11 @@ class PolicyEvents:
         if hook.get("kind") == "lsmhook":   # Tetragon's process_lsm (no return value)
             return builder.envelope(node, ts, process_lsm={**common, "function_name": hook.get("function_name", "")})
         kprobe = {**common, "function_name": hook.get("function_name", "")}
+        for key, st in (("kernel_stack_trace", body.kernel_stack), ("user_stack_trace", body.user_stack)):
+            if st is not None:   # Post's stack traces, symbolised by the collector (collector/stacks.py)
+                kprobe[key] = [{"address": _s64(f.address) if self.expose_stack_addresses else 0,
+                                "offset": _s64(f.offset), "symbol": f.symbol, "module": f.module}
+                               for f in st.frames]
         if body.flags & r.HOOK_RETURN:
             ret_spec = hook.get("return_arg") or {}
             if ret_spec.get("type") in ("size_t", "uint64", "ulong"):
@@ -254,3 +260,8 @@ class PolicyEvents:
                 ret = max(min(body.ret, 2**31 - 1), -(2**31))
                 kprobe["return"] = {"label": ret_spec.get("label", ""), "int_arg": ret}
         return builder.envelope(node, ts, process_kprobe=kprobe)
+
+
+def _s64(v: int) -> int:
+    """A u64 as the Avro long carries it (two's complement; exporters/protojson.py turns it back)."""
+    return v - (v >> 63 << 64)

@@ -87,7 +87,7 @@ class Enricher:
         if self.journal is not None:
             self.builder.cache.listener = self.journal
         self.audit = SequenceAudit(STAGE)
-        self.policy_events = PolicyEvents()
+        self.policy_events = PolicyEvents(expose_stack_addresses=cfg.expose_stack_addresses)
 
     def set_node_labels(self, labels: dict[str, str]) -> None:
         self.builder.node_labels = labels

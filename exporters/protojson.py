@@ -76,6 +76,8 @@ def _compile(avro_type: Any, named: dict[str, Any], proto: str) -> tuple[Render,
             return rfc3339, lambda s: parse_rfc3339(s) if isinstance(s, str) else int(s)
         if t == "long" and "int64" in hints:
             return str, int
+        if t == "long" and "uint64" in hints:   # a u64 carried in two's complement (stack addresses)
+            return (lambda v: str(v & 0xFFFF_FFFF_FFFF_FFFF)), (lambda s: int(s) - (int(s) >> 63 << 64))
         if t == "bytes":
             return (lambda b: base64.b64encode(b).decode()), base64.b64decode
         if t in ("long", "int"):
@@ -187,6 +189,8 @@ def _generate_to_json(raw: dict[str, Any]) -> tuple[str, str]:
             return f"TS({x})"
         if kind == "long" and "int64" in hints:
             return f"str({x})"
+        if kind == "long" and "uint64" in hints:   # a u64 in two's complement (stack addresses)
+            return f"str({x} & 0xFFFFFFFFFFFFFFFF)"
         if kind == "bytes":
             return f"B64({x})"
         if kind in ("long", "int"):

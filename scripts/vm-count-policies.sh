@@ -22,7 +22,13 @@ done
 [ -d "$dir" ] || { echo "vm-count-policies: $dir is not a directory" >&2; exit 2; }
 results=$(mktemp -d "${TMPDIR:-/tmp}/tetrapipe-vm-count-XXXXXX")
 guest_json=/tetrapipe-vm/count.json
-cmd=("$repo/.venv/bin/python" "$repo/scripts/count-policies.py" "$dir" --json "$guest_json")
+# In the guest PID 1 is the harness's initramfs init (scripts/vm/init), whose root has no /usr/bin:
+# a policy naming /procRoot/1/root/... (Tetragon's uprobe-host) would be judged against that root,
+# not the installed system's as on a host. The count runs as PID 1 of its own PID namespace (its own
+# /proc) in the Debian root, so /proc/1/root is that root, as on an installed host. Only the count
+# does this; the guest test suites keep the harness as it is.
+cmd=(unshare --pid --fork --mount-proc "$repo/.venv/bin/python" "$repo/scripts/count-policies.py" "$dir"
+     --json "$guest_json")
 [ ${#extra[@]} -gt 0 ] && for a in "${extra[@]}"; do [ "$a" = --load ] && cmd+=(--load); done
 rc=0
 python3 "$repo/scripts/vm/runner.py" "$kernel" --cwd "$repo" --timeout "${TETRAPIPE_VM_TIMEOUT:-1800}" \

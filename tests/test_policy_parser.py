@@ -495,3 +495,41 @@ def test_ignore_call_not_found_skips_the_hook_with_a_notice() -> None:
     """))
     assert [h.function_name for h in c.hooks] == ["sys_write"]
     assert any("skipped (ignore.callNotFound)" in n for n in c.notices)
+
+
+@pytest.mark.parametrize(("value", "ns"), [("30s", 30_000_000_000), ("5M", 300_000_000_000), ("1H", 3600_000_000_000),
+                                           ("7", 7_000_000_000), ("5/minute", None), ("30/60s", None), ("m", None)])
+def test_rate_limit_forms_as_tetragon_parses_them(value: str, ns: int | None) -> None:
+    """Tetragon's parseRateLimit: digits then s/m/h in either case (none: seconds); anything else
+    refused with the reason. Stack trace flags apply to Post on kprobes only."""
+    from collector.policy.hookfn import _duration_ns
+    text = policy(f"""
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args: [{{index: 1, type: string}}]
+          selectors:
+          - matchActions: [{{action: Post, rateLimit: "{value}", kernelStackTrace: true}}]
+        """)
+    if ns is None:
+        with pytest.raises(PolicyError, match="not a duration.*Tetragon's parser refuses it too"):
+            parser.parse_text(text, "t.yaml")
+        return
+    (p,) = parser.parse_text(text, "t.yaml")
+    a = p.hooks[0].selectors[0].match_actions[0]
+    assert _duration_ns(a.rate_limit) == ns and a.kernel_stack_trace and not a.user_stack_trace
+    with pytest.raises(PolicyError, match="userStackTrace applies to Post only"):
+        parser.parse_text(text.replace("Post", "Sigkill").replace(f', rateLimit: "{value}"', "")
+                          .replace("kernelStackTrace", "userStackTrace"), "t.yaml")
+
+
+def test_stack_traces_refused_where_the_event_has_no_place_for_them() -> None:
+    text = policy("""
+        tracepoints:
+        - subsystem: syscalls
+          event: sys_enter_openat
+          selectors:
+          - matchActions: [{action: Post, kernelStackTrace: true}]
+        """)
+    with pytest.raises(PolicyError, match="served on kprobes only.*process_tracepoint"):
+        parser.parse_text(text, "t.yaml")

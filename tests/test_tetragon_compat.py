@@ -359,3 +359,30 @@ def test_enforcer_error_refused_where_no_program_can_change_the_return() -> None
         compile_text(text.replace("type: syscall64}", "type: uint64, resolve: a.b}")
                      .replace("argError: -1", "argSig: 9"), kernel_features.NONE)
     assert "resolve/extractParam (BTF field walks) are served at kernel-function hooks" in str(exc.value)
+
+
+TTY_54 = HEAD.format(name="tty") + """  kprobes:
+  - call: "tty_write"
+    syscall: false
+    args:
+    - {index: 0, type: "file"}
+    - {index: 1, type: "char_buf", sizeArgIndex: 3}
+    - {index: 2, type: "size_t"}
+"""
+
+
+def test_old_tty_write_signature_read_from_the_new_one() -> None:
+    """tty_54.yaml (tty_write before 5.11: file, buf, count, ppos) on a kernel whose tty_write is
+    (iocb, from), as this machine's BTF has it: Tetragon loads it with a warning; here the file is
+    the kiocb's, the buffer the iov_iter's data, the count (not in the call) left out, all said.
+    A selector on the count is refused; tty.yaml's own form (kiocb, iov_iter) is left alone."""
+    c = compile_text(TTY_54)
+    (h,) = c.hooks
+    assert [(a.index, a.type, a.size_arg_index) for a in h.hook.args] == [(0, "kiocb", 0), (1, "iov_iter", 0)]
+    (note,) = [n for n in c.notices if "tty_write has the arguments (iocb, from) since Linux 5.11" in n]
+    assert "argument 2 is not in the call" in note and "Tetragon loads it too" in note
+    with pytest.raises(PolicyError, match="argument 2 of the older call is not in it"):
+        compile_text(TTY_54 + '    selectors:\n    - matchArgs: [{index: 2, operator: GT, values: ["0"]}]\n')
+    modern = TTY_54.replace('"file"', '"kiocb"').replace('"char_buf", sizeArgIndex: 3', '"iov_iter"') \
+        .replace('    - {index: 2, type: "size_t"}\n', "")
+    assert not any("since Linux" in n for n in compile_text(modern).notices)

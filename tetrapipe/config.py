@@ -126,6 +126,10 @@ class Config:
     enable_process_ns: bool = _opt(False, "processes carry ns, their namespaces "
                                    "(Tetragon's --enable-process-ns)",
         "enricher", "Enricher")
+    expose_stack_addresses: bool = _opt(False, "stack trace frames carry their addresses (Tetragon's "
+                                        "--expose-stack-addresses; off: 0, the layout of the kernel stays "
+                                        "out of the events)",
+        "enricher", "Enricher")
     export_filename: str = _opt("/var/log/tetrapipe/events.log", "JSON export file",
         "export-json", "JSON export")
     export_file_max_size_mb: int = _opt(10, "rotate the export file at this size",

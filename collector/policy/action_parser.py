@@ -48,12 +48,24 @@ def action(c: Ctx, raw: Any, p: str, hook: Hook) -> Action:
         a.rate_limit = c.string(fm.get("rateLimit"), f"{p}.rateLimit")
         if name != "Post":
             raise c.fail(f"{p}.rateLimit", "rateLimit applies to Post only")
-        if not re.fullmatch(r"\d+[smh]?", a.rate_limit):
-            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h")
+        # Tetragon's parseRateLimit: digits (a u32), then s, m or h in either case (none: seconds);
+        # it refuses anything else ("5/minute", "30/60s"), and so do we
+        m = re.fullmatch(r"(\d+)[smhSMH]?", a.rate_limit)
+        if not m or int(m.group(1)) > 0xFFFFFFFF:
+            raise c.fail(f"{p}.rateLimit", f"{a.rate_limit!r} is not a duration like 30s, 5m, 1h "
+                                           "(Tetragon's parser refuses it too)")
     if fm.get("rateLimitScope") is not None:
         a.rate_limit_scope = c.choice(fm.get("rateLimitScope"), f"{p}.rateLimitScope",
                                       ("thread", "process", "global"), "rateLimitScope")
-    for k in ("kernelStackTrace", "userStackTrace", "imaHash"):
-        if fm.get(k):
-            raise c.fail(f"{p}.{k}", f"{k} is not supported by tetrapipe")
+    for k, attr in (("kernelStackTrace", "kernel_stack_trace"), ("userStackTrace", "user_stack_trace")):
+        if fm.get(k) is None:
+            continue
+        setattr(a, attr, c.boolean(fm.get(k), f"{p}.{k}"))
+        if getattr(a, attr) and name != "Post":
+            raise c.fail(f"{p}.{k}", f"{k} applies to Post only")
+        if getattr(a, attr) and hook.kind != "kprobe":
+            raise c.fail(f"{p}.{k}", f"{k} is served on kprobes only (Tetragon's process_kprobe carries "
+                                     f"stack traces, its process_{hook.kind} events have no place for them)")
+    if fm.get("imaHash"):
+        raise c.fail(f"{p}.imaHash", "imaHash is not supported by tetrapipe")
     return a

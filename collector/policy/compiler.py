@@ -82,6 +82,10 @@ class Compiled:
     sig_failed: bool = False     # the program has ``sig_failed`` (signals the collector sends for it)
     # matchPIDs followForks: (filter id in ``pf_marks``, pid values, isNamespacePID), marked at load
     follow_pids: list[tuple[int, list[int], bool]] = field(default_factory=list)
+    stacks: bool = False         # Post's kernel/userStackTrace: ``stack_traces`` map (collector/stacks.py)
+
+
+STACK_MAP_ENTRIES = 4096   # distinct stacks a policy keeps (1 KiB each): a new one past that is lost, counted
 
 
 class _Fail:
@@ -119,7 +123,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
     text = gen.program(ringbuf_pages)
     return Compiled(policy, text, gen.strings, compiled, gen.notices, gen.connect_rules, list(gen.kfuncs),
                     gen.set_entries, gen.int_entries, gen.net.entries, gen.inode_specs, gen.exec_state,
-                    gen.sig_failed, gen.pf_specs)
+                    gen.sig_failed, gen.pf_specs, gen.stacks)
 
 
 def scope_path(policy: Policy) -> str:
@@ -178,6 +182,7 @@ class ProgramGen:
         self.compat = platform.machine() == "x86_64" and (tracefs / "events" / "raw_syscalls").is_dir()
         self.compat_used = False
         self.sig_failed = False                  # the sig_failed map (hookfn.py): signals the collector sends
+        self.stacks = False                      # the stack_traces map (hookfn.py stack_c, collector/stacks.py)
         self.doom = False                        # Sigkill refuses the killed group's reads/writes (doom.py)
         self.uring_used = False                  # io_uring twins of syscall hooks (collector/policy/uring.py)
         # a policy scoped to pods acts only in the cgroups of the selected containers: checked first
@@ -246,7 +251,7 @@ class ProgramGen:
     # ---- hooks -----------------------------------------------------------------------------
     def hook(self, hid: int, hook: Hook, follow: list[tuple[Selector, int]]) -> CompiledHook:
         hook = tetragon_compat.tracepoint_indexes(self, tetragon_compat.syscall_override(
-            self, hook, mechanism.SYSCALL_WRAPPER))
+            self, tetragon_compat.old_signature(self, hook), mechanism.SYSCALL_WRAPPER))
         src, fname, serve = mechanism.choose(self, hook)
         actions.check_actions(self, hook, hid, src)
         self.notices += evasion.raw_path_warnings(hook, src)
@@ -346,6 +351,8 @@ class ProgramGen:
         if self.exec_state:
             # a hash, not an LRU: a full map refuses (counted, TP_GAP_STATE_FULL), never evicts silently
             out.append(f"BPF_HASH(exec_state, u32, struct tp_exec_state, {EXEC_STATE_MAX});")
+        if self.stacks:   # Post's stack traces: ids in the records, frames read by collector/stacks.py
+            out.append(f"BPF_STACK_TRACE(stack_traces, {STACK_MAP_ENTRIES});")
         if self.fc_filters or self.pf_specs:
             out.append("struct tp_fc_key { u32 filter; u32 tgid; };")
         if self.fc_filters:

@@ -98,7 +98,7 @@ class HookGen(SelectorGen):
             # NoPost beside any other action (Sigkill included): the action is taken, no event
             if any(a.action == "NoPost" for a in s.match_actions):
                 effects.append(f"if (sel == {i}) {{ return {result}; }}")
-        ser = self.serialize()
+        ser = "\n".join(x for x in (self.serialize(), self.stacks_c()) if x)
         flags = "TP_HOOK_MONITOR" if self.g.monitor else "0"
         if signals:
             flags += " | (sigerr ? TP_HOOK_SIGNAL_FAILED : 0)"
@@ -117,6 +117,24 @@ class HookGen(SelectorGen):
         if self.src.kind in ("syscall", "syscall_ret", "open", "sock"):
             uring.probes(self, self.src.attach_enter.removeprefix("syscalls:sys_enter_"))
         return fn
+
+    def stacks_c(self) -> str:
+        """Post's kernelStackTrace/userStackTrace: the stack's id in the policy's stack_traces map
+        after the arguments (records.h TP_ARG_KSTACK/USTACK), symbolised by the collector's drain
+        (collector/stacks.py)."""
+        out = []
+        for i, s in enumerate(self.hook.selectors):
+            post = [a for a in s.match_actions if a.action == "Post"]
+            lines = []
+            if any(a.kernel_stack_trace for a in post):
+                lines.append("off = tp_put_u64(b, off, TP_ARG_KSTACK, (u64)(s64)stack_traces.get_stackid(ctx, 0));")
+            if any(a.user_stack_trace for a in post):
+                lines.append("off = tp_put_u64(b, off, TP_ARG_USTACK, "
+                             "(u64)(s64)stack_traces.get_stackid(ctx, BPF_F_USER_STACK));")
+            if lines:
+                self.g.stacks = True
+                out.append(f"if (sel == {i}) {{\n" + indent("\n".join(lines)) + "\n}")
+        return "\n".join(out)
 
     def int32_arr(self, arg: ArgSpec, f: Field) -> str:
         """int32_arr (pipe's and socketpair's int[2]): ``size`` ints (or as many as the argument
@@ -447,7 +465,8 @@ def _ret_c(func: str, raw: str) -> str:
 
 
 def _duration_ns(text: str) -> int:
-    """Tetragon's rateLimit: "30s", "5m", "1h" (plain digits: seconds)."""
-    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
-    digits = text[:-1] if text[-1:] in "smh" else text
-    return int(digits) * unit * 1_000_000_000
+    """Tetragon's rateLimit: "30s", "5m", "1h", any case (plain digits: seconds); as Tetragon keeps
+    it in a u32 of milliseconds, at most 0xffffffff ms (49.7 days)."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if text[-1:].lower() in ("s", "m", "h") else text
+    return min(int(digits) * unit * 1000, 0xFFFFFFFF) * 1_000_000

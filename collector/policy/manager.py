@@ -32,6 +32,7 @@ from collector.policy.pod_scope import PodScope
 from collector.policy.tetragon_actions import UserActions
 from collector.policy.uprobe_paths import ContainerUprobes
 from collector.policy.watched_files import WatchedFiles, check_file_owner
+from collector.stacks import StackSymbolizer
 
 log = logging.getLogger("tetrapipe.policy")
 
@@ -224,7 +225,9 @@ class PolicyManager(WatchedFiles, ConnectRules, LoaderSensor):
                 self.pod_scope.add(p, bpf, ContainerUprobes(p.name, bpf, in_ctr) if in_ctr else None)
             # its records wait for the process program's exec records of the same time, so the
             # enricher attributes a hook right after an exec to the new image
-            drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after)
+            # Post's stack traces: ids symbolised record by record in the drain (collector/stacks.py)
+            stacks = StackSymbolizer(bpf).rewrite if comp.stacks else None
+            drain = RingBufferDrain(bpf, self.queue, order_after=self.order_after, transform=stacks)
         except Exception:
             self.inode_sets.remove(pid)
             if self.pod_scope is not None:

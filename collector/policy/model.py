@@ -139,6 +139,8 @@ class Action:
     arg_fqdn: str = ""           # DnsLookup: the name looked up
     rate_limit: str = ""
     rate_limit_scope: str = ""
+    kernel_stack_trace: bool = False   # Post: the kernel stack in the event (collector/stacks.py)
+    user_stack_trace: bool = False     # Post: the user stack in the event
     path: str = ""
 
     @property

@@ -10,6 +10,13 @@ its meaning where the kernel or our engine serves it another way. Each rewrite l
 - ``tracepoint_indexes``: Tetragon numbers a tracepoint's arguments by its format fields, the
   ``common_*`` ones included (``raw_syscalls:sys_enter`` index 4 = ``id``); we number the fields
   after them. An index past our fields that is in Tetragon's range is read as Tetragon's.
+- ``old_signature``: a kernel function whose arguments changed since the kernels a library file was
+  written for (tty_54.yaml: ``tty_write(file, buf, count, ppos)`` before 5.11, ``(iocb, from)``
+  since). Tetragon loads such a file with a warning (its BTF pre-validation "will continue with
+  loading") and reads the registers by the old layout, garbage on the new call; here the old
+  arguments are read where the new call has them (a file → the kiocb's file, a buffer → the
+  iov_iter's data) and those the call no longer has are left out of the event, all said in the
+  load answer; a selector on a left-out argument is refused.
 - ``split_override_return``: a kprobe with an Override and ``return: true`` (Tetragon reports the
   overridden return value) becomes two hooks on the function: the enforcing one at the call (no
   event) and the reporting one at the return, with the same selectors.
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpf.names import CAPABILITIES
+from collector import btf_funcs
 from collector.policy.argtypes import syscall_name, tracepoint_fields
 from collector.policy.compat_x86 import X86_64
 from collector.policy.model import Action, ArgSpec, Hook
@@ -99,6 +107,42 @@ def syscall_override(g: ProgramGen, hook: Hook, wrapper_prefix: str) -> Hook:
                      + (f"; {', '.join(map(str, dropped))} not seen there, left out of the event" if dropped else "")
                      + ("; file names are matched as resolved paths (relative paths, dirfds, symlinks resolved)"
                         if any(t in ("dentry", "file") for _, t in mapping.values()) else ""))
+    return new
+
+
+# function → (its parameters since, since which Linux, {old index: (new index, type)}, how)
+OLD_SIGNATURES: dict[str, tuple[tuple[str, ...], str, dict[int, tuple[int, str]], str]] = {
+    "tty_write": (("iocb", "from"), "5.11", {0: (0, "kiocb"), 1: (1, "iov_iter")},
+                  "argument 0 (a file) as the kiocb's file, 1 (the written buffer) as the iov_iter's data"),
+}
+
+
+def old_signature(g: ProgramGen, hook: Hook) -> Hook:
+    """``hook`` with the arguments of its function's older signature read from the new one (see
+    the module's doc); else ``hook`` unchanged."""
+    if hook.kind != "kprobe" or hook.syscall or hook.call not in OLD_SIGNATURES or not g.features.btf:
+        return hook
+    names, since, mapping, how = OLD_SIGNATURES[hook.call]
+    funcs = btf_funcs.vmlinux()
+    proto = funcs.proto(hook.call) if funcs is not None else None
+    if proto is None or tuple(p.name for p in proto.params) != names:
+        return hook
+    n = len(names)
+    if all(a.index < n and a.size_arg_index <= n and a.type == mapping[a.index][1] for a in hook.args
+           if a.index in mapping) and all(a.index < n and a.size_arg_index <= n for a in hook.args):
+        return hook    # written for this signature
+    for s in hook.selectors:
+        for f in s.match_args:
+            if f.index not in mapping:
+                raise g.fail(f"{f.path}.index", f"{hook.call} has the arguments ({', '.join(names)}) since Linux "
+                                                f"{since}: argument {f.index} of the older call is not in it")
+    new, dropped = _remap(hook, mapping)
+    new = dataclasses.replace(new, args=[dataclasses.replace(a, size_arg_index=0) for a in new.args])
+    g.notices.append(f"{hook.path}: WARNING: {hook.call} has the arguments ({', '.join(names)}) since Linux {since}; "
+                     f"this policy declares the older call's: {how}"
+                     + (f"; argument {', '.join(map(str, dropped))} is not in the call, left out of the event"
+                        if dropped else "")
+                     + " (Tetragon loads it too, reading the registers by the old layout)")
     return new
 
 

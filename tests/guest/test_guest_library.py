@@ -8,6 +8,10 @@ policy, five programs, compiled once per boot.
   directory fd with a relative name (the hook sees the resolved dentry).
 - Override with ``return: true`` on ``security_file_open``: an enforcing LSM program (no event) and
   an fexit that reports the overridden return value (-EACCES).
+- tty_54.yaml's ``tty_write`` (file, buf with sizeArgIndex 3, size_t: the call before 5.11) on the
+  kernels' (iocb, from): the file read as the kiocb's, the buffer as the iov_iter's data, the size
+  left out; its Post takes both stack traces, symbolised by the collector (kernel: vfs_write on
+  the way; user: at least the write's frame).
 - The ``dns`` argument (dns-egress.yaml's hooks): real DNS queries to a UDP socket on loopback port
   53, the query name decoded in the kernel and matched by Postfix there; other names are silent.
 """
@@ -140,6 +144,17 @@ spec:
     - matchArgs:
       - {{index: 0, operator: "DPort", values: ["53"]}}
       - {{index: 1, operator: "Postfix", values: ["example.com"]}}
+  - call: "tty_write"
+    syscall: false
+    args:
+    - {{index: 0, type: "file"}}
+    - {{index: 1, type: "char_buf", sizeArgIndex: 3}}
+    - {{index: 2, type: "size_t"}}
+    selectors:
+    - matchBinaries:
+      - {{operator: "In", values: ["{ROOT}/tptty"]}}
+      matchActions:
+      - {{action: Post, kernelStackTrace: true, userStackTrace: true}}
   lsmhooks:
   - hook: "bprm_check_security"
     args:
@@ -221,7 +236,7 @@ def _child(code: str) -> tuple[int, int]:
 def test_served_on_lsm_hooks(loaded: tuple[Hooks, Loaded]) -> None:
     _, lp = loaded
     assert [h.mechanism for h in lp.compiled.hooks] == ["lsm", "lsm", "lsm", "lsm", "fexit", "fentry", "fentry",
-                                                       "fentry", "lsm"]
+                                                       "fentry", "fentry", "lsm"]
     assert ("lsm", "socket_connect") in lp.compiled.kattach   # the enforcer program
     assert [h.serve for h in lp.compiled.hooks[:3]] == ["lsm path_symlink (Override)", "lsm path_link (Override)",
                                                          "lsm socket_create (Override)"]
@@ -375,3 +390,30 @@ def test_dns_query_name_matched_in_the_kernel(loaded: tuple[Hooks, Loaded]) -> N
         names = [ev.args[1].data.decode() for ev in hooks.of(lp, hid, p.pid)]
         assert names == [want], (hid, names)
         assert got[0].args[1].type == records.ARG_STRING
+
+
+def test_old_tty_write_signature_and_stack_traces(loaded: tuple[Hooks, Loaded]) -> None:
+    """A write to a pty by ROOT/tptty: the event has the pty's path and the written bytes, the
+    kernel stack passes vfs_write (symbolised from kallsyms), the user stack has frames; the
+    notice says how the old signature was served. Another binary's tty write is silent."""
+    hooks, lp = loaded
+    (hid,) = [h.hook_id for h in lp.compiled.hooks if h.function_name == "tty_write"]
+    assert any("tty_write has the arguments (iocb, from) since Linux 5.11" in n for n in lp.compiled.notices)
+    exe = ROOT / "tptty"
+    shutil.copy(os.path.realpath(PY), exe)
+    code = ("import os, pty, sys\nm, s = pty.openpty()\nos.write(s, b'tetrapipe-tty-write')\n"
+            "print(os.ttyname(s))\nsys.stdout.flush()\nsys.stdin.readline()")
+    other = subprocess.run([PY, "-c", code], input="\n", capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0
+    p = subprocess.Popen([str(exe), "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tty = p.stdout.readline().strip()
+    evs = hooks.wait(lp, hid, p.pid)      # symbolised while the writer waits on stdin
+    p.communicate("\n", timeout=60)
+    assert len(evs) == 1 and len(hooks.of(lp, hid)) == 1     # the other binary's write: no event
+    ev = evs[0]
+    assert [a.type for a in ev.args] == [records.ARG_FILE, records.ARG_BYTES]
+    assert ev.args[0].data.decode().endswith("/" + tty.rsplit("/", 1)[1]), (ev.args[0].data, tty)
+    assert ev.args[1].data.startswith(b"tetrapipe-tty-write")
+    ksyms = [f.symbol for f in ev.kernel_stack.frames]
+    assert "vfs_write" in ksyms and all(f.address >= 1 << 63 for f in ev.kernel_stack.frames), ksyms
+    assert ev.user_stack is not None and ev.user_stack.frames and ev.user_stack.frames[0].address

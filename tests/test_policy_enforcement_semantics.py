@@ -502,3 +502,25 @@ def test_tcp_close_in_softirq_names_the_socket_owner(env: tuple[Mgr, Path]) -> N
     finally:
         srv.close()
         m.mgr.delete("sem-close")
+
+
+def test_write_hooked_alone_names_its_siblings_at_load() -> None:
+    """The seed hooks write(2) only (as Tetragon's example): pwrite64, writev, sendfile, splice,
+    copy_file_range and mmap put the same bytes into the file unjudged. The load answer names them
+    and the gauge unjudged_roads{road="write calls not hooked"} says the policy has that hole; a
+    policy hooking the whole family (etc-passwd-shadow-writes.yaml) or the permission check says
+    nothing."""
+    from collector.policy import compiler, evasion, gaps, parser
+
+    repo = Path(__file__).resolve().parent.parent
+    (seed,) = parser.parse_file(str(repo / "tests" / "data" / "seed" / "deny-tmp-forbidden-write.yaml"))
+    notices = compiler.compile_policy(seed, 1, [0] * 10).notices
+    (notice,) = [n for n in notices if evasion.UNHOOKED_WRITES in n]
+    assert notice.startswith("spec.kprobes[3]: pwrite64, writev, pwritev, pwritev2, sendfile64, splice, "
+                             "copy_file_range, mmap not hooked")
+    assert "write calls not hooked" in gaps.unjudged(notices)
+    (passwd,) = parser.parse_file(str(repo / "examples" / "policies" / "etc-passwd-shadow-writes.yaml"))
+    assert "write calls not hooked" not in gaps.unjudged(compiler.compile_policy(passwd, 1, [0] * 10).notices)
+    assert evasion.unhooked_writes([("spec.kprobes[0]", "__x64_sys_write"),
+                                    ("spec.kprobes[1]", "security_file_permission")]) == []
+    assert evasion.unhooked_writes([("spec.kprobes[0]", "sys_read")]) == []

@@ -113,6 +113,7 @@ def compile_policy(policy: Policy, policy_id: int, host_ns: list[int], features:
                 raise
             gen.notices.append(f"{hook.path}: skipped (ignore.callNotFound): {exc.reason}")
     enforcers.programs(gen)
+    gen.notices += evasion.unhooked_writes([(ch.hook.path, ch.function_name) for ch in compiled])
     if not compiled:
         if policy.loader:  # spec.loader alone: the manager turns the loader sensor on, no program
             return Compiled(policy, "", [], [], gen.notices)

@@ -43,3 +43,27 @@ def raw_path_warnings(hook: Hook, src: Source) -> list[str]:
                        f"({fld.name}, read from its memory at the syscall's entry), not the file the kernel "
                        f"opens; evaded by {EVADES}; {INSTEAD}")
     return out
+
+
+# the syscalls that put bytes into an open file, as the shipped etc-passwd-shadow-writes.yaml hooks them
+WRITE_FAMILY = ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendfile64", "splice",
+                "copy_file_range", "mmap")
+# hooks that judge every write whatever the syscall (the permission check on the open file)
+ANY_WRITE = {"security_file_permission", "file_permission", "vfs_write", "rw_verify_area"}
+_SYSCALL_PREFIX = re.compile(r"^(__x64_sys_|__ia32_sys_|__ia32_compat_sys_|__se_sys_|ksys_|sys_)")
+UNHOOKED_WRITES = "not hooked by this policy: writes through them are not judged"
+
+
+def unhooked_writes(hooks: list[tuple[str, str]]) -> list[str]:
+    """``hooks``: (policy path, function name) of each compiled hook. A policy that judges write(2)
+    but not its siblings lets the same bytes reach the file through them (the seed policy hooks
+    write only, as Tetragon's example does): one notice naming them, on the write hook."""
+    names = {_SYSCALL_PREFIX.sub("", fn): path for path, fn in hooks}
+    if "write" not in names or names.keys() & ANY_WRITE:
+        return []
+    missing = [c for c in WRITE_FAMILY if c not in names]
+    if not missing:
+        return []
+    return [f"{names['write']}: {', '.join(missing)} {UNHOOKED_WRITES} (the file's open is still reported by "
+            "FollowFD; hook them as examples/policies/etc-passwd-shadow-writes.yaml does, or judge "
+            "security_file_permission where the kernel has kprobes)"]

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any
 
+from collector.policy.evasion import UNHOOKED_WRITES
 from collector.policy.metrics import STATE_LOST, TRUNCATED_PATHS, UNJUDGED_ROADS
 from collector.policy.uncaught import UNCAUGHT
 
@@ -40,7 +41,8 @@ _logged: dict[tuple[str, str], float] = {}
 UNJUDGED = (("WARNING: ", "raw user path"),   # collector/policy/evasion.py
             ("are not judged: the hook needs the return value", "io_uring (return value)"),
             ("no io_uring:io_uring_file_get tracepoint", "io_uring (no tracepoint)"),
-            ("are not judged (their arguments live in the request", "io_uring (arguments in the request)"))
+            ("are not judged (their arguments live in the request", "io_uring (arguments in the request)"),
+            (UNHOOKED_WRITES, "write calls not hooked"))   # collector/policy/evasion.py
 
 
 def unjudged(notices: list[str]) -> set[str]:

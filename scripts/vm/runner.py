@@ -132,29 +132,19 @@ def boot(
     check: "IO-APIC + timer doesn't work", seen once for 6.12 at load 8) is booted once more; the
     first console is kept as ``serial.first-boot.log``.  Nothing the command does is retried."""
     start = time.monotonic()
-    res = _boot_once(kernel, command, results=results, env=env, cwd=cwd, timeout=timeout)
+    res = _boot_once(kernel, command, results, env, cwd, timeout)
     if res.boot_s is None and not res.timed_out and res.rc is None:
         (res.results / "serial.first-boot.log").write_text(res.serial)
         print(f"tetrapipe-vm: {kernel.release} died before the command started; booting it again",
               file=sys.stderr)
         left = max(60.0, timeout - (time.monotonic() - start))
-        res = _boot_once(kernel, command, results=res.results, env=env, cwd=cwd, timeout=left)
+        res = _boot_once(kernel, command, res.results, env, cwd, left)
     return res
 
 
-def _boot_once(
-    kernel: Kernel,
-    command: str,
-    *,
-    results: Path | None = None,
-    env: dict[str, str] | None = None,
-    cwd: str = "/",
-    timeout: float = 600.0,
-) -> BootResult:
-    """Boot ``kernel``, run the shell ``command`` as root in ``cwd`` with ``env`` added, power off.
-
-    ``results`` (created if missing, a temp dir by default) is the guest's ``/tetrapipe-vm``; the
-    serial console is kept there as ``serial.log``."""
+def _boot_once(kernel: Kernel, command: str, results: Path | None, env: dict[str, str] | None, cwd: str,
+               timeout: float) -> BootResult:
+    """One boot of ``kernel`` as ``boot`` describes it."""
     if not kernel.vmlinuz.is_file() or not kernel.initrd.is_file():
         raise VMError(f"{kernel.dir} is incomplete: run scripts/setup-vmkernels.sh")
     results = Path(results) if results else Path(tempfile.mkdtemp(prefix=f"tetrapipe-vm-{kernel.name}-"))

@@ -533,3 +533,32 @@ def test_stack_traces_refused_where_the_event_has_no_place_for_them() -> None:
         """)
     with pytest.raises(PolicyError, match="served on kprobes only.*process_tracepoint"):
         parser.parse_text(text, "t.yaml")
+
+
+def test_template_placeholder_named_with_its_line() -> None:
+    # Tetragon's match_capability_changes/match_namespace_changes are templates its e2e tests fill
+    # in: YAML reads `{{.Pid}}` as a mapping inside a mapping, not as a value
+    text = textwrap.dedent("""\
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata:
+          name: tpl
+        spec:
+          kprobes:
+          - call: "commit_creds"
+            syscall: false
+            selectors:
+            - matchPIDs:
+              - operator: In
+                values:
+                - {{ .Pid }}
+    """)
+    with pytest.raises(PolicyError) as ei:
+        parser.parse_text(text, "t.yaml")
+    assert str(ei.value) == ("t.yaml:13: spec.kprobes[0].selectors[0].matchPIDs[0].values[0]: a template "
+                             "placeholder {{.Pid}} where a value is expected: fill it in before loading")
+    # a real flow mapping is not taken for a placeholder
+    args = "syscall: false\n    args: [{index: 0, type: \"nop\"}]"   # a flow mapping in a list
+    filled = text.replace("{{ .Pid }}", "1").replace("syscall: false", args)
+    (p,) = parser.parse_text(filled, "t.yaml")
+    assert p.hooks[0].call == "commit_creds"

@@ -24,6 +24,10 @@ class Doc:
 
     def _convert(self, node: yaml.Node, path: str) -> Any:
         self.lines[path] = node.start_mark.line + 1
+        placeholder = template_placeholder(node)
+        if placeholder:
+            raise PolicyError(path, f"a template placeholder {placeholder} where a value is expected: "
+                                    "fill it in before loading", node.start_mark.line + 1, self.source)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for k, v in node.value:
@@ -110,6 +114,22 @@ class Ctx:
         if s not in allowed:
             raise self.fail(path, f"unknown {what} \"{s}\" (one of {', '.join(sorted(allowed))})")
         return s
+
+
+def template_placeholder(node: yaml.Node) -> str:
+    """``{{.Pid}}`` (a Go text/template placeholder, as in Tetragon's test templates) read by YAML
+    as a flow mapping whose only key is a flow mapping ``{.Pid: null}``: the placeholder's text,
+    or "" for any other node."""
+    if not (isinstance(node, yaml.MappingNode) and node.flow_style and len(node.value) == 1):
+        return ""
+    key, value = node.value[0]
+    if not (isinstance(key, yaml.MappingNode) and key.flow_style and len(key.value) == 1
+            and isinstance(value, yaml.ScalarNode) and value.value == ""):
+        return ""
+    inner, empty = key.value[0]
+    if not (isinstance(inner, yaml.ScalarNode) and isinstance(empty, yaml.ScalarNode) and empty.value == ""):
+        return ""
+    return "{{" + str(inner.value) + "}}"
 
 
 def kind(v: Any) -> str:

@@ -9,7 +9,10 @@ reason on a binary that has the probe."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,10 @@ from collector.policy import compiler, parser
 from collector.policy.manager import Loaded, PolicyManager
 from collector.policy.model import PolicyError
 
-SRC = Path(__file__).parent / "data" / "usdt_probe.c"
+DATA = Path(__file__).parent / "data"
+SRC = DATA / "usdt_probe.c"
+REPO = Path(__file__).resolve().parent.parent
+TESTERS = "/home/jolsa/tetragon/contrib/tester-progs"
 
 
 def usdt_policy(binary: Path | str, extra: str = "") -> str:
@@ -54,7 +60,15 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loaded(binary: Path) -> Iterator[tuple[Hooks, Loaded]]:
+def testers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("testers")
+    for name in ("usdt_tester", "usdt_override_tester"):
+        subprocess.run(["gcc", "-O1", "-o", str(out / name), str(DATA / f"{name}.c")], check=True)
+    return {"usdt": out / "usdt_tester", "usdt-override": out / "usdt_override_tester"}
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[PolicyManager]:
     reason = bpf_unavailable_reason()
     if reason:
         skip_or_fail(reason)
@@ -62,6 +76,15 @@ def loaded(binary: Path) -> Iterator[tuple[Hooks, Loaded]]:
     mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(),
                         kernel_features.probe())
     mgr.uncaught.enabled = False
+    try:
+        yield mgr
+    finally:
+        mgr.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded(binary: Path, manager: PolicyManager) -> Iterator[tuple[Hooks, Loaded]]:
+    mgr = manager
     try:
         (lp,) = mgr.load_text(usdt_policy(binary, """\
             selectors:
@@ -74,7 +97,7 @@ def loaded(binary: Path) -> Iterator[tuple[Hooks, Loaded]]:
             """), "usdts.yaml")
         yield Hooks(mgr), lp
     finally:
-        mgr.stop()
+        mgr.delete("usdts")
 
 
 def run(binary: Path, *args: str) -> tuple[int, int]:
@@ -126,3 +149,95 @@ def test_usdt_refusals(binary: Path) -> None:
     assert "(its probes: test:usdt3)" in refusal(usdt_policy(binary).replace('"usdt3"', '"nope"'))
     assert "has 2 arguments: index 2 is out of range" in refusal(
         usdt_policy(binary).replace('- index: 1\n      type: "int32"', '- index: 2\n      type: "int32"'))
+
+
+# Tetragon's library policies as it publishes them, the path aside (the tester's, given)
+LIBRARY_USDT = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "usdts-library"
+spec:
+  usdts:
+  - path: "{path}"
+    provider: "test"
+    name: "usdt3"
+    args:
+    - index: 0
+      type: "uint64"
+"""
+LIBRARY_USDT_SET = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "usdts-set"
+spec:
+  usdts:
+  - path: "{path}"
+    provider: "tetragon"
+    name: "test_4B"
+    args:
+    - index: 0
+      type: "int32"
+    - index: 1
+      type: "int32"
+    - index: 2
+      type: "int32"
+    selectors:
+      - matchActions:
+        - action: Set
+          argIndex: 0
+          argValue: 32
+"""
+
+
+def test_library_usdt_policies_on_our_testers(testers: dict[str, Path], manager: PolicyManager) -> None:
+    hooks = Hooks(manager)
+    (lp,) = manager.load_text(LIBRARY_USDT.format(path=testers["usdt"]), "usdt.yaml")
+    try:
+        pid, rc = run(testers["usdt"], "0x1234567890")
+        assert rc == 0
+        (ev,) = hooks.wait(lp, 0, pid)
+        assert int.from_bytes(ev.args[0].data[:8], "little") == 0x1234567890
+    finally:
+        manager.delete(lp.name)
+    with pytest.raises(PolicyError) as ei:
+        manager.load_text(LIBRARY_USDT_SET.format(path=testers["usdt-override"]), "usdt-set.yaml")
+    assert str(ei.value).startswith("usdt-set.yaml:19: spec.usdts[0].selectors[0].matchActions[0].action: "
+                                    "Set writes the USDT argument's register or memory")
+    # nothing was written: the tester's result (its exit status) is the 0 it started with
+    assert subprocess.run([str(testers["usdt-override"]), "4", "5"], capture_output=True).returncode == 0
+
+
+def test_count_places_named_files_in_its_own_mount_namespace(tmp_path: Path) -> None:
+    lib = tmp_path / "library"
+    lib.mkdir()
+    (lib / "usdt.yaml").write_text(LIBRARY_USDT.format(path=f"{TESTERS}/usdt"))
+    (lib / "usdt-set.yaml").write_text(LIBRARY_USDT_SET.format(path=f"{TESTERS}/usdt-override"))
+    (lib / "uprobe-binaries.yaml").write_text(textwrap.dedent("""\
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata:
+          name: "uprobe"
+        spec:
+          uprobes:
+          - path: "/lib64/libc.so.6"
+            symbol: "malloc"
+        """))
+    before = {p: os.path.lexists(p) for p in ("/lib64/libc.so.6", "/home/jolsa", f"{TESTERS}/usdt")}
+    out = tmp_path / "count.json"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "count-policies.py"), str(lib), "--with-named-files",
+                    "--json", str(out)], check=True, capture_output=True, timeout=120)
+    got = json.loads(out.read_text())
+    named = got["with_named_files"]
+    if not before["/lib64/libc.so.6"]:   # as on Debian
+        assert "/lib64/libc.so.6 does not exist" in got["results"]["uprobe-binaries.yaml"]
+        assert named["placed"]["/lib64/libc.so.6"].startswith("bound from /")
+    assert "usdt-override does not exist" in got["results"]["usdt-set.yaml"]
+    assert named["placed"][f"{TESTERS}/usdt"] == "built from tests/data/usdt_tester.c"
+    assert named["results"]["usdt.yaml"] == "loaded"
+    assert named["results"]["uprobe-binaries.yaml"] == "loaded"
+    assert "Set writes the USDT argument" in named["results"]["usdt-set.yaml"]
+    assert (named["served"], named["total"]) == (2, 3)
+    # the placements lived only in the count's own mount namespace
+    assert {p: os.path.lexists(p) for p in before} == before

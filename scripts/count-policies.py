@@ -3,7 +3,9 @@
 are refused: each file parsed and compiled by the collector's policy engine against the running
 kernel's probed features (collector/kernel_features.py) and BTF, as `tetrapipe tracingpolicy add`
 would, without loading it (``--load`` also compiles and loads each into the kernel with bcc,
-then unloads it: 1-2 s per policy natively, 15-27 s in a qemu guest).
+then unloads it: 1-2 s per policy natively, 15-27 s in a qemu guest; pod-scoped policies then get
+a stand-in pod list with no pods, as on a node whose Kubernetes API lists none: they load and act
+on no process).
 
     .venv/bin/python scripts/count-policies.py <tetragon checkout>/examples [--load] [--json out.json]
 
@@ -38,6 +40,8 @@ from collector.drain import RecordQueue  # noqa: E402
 from collector.policy import compiler, parser  # noqa: E402
 from collector.policy.manager import PolicyManager  # noqa: E402
 from collector.policy.model import PolicyError  # noqa: E402
+from collector.policy.pod_scope import PodScope  # noqa: E402
+from tetrapipe.k8s.pods import PodIndex  # noqa: E402
 
 KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 
@@ -85,7 +89,10 @@ def count(root: Path, files: list[str], feats: kernel_features.KernelFeatures, l
     mgr = None
     if load:
         loader.prepare()
-        mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(), feats)
+        # pod-scoped policies (podSelector, TracingPolicyNamespaced) need the node's pods: a stand-in
+        # pod list with no pods (no Kubernetes API in a count), so they load and act on no process
+        mgr = PolicyManager(RecordQueue(1_000_000, asyncio.new_event_loop()), procfs.host_namespaces(), feats,
+                            pod_scope=PodScope(PodIndex(), watch_mkdir=False))
     results: dict[str, str] = {}
     try:
         for rel in files:

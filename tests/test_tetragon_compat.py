@@ -270,6 +270,28 @@ def test_override_on_a_hook_bpf_lsm_may_not_attach_to_goes_to_fmod_ret() -> None
     assert e.value.line == 7 and "may not attach to inode_copy_up_xattr" in e.value.reason
 
 
+
+def test_override_with_an_error_bpf_lsm_may_not_return_goes_to_fmod_ret() -> None:
+    """A BPF LSM program may return only 0 or -4095..-1 (6.12's verifier refused Tetragon's
+    security-socket-connect-block-others, argError 1, with "R0 has smin=1 smax=1 should have been
+    in [-4095, 0]", seen with the library count's --load): fmod_ret on the security_* function
+    takes any value; a negative errno stays on the LSM hook."""
+    text = HEAD.format(name="connect") + """  kprobes:
+  - call: security_socket_connect
+    syscall: false
+    args: [{index: 0, type: socket}]
+    selectors:
+    - matchActions: [{action: Override, argError: 1}]
+"""
+    (h,) = compile_text(text).hooks
+    assert h.serve == "fmod_ret security_socket_connect (Override)"
+    (h,) = compile_text(text.replace("argError: 1", "argError: -13")).hooks
+    assert h.serve == "lsm socket_connect (Override)"
+    no_fmod_ret = kernel_features.with_features(DEBIAN_612, fmod_ret=False)
+    with pytest.raises(PolicyError) as e:
+        compile_text(text, no_fmod_ret)
+    assert "lsm: argError 1 is outside what a BPF LSM program may return (0 or -4095..-1" in e.value.reason
+
 WALKS = HEAD.format(name="walks") + """  kprobes:
   - call: "security_socket_connect"
     syscall: false

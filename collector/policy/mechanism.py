@@ -177,6 +177,12 @@ def override_action(hook: Hook) -> Action | None:
                  if a.action == "Override"), None)
 
 
+def override_errors(hook: Hook) -> tuple[int, ...]:
+    """The argError values of the hook's Override actions."""
+    return tuple(a.arg_error for s in hook.selectors for a in s.match_actions + s.match_return_actions
+                 if a.action == "Override")
+
+
 def _needs_return(hook: Hook) -> bool:
     return hook.return_ or any(a.return_copy for a in hook.args) or any(
         s.match_return_args for s in hook.selectors)
@@ -262,15 +268,25 @@ BPF_LSM_DISABLED = frozenset({"vm_enough_memory", "inode_need_killpriv", "inode_
                               "setprocattr", "key_getsecurity", "audit_rule_match", "ismaclabel"})
 
 
-def override_row(g: ProgramGen, func: str) -> tuple[Row | None, list[str], str]:
-    """How ``func``'s return value can be changed on this kernel: (the Override row or None, why
-    not per row, the LSM hook ``func`` calls or "")."""
+# what a BPF LSM program may return: 0 or an errno (the verifier enforces it since 6.10; Tetragon's
+# security-socket-connect-block-others returns 1 and was refused so on Debian 6.12)
+LSM_RETURN_RANGE = (-4095, 0)
+
+
+def override_row(g: ProgramGen, func: str, errors: tuple[int, ...] = ()) -> tuple[Row | None, list[str], str]:
+    """How ``func``'s return value can be changed on this kernel to each of ``errors`` (the
+    argError values): (the Override row or None, why not per row, the LSM hook ``func`` calls or "")."""
     funcs = btf_funcs.vmlinux() if g.features.btf else None
     lsm_hook = lsm_hook_of(func, funcs)
     inj = func in g.features.error_injection
+    lo, hi = LSM_RETURN_RANGE
+    odd = [e for e in errors if not lo <= e <= hi]
 
     def allowed(r: Row) -> str:
         if r.mechanism == "lsm":
+            if lsm_hook and odd:
+                return (f"argError {odd[0]} is outside what a BPF LSM program may return "
+                        f"(0 or {lo}..-1: the kernel's verifier refuses it)")
             return "" if lsm_hook else f"{func} is not an LSM hook (no bpf_lsm_* for it in BTF)"
         if r.mechanism == "fmod_ret":
             return "" if (func.startswith("security_") or inj) else \
@@ -286,7 +302,7 @@ def _override_source(g: ProgramGen, hook: Hook, func: str,
     """Override: a program that can change ``func``'s return value before its effect."""
     act = override_action(hook)
     assert act is not None
-    r, why, lsm_hook = override_row(g, func)
+    r, why, lsm_hook = override_row(g, func, override_errors(hook))
     if r is None:
         reason = NO_OVERRIDE if not g.features.release else "; ".join(why)
         raise g.fail(f"{act.path}.action", f"Override cannot be served: {reason}")

@@ -291,6 +291,16 @@ def test_override_with_an_error_bpf_lsm_may_not_return_goes_to_fmod_ret() -> Non
     with pytest.raises(PolicyError) as e:
         compile_text(text, no_fmod_ret)
     assert "lsm: argError 1 is outside what a BPF LSM program may return (0 or -4095..-1" in e.value.reason
+    lsm = HEAD.format(name="l") + """  lsmhooks:
+  - hook: socket_connect
+    selectors:
+    - matchActions: [{action: Override, argError: 1}]
+"""
+    with pytest.raises(PolicyError) as e:
+        compile_text(lsm)
+    assert e.value.line == 9 and e.value.reason.startswith("argError 1 is outside what a BPF LSM program")
+    (h,) = compile_text(lsm.replace("argError: 1", "argError: -1")).hooks
+    assert h.serve == "lsm socket_connect"
 
 WALKS = HEAD.format(name="walks") + """  kprobes:
   - call: "security_socket_connect"

@@ -243,6 +243,12 @@ def _lsm_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
                                   "for BPF: its return value means something else)")
     if hook.return_:
         raise g.fail(f"{p}.return", "an lsmhook has no return value to report (its program decides it)")
+    lo, hi = LSM_RETURN_RANGE
+    for s in hook.selectors:
+        for a in s.match_actions:
+            if a.action == "Override" and not lo <= a.arg_error <= hi:
+                raise g.fail(f"{a.path}.argError", f"argError {a.arg_error} is outside what a BPF LSM program "
+                                                   f"may return (0 or {lo}..-1: the kernel's verifier refuses it)")
     fields = _fields(proto)
     check_indexes(g, hook, fields, f"LSM hook {hook.call}")
     src = Source("kfunc", fields, mech="lsm", func=hook.call, override=override_action(hook) is not None)

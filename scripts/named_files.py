@@ -86,6 +86,8 @@ def _make_room(target: str, shadowed: list[str]) -> None:
     if any(real == s or real.startswith(s.rstrip("/") + "/") for s in shadowed):
         os.makedirs(parent, mode=0o755, exist_ok=True)
         return
+    if real == "/":
+        raise NamedFilesError(f"{target}: no directory of its path exists below / to lay a tmpfs over")
     shadowed.append(real)
     st = os.stat(real)
     fd = os.open(real, os.O_PATH | os.O_DIRECTORY)   # the original directory, still reachable under the tmpfs

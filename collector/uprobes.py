@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector import loader
+from collector import loader, usdt_semaphore
 
 STRING_MAX = 256
 BUF_MAX = 256
@@ -89,6 +89,7 @@ class Target:
     in_container: bool = False   # path inside each selected container's root (policy/uprobe_paths.py)
     usdt: str = ""               # a USDT probe "provider:name" (policy/usdt.py): attached by offset
     more_offsets: tuple[int, ...] = ()   # a USDT probe's other locations
+    ref_ctr_offset: int = 0      # a USDT probe's semaphore (file offset): counted by the kernel
 
 
 def _int(v: Any, where: str) -> int:
@@ -179,6 +180,9 @@ def attach(bpf: Any, target: Target, fn_name: str) -> None:
     """Attach ``fn_name`` of a loaded program at a target (by symbol when there is one)."""
     if target.symbol and not target.usdt:
         bpf.attach_uprobe(name=target.path.encode(), sym=target.symbol.encode(), fn_name=fn_name.encode())
+    elif target.ref_ctr_offset:   # an is-enabled USDT probe (collector/usdt_semaphore.py)
+        for off in (target.offset, *target.more_offsets):
+            usdt_semaphore.attach(bpf, target.path, off, fn_name, target.ref_ctr_offset)
     else:
         for off in (target.offset, *target.more_offsets):
             bpf.attach_uprobe(name=target.path.encode(), addr=off, fn_name=fn_name.encode())

@@ -241,3 +241,84 @@ def test_count_places_named_files_in_its_own_mount_namespace(tmp_path: Path) -> 
     assert (named["served"], named["total"]) == (2, 3)
     # the placements lived only in the count's own mount namespace
     assert {p: os.path.lexists(p) for p in before} == before
+
+
+SEM_POLICY = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "usdt-semaphore"
+spec:
+  usdts:
+  - path: "{path}"
+    provider: "test"
+    name: "usdt4"
+    args:
+    - index: 0
+      type: "uint64"
+"""
+
+
+@pytest.fixture(scope="module")
+def sem_tester(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sem") / "usdt_semaphore_tester"
+    subprocess.run(["gcc", "-O1", "-o", str(out), str(DATA / "usdt_semaphore_tester.c")], check=True)
+    return out
+
+
+def _ask(proc: subprocess.Popen[str]) -> str:
+    """One round of the --lines tester: "<its semaphore now> <1 if the probe fired>"."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+def test_usdt_semaphore_counted_by_the_kernel(sem_tester: Path, manager: PolicyManager) -> None:
+    """An is-enabled probe (tests/data/usdt_semaphore_tester.c) as Tetragon serves it: the uprobe
+    carries the semaphore's file offset as its reference counter, so the kernel raises the
+    semaphore in a process already running and in each new one while the policy is loaded, the
+    probe fires with its argument, and at unload the semaphore is back to 0."""
+    assert run(sem_tester, "11")[1] == 0             # nobody traces it: the probe does not fire
+    older = subprocess.Popen([str(sem_tester), "7", "--lines"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    hooks = Hooks(manager)
+    try:
+        assert _ask(older) == "0 0"
+        (lp,) = manager.load_text(SEM_POLICY.format(path=sem_tester), "usdt-semaphore.yaml")
+        try:
+            (ch,) = lp.compiled.hooks
+            assert "semaphore +0x" in ch.serve and ch.serve.endswith("counted by the kernel)")
+            pid, rc = run(sem_tester, "0x1234567890")
+            assert rc == 3                           # the semaphore was raised: it fired
+            (ev,) = hooks.wait(lp, 0, pid)
+            assert int.from_bytes(ev.args[0].data[:8], "little") == 0x1234567890
+            assert _ask(older) == "1 1"              # raised in the process older than the policy too
+            (ev,) = hooks.wait(lp, 0, older.pid)
+            assert int.from_bytes(ev.args[0].data[:8], "little") == 7
+        finally:
+            manager.delete(lp.name)
+        assert _ask(older) == "0 0"                  # taken back in the running process
+        assert run(sem_tester, "11")[1] == 0         # and new processes no longer fire it
+    finally:
+        assert older.stdin is not None
+        older.stdin.close()
+        assert older.wait(timeout=30) == 0
+
+
+def test_usdt_semaphore_refused_without_kernel_counters(sem_tester: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without uprobe reference counters (< 4.20) refuses the semaphore probe with that
+    reason. Stand-in: this kernel has them, so the uprobe PMU's sysfs directory is replaced by one
+    without format/ref_ctr_offset, as such a kernel's looks."""
+    from collector import usdt_semaphore
+
+    (tmp_path / "type").write_text("8\n")
+    monkeypatch.setattr(usdt_semaphore, "UPROBE_PMU", str(tmp_path))
+    (p,) = parser.parse_text(SEM_POLICY.format(path=sem_tester), "s.yaml")
+    with pytest.raises(PolicyError) as ei:
+        compiler.compile_policy(p, 1, [0] * 10, kernel_features.probe())
+    assert str(ei.value) == (f"s.yaml:7: spec.usdts[0]: USDT probe test:usdt4 in {sem_tester} has a semaphore "
+                             "(an is-enabled probe): this kernel's uprobe PMU has no ref_ctr_offset (uprobe "
+                             "reference counters, Linux >= 4.20), so the kernel cannot enable it and the "
+                             "process would never fire it")

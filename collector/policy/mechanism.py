@@ -422,7 +422,9 @@ def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
         n = 1 + len(target.more_offsets)
         return (Source("uprobe", fields, target=target), target.symbol,
                 f"usdt {target.usdt} in {target.path} (uprobe at {n} location{'s' if n > 1 else ''}, "
-                f"first +{target.offset:#x})")
+                f"first +{target.offset:#x}"
+                + (f", semaphore +{target.ref_ctr_offset:#x} counted by the kernel" if target.ref_ctr_offset else "")
+                + ")")
     if target.in_container:
         return (Source("uprobe", fields, target=target), target.symbol,
                 f"uprobe {where} in each selected container's root, attached as containers appear")

@@ -8,11 +8,16 @@ describes (a register, memory at a register + offset, a constant) with bcc's gen
 (``bpf_usdt_readarg``), each in its own C type, sign-extended as the note says; selectors and
 actions then act as on any hook. Events are ``process_uprobe`` with ``symbol`` = ``provider:name``.
 
+A probe with a semaphore (an is-enabled probe: the process fires it only while the semaphore is
+non-zero) is served as Tetragon serves it: each uprobe is made with the semaphore's file offset as
+its reference counter, so the kernel increments the semaphore in every process that maps the file
+while the policy is loaded and takes it back at unload (collector/usdt_semaphore.py).
+
 Refused, with the reason: a path that does not exist (as Tetragon at load), a probe that is not in
-the file, an argument index past the probe's arguments, a probe with a semaphore (an is-enabled
-probe: the process only fires it after the tracer increments the semaphore, which tetrapipe does
-not do), and the ``Set`` action (Tetragon writes the argument's register or memory in the traced
-process; tetrapipe does not write into traced processes).
+the file, an argument index past the probe's arguments, a semaphore probe on a kernel without
+uprobe reference counters (Linux < 4.20) or whose semaphore is not in the file's loaded data, and
+the ``Set`` action (Tetragon writes the argument's register or memory in the traced process;
+tetrapipe does not write into traced processes).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from collector import uprobes
+from collector import uprobes, usdt_semaphore
 from collector.policy.model import Hook
 
 if TYPE_CHECKING:
@@ -61,9 +66,7 @@ def target(hook: Hook, fail: Callable[[str, str], Exception]) -> uprobes.Target:
                            "Set writes the USDT argument's register or memory in the traced process; "
                            "tetrapipe does not write into traced processes")
     ctx, probe = _probe(hook, fail)   # the probe reads through ctx: keep it alive until done
-    if probe.semaphore:
-        raise fail(p, f"USDT probe {hook.call} in {hook.binary} has a semaphore (an is-enabled probe): "
-                      "tetrapipe does not increment semaphores, so the process would never fire it")
+    ref_ctr = _ref_ctr_offset(hook, probe.semaphore, fail) if probe.semaphore else 0
     for a in hook.args:
         if a.type not in ARG_TYPES:
             raise fail(f"{a.path}.type", f"type {a.type} is not supported for usdts (one of "
@@ -75,7 +78,24 @@ def target(hook: Hook, fail: Callable[[str, str], Exception]) -> uprobes.Target:
     del probe, ctx
     if not addrs:
         raise fail(p, f"USDT probe {hook.call} in {hook.binary} has no location")
-    return uprobes.Target(hook.binary, hook.call, addrs[0], usdt=hook.call, more_offsets=tuple(addrs[1:]))
+    return uprobes.Target(hook.binary, hook.call, addrs[0], usdt=hook.call, more_offsets=tuple(addrs[1:]),
+                          ref_ctr_offset=ref_ctr)
+
+
+def _ref_ctr_offset(hook: Hook, semaphore: int, fail: Callable[[str, str], Exception]) -> int:
+    """The semaphore's file offset, for the kernel to count it (refused where it cannot)."""
+    what = f"USDT probe {hook.call} in {hook.binary} has a semaphore (an is-enabled probe)"
+    reason = usdt_semaphore.kernel_reason()
+    if reason:
+        raise fail(hook.path, f"{what}: {reason}, so the kernel cannot enable it and the process "
+                              "would never fire it")
+    try:
+        off = usdt_semaphore.file_offset(hook.binary, semaphore)
+    except (OSError, usdt_semaphore.SemaphoreError) as exc:
+        raise fail(hook.path, f"{what}: {exc}") from None
+    if not 0 < off < 1 << 32:
+        raise fail(hook.path, f"{what}: its file offset {off:#x} does not fit the kernel's 32-bit ref_ctr_offset")
+    return off
 
 
 def _probe(hook: Hook, fail: Callable[[str, str], Exception]) -> tuple[Any, Any]:
@@ -100,8 +120,16 @@ def entry_c(hook_id: int, fn_name: str, hook: Hook) -> str:
     from bcc import USDT
 
     ctx = USDT(path=hook.binary)
-    ctx.enable_probe(hook.call, fn_name)
-    readers = ctx.get_text()
+    sem = next((pr.semaphore for pr in ctx.enumerate_probes() if pr.short_name() == hook.call), 0)
+    if sem:   # bcc enables a semaphore probe only in one process: its readers from a copy without
+        provider, name = hook.call.split(":", 1)
+        with usdt_semaphore.readers_path(hook.binary, provider, name, sem) as copy:
+            ctx = USDT(path=copy)
+            ctx.enable_probe(hook.call, fn_name)
+            readers = ctx.get_text()
+    else:
+        ctx.enable_probe(hook.call, fn_name)
+        readers = ctx.get_text()
     reads = []
     for a in hook.args:
         ctype = ctx.get_probe_arg_ctype(hook.call, a.index) or "uint64_t"

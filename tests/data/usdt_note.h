@@ -2,10 +2,15 @@
  * systemtap headers (systemtap-sdt-dev is not installed here). TP_USDT(provider, name, argspec,
  * operands...): argspec is the note's argument string, e.g. "8@%[a] -4@%[b]" (size, negative when
  * signed, '@', the operand's location as the assembler prints it); operands are asm input operands
- * named as in argspec, e.g. [a] "r"(x), [b] "m"(y). No semaphore: the probe always fires. */
+ * named as in argspec, e.g. [a] "r"(x), [b] "m"(y). No semaphore: the probe always fires.
+ * TP_USDT_SEM(provider, name, semaphore, argspec, operands...): the same with the note naming a
+ * semaphore (the symbol of a `volatile unsigned short` in section .probes, as sys/sdt.h names it
+ * provider_name_semaphore); the program guards the probe with `if (semaphore)`, so it fires only
+ * while a tracer (the kernel, for a uprobe with a reference counter) keeps the semaphore non-zero. */
 #ifndef TETRAPIPE_USDT_NOTE_H
 #define TETRAPIPE_USDT_NOTE_H
-#define TP_USDT(provider, name, argspec, ...)                                         \
+#define TP_USDT(provider, name, argspec, ...) TP_USDT_SEM(provider, name, "0", argspec, __VA_ARGS__)
+#define TP_USDT_SEM(provider, name, semaphore, argspec, ...)                          \
     __asm__ __volatile__(                                                             \
         "990: nop\n"                                                                  \
         ".pushsection .note.stapsdt,\"?\",\"note\"\n"                                 \
@@ -15,7 +20,7 @@
         "992: .balign 4\n"                                                            \
         "993: .8byte 990b\n"                                                          \
         ".8byte _.stapsdt.base\n"                                                     \
-        ".8byte 0\n"                                                                  \
+        ".8byte " semaphore "\n"                                                      \
         ".asciz \"" provider "\"\n"                                                   \
         ".asciz \"" name "\"\n"                                                       \
         ".asciz \"" argspec "\"\n"                                                    \

@@ -8,7 +8,7 @@
  * u64 constant-derived value in a register. Usage: usdt_tester [N]; fires once with N (default 3),
  * prints what it fired with, exits 0. Built by scripts/count-policies.py --with-named-files and
  * tests/test_policy_usdt.py. Tetragon's own tester guards its probe with a semaphore (an is-enabled
- * probe), which tetrapipe refuses; ours has none. */
+ * probe), which tetrapipe serves too (usdt_semaphore_tester.c tests that); ours has none. */
 int main(int argc, char **argv)
 {
     uint64_t first = argc > 1 ? strtoull(argv[1], 0, 0) : 3;

@@ -306,6 +306,26 @@ def test_usdt_semaphore_counted_by_the_kernel(sem_tester: Path, manager: PolicyM
         assert older.wait(timeout=30) == 0
 
 
+def test_usdt_semaphore_in_a_shared_library(tmp_path: Path, manager: PolicyManager) -> None:
+    """The probe and its semaphore in a shared library (as libc's, libpython's), the policy naming
+    the library: the program that loads it fires only while the policy is loaded."""
+    src = str(DATA / "usdt_semaphore_tester.c")
+    lib, prog = tmp_path / "libusdtsem.so", tmp_path / "usdt_semaphore_caller"
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-DNO_MAIN", "-o", str(lib), src], check=True)
+    subprocess.run(["gcc", "-O1", "-DLIBRARY_PROBE", "-o", str(prog), src, f"-L{tmp_path}", "-lusdtsem",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)
+    assert run(prog, "5")[1] == 0
+    (lp,) = manager.load_text(SEM_POLICY.format(path=lib), "usdt-semaphore-lib.yaml")
+    try:
+        pid, rc = run(prog, "21")
+        assert rc == 3
+        (ev,) = Hooks(manager).wait(lp, 0, pid)
+        assert int.from_bytes(ev.args[0].data[:8], "little") == 21
+    finally:
+        manager.delete(lp.name)
+    assert run(prog, "5")[1] == 0
+
+
 def test_usdt_semaphore_refused_without_kernel_counters(sem_tester: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel without uprobe reference counters (< 4.20) refuses the semaphore probe with that
@@ -322,3 +342,16 @@ def test_usdt_semaphore_refused_without_kernel_counters(sem_tester: Path, tmp_pa
                              "(an is-enabled probe): this kernel's uprobe PMU has no ref_ctr_offset (uprobe "
                              "reference counters, Linux >= 4.20), so the kernel cannot enable it and the "
                              "process would never fire it")
+
+
+def test_usdt_semaphore_outside_the_file_refused(tmp_path: Path) -> None:
+    """A semaphore with no file contents (.bss) cannot be a reference counter (the kernel counts a
+    file offset): refused with the reason, not attached to count nothing."""
+    out = tmp_path / "usdt_semaphore_bss"
+    subprocess.run(["gcc", "-O1", "-DSEMAPHORE_IN_BSS", "-o", str(out), str(DATA / "usdt_semaphore_tester.c")],
+                   check=True)
+    (p,) = parser.parse_text(SEM_POLICY.format(path=out), "b.yaml")
+    with pytest.raises(PolicyError) as ei:
+        compiler.compile_policy(p, 1, [0] * 10, kernel_features.probe())
+    assert "has a semaphore (an is-enabled probe): the semaphore at 0x" in str(ei.value)
+    assert "is in no loaded segment of" in str(ei.value)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector import loader, usdt_semaphore
+from collector import loader, uprobe_pmu
 
 STRING_MAX = 256
 BUF_MAX = 256
@@ -177,15 +177,13 @@ def entry_probe_c(hook_id: int, fn_name: str) -> str:
 
 
 def attach(bpf: Any, target: Target, fn_name: str) -> None:
-    """Attach ``fn_name`` of a loaded program at a target (by symbol when there is one)."""
+    """Attach ``fn_name`` of a loaded program at a target (by symbol when there is one), through
+    collector/uprobe_pmu.py (bcc's ``attach_uprobe`` passes the kernel a stray reference counter)."""
     if target.symbol and not target.usdt:
-        bpf.attach_uprobe(name=target.path.encode(), sym=target.symbol.encode(), fn_name=fn_name.encode())
-    elif target.ref_ctr_offset:   # an is-enabled USDT probe (collector/usdt_semaphore.py)
+        uprobe_pmu.attach(bpf, target.path, fn_name, sym=target.symbol)
+    else:   # a USDT probe's semaphore is its reference counter (collector/usdt_semaphore.py)
         for off in (target.offset, *target.more_offsets):
-            usdt_semaphore.attach(bpf, target.path, off, fn_name, target.ref_ctr_offset)
-    else:
-        for off in (target.offset, *target.more_offsets):
-            bpf.attach_uprobe(name=target.path.encode(), addr=off, fn_name=fn_name.encode())
+            uprobe_pmu.attach(bpf, target.path, fn_name, addr=off, ref_ctr_offset=target.ref_ctr_offset)
 
 
 def catalog_hook(hook_id: int, spec: UprobeSpec, target: Target) -> dict[str, Any]:

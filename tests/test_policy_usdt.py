@@ -125,6 +125,24 @@ def test_usdt_arguments_typed_matched_and_acted_on(binary: Path, loaded: tuple[H
     assert [e.selector for e in hooks.wait(lp, 0, killed)] == [1]
 
 
+def test_uprobes_carry_no_stray_reference_counter(binary: Path, loaded: tuple[Hooks, Loaded]) -> None:
+    """Every uprobe goes through collector/uprobe_pmu.py with the reference counter it means (here
+    none). Debian's Python bcc passes libbcc's bpf_attach_uprobe six arguments of seven, so its
+    uprobes got stack garbage as their counter (0x6 here): the kernel then refuses any other uprobe
+    at the same place without that counter (another tracer's), as it refuses one with another."""
+    from bcc import BPF
+
+    from collector import uprobe_pmu
+
+    _, lp = loaded
+    target = lp.compiled.hooks[0].uprobe
+    assert target is not None
+    path, off = BPF._check_path_symbol(str(binary).encode(), b"", target.offset, -1)
+    os.close(uprobe_pmu._perf_uprobe(path, off, 0))   # the same place, no counter: the kernel agrees
+    with pytest.raises(uprobe_pmu.UprobeAttachError, match="Invalid argument"):
+        uprobe_pmu._perf_uprobe(path, off, 2)          # a different counter at the same place
+
+
 def test_usdt_refusals(binary: Path) -> None:
     feats = kernel_features.probe()
 
@@ -331,10 +349,10 @@ def test_usdt_semaphore_refused_without_kernel_counters(sem_tester: Path, tmp_pa
     """A kernel without uprobe reference counters (< 4.20) refuses the semaphore probe with that
     reason. Stand-in: this kernel has them, so the uprobe PMU's sysfs directory is replaced by one
     without format/ref_ctr_offset, as such a kernel's looks."""
-    from collector import usdt_semaphore
+    from collector import uprobe_pmu
 
     (tmp_path / "type").write_text("8\n")
-    monkeypatch.setattr(usdt_semaphore, "UPROBE_PMU", str(tmp_path))
+    monkeypatch.setattr(uprobe_pmu, "UPROBE_PMU", str(tmp_path))
     (p,) = parser.parse_text(SEM_POLICY.format(path=sem_tester), "s.yaml")
     with pytest.raises(PolicyError) as ei:
         compiler.compile_policy(p, 1, [0] * 10, kernel_features.probe())

@@ -373,3 +373,41 @@ def test_usdt_semaphore_outside_the_file_refused(tmp_path: Path) -> None:
         compiler.compile_policy(p, 1, [0] * 10, kernel_features.probe())
     assert "has a semaphore (an is-enabled probe): the semaphore at 0x" in str(ei.value)
     assert "is in no loaded segment of" in str(ei.value)
+
+
+def test_uprobe_ref_ctr_offsets(sem_tester: Path, manager: PolicyManager) -> None:
+    """Tetragon's spec.uprobes refCtrOffsets (one per offset): the same kernel counting for a
+    uprobe given by file offsets, here the tester's probe location and semaphore."""
+    from bcc import BPF, USDT
+
+    from collector import usdt_semaphore
+
+    ctx = USDT(path=str(sem_tester))   # its probes read through it: kept alive until done
+    (pr,) = ctx.enumerate_probes()
+    _, loc = BPF._check_path_symbol(str(sem_tester).encode(), b"", pr.get_location(0).address, -1)
+    sem = usdt_semaphore.file_offset(str(sem_tester), pr.semaphore)
+    del pr, ctx
+    text = textwrap.dedent(f"""\
+        apiVersion: cilium.io/v1alpha1
+        kind: TracingPolicy
+        metadata:
+          name: "uprobe-refctr"
+        spec:
+          uprobes:
+          - path: "{sem_tester}"
+            offsets: [{loc}]
+            refCtrOffsets: [{sem}]
+        """)
+    with pytest.raises(PolicyError, match=r"^r.yaml:9: spec.uprobes\[0\].refCtrOffsets: refCtrOffsets\(2\) has "
+                                          r"different dimension than offsets\(1\)$"):
+        parser.parse_text(text.replace(f"[{sem}]", f"[{sem}, {sem}]"), "r.yaml")
+    assert run(sem_tester, "8")[1] == 0
+    (lp,) = manager.load_text(text, "uprobe-refctr.yaml")
+    try:
+        assert lp.compiled.hooks[0].serve.endswith(f", reference counter +{sem:#x}")
+        pid, rc = run(sem_tester, "8")
+        assert rc == 3
+        assert Hooks(manager).wait(lp, 0, pid)
+    finally:
+        manager.delete(lp.name)
+    assert run(sem_tester, "8")[1] == 0

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from collector import btf_funcs, sock_hooks, uprobes
+from collector import btf_funcs, sock_hooks, uprobes, usdt_semaphore
 from collector.kernel_features import KernelFeatures
 from collector.policy import uprobe_paths, usdt
 from collector.policy.argtypes import (
@@ -410,6 +410,9 @@ def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
             (target,) = uprobes.resolve(spec)
         except uprobes.UprobeError as exc:
             raise g.fail(exc.path, exc.reason) from None
+        target.ref_ctr_offset = hook.ref_ctr
+    if hook.ref_ctr and (reason := usdt_semaphore.kernel_reason()):
+        raise g.fail(f"{p}.refCtrOffsets", f"{reason}: the kernel cannot count the reference counter")
     for a in hook.args:
         if a.type not in uprobes.ARG_TYPES and not hook.usdt:
             raise g.fail(f"{a.path}.type", f"type {a.type} is not supported for uprobes (one of "
@@ -429,7 +432,8 @@ def uprobe_source(g: ProgramGen, hook: Hook) -> tuple[Source, str, str]:
         return (Source("uprobe", fields, target=target), target.symbol,
                 f"uprobe {where} in each selected container's root, attached as containers appear")
     return (Source("uprobe", fields, target=target), target.symbol,
-            f"uprobe {where}+{target.offset:#x}")
+            f"uprobe {where}+{target.offset:#x}"
+            + (f", reference counter +{target.ref_ctr_offset:#x}" if target.ref_ctr_offset else ""))
 
 
 def check_indexes(g: ProgramGen, hook: Hook, fields: list[Field], what: str) -> None:

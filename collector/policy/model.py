@@ -188,6 +188,7 @@ class Hook:
     binary: str = ""             # uprobes: the ELF file (call = the symbol, "" for an offset)
     raw: bool = False            # raw tracepoints: args by TP_PROTO position (collector/policy/rawtp.py)
     offset: int = -1             # uprobes: file offset given in the policy (-1: from the symbol)
+    ref_ctr: int = 0             # uprobes: refCtrOffsets' entry for that offset (a USDT semaphore)
     in_container: bool = False   # uprobes: resolvePathInContainer (collector/policy/uprobe_paths.py)
     usdt: bool = False           # spec.usdts: call = "provider:name" (collector/policy/usdt.py)
 

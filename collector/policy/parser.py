@@ -338,7 +338,7 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
     binary = c.string(m.get("path"), f"{path}.path", required=True)
     if not binary.startswith("/"):
         raise c.fail(f"{path}.path", "an absolute path to an ELF file is required")
-    for key in ("addrs", "refCtrOffsets", "binaryDigests", "data", "btfPath"):
+    for key in ("addrs", "binaryDigests", "data", "btfPath"):
         if m.get(key):
             raise c.fail(f"{path}.{key}", f"{key} is not supported by tetrapipe for uprobes")
     symbols = [c.string(x, f"{path}.symbols[{j}]", required=True)
@@ -353,11 +353,24 @@ def _uprobes(c: _Ctx, raw: Any, path: str, i: int) -> list[Hook]:
             raise c.fail(f"{path}.offsets[{j}]", f"{x!r} is not a file offset") from None
     if not symbols and not offsets:
         raise c.fail(path, "symbols or offsets are required")
+    ref_ctrs = []   # one per offset (Tetragon: the same dimension), each a semaphore's file offset
+    for j, x in enumerate(c.seq(m.get("refCtrOffsets"), f"{path}.refCtrOffsets")):
+        try:
+            ref_ctrs.append(int(x, 0) if isinstance(x, str) else int(x))
+        except (TypeError, ValueError):
+            raise c.fail(f"{path}.refCtrOffsets[{j}]", f"{x!r} is not a file offset") from None
+        if not 0 <= ref_ctrs[-1] < 1 << 32 or ref_ctrs[-1] % 2:
+            raise c.fail(f"{path}.refCtrOffsets[{j}]", f"{x!r}: a reference counter is an even file "
+                                                       "offset below 4 GiB (the kernel's 32 bits)")
+    if ref_ctrs and len(ref_ctrs) != len(offsets):
+        raise c.fail(f"{path}.refCtrOffsets", f"refCtrOffsets({len(ref_ctrs)}) has different dimension "
+                                              f"than offsets({len(offsets)})")
     template = _common(c, m, Hook(kind="uprobe", index=i), path)
     template.in_container = c.boolean(m.get("resolvePathInContainer"), f"{path}.resolvePathInContainer")
     out = []
     for sym in symbols:
         out.append(dataclasses.replace(template, call=sym, binary=binary))
-    for off in offsets:
-        out.append(dataclasses.replace(template, call="", binary=binary, offset=off))
+    for j, off in enumerate(offsets):
+        out.append(dataclasses.replace(template, call="", binary=binary, offset=off,
+                                       ref_ctr=ref_ctrs[j] if ref_ctrs else 0))
     return out

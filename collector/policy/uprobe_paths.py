@@ -55,7 +55,7 @@ def check_scoped(c: Ctx, policy: Policy) -> None:
 
 def container_target(hook: Hook) -> uprobes.Target:
     """An attach point resolved later, in each selected container's root."""
-    return uprobes.Target(hook.binary, hook.call, hook.offset, in_container=True)
+    return uprobes.Target(hook.binary, hook.call, hook.offset, in_container=True, ref_ctr_offset=hook.ref_ctr)
 
 
 def _pid_in(cgroup_paths: Iterable[str]) -> int:
@@ -112,7 +112,7 @@ class ContainerUprobes:
                     raise FileNotFoundError(f"{target.path} does not exist in container {cid[:12]}")
                 from bcc import BPF
 
-                here = uprobes.Target(full, target.symbol, target.offset)
+                here = uprobes.Target(full, target.symbol, target.offset, ref_ctr_offset=target.ref_ctr_offset)
                 uprobes.attach(self.bpf, here, fn)
                 # the event name bcc gave it (from the resolved file and offset), to detach it
                 # later even when the process it was found through is gone

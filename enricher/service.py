@@ -41,6 +41,8 @@ RECORDS = Counter("tetrapipe_msg_op", "Raw records handled, by kind", ["msg_op"]
 EVENTS_OUT = Counter("tetrapipe_enricher_events", "Events published", ["type"])
 HANDLER_ERRORS = Counter("tetrapipe_handler_errors", "Records that could not be handled", ["error"])
 BATCHES_IN = Counter("tetrapipe_enricher_batches", "Raw batches consumed")
+PARTITIONS_ASSIGNED = Counter("tetrapipe_enricher_partitions_assigned",
+                              "Raw partitions handed to this enricher by its group (start and rebalances)")
 KERNEL_LOST = Counter("tetrapipe_enricher_ringbuf_lost",
                       "Kernel ring-buffer drops reported by collectors", ["node_name"])
 
@@ -242,6 +244,7 @@ class StateRestorer(ConsumerRebalanceListener):
         return None
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        PARTITIONS_ASSIGNED.inc(len(assigned))
         journal = self.enricher.journal
         if journal is None or not assigned:
             return

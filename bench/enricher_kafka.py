@@ -17,6 +17,9 @@ production. No exporter runs, so the two cores are the enricher's and the broker
 ``--prefill`` isolates the enricher (bench/enricher_drain.py): the raw topic is filled and the
 producer finished *before* the enricher starts; events/s and per CPU-second are taken between the
 first and the last event out, with the broker's CPU and the rest of the machine's beside them.
+With ``--enrichers 1,2,3`` it runs N enrichers in one group on an N-partition raw topic keyed
+as the collector keys it (bench/enricher_group.py: per-enricher CPU and events, no event lost or
+doubled, ``--pin`` to give each enricher one CPU).
 ``--cpu`` adds the Kafka-free figure of each tree (``bench.e2e.enricher_cpu``: decode, build,
 Avro encode in one process). Apache Kafka comes from scripts/setup-kafka.sh's cache
 (tests/kafka_cluster.py starts one KRaft node); the embedded broker is tetrapipe's.
@@ -170,7 +173,7 @@ def cpu_only(tree: Path, n_events: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def start_broker(kind: str, work: Path) -> tuple[str, Any]:
+def start_broker(kind: str, work: Path, config: dict[str, str] | None = None) -> tuple[str, Any]:
     if kind == "embedded":
         b = EmbeddedBroker(log_path=work / "broker.log").start()
         return b.bootstrap, b
@@ -179,7 +182,7 @@ def start_broker(kind: str, work: Path) -> tuple[str, Any]:
     why = unavailable_reason()
     if why:
         raise SystemExit(f"no Apache Kafka: {why} (run scripts/setup-kafka.sh)")
-    c = KafkaCluster(work / "kafka").start()
+    c = KafkaCluster(work / "kafka", broker_config=dict(config or {})).start()
     return c.bootstrap, c
 
 
@@ -198,22 +201,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of enricher counts (N processes on N partitions), each run every round")
     p.add_argument("--py-spy", action="store_true", help="profile each enricher (py-spy record, from outside)")
     p.add_argument("--prefill", action="store_true",
-                   help="one enricher draining a raw topic filled before it starts (Apache Kafka only)")
+                   help="enrichers draining a raw topic filled before they start (Apache Kafka only); "
+                        "with an --enrichers list above 1, every count runs as a group (bench/enricher_group.py)")
+    p.add_argument("--pin", action="store_true",
+                   help="with --prefill and --enrichers above 1: enricher i runs on CPU i mod cores (taskset)")
     args = p.parse_args(argv)
-    if args.prefill and (args.broker != "kafka" or counts_above_one(args.enrichers)):
-        p.error("--prefill measures one enricher on Apache Kafka: --broker kafka --enrichers 1")
+    if args.prefill and args.broker != "kafka":
+        p.error("--prefill measures on Apache Kafka: --broker kafka")
+    if args.pin and not (args.prefill and counts_above_one(args.enrichers)):
+        p.error("--pin pins the enrichers of --prefill --enrichers N (N above 1)")
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     counts = [int(n) for n in args.enrichers.split(",")]
     if max(counts) > 1 and args.broker != "kafka":
         p.error("--enrichers above 1 counts the events topic's end offsets: --broker kafka")
     work = Path(tempfile.mkdtemp(prefix="tetrapipe-bench-enricher-"))
-    bootstrap, broker = start_broker(args.broker, work)
+    # a group of N enrichers started at once: the broker waits for the members of a new group
+    # (Kafka's default 3 s; tests/kafka_cluster.py sets 0; 10 s here, as N Python processes
+    # starting on 2 busy cores took up to 7.5 s to import), else the first one takes every
+    # partition and a rebalance follows in the middle of the drain (partitions_assigned shows it)
+    group = {"group.initial.rebalance.delay.ms": "10000"} if args.prefill and counts_above_one(args.enrichers) else {}
+    bootstrap, broker = start_broker(args.broker, work, group)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(args.rounds):
             for n in counts:
                 for tree in trees:
-                    if args.prefill:
+                    if args.prefill and counts_above_one(args.enrichers):
+                        from bench.enricher_group import group_run
+
+                        row = group_run(tree, bootstrap, args.events, work / f"r{r}-{n}-{tree.name}",
+                                        broker.nodes[0].proc.pid, n, args.pin)
+                    elif args.prefill:
                         from bench.enricher_drain import prefilled_run
 
                         row = prefilled_run(tree, bootstrap, args.events, work / f"r{r}-{tree.name}",
@@ -236,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             name = str(tree) if len(counts) == 1 else f"{tree} x{n}"
             summary[name] = {k: round(statistics.median(r[k] for r in mine if k in r))
                              for k in ("events_per_s", "events_per_cpu_s", "cpu_only_events_per_cpu_s",
-                                       "broker_cpu_us_per_event", "others_cpu_pct")
+                                       "broker_cpu_us_per_event", "others_cpu_pct",
+                                       "ready_to_last_events_per_s")
                              if k in mine[0]}
+            summary[name].update({k: sum(r[k] for r in mine) for k in ("lost", "doubled", "orphans")
+                                  if k in mine[0]})  # over every round: any is a fault
     print(json.dumps({"broker": args.broker, "events": args.events, "median": summary,
                       "load1_range": [min(r["load1"] for r in runs), max(r["load1"] for r in runs)]}))
     return 0

@@ -49,6 +49,10 @@ def cmd_collector(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     if os.geteuid() != 0:
         sys.exit("tetrapipe collector: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load BPF")
+    logs.setup(cfg.log_level, "collector")  # the compile below logs from its thread
+    from collector import process_program
+
+    process_program.start(cfg)  # bcc compiles while the stage imports and probes (its errors: below)
     from collector import service
 
     try:

@@ -180,7 +180,7 @@ REC_EXEC, REC_EXIT, REC_FORK = 1, 2, 3   # tp_header.kind (u16 at offset 0)
 EXIT_HOLD_MAX_NS = 2_000_000_000   # an exit waits at most this long for the other drains
 ORDER_MARGIN_NS = 2_000_000  # a record made just before a consume may be written just after it
 POLL_MS = 100             # a drain's poll timeout with nothing to do
-ORDER_POLL_MS = 10        # the process drain's, when others order after it; a holding drain's
+ORDER_POLL_MS = 10        # a drain's while others order after it (policies loaded); a holding drain's
 COALESCE_MS = 10          # the process drain's least gap between two consumes that found records
 
 
@@ -191,9 +191,10 @@ class RingBufferDrain:
     before this one's of the same time, e.g. the exec before the library loads of the new
     process (the enricher attaches the process from its exec). Records are held until that
     drain has consumed everything up to their kernel time (``watermark_ns``: bpf_ktime_get_ns
-    and time.monotonic_ns are the same clock). The drain ordered after polls every ``poll_ms``
-    (ORDER_POLL_MS for the process drain) and a drain holding records every ORDER_POLL_MS, so the
-    hold adds about 10-20 ms. Without it a policy event of a process that has just exec'd could
+    and time.monotonic_ns are the same clock). The drain ordered after polls every ORDER_POLL_MS
+    while any drain follows it (``poll_ms`` when none: no policy loaded), and a drain holding
+    records every ORDER_POLL_MS, so the hold adds about 10-20 ms (the first hold after a policy
+    loads, up to ``poll_ms``). Without it a policy event of a process that has just exec'd could
     be queued before its exec record and be attributed to the image before the exec (measured:
     8 of 300 `exec cat` open events under load).
 
@@ -354,7 +355,9 @@ class RingBufferDrain:
         while not self._stop.is_set():
             if found and self.coalesce_s:
                 self._stop.wait(self.coalesce_s)   # let records gather (see coalesce_s)
-            self.ring.wait(ORDER_POLL_MS if self._held else self.poll_ms)
+            # ordered drains (held records, or followers waiting for this one's watermark and
+            # exits held for them) look every ORDER_POLL_MS; alone, every poll_ms
+            self.ring.wait(ORDER_POLL_MS if self._held or self.followers else self.poll_ms)
             # sensors write without waking the reader (bpf/sensor_common.c): take what waits
             t = time.monotonic_ns()
             with self._lock:

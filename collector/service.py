@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 from bpf import records
 from collector import capabilities, kernel_features, process_program, procfs
 from collector.batcher import Batcher
-from collector.drain import COALESCE_MS, ORDER_POLL_MS, RecordQueue, RingBufferDrain
+from collector.drain import COALESCE_MS, RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
 from collector.policy.pod_scope import PodScope
@@ -70,7 +70,7 @@ class Collector:
         self.sensors_on: list[str] = loaded.sensors_on
         self.queue = RecordQueue(cfg.drain_queue_max, loop)
         # policy, loader and connect-deny drains order their records after this one's (exec first)
-        self.drain = RingBufferDrain(self.bpf, self.queue, poll_ms=ORDER_POLL_MS, coalesce_ms=COALESCE_MS)
+        self.drain = RingBufferDrain(self.bpf, self.queue, coalesce_ms=COALESCE_MS)
         self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
         # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
         self.pods = PodIndex() if cfg.enable_k8s_api else None

@@ -169,6 +169,8 @@ class RecordQueue:
         QUEUE_DEPTH.set(self._n)
         if not self._q:
             self.ready.clear()
+            if self._q:   # a drain appended meanwhile and may have seen ready still set (wake)
+                self.ready.set()
 
     def __len__(self) -> int:
         return self._n

@@ -101,7 +101,11 @@ class RecordQueue:
         return k
 
     def wake(self) -> None:
-        self._loop.call_soon_threadsafe(self.ready.set)
+        """Tell the batcher records wait. Once per poll of each drain thread at most, and not
+        at all while it was told already (``ready`` is cleared by the batcher's thread only, when
+        it took everything): each call_soon_threadsafe wakes the event loop through its pipe."""
+        if not self.ready.is_set():
+            self._loop.call_soon_threadsafe(self.ready.set)
 
     def take(self, n: int, max_bytes: int = 0) -> list[bytes]:
         """Up to ``n`` records, at most ``max_bytes`` framed (0 = no bound). A record larger
@@ -165,6 +169,8 @@ class RecordQueue:
         QUEUE_DEPTH.set(self._n)
         if not self._q:
             self.ready.clear()
+            if self._q:   # a drain appended meanwhile and may have seen ready still set (wake)
+                self.ready.set()
 
     def __len__(self) -> int:
         return self._n
@@ -176,7 +182,8 @@ REC_EXEC, REC_EXIT, REC_FORK = 1, 2, 3   # tp_header.kind (u16 at offset 0)
 EXIT_HOLD_MAX_NS = 2_000_000_000   # an exit waits at most this long for the other drains
 ORDER_MARGIN_NS = 2_000_000  # a record made just before a consume may be written just after it
 POLL_MS = 100             # a drain's poll timeout with nothing to do
-ORDER_POLL_MS = 10        # the process drain's, when others order after it; a holding drain's
+ORDER_POLL_MS = 10        # a drain's while others order after it (policies loaded); a holding drain's
+COALESCE_MS = 10          # the process drain's least gap between two consumes that found records
 
 
 class RingBufferDrain:
@@ -186,9 +193,10 @@ class RingBufferDrain:
     before this one's of the same time, e.g. the exec before the library loads of the new
     process (the enricher attaches the process from its exec). Records are held until that
     drain has consumed everything up to their kernel time (``watermark_ns``: bpf_ktime_get_ns
-    and time.monotonic_ns are the same clock). The drain ordered after polls every ``poll_ms``
-    (ORDER_POLL_MS for the process drain) and a drain holding records every ORDER_POLL_MS, so the
-    hold adds about 10-20 ms. Without it a policy event of a process that has just exec'd could
+    and time.monotonic_ns are the same clock). The drain ordered after polls every ORDER_POLL_MS
+    while any drain follows it (``poll_ms`` when none: no policy loaded), and a drain holding
+    records every ORDER_POLL_MS, so the hold adds about 10-20 ms (the first hold after a policy
+    loads, up to ``poll_ms``). Without it a policy event of a process that has just exec'd could
     be queued before its exec record and be attributed to the image before the exec (measured:
     8 of 300 `exec cat` open events under load).
 
@@ -200,8 +208,16 @@ class RingBufferDrain:
 
     def __init__(self, bpf: Any, queue: RecordQueue, map_name: str = "events",
                  drops_map: str = "drops", order_after: RingBufferDrain | None = None,
-                 poll_ms: int = POLL_MS, transform: Callable[[bytes], bytes] | None = None) -> None:
+                 poll_ms: int = POLL_MS, transform: Callable[[bytes], bytes] | None = None,
+                 coalesce_ms: int = 0) -> None:
         self.bpf = bpf
+        # after a consume that found records, the next waits this long: the kernel wakes the
+        # reader at the first record written after it caught up, so at an exec loop's ~3k
+        # records/s a drain that polls at once takes 1-3 records per wake-up (the thread, the
+        # Python around the copy and the batcher's wake-up paid per record, measured ~80 µs CPU
+        # per event); waiting takes them ~30 at a time. Records wait at most this much more (a
+        # raw batch fills for batch_max_ms anyway); the ring (ringbuf_pages) holds far more.
+        self.coalesce_s = coalesce_ms / 1000
         self.transform = transform   # per record, before the queue (collector/stacks.py); None: bulk
         self.poll_ms = poll_ms
         self.queue = queue
@@ -224,12 +240,13 @@ class RingBufferDrain:
         self._lock = threading.Lock()   # the drain thread against stop()'s last consume
         self._thread = threading.Thread(target=self._run, name="ringbuf-drain", daemon=True)
 
-    def _consume(self) -> None:
+    def _consume(self) -> bool:
         """Everything committed in the ring buffer, as one span: held (ordered after another
-        drain), or into the queue whole; record by record only where an exit is involved."""
+        drain), or into the queue whole; record by record only where an exit is involved.
+        True when there were records."""
         span = self.ring.drain() if self.ring is not None else None
         if span is None:
-            return
+            return False
         if self.order_after is not None:
             self._held.append(span)
             self._held_n += len(span)
@@ -238,6 +255,7 @@ class RingBufferDrain:
                 self._on_record(span.record(i))
         else:
             self._offer_span(span)
+        return True
 
     def _offer_span(self, span: Span) -> None:
         if self.transform is not None:
@@ -335,14 +353,19 @@ class RingBufferDrain:
                 self.queue.wake()
 
     def _run(self) -> None:
+        found = False
         while not self._stop.is_set():
-            self.ring.wait(ORDER_POLL_MS if self._held else self.poll_ms)
+            if found and self.coalesce_s:
+                self._stop.wait(self.coalesce_s)   # let records gather (see coalesce_s)
+            # ordered drains (held records, or followers waiting for this one's watermark and
+            # exits held for them) look every ORDER_POLL_MS; alone, every poll_ms
+            self.ring.wait(ORDER_POLL_MS if self._held or self.followers else self.poll_ms)
             # sensors write without waking the reader (bpf/sensor_common.c): take what waits
             t = time.monotonic_ns()
             with self._lock:
                 if self._stop.is_set():
                     break
-                self._consume()
+                found = self._consume()
                 self.watermark_ns = t
                 if self._held:
                     self._release()

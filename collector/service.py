@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter, Gauge
 
 from bpf import records
-from collector import capabilities, kernel_features, loader, procfs, sensors
+from collector import capabilities, kernel_features, process_program, procfs
 from collector.batcher import Batcher
-from collector.drain import ORDER_POLL_MS, RecordQueue, RingBufferDrain
-from collector.kernel_headers import KernelHeadersError
+from collector.drain import COALESCE_MS, RecordQueue, RingBufferDrain
 from collector.policy import control as policy_control
 from collector.policy.manager import PolicyManager
 from collector.policy.pod_scope import PodScope
+from collector.process_program import CannotStart  # noqa: F401 - the command catches service.CannotStart
 from collector.spool import Outbox, Spool
 from tetrapipe import kafka, metrics
 from tetrapipe.config import Config
@@ -53,66 +52,34 @@ class Limits:
 EX_CONFIG = 78  # sysexits.h: the collector cannot start on this host; restarting will not help
 
 
-class CannotStart(RuntimeError):
-    """The collector cannot run on this kernel/host (no BTF, base program refused...): one line."""
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 class Collector:
     """Kernel side of the collector: programs loaded, drain running, records in ``queue``."""
 
     def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.cfg = cfg
+        # the base program compiles in a thread (collector/process_program.py), begun by the
+        # collector command before its imports; the probes below run beside that compile
+        pending = process_program.take(cfg)
         self.features = capabilities.probe()
         log.info("%s", self.features.summary())
-        try:
-            tree = loader.prepare(Path(cfg.cache_dir) / "kernel-headers")
-        except (KernelHeadersError, OSError) as exc:
-            raise CannotStart(f"no kernel include tree for bcc: {_one_line(exc)}") from exc
-        log.info("kernel include tree %s (%s)", tree.path, "generated" if tree.generated else "cached")
-        self.sensors_on: list[str] = []
-        try:
-            self.bpf = self._load(cfg)
-        except loader.LoadError as exc:  # the compiler's own lines went to stderr before this
-            raise CannotStart(f"the process program does not load on this kernel: {_one_line(exc)}") from exc
-        self.queue = RecordQueue(cfg.drain_queue_max, loop)
-        # policy, loader and connect-deny drains order their records after this one's (exec first)
-        self.drain = RingBufferDrain(self.bpf, self.queue, poll_ms=ORDER_POLL_MS)
-        self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
-        # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
-        self.pods = PodIndex() if cfg.enable_k8s_api else None
         # kprobes, trampolines, BPF LSM, fmod_ret, override: each hook's mechanism is chosen from these
         self.kernel_features = kernel_features.probe()
         log.info("%s", self.kernel_features.summary())
+        loaded = pending.result()   # CannotStart: no include tree, or process.c refused
+        self.bpf = loaded.bpf
+        self.sensors_on: list[str] = loaded.sensors_on
+        self.queue = RecordQueue(cfg.drain_queue_max, loop)
+        # policy, loader and connect-deny drains order their records after this one's (exec first)
+        self.drain = RingBufferDrain(self.bpf, self.queue, coalesce_ms=COALESCE_MS)
+        self.batcher = Batcher(cfg.node_name, records.layout_id(), host_ns=procfs.host_namespaces())
+        # enable_k8s_api: this node's pods, for policies scoped to pods (podSelector, containerSelector)
+        self.pods = PodIndex() if cfg.enable_k8s_api else None
         self.policies = PolicyManager(self.queue, self.batcher.host_ns, self.kernel_features,
                                       pod_scope=PodScope(self.pods) if self.pods is not None else None)
         self.policies.loader_builtin = "loader" in self.sensors_on  # else spec.loader loads it alone
         self.policies.order_after = self.drain
         self.policies.uncaught.enabled = cfg.count_uncaught       # TETRAPIPE_COUNT_UNCAUGHT too
         self.policies.inode_root = cfg.policy_inode_root
-
-    def _load(self, cfg: Config) -> object:
-        """process.c, with the enabled sensors (collector/sensors/) appended to the same object."""
-        defines = {"TP_RINGBUF_PAGES": cfg.ringbuf_pages}
-        enabled = sensors.enabled(cfg)
-        if enabled:
-            base = (loader.BPF_DIR / "process.c").read_text()
-            try:
-                bpf = loader.load_program("process.c", defines,
-                                          text=sensors.program_text(base, enabled))
-                sensors.setup(bpf, enabled)
-                for s in enabled:
-                    log.info("sensor %s on: %s", s.name, s.mechanism)
-                self.sensors_on = [s.name for s in enabled]
-                return bpf
-            except loader.LoadError as exc:
-                log.error("sensors %s did not load, running with process events only: %s",
-                          ",".join(s.name for s in enabled), exc)
-        return loader.load_program("process.c", defines)
 
     def start(self) -> None:
         self.drain.start()

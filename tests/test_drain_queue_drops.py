@@ -30,3 +30,31 @@ def test_take_bounded_in_bytes_big_record_alone() -> None:
         rest.append(q.take(100, 300))
     assert [b"B" * 1000] in rest  # larger than the bound by itself: alone, never dropped
     assert sum(len(b) for b in rest) + 3 == 12
+
+
+def test_wake_reaches_the_loop_only_when_the_batcher_was_not_told() -> None:
+    """Each drain poll that queued records calls wake(); the event loop's pipe is written only
+    when ``ready`` is clear (the batcher took everything), not once per poll."""
+    loop = asyncio.new_event_loop()
+    try:
+        q = RecordQueue(100, loop)
+        q.put(b"r")
+        q.wake()
+        q.wake()   # ready.set is still only scheduled: a second call goes too
+        loop.run_until_complete(asyncio.sleep(0))
+        assert q.ready.is_set()
+        calls: list[object] = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+        q.put(b"s")
+        q.wake()
+        assert calls == []        # told already: nothing written to the loop
+        q.take_framed(10)         # the batcher takes everything: ready cleared
+        assert not q.ready.is_set()
+        q.put(b"t")
+        q.wake()
+        assert len(calls) == 1
+        loop.run_until_complete(asyncio.sleep(0))
+        assert q.ready.is_set()
+    finally:
+        loop.close()

@@ -121,3 +121,48 @@ def test_bulk_drain_wraps_skips_discards_counts_drops(prog: Any, backend: str,
     assert drain.ring is None    # unmapped
     assert [struct.unpack_from("<I", r, 4)[0] for r in q.take(100)] == list(range(10))
     assert ringbuf.native_disabled() == (backend == "python")
+
+
+@pytest.mark.kernel
+def test_drain_thread_coalesces_wakeups(prog: Any) -> None:
+    """After a consume that found records the drain waits ``coalesce_ms`` before the next, so the
+    kernel's wake-up for each record written after it caught up is not a consume (and a batcher
+    wake-up) each: ten records written in its wait come in one consume, in order; stop() takes
+    them without waiting the rest of it."""
+    import time
+
+    from collector.drain import RecordQueue, RingBufferDrain
+
+    loop = asyncio.new_event_loop()
+    q = RecordQueue(1000, loop)
+    drain = RingBufferDrain(prog, q, map_name="rb", drops_map="rb_drops", poll_ms=10,
+                            coalesce_ms=600_000)
+    found: list[int] = []
+    consume = drain._consume
+
+    def counted() -> bool:
+        before = len(q)
+        took = consume()
+        if took:
+            found.append(len(q) - before)
+        return took
+
+    drain._consume = counted  # type: ignore[method-assign]
+    drain.start()
+    try:
+        _emit(0, 1)
+        t_end = time.monotonic() + 30
+        while len(q) < 1 and time.monotonic() < t_end:
+            time.sleep(0.005)
+        assert found == [1]
+        for i in range(1, 11):
+            _emit(i, i % len(SIZES))
+        time.sleep(0.05)
+        assert len(q) == 1        # the thread waits: the ten stay in the ring
+    finally:
+        t0 = time.monotonic()
+        drain.stop()
+        loop.close()
+    assert time.monotonic() - t0 < 2
+    assert found == [1, 10]
+    assert [struct.unpack_from("<I", r, 4)[0] for r in q.take(100)] == list(range(11))

@@ -21,7 +21,6 @@ import time
 from tetrapipe import config as config_mod
 from tetrapipe import logs
 from tetrapipe.config import Config, ConfigError
-from tetrapipe.service import run_async, run_stage
 
 log = logging.getLogger("tetrapipe")
 
@@ -49,7 +48,12 @@ def cmd_collector(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     if os.geteuid() != 0:
         sys.exit("tetrapipe collector: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load BPF")
+    logs.setup(cfg.log_level, "collector")  # the compile below logs from its thread
+    from collector import process_program
+
+    process_program.start(cfg)  # bcc compiles while the stage imports and probes (its errors: below)
     from collector import service
+    from tetrapipe.service import run_stage
 
     try:
         return run_stage(cfg, service.run, "collector")
@@ -60,12 +64,14 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 def cmd_enricher(args: argparse.Namespace) -> int:
     from enricher import service
+    from tetrapipe.service import run_stage
 
     return run_stage(_cfg(args), service.run, "enricher")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from exporters import sinks
+    from tetrapipe.service import run_stage
 
     cfg = _cfg(args)
     return run_stage(cfg, sinks.stage_for(args.sink), f"export-{args.sink}")
@@ -132,6 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sup.prepare()
     except ValueError as exc:
         sys.exit(f"tetrapipe run: {exc}")
+    from tetrapipe.service import run_async
+
     try:
         run_async(main())
     finally:

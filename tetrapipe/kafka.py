@@ -25,6 +25,7 @@ from aiokafka.errors import (
 from prometheus_client import Gauge
 
 from tetrapipe.config import Config
+from tetrapipe.idle_fetch import IdleFetchConsumer
 from tetrapipe.metrics import DEAD_LETTERS
 
 log = logging.getLogger("tetrapipe.kafka")
@@ -260,12 +261,14 @@ def is_idempotent(producer: AIOKafkaProducer) -> bool:
 def make_consumer(cfg: Config, group: str, topics: list[str], **extra: Any) -> AIOKafkaConsumer:
     # fetch_max_wait_ms: a broker may hold a fetch this long before answering (Tansu does, even
     # when data arrives): aiokafka's 500 ms default put ~130 ms p50 on every Kafka hop; 25 ms
-    # keeps a hop at ~10-30 ms for ~40 fetches/s from an idle consumer (bench/kafka_hop.py)
+    # keeps a hop at ~10-30 ms for ~40 fetches/s from an idle consumer (bench/kafka_hop.py),
+    # and once no record came for IDLE_AFTER_S the consumer asks for IDLE_FETCH_WAIT_MS
+    # (tetrapipe/idle_fetch.py; idle_after_s / idle_fetch_wait_ms in ``extra``)
     settings = dict(client_settings(cfg), group_id=group, enable_auto_commit=False,
                     auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                     fetch_max_bytes=4 * MAX_MESSAGE_BYTES, fetch_max_wait_ms=25)
     settings.update(extra)
-    return AIOKafkaConsumer(*topics, **settings)
+    return IdleFetchConsumer(*topics, **settings)
 
 
 async def send_dead_letter(producer: AIOKafkaProducer, cfg: Config, stage: str, value: bytes,

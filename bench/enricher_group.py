@@ -10,7 +10,10 @@ and exit and its parent, stay in one partition and are handled by one enricher. 
 are picked so that the N nodes land on N different partitions (with real nodes the spread is
 whatever their names hash to). The producer is stopped, then the N enrichers are started at once
 (the tree's ``python -m tetrapipe enricher``, default options, state topic on, events topic of
-N partitions), optionally each pinned to one CPU (``taskset``, enricher i on CPU i mod cores).
+N partitions), optionally each pinned to one CPU (``taskset``, enricher i on CPU i mod cores),
+or each given the same fixed CPU budget in its own cgroup (``--cpu-quota 0.4``:
+bench/cpu_quota.py; the quota, the cgroup setting and how often it throttled are in the row), so
+that N enrichers get N times the CPU of one even where N of them would fill the machine.
 
 Measured, with the events topic's end offsets asked of the broker every 20 ms: events/s from the
 moment the first enricher was seen handling raw batches (its ``tetrapipe_enricher_batches_total``,
@@ -42,6 +45,7 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench import common
+from bench.cpu_quota import CpuCgroup
 from bench.e2e import _frames
 from bench.enricher_drain import machine_busy_s
 from bench.enricher_kafka import _metric, _ready
@@ -203,14 +207,14 @@ def _read_pairs(bootstrap: str, topic: str, n_parts: int) -> list[tuple[bytes, s
     return out
 
 
-def _start(tree: Path, env: dict[str, str], log: Any, cpu: int | None) -> subprocess.Popen:
-    wrap = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return subprocess.Popen([*wrap, sys.executable, "-m", "tetrapipe", "enricher"], cwd=tree, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+def _start(tree: Path, env: dict[str, str], log: Any, cpu: int | None, cg: CpuCgroup | None) -> subprocess.Popen:
+    cmd = [*(["taskset", "-c", str(cpu)] if cpu is not None else []), sys.executable, "-m", "tetrapipe", "enricher"]
+    return subprocess.Popen(cg.wrap(cmd) if cg else cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid: int, n: int,
-              pin: bool = False) -> dict[str, Any]:
+              pin: bool = False, cpu_quota: float | None = None) -> dict[str, Any]:
+    """``cpu_quota``: each enricher in its own cgroup limited to that many cores (bench/cpu_quota.py)."""
     work.mkdir(parents=True, exist_ok=True)
     pipe = common.Pipeline(bootstrap, work)
     pipe.settings.update({"procfs_bootstrap": "false", "log_level": "warning", "topic_partitions": str(n)})
@@ -226,15 +230,17 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
     if sorted(spread) != list(range(n)):
         raise RuntimeError(f"raw batches went to partitions {spread}, not one node on each of {n}")
     ncpu = os.cpu_count() or 1
-    procs, logs, ports = [], [], []
+    procs, logs, ports, groups = [], [], [], []
     try:
         for i in range(n):
+            if cpu_quota is not None:
+                groups.append(CpuCgroup(cpu_quota, f"e{i}"))
             port = free_port()
             env = pipe.env({"metrics_address": f"127.0.0.1:{port}"})
             env["PYTHONPATH"] = str(tree)
             logs.append(open(work / f"enricher{i}-{tree.name}.log", "ab"))  # noqa: SIM115
             ports.append(port)
-            procs.append(_start(tree, env, logs[-1], i % ncpu if pin else None))
+            procs.append(_start(tree, env, logs[-1], i % ncpu if pin else None, groups[i] if groups else None))
         t_start = time.monotonic()
         load = os.getloadavg()[0]
         pids = {**{f"e{i}": p.pid for i, p in enumerate(procs)}, "broker": broker_pid}
@@ -246,6 +252,7 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
         settled = asyncio.run(_settled(bootstrap, pipe.base["enricher_group"], raw, n, 30))
         per_events = [_metric(p, "tetrapipe_enricher_events_total") for p in ports]
         assigned = [_metric(p, "tetrapipe_enricher_partitions_assigned_total") for p in ports]
+        throttled = [g.throttled() for g in groups]
     finally:
         for proc in procs:
             proc.terminate()
@@ -256,6 +263,8 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
                 proc.kill()
         for log in logs:
             log.close()
+        for g in groups:
+            g.remove()
     check = check_outputs(_read_pairs(bootstrap, events, n), total, n)
     secs = done["t"] - work_t["t"]
     keys = [f"e{i}" for i in range(n)]
@@ -265,7 +274,10 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
     busy = done["busy"] - work_t["busy"]
     cpu_w = sum(done[k] - work_t[k] for k in keys)  # in the window, for the shares
     starts = sorted(got["consuming"].values())
-    return {"tree": str(tree), "enrichers": n, "mode": "prefilled-group", "pinned": pin, "events": total,
+    quota = {"cpu_quota_cores": cpu_quota, "cgroup": f"{groups[0].kind}: {groups[0].setting}",
+             "throttled_periods": [f"{t['throttled']}/{t['periods']}" for t in throttled],
+             "throttled_s": [round(t["throttled_s"], 2) for t in throttled]} if groups else {"cpu_quota_cores": None}
+    return {"tree": str(tree), "enrichers": n, "mode": "prefilled-group", "pinned": pin, **quota, "events": total,
             "raw_batches_per_partition": [spread[p] for p in range(n)],
             "seconds": secs, "events_per_s": total / secs,
             "first_to_last_events_per_s": (done["n"] - first["n"]) / max(done["t"] - first["t"], 1e-9),
@@ -274,6 +286,7 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
             "consuming_spread_s": starts[-1] - starts[0] if len(starts) == n else None,
             "events_per_cpu_s": total / max(enr, 1e-9),
             "enricher_cpu_s": [round(cpu[k], 3) for k in keys],
+            "enricher_cores_used": [round(cpu[k] / secs, 3) for k in keys],  # against --cpu-quota
             "enricher_events": per_events,
             "enricher_events_per_cpu_s": [round(e / max(cpu[k], 1e-9)) for e, k in zip(per_events, keys, strict=True)],
             "enricher_cpu_share_pct": 100 * cpu_w / (secs * ncpu),

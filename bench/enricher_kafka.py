@@ -19,7 +19,8 @@ producer finished *before* the enricher starts; events/s and per CPU-second are 
 first and the last event out, with the broker's CPU and the rest of the machine's beside them.
 With ``--enrichers 1,2,3`` it runs N enrichers in one group on an N-partition raw topic keyed
 as the collector keys it (bench/enricher_group.py: per-enricher CPU and events, no event lost or
-doubled, ``--pin`` to give each enricher one CPU).
+doubled, ``--pin`` to give each enricher one CPU, ``--cpu-quota 0.4`` to give each enricher its
+own cgroup limited to 0.4 of a core: bench/cpu_quota.py).
 ``--cpu`` adds the Kafka-free figure of each tree (``bench.e2e.enricher_cpu``: decode, build,
 Avro encode in one process). Apache Kafka comes from scripts/setup-kafka.sh's cache
 (tests/kafka_cluster.py starts one KRaft node); the embedded broker is tetrapipe's.
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.cpu_quota import parse_quota
 from bench.e2e import _frames, _produce
 from tetrapipe import kafka
 from tetrapipe.broker import EmbeddedBroker, free_port
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", action="store_true",
                    help="enrichers draining a raw topic filled before they start (Apache Kafka only); "
                         "with an --enrichers list above 1, every count runs as a group (bench/enricher_group.py)")
+    p.add_argument("--cpu-quota", metavar="CORES",
+                   help="with --prefill: each enricher in its own cgroup limited to CORES of CPU (e.g. 0.4: "
+                        "N enrichers get N x 0.4 cores, the broker and the bench the rest; bench/cpu_quota.py); "
+                        "every count then runs as a group")
     p.add_argument("--pin", action="store_true",
                    help="with --prefill and --enrichers above 1: enricher i runs on CPU i mod cores (taskset)")
     args = p.parse_args(argv)
@@ -210,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--prefill measures on Apache Kafka: --broker kafka")
     if args.pin and not (args.prefill and counts_above_one(args.enrichers)):
         p.error("--pin pins the enrichers of --prefill --enrichers N (N above 1)")
+    quota = None
+    if args.cpu_quota is not None:
+        if not args.prefill:
+            p.error("--cpu-quota limits the enrichers of --prefill")
+        try:
+            quota = parse_quota(args.cpu_quota)
+        except ValueError as e:
+            p.error(str(e))
+    as_group = args.prefill and (counts_above_one(args.enrichers) or quota is not None)
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     counts = [int(n) for n in args.enrichers.split(",")]
     if max(counts) > 1 and args.broker != "kafka":
@@ -219,18 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     # (Kafka's default 3 s; tests/kafka_cluster.py sets 0; 10 s here, as N Python processes
     # starting on 2 busy cores took up to 7.5 s to import), else the first one takes every
     # partition and a rebalance follows in the middle of the drain (partitions_assigned shows it)
-    group = {"group.initial.rebalance.delay.ms": "10000"} if args.prefill and counts_above_one(args.enrichers) else {}
+    group = {"group.initial.rebalance.delay.ms": "10000"} if as_group else {}
     bootstrap, broker = start_broker(args.broker, work, group)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(args.rounds):
             for n in counts:
                 for tree in trees:
-                    if args.prefill and counts_above_one(args.enrichers):
+                    if as_group:
                         from bench.enricher_group import group_run
 
                         row = group_run(tree, bootstrap, args.events, work / f"r{r}-{n}-{tree.name}",
-                                        broker.nodes[0].proc.pid, n, args.pin)
+                                        broker.nodes[0].proc.pid, n, args.pin, quota)
                     elif args.prefill:
                         from bench.enricher_drain import prefilled_run
 
@@ -259,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                              if k in mine[0]}
             summary[name].update({k: sum(r[k] for r in mine) for k in ("lost", "doubled", "orphans")
                                   if k in mine[0]})  # over every round: any is a fault
-    print(json.dumps({"broker": args.broker, "events": args.events, "median": summary,
+    print(json.dumps({"broker": args.broker, "events": args.events, "cpu_quota_cores": quota, "median": summary,
                       "load1_range": [min(r["load1"] for r in runs), max(r["load1"] for r in runs)]}))
     return 0
 

@@ -179,6 +179,20 @@ def bpftrace_lost(output: str) -> int:
 
 # ---- processes --------------------------------------------------------------------------------
 
+def stop_processes(procs: list[subprocess.Popen[Any]], logs: list[Any] | tuple[()] = (), timeout: float = 20) -> None:
+    """Ask every process to stop (SIGTERM), then wait for each up to ``timeout`` s and kill what
+    is still running; close their log files."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for log in logs:
+        log.close()
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

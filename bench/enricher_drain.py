@@ -110,8 +110,4 @@ def prefilled_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_
                 row["py_spy"] = spy.stop(top=25)
             return row
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            common.stop_processes([proc])

@@ -254,15 +254,7 @@ def group_run(tree: Path, bootstrap: str, n_events: int, work: Path, broker_pid:
         assigned = [_metric(p, "tetrapipe_enricher_partitions_assigned_total") for p in ports]
         throttled = [g.throttled() for g in groups]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+        common.stop_processes(procs, logs)
         for g in groups:
             g.remove()
     check = check_outputs(_read_pairs(bootstrap, events, n), total, n)

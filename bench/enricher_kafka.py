@@ -156,15 +156,7 @@ def one_run(tree: Path, bootstrap: str, n_events: int, work: Path, profile: bool
             row["py_spy"] = spy.stop(top=20)
         return row
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+        common.stop_processes(procs, logs)
 
 
 def cpu_only(tree: Path, n_events: int) -> float:
